@@ -1,0 +1,40 @@
+"""`python -m jaxrec.data --config configs/tiger.py:instruments`: load a data set through the
+normal path and print its statistics."""
+import json
+import sys
+
+from absl import app
+from ml_collections import config_flags
+
+from jaxrec.config import default_config_path
+
+_CONFIG = config_flags.DEFINE_config_file("config", default_config_path(), "Config file[:variant].")
+
+
+def main(argv):
+  del argv
+  from jaxrec.data import DataError, leave_one_out, load_dataset
+  cfg = _CONFIG.value
+  try:
+    ds = load_dataset(cfg.data)
+  except DataError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  stats = ds.stats()
+  splits = leave_one_out(ds, cfg.data.max_len)
+  stats["samples"] = {k: len(v) for k, v in splits.items()}
+  print(f"{stats['name']}: {stats['users']:,} users, {stats['items']:,} items, "
+        f"{stats['interactions']:,} interactions")
+  print(f"sequence length: mean {stats['seq_len_mean']}, min {stats['seq_len_min']}, "
+        f"max {stats['seq_len_max']}; density {stats['density']:.6f}")
+  for name, shape in stats["features"].items():
+    print(f"feature {name}: {shape[0]} x {shape[1]}")
+  if stats["codes"]:
+    print(f"codes: {stats['codes'][0]} x {stats['codes'][1]} (level sizes {ds.code_sizes})")
+  print("samples (max_len {}): ".format(cfg.data.max_len) +
+        ", ".join(f"{k} {v:,}" for k, v in stats["samples"].items()))
+  print(json.dumps(stats))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,160 @@
+"""Leave-one-out splits and the grain batch pipeline with length buckets.
+
+A sample is (user, history window, target) held as indices into the data set's CSR
+arrays. Batches carry item *ids* (never codes): mapping to codes happens on device, so a
+method that re-tokenizes during training never rebuilds this pipeline.
+
+Batch fields (B batch, L bucket length):
+  history_BxL int32 item ids, left-aligned, 0 where padded
+  mask_BxL    bool, True on real history positions
+  target_B    int32 target item id
+  user_B      int32 user row
+  weight_B    float32, 1 for real samples, 0 for the padding of a last partial batch
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Sequence
+
+import grain
+import numpy as np
+
+from jaxrec.data.dataset import Dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """Samples of one split: the target is items_I[end_S], the history items_I[start_S:end_S]."""
+  name: str
+  user_S: np.ndarray
+  start_S: np.ndarray
+  end_S: np.ndarray
+
+  def __len__(self):
+    return len(self.user_S)
+
+  @property
+  def hist_len_S(self) -> np.ndarray:
+    return (self.end_S - self.start_S).astype(np.int32)
+
+
+def leave_one_out(ds: Dataset, max_len: int) -> dict[str, Split]:
+  """Test target = last item, validation = second to last, train = every earlier prefix
+  (targets at positions 1..n-3), each history capped at the last `max_len` items."""
+  lengths = ds.lengths_U
+  if (lengths < 3).any():
+    raise ValueError("leave_one_out needs at least 3 items per user; drop short users first")
+  off = ds.offsets_U1[:-1]
+  users = np.arange(ds.n_users, dtype=np.int32)
+
+  def make(name, user, end):
+    start = np.maximum(off[user], end - max_len)
+    return Split(name, user.astype(np.int32), start.astype(np.int64), end.astype(np.int64))
+
+  n_train = np.maximum(lengths - 3, 0)
+  tr_user = np.repeat(users, n_train)
+  # position within each user's train block: 0..n_train-1 -> target position 1..n-3
+  first = np.repeat(np.cumsum(n_train) - n_train, n_train)
+  tr_pos = np.arange(len(tr_user)) - first + 1
+  return {
+      "train": make("train", tr_user, off[tr_user] + tr_pos),
+      "valid": make("valid", users, off + lengths - 2),
+      "test": make("test", users, off + lengths - 1),
+  }
+
+
+def bucket_lengths(buckets: Sequence[int], max_len: int) -> tuple[int, ...]:
+  """Sorted bucket lengths, clipped to max_len, always ending with max_len."""
+  return tuple(sorted({min(int(b), max_len) for b in buckets if b > 0} | {max_len}))
+
+
+def plan_batches(split: Split, batch_size: int, buckets: Sequence[int], shuffle: bool,
+                 seed: int, epoch: int) -> list[tuple[int, np.ndarray]]:
+  """Groups samples by history-length bucket into fixed-size batches.
+
+  Returns (bucket length, sample indices [batch_size], -1 for padding) per batch. With
+  `shuffle`, samples and batch order are permuted by (seed, epoch)."""
+  lens = split.hist_len_S
+  bucket_of = np.searchsorted(np.asarray(buckets), lens, side="left")
+  order = np.arange(len(split))
+  rng = np.random.default_rng([seed, epoch])
+  if shuffle:
+    order = rng.permutation(order)
+  order = order[np.argsort(bucket_of[order], kind="stable")]
+  counts = np.bincount(bucket_of, minlength=len(buckets))
+  plan, pos = [], 0
+  for b, n in enumerate(counts):
+    idx = order[pos:pos + n]
+    pos += n
+    for s in range(0, n, batch_size):
+      chunk = idx[s:s + batch_size]
+      if len(chunk) < batch_size:
+        chunk = np.concatenate([chunk, np.full(batch_size - len(chunk), -1, chunk.dtype)])
+      plan.append((int(buckets[b]), chunk))
+  if shuffle:
+    plan = [plan[i] for i in rng.permutation(len(plan))]
+  return plan
+
+
+def gather_batch(ds: Dataset, split: Split, length: int, idx: np.ndarray) -> dict[str, np.ndarray]:
+  """Builds the padded numpy batch for sample indices `idx` (-1 = padding row)."""
+  real = idx >= 0
+  safe = np.where(real, idx, 0)
+  start, end = split.start_S[safe], split.end_S[safe]
+  n = (end - start)[:, None]
+  pos = np.arange(length)[None, :]
+  mask = (pos < n) & real[:, None]
+  hist = np.where(mask, ds.items_I[np.where(mask, start[:, None] + pos, 0)], 0)
+  return {
+      "history_BxL": hist.astype(np.int32),
+      "mask_BxL": mask,
+      "target_B": np.where(real, ds.items_I[end], 0).astype(np.int32),
+      "user_B": np.where(real, split.user_S[safe], 0).astype(np.int32),
+      "weight_B": real.astype(np.float32),
+  }
+
+
+class BatchIterator:
+  """Epoch-aware iterator over a grain MapDataset of planned batches.
+
+  Its state ({"epoch", "grain"}) is JSON-serialisable: a restored iterator yields exactly
+  the batches the original would have yielded next."""
+
+  def __init__(self, ds: Dataset, split: Split, batch_size: int, buckets: Sequence[int],
+               shuffle: bool, seed: int, epoch: int = 0):
+    self._args = (ds, split, batch_size, tuple(buckets), shuffle, seed)
+    self.epoch = epoch
+    self._start_epoch(epoch)
+
+  def _dataset(self, epoch):
+    ds, split, batch_size, buckets, shuffle, seed = self._args
+    plan = plan_batches(split, batch_size, buckets, shuffle, seed, epoch)
+    return grain.MapDataset.source(plan).map(lambda p: gather_batch(ds, split, p[0], p[1]))
+
+  def _start_epoch(self, epoch):
+    self.epoch = epoch
+    self._map = self._dataset(epoch)
+    self._it = iter(self._map.to_iter_dataset())
+
+  def __len__(self):
+    """Batches per epoch."""
+    return len(self._map)
+
+  def epoch_batches(self) -> Iterator[dict]:
+    """Yields the remaining batches of the current epoch, then advances to the next epoch."""
+    for batch in self._it:
+      yield batch
+    self._start_epoch(self.epoch + 1)
+
+  def get_state(self) -> dict:
+    return {"epoch": int(self.epoch), "grain": self._it.get_state()}
+
+  def set_state(self, state: dict) -> None:
+    self._start_epoch(int(state["epoch"]))
+    self._it.set_state(state["grain"])
+
+
+def eval_batches(ds: Dataset, split: Split, batch_size: int, buckets: Sequence[int]):
+  """All batches of an evaluation split, in a fixed order."""
+  for length, idx in plan_batches(split, batch_size, buckets, shuffle=False, seed=0, epoch=0):
+    yield gather_batch(ds, split, length, idx)

@@ -1,0 +1,281 @@
+"""Readers for the formats the field publishes. Each returns a validated `Dataset`.
+
+- LETTER / LC-Rec JSON: `<name>.inter.json`, optional `<name>.item.json`,
+  `<name>.<feature>.npy`, `<name>.index.json`.
+- ETEGRec jsonl splits: `<name>.{train,valid,test}.jsonl` + `<name>.emb_map.json`.
+- RecBole atomic files: `<name>.inter` (typed TSV header), optional `<name>.item`.
+
+Every problem is raised as `DataError(file, record, problem)`: one line a person can act on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Optional, Sequence
+
+import numpy as np
+
+from jaxrec.data.dataset import DataError, Dataset, from_sequences, validate_features
+
+_TOKEN_RE = re.compile(r"^<([A-Za-z]+)_(\d+)>$")
+
+
+def _require(path):
+  if not os.path.exists(path):
+    raise DataError(path, None, "file not found")
+
+
+def read_json(path):
+  """json.load with errors that say file, line and column."""
+  _require(path)
+  try:
+    with open(path, "r", encoding="utf-8") as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise DataError(path, f"line {e.lineno} column {e.colno}", f"malformed JSON ({e.msg})") from None
+  except UnicodeDecodeError as e:
+    raise DataError(path, f"byte {e.start}", "not UTF-8 text") from None
+
+
+def _as_item_id(path, record, value, n_items: Optional[int]) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, str)):
+    raise DataError(path, record, f"item id {value!r} is not an integer")
+  if isinstance(value, str):
+    if not value.strip().lstrip("-").isdigit():
+      raise DataError(path, record, f"item id {value!r} is not an integer")
+    value = int(value)
+  if value < 0 or (n_items is not None and value >= n_items):
+    bound = f"0..{n_items - 1}" if n_items is not None else ">= 0"
+    raise DataError(path, record, f"item id {value} is out of range ({bound})")
+  return value
+
+
+def read_features(directory, name, feature_names: Sequence[str], n_items: int, rename=None):
+  """Loads `<name>.<feature>.npy` matrices, checking rows, dtype and finiteness."""
+  out = {}
+  for feat in feature_names:
+    path = os.path.join(directory, f"{name}.{feat}.npy")
+    _require(path)
+    try:
+      matrix = np.load(path, allow_pickle=False)
+    except Exception as e:  # numpy raises several types for a damaged file
+      raise DataError(path, None, f"not a readable .npy array ({type(e).__name__}: {e})") from None
+    if rename is not None:
+      matrix = rename(path, matrix)
+    out[feat] = validate_features(path, feat, matrix, n_items)
+  return out
+
+
+def read_index_json(path, n_items: int):
+  """Parses LETTER's `{"item": ["<a_12>", "<b_3>", ...]}` into int32 codes [N, C] and level sizes."""
+  raw = read_json(path)
+  if not isinstance(raw, dict):
+    raise DataError(path, None, "expected a JSON object mapping item id to a list of code tokens")
+  depth = None
+  prefixes = None
+  codes = np.full((n_items, 0), -1, np.int32)
+  for key, tokens in raw.items():
+    record = f"item {key!r}"
+    item = _as_item_id(path, record, key, n_items)
+    if not isinstance(tokens, list) or not tokens:
+      raise DataError(path, record, "codes must be a non-empty list like [\"<a_12>\", \"<b_3>\"]")
+    if depth is None:
+      depth = len(tokens)
+      codes = np.full((n_items, depth), -1, np.int32)
+      prefixes = [None] * depth
+    elif len(tokens) != depth:
+      raise DataError(path, record, f"has {len(tokens)} codes, other items have {depth} (wrong depth)")
+    for level, tok in enumerate(tokens):
+      m = _TOKEN_RE.match(tok) if isinstance(tok, str) else None
+      if m is None:
+        raise DataError(path, record, f"code {tok!r} at level {level} is not of the form <a_12>")
+      if prefixes[level] is None:
+        prefixes[level] = m.group(1)
+      elif m.group(1) != prefixes[level]:
+        raise DataError(path, record, f"code {tok!r} at level {level}: expected prefix "
+                        f"<{prefixes[level]}_...> like the other items")
+      codes[item, level] = int(m.group(2))
+  if depth is None:
+    raise DataError(path, None, "no items")
+  missing = np.flatnonzero(codes[:, 0] < 0)
+  if len(missing):
+    raise DataError(path, f"item {int(missing[0])}", f"has no codes ({len(missing)} items missing)")
+  sizes = [int(s) for s in codes.max(0) + 1]
+  return codes, sizes
+
+
+def read_letter(directory, name, features=(), index=False) -> Dataset:
+  """LETTER / LC-Rec JSON: `{"user": [item ids]}` with chronological items."""
+  inter_path = os.path.join(directory, f"{name}.inter.json")
+  raw = read_json(inter_path)
+  if not isinstance(raw, dict):
+    raise DataError(inter_path, None, "expected a JSON object mapping user to a list of item ids")
+  item_path = os.path.join(directory, f"{name}.item.json")
+  item_keys = None
+  n_items = None
+  if os.path.exists(item_path):
+    meta = read_json(item_path)
+    if not isinstance(meta, dict):
+      raise DataError(item_path, None, "expected a JSON object mapping item id to its attributes")
+    n_items = len(meta)
+    seen = set()
+    for k in meta:  # ids must be exactly 0..n-1
+      i = _as_item_id(item_path, f"item {k!r}", k, n_items)
+      if i in seen:
+        raise DataError(item_path, f"item {k!r}", f"item id {i} appears twice")
+      seen.add(i)
+    item_keys = [str(i) for i in range(n_items)]
+  seqs, users = [], []
+  for user, items in raw.items():
+    if not isinstance(items, list):
+      raise DataError(inter_path, f"user {user!r}", "value must be a list of item ids")
+    seqs.append([_as_item_id(inter_path, f"user {user!r} position {p}", it, n_items)
+                 for p, it in enumerate(items)])
+    users.append(str(user))
+  if n_items is None:
+    n_items = 1 + max((max(s) for s in seqs if s), default=-1)
+  feats = read_features(directory, name, features, n_items)
+  codes = sizes = None
+  if index:
+    codes, sizes = read_index_json(os.path.join(directory, f"{name}.index.json"), n_items)
+  return from_sequences(name, seqs, n_items, features=feats, codes_NxC=codes, code_sizes=sizes,
+                        user_keys=users, item_keys=item_keys)
+
+
+def read_etegrec(directory, name, features=()) -> Dataset:
+  """ETEGRec jsonl splits. Each user's sequence is rebuilt from its lines, in file order
+  (train, valid, test): the first line's history, then every line's target. Each line's
+  history must be a suffix of what came before (histories may be truncated)."""
+  map_path = os.path.join(directory, f"{name}.emb_map.json")
+  emb_map = read_json(map_path)
+  if not isinstance(emb_map, dict) or not emb_map:
+    raise DataError(map_path, None, "expected a non-empty JSON object mapping item key to integer id")
+  for k, v in emb_map.items():
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+      raise DataError(map_path, f"item {k!r}", f"id {v!r} is not a non-negative integer")
+  values = sorted(emb_map.values())
+  base = values[0]
+  n_items = len(values)
+  if values != list(range(base, base + n_items)) or base not in (0, 1):
+    raise DataError(map_path, None, "ids must be 0..N-1 (or 1..N with 0 for padding), each once")
+  key_to_id = {str(k): v - base for k, v in emb_map.items()}
+  seqs = {}
+  for split in ("train", "valid", "test"):
+    path = os.path.join(directory, f"{name}.{split}.jsonl")
+    _require(path)
+    with open(path, "r", encoding="utf-8") as f:
+      for lineno, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        rec = f"line {lineno}"
+        try:
+          obj = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise DataError(path, rec, f"malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+          raise DataError(path, rec, "expected a JSON object")
+        for field in ("user_id", "target_id", "inter_history"):
+          if field not in obj:
+            raise DataError(path, rec, f"missing required field '{field}'")
+        hist = obj["inter_history"]
+        if not isinstance(hist, list):
+          raise DataError(path, rec, "'inter_history' must be a list")
+
+        def lookup(key):
+          if str(key) not in key_to_id:
+            raise DataError(path, rec, f"item {key!r} is not in {os.path.basename(map_path)}")
+          return key_to_id[str(key)]
+
+        hist = [lookup(k) for k in hist]
+        target = lookup(obj["target_id"])
+        user = str(obj["user_id"])
+        seq = seqs.get(user)
+        if seq is None:
+          seqs[user] = hist + [target]
+          continue
+        if hist and seq[len(seq) - len(hist):] != hist:
+          raise DataError(path, rec, f"history of user {user!r} does not continue the sequence "
+                          "built from earlier lines (lines must be chronological, train before "
+                          "valid before test)")
+        seq.append(target)
+
+  def strip_padding_row(path, matrix):
+    if base == 1 and matrix.ndim == 2 and matrix.shape[0] == n_items + 1:
+      return matrix[1:]  # SASRec exports keep row 0 for padding
+    return matrix
+
+  feats = read_features(directory, name, features, n_items, rename=strip_padding_row)
+  id_to_key = [None] * n_items
+  for k, v in key_to_id.items():
+    id_to_key[v] = k
+  return from_sequences(name, list(seqs.values()), n_items, features=feats,
+                        user_keys=list(seqs.keys()), item_keys=id_to_key)
+
+
+def _read_atomic(path, required):
+  """Reads a RecBole atomic file: a `name:type` header and tab-separated rows."""
+  _require(path)
+  with open(path, "r", encoding="utf-8") as f:
+    header = f.readline().rstrip("\n").rstrip("\r").split("\t")
+    fields = []
+    for col, h in enumerate(header):
+      if ":" not in h:
+        raise DataError(path, "line 1", f"header column {col + 1} {h!r} is not of the form name:type")
+      fields.append(h.split(":", 1)[0])
+    for req in required:
+      if req not in fields:
+        raise DataError(path, "line 1", f"missing required column '{req}' (header has {fields})")
+    rows = []
+    for lineno, line in enumerate(f, 2):
+      line = line.rstrip("\n").rstrip("\r")
+      if not line:
+        continue
+      parts = line.split("\t")
+      if len(parts) != len(fields):
+        raise DataError(path, f"line {lineno}", f"has {len(parts)} tab-separated columns, the "
+                        f"header has {len(fields)}")
+      rows.append(parts)
+  return fields, rows
+
+
+def read_recbole(directory, name, features=(), user_field="user_id", item_field="item_id",
+                 time_field="timestamp") -> Dataset:
+  """RecBole atomic files. Items are numbered in `.item` order if present, else by first
+  appearance; each user's interactions are sorted by timestamp (stable) when there is one."""
+  inter_path = os.path.join(directory, f"{name}.inter")
+  fields, rows = _read_atomic(inter_path, [user_field, item_field])
+  ui, ii = fields.index(user_field), fields.index(item_field)
+  ti = fields.index(time_field) if time_field in fields else None
+  item_path = os.path.join(directory, f"{name}.item")
+  item_ids = {}
+  from_item_file = os.path.exists(item_path)
+  if from_item_file:
+    ifields, irows = _read_atomic(item_path, [item_field])
+    col = ifields.index(item_field)
+    for lineno, r in enumerate(irows, 2):
+      if r[col] in item_ids:
+        raise DataError(item_path, f"line {lineno}", f"item {r[col]!r} is listed twice")
+      item_ids[r[col]] = len(item_ids)
+  per_user = {}
+  for lineno, r in enumerate(rows, 2):
+    item = r[ii]
+    if item not in item_ids:
+      if from_item_file:
+        raise DataError(inter_path, f"line {lineno}", f"item {item!r} is not in {name}.item")
+      item_ids[item] = len(item_ids)
+    t = 0.0
+    if ti is not None:
+      try:
+        t = float(r[ti])
+      except ValueError:
+        raise DataError(inter_path, f"line {lineno}", f"timestamp {r[ti]!r} is not a number") from None
+    per_user.setdefault(r[ui], []).append((t, item_ids[item]))
+  seqs = []
+  for events in per_user.values():
+    events.sort(key=lambda e: e[0])  # stable: ties keep file order
+    seqs.append([i for _, i in events])
+  n_items = len(item_ids)
+  feats = read_features(directory, name, features, n_items)
+  return from_sequences(name, seqs, n_items, features=feats, user_keys=list(per_user.keys()),
+                        item_keys=list(item_ids.keys()))

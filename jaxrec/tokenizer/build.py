@@ -1,0 +1,102 @@
+"""From a data set and `config.tokenizer` to an item CodeTable (trained, or given)."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+
+from jaxrec.tokenizer import codes as codes_lib
+from jaxrec.tokenizer import train as tok_train
+from jaxrec.tokenizer.rqvae import RQVAE, rqvae_config
+
+
+def tokenizer_fingerprint(tok_cfg, dataset, seed: int) -> str:
+  """Same features + same tokenizer config + same seed -> same IDs (and the same print)."""
+  if tok_cfg.source == "given":
+    return codes_lib.fingerprint("given", dataset.codes_NxC, tok_cfg.to_dict())
+  return codes_lib.fingerprint(dataset.features[tok_cfg.feature], tok_cfg.to_dict(), seed,
+                               jax.__version__)
+
+
+def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = None,
+                     extra_loss=None, log: Callable[[dict], None] = None):
+  """Returns (CodeTable, tokenizer) where tokenizer is (model, params) or None for given codes.
+
+  With a workdir holding `codes.npz` of the same fingerprint, that table is reused."""
+  fp = tokenizer_fingerprint(tok_cfg, dataset, seed)
+  if workdir and os.path.exists(os.path.join(workdir, "codes.npz")):
+    table = codes_lib.CodeTable.load(workdir)
+    if table.fingerprint == fp:  # same inputs: reuse the saved IDs, bit for bit
+      return table, None
+  if tok_cfg.source == "given":
+    if dataset.codes_NxC is None:
+      raise ValueError("tokenizer.source='given' but the data set has no codes "
+                       "(set data.index=True for a <name>.index.json)")
+    sizes = tuple(max(int(s), int(tok_cfg.codebook_size)) for s in dataset.code_sizes)
+    stats = {"source": "given"}
+    table = codes_lib.finalize_codes(dataset.codes_NxC, sizes, tok_cfg.collision,
+                                     tok_cfg.suffix_size, stats, fp, resolve_fn=None
+                                     if tok_cfg.collision != "sinkhorn" else _no_residuals)
+    return table, None
+  if tok_cfg.source != "rqvae":
+    raise ValueError(f"tokenizer.source must be 'rqvae' or 'given', got {tok_cfg.source!r}")
+  if tok_cfg.feature not in dataset.features:
+    raise ValueError(f"tokenizer.feature={tok_cfg.feature!r} but the data set has features "
+                     f"{sorted(dataset.features)} (add it to data.features)")
+  feats = dataset.features[tok_cfg.feature]
+  arch = rqvae_config(tok_cfg, feats.shape[1])
+  t0 = time.time()
+  model, params, history = tok_train.fit(tok_cfg, arch, feats, key, extra_loss=extra_loss, log=log)
+  fit_s = time.time() - t0
+  table = assign_catalogue(tok_cfg, model, params, feats, fp,
+                           {"source": "rqvae", "fit_seconds": round(fit_s, 2),
+                            "history": history[-1] if history else {}})
+  return table, (model, params)
+
+
+def _no_residuals(codes):
+  raise ValueError("collision='sinkhorn' needs a trained tokenizer; given codes can only use "
+                   "'suffix' or 'none'")
+
+
+def assign_catalogue(tok_cfg, model: RQVAE, params, feats_NxF, fp: str, stats: dict):
+  """Codes every item, resolves collisions per `tok_cfg.collision`, returns the CodeTable."""
+  enc = tok_train.encode_catalogue(params, jax.numpy.asarray(feats_NxF), model=model)
+  cfg = model.cfg
+  last = cfg.levels - 1
+  codebooks = params["params"]["codebooks"]
+  resolve = functools.partial(codes_lib.resolve_sinkhorn,
+                              last_residual_NxD=enc["residuals_NxCxD"][:, last],
+                              last_codebook_KxD=codebooks[last], rounds=tok_cfg.sinkhorn_rounds,
+                              eps=cfg.sinkhorn_eps, iters=cfg.sinkhorn_iters)
+  stats = dict(stats, catalogue_recon=float(enc["recon"]))
+  return codes_lib.finalize_codes(np.asarray(enc["codes_NxC"]), (cfg.codebook_size,) * cfg.levels,
+                                  tok_cfg.collision, tok_cfg.suffix_size, stats, fp,
+                                  resolve_fn=resolve)
+
+
+def plot_usage(table: codes_lib.CodeTable, path: str, title: str = ""):
+  """PNG of per-level code usage: codes sorted by how many items use them."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  depth = table.depth
+  fig, axes = plt.subplots(1, depth, figsize=(3.2 * depth, 2.8), squeeze=False)
+  for level in range(depth):
+    counts = np.bincount(table.codes_NxC[:, level], minlength=table.sizes[level])
+    ax = axes[0, level]
+    ax.bar(np.arange(len(counts)), np.sort(counts)[::-1], width=1.0)
+    ax.set_title(f"level {level + 1}: {int((counts > 0).sum())}/{table.sizes[level]} used",
+                 fontsize=9)
+    ax.set_xlabel("code (sorted)")
+    if level == 0:
+      ax.set_ylabel("items")
+  fig.suptitle(title or "code usage per level", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)

@@ -1,0 +1,76 @@
+"""Jitted k-means (k-means++ or random init), deterministic by key, and dead-code re-seeding.
+
+Shape letters: N points, K clusters, D width.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxrec.tokenizer.rq import squared_distances
+
+
+def _kmeans_pp_init(key, x_NxD, k):
+  """k-means++: each new centre drawn with probability proportional to D(x)^2."""
+  n = x_NxD.shape[0]
+  first = jax.random.randint(jax.random.fold_in(key, 0), (), 0, n)
+  cents = jnp.zeros((k, x_NxD.shape[1]), x_NxD.dtype).at[0].set(x_NxD[first])
+  d2 = jnp.sum(jnp.square(x_NxD - x_NxD[first]), axis=-1)
+
+  def body(i, carry):
+    cents, d2 = carry
+    total = jnp.sum(d2)
+    # All points already chosen (N <= i): fall back to a uniform draw.
+    logits = jnp.where(total > 0, jnp.log(jnp.maximum(d2, 1e-30)), 0.0)
+    idx = jax.random.categorical(jax.random.fold_in(key, i), logits)
+    cents = cents.at[i].set(x_NxD[idx])
+    d2 = jnp.minimum(d2, jnp.sum(jnp.square(x_NxD - x_NxD[idx]), axis=-1))
+    return cents, d2
+
+  cents, _ = jax.lax.fori_loop(1, k, body, (cents, d2))
+  return cents
+
+
+@functools.partial(jax.jit, static_argnames=("k", "iters", "init"))
+def kmeans(key, x_NxD, k: int, iters: int = 25, init: str = "kmeans++"):
+  """Lloyd's k-means. Returns (centroids [K, D], assignment [N], inertia).
+
+  An empty cluster keeps its previous centre (re-seeding handles dead codes later)."""
+  if init == "kmeans++":
+    cents = _kmeans_pp_init(key, x_NxD, k)
+  elif init == "random":
+    n = x_NxD.shape[0]
+    idx = jax.random.choice(key, n, (k,), replace=n < k)
+    cents = x_NxD[idx]
+  else:
+    raise ValueError(f"init must be 'kmeans++' or 'random', got {init!r}")
+
+  def step(cents, _):
+    assign = jnp.argmin(squared_distances(x_NxD, cents), axis=-1)
+    sums = jax.ops.segment_sum(x_NxD, assign, num_segments=k)
+    counts = jax.ops.segment_sum(jnp.ones(x_NxD.shape[0], x_NxD.dtype), assign, num_segments=k)
+    new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None], cents)
+    return new, None
+
+  cents, _ = jax.lax.scan(step, cents, None, length=iters)
+  dist = squared_distances(x_NxD, cents)
+  return cents, jnp.argmin(dist, axis=-1), jnp.sum(jnp.min(dist, axis=-1))
+
+
+def inertia(x_NxD, cents_KxD):
+  return jnp.sum(jnp.min(squared_distances(x_NxD, cents_KxD), axis=-1))
+
+
+@jax.jit
+def reseed_dead_codes(key, codebook_KxD, residuals_NxD, counts_K):
+  """Re-initialises codes with zero usage to randomly drawn current residuals (plus a
+  little noise so two revived codes never coincide). Returns (codebook, n_revived)."""
+  dead = counts_K == 0
+  n = residuals_NxD.shape[0]
+  k1, k2 = jax.random.split(key)
+  pick = jax.random.randint(k1, (codebook_KxD.shape[0],), 0, n)
+  scale = jnp.std(residuals_NxD) * 0.01 + 1e-6
+  fresh = residuals_NxD[pick] + scale * jax.random.normal(k2, codebook_KxD.shape)
+  return jnp.where(dead[:, None], fresh, codebook_KxD), jnp.sum(dead)

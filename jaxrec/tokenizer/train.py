@@ -1,0 +1,171 @@
+"""Tokenizer training: k-means init, a jitted pure step over item batches, the fit loop,
+catalogue assignment.
+
+Shape letters: N items, F feature width, B batch, C levels, K codebook size, D code width,
+S steps per epoch.
+
+Methods add terms to the tokenizer loss through `extra_loss(params, apply, out, batch, key)
+-> (loss, metrics)`, a static (hashable) callable; `batch` holds the item ids `idx_B` and
+features `x_BxF`, `out` is the model's (reconstruction, RQOutput, z).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxrec.tokenizer import codes as codes_lib
+from jaxrec.tokenizer.kmeans import kmeans, reseed_dead_codes
+from jaxrec.tokenizer.rqvae import RQVAE, RQVAEConfig, reconstruction_loss
+
+
+@flax.struct.dataclass
+class TokState:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+
+
+def make_optimizer(lr: float, weight_decay: float, total_steps: int, warmup_steps: int,
+                   clip: float, schedule: str = "cosine") -> optax.GradientTransformation:
+  """AdamW with linear warm-up then cosine (or constant), after global-norm clipping."""
+  warmup_steps = max(0, min(warmup_steps, total_steps - 1))
+  if schedule == "cosine":
+    sched = optax.warmup_cosine_decay_schedule(0.0 if warmup_steps else lr, lr, warmup_steps,
+                                               max(total_steps, warmup_steps + 1), end_value=0.0)
+  elif schedule == "constant":
+    sched = optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup_steps, 1)),
+                                  optax.constant_schedule(lr)], [warmup_steps])
+  else:
+    raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+  chain = [optax.clip_by_global_norm(clip)] if clip and clip > 0 else []
+  return optax.chain(*chain, optax.adamw(sched, weight_decay=weight_decay))
+
+
+def tokenizer_loss(params, model: RQVAE, batch, key, extra_loss: Optional[Callable] = None):
+  """L_recon + L_rq (+ the method's extra terms). Returns (loss, metrics)."""
+  k_drop, k_quant, k_extra = jax.random.split(key, 3)
+  out = model.apply(params, batch["x_BxF"], True, k_quant, rngs={"dropout": k_drop})
+  x_hat, rq, _ = out
+  recon = reconstruction_loss(x_hat, batch["x_BxF"])
+  loss = recon + rq.loss
+  metrics = {"recon": recon, "rq": rq.loss}
+  if extra_loss is not None:
+    extra, extra_metrics = extra_loss(params, model, out, batch, k_extra)
+    loss = loss + extra
+    metrics.update(extra_metrics)
+  metrics["loss"] = loss
+  return loss, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tx", "extra_loss"), donate_argnums=0)
+def train_epoch(state: TokState, feats_NxF, idx_SxB, key, *, model, tx, extra_loss=None):
+  """One epoch: a scan of tokenizer steps over the planned item batches."""
+
+  def step(state, idx_B):
+    batch = {"x_BxF": feats_NxF[idx_B], "idx_B": idx_B}
+    k = jax.random.fold_in(key, state.step)
+    (_, metrics), grads = jax.value_and_grad(tokenizer_loss, has_aux=True)(
+        state.params, model, batch, k, extra_loss)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    return TokState(state.step + 1, params, opt_state), metrics
+
+  state, metrics = jax.lax.scan(step, state, idx_SxB)
+  return state, jax.tree.map(jnp.mean, metrics)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def encode_catalogue(params, feats_NxF, *, model: RQVAE):
+  """Nearest-code assignment of every item (inference mode), with residuals and recon."""
+  x_hat, rq, z = model.apply(params, feats_NxF, False)
+  return {"codes_NxC": rq.codes_BxC, "residuals_NxCxD": rq.residuals_BxCxD, "z_NxD": z,
+          "recon": reconstruction_loss(x_hat, feats_NxF)}
+
+
+def kmeans_init(params, feats_NxF, key, model: RQVAE, iters: int, init: str):
+  """Initialises each level's codebook with k-means on that level's residuals of the whole
+  catalogue (level by level, each on what the previous levels left)."""
+  cfg = model.cfg
+  z = model.apply(params, feats_NxF, method=RQVAE.encode)
+  books = []
+  residual = z
+  for level in range(cfg.levels):
+    cents, assign, _ = kmeans(jax.random.fold_in(key, level), residual, cfg.codebook_size,
+                              iters, init)
+    books.append(cents)
+    residual = residual - cents[assign]
+  params = flax.core.unfreeze(params)
+  params["params"]["codebooks"] = jnp.stack(books)
+  return params
+
+
+def epoch_batches(key, n_items: int, batch_size: int):
+  """A permutation of the items as [S, B] batches; the last batch wraps around to the
+  permutation's start so every step has the same shape and every item is seen."""
+  steps = -(-n_items // batch_size)
+  perm = jax.random.permutation(key, n_items)
+  total = steps * batch_size
+  return jnp.concatenate([perm, perm[:total - n_items]]).reshape(steps, batch_size)
+
+
+def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra_loss=None,
+        log: Callable[[dict], None] = None):
+  """Trains the tokenizer for `tok_cfg.epochs`; returns (model, params, history)."""
+  log = log or (lambda m: logging.info("tokenizer %s", m))
+  model = RQVAE(arch)
+  feats = jnp.asarray(feats_NxF, jnp.float32)
+  n = feats.shape[0]
+  batch_size = min(tok_cfg.batch_size, n)
+  k_init, k_km, k_train, k_seed = jax.random.split(key, 4)
+  params = model.init({"params": k_init}, feats[:2], False)
+  if tok_cfg.kmeans_init:
+    params = kmeans_init(params, feats, k_km, model, tok_cfg.kmeans_iters, tok_cfg.kmeans_method)
+  steps = -(-n // batch_size)
+  tx = make_optimizer(tok_cfg.lr, tok_cfg.weight_decay, tok_cfg.epochs * steps,
+                      tok_cfg.warmup_epochs * steps, tok_cfg.clip, tok_cfg.schedule)
+  state = TokState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  history = []
+  t0 = time.time()
+  sizes = (arch.codebook_size,) * arch.levels
+  for epoch in range(tok_cfg.epochs):
+    idx = epoch_batches(jax.random.fold_in(k_train, epoch), n, batch_size)
+    state, metrics = train_epoch(state, feats, idx, k_train, model=model, tx=tx,
+                                 extra_loss=extra_loss)
+    last = epoch == tok_cfg.epochs - 1
+    reseed = tok_cfg.reseed_every and (epoch + 1) % tok_cfg.reseed_every == 0 and not last
+    if reseed or last or (epoch + 1) % tok_cfg.log_every == 0:
+      enc = encode_catalogue(state.params, feats, model=model)
+      record = {"epoch": epoch + 1, "time_s": round(time.time() - t0, 2),
+                **{k: round(float(v), 6) for k, v in jax.device_get(metrics).items()},
+                "catalogue_recon": round(float(enc["recon"]), 6),
+                **codes_lib.health_dict(enc["codes_NxC"], sizes)}
+      if reseed:
+        state, revived = _reseed(state, enc, jax.random.fold_in(k_seed, epoch), sizes)
+        record["revived"] = revived
+      history.append(record)
+      log(record)
+  return model, state.params, history
+
+
+def _reseed(state: TokState, enc, key, sizes):
+  """Re-initialises each level's codes unused over the catalogue from current residuals."""
+  params = flax.core.unfreeze(state.params)
+  books = params["params"]["codebooks"]
+  revived = []
+  for level, k in enumerate(sizes):
+    counts = jnp.zeros(k, jnp.int32).at[enc["codes_NxC"][:, level]].add(1)
+    book, n = reseed_dead_codes(jax.random.fold_in(key, level), books[level],
+                                enc["residuals_NxCxD"][:, level], counts)
+    books = books.at[level].set(book)
+    revived.append(int(n))
+  params["params"]["codebooks"] = books
+  return state.replace(params=params), revived
