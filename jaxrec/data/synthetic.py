@@ -67,8 +67,12 @@ def generate(spec: SyntheticSpec = SyntheticSpec()) -> tuple[Dataset, Structure]
   for s in range(n_sub):
     same = np.flatnonzero(topic_of_sub == topic_of_sub[s])
     other = np.flatnonzero(topic_of_sub != topic_of_sub[s])
-    succ = list(rng.choice(same[same != s], spec.n_successors - 1, replace=False))
-    succ.append(rng.choice(other))
+    same = same[same != s]
+    succ = list(rng.choice(same, min(spec.n_successors - 1, len(same)), replace=False))
+    if len(other):
+      succ.append(rng.choice(other))
+    if not succ:
+      succ = [s]
     transition[s, succ] = rng.dirichlet(np.full(len(succ), 2.0))
 
   # Content embeddings around topic and subtopic centres.

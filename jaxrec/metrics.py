@@ -1,0 +1,56 @@
+"""Recall@K and NDCG@K from ranked item lists, one relevant item per user (the field's
+leave-one-out definitions: Recall@K = hit within the top K, NDCG@K = 1 / log2(rank + 2)).
+
+Shape letters: U users, R ranked list length.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KS = (1, 5, 10, 20)
+NDCG_KS = (5, 10, 20)
+
+
+def _names(ks, ndcg_ks):
+  return [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ndcg_ks]
+
+
+def rank_metric_sums(ranked_UxR, target_U, weight_U, ks: Sequence[int] = KS,
+                     ndcg_ks: Sequence[int] = NDCG_KS):
+  """Sums (not means) of each metric over users weighted by `weight_U` (0 for padding);
+  jit-friendly. Ranked entries of -1 (no valid item) never match."""
+  hit = (ranked_UxR == target_U[:, None]) & (target_U[:, None] >= 0)
+  found = jnp.any(hit, axis=1)
+  rank = jnp.where(found, jnp.argmax(hit, axis=1), ranked_UxR.shape[1])
+  out = {}
+  for k in ks:
+    out[f"recall@{k}"] = jnp.sum(weight_U * (rank < k))
+  for k in ndcg_ks:
+    out[f"ndcg@{k}"] = jnp.sum(weight_U * jnp.where(rank < k, 1.0 / jnp.log2(rank + 2.0), 0.0))
+  out["count"] = jnp.sum(weight_U)
+  return out
+
+
+def finalize(sums: dict) -> dict:
+  """Divides accumulated sums by the user count."""
+  n = max(float(sums["count"]), 1.0)
+  return {k: float(v) / n for k, v in sums.items() if k != "count"}
+
+
+def rank_metrics_np(ranked_UxR, target_U, ks: Sequence[int] = KS, ndcg_ks: Sequence[int] = NDCG_KS):
+  """Host convenience: means of each metric."""
+  ranked = np.asarray(ranked_UxR)
+  sums = rank_metric_sums(jnp.asarray(ranked), jnp.asarray(target_U),
+                          jnp.ones(len(target_U), jnp.float32), ks, ndcg_ks)
+  return finalize(jax.device_get(sums))
+
+
+def accumulate(total: dict | None, sums: dict) -> dict:
+  sums = jax.device_get(sums)
+  if total is None:
+    return {k: float(v) for k, v in sums.items()}
+  return {k: total[k] + float(v) for k, v in sums.items()}
