@@ -76,7 +76,7 @@ def train_epoch(state: TokState, feats_NxF, idx_SxB, key, *, model, tx, extra_lo
         state.params, model, batch, k, extra_loss)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return TokState(state.step + 1, params, opt_state), metrics
 
   state, metrics = jax.lax.scan(step, state, idx_SxB)

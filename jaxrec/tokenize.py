@@ -1,0 +1,59 @@
+"""`python -m jaxrec.tokenize --config configs/X.py[:variant] --workdir DIR`: semantic IDs only.
+
+Trains the configured tokenizer on the data set's item features and writes to DIR:
+codes.npz + codes.json (the code table, its fingerprint and statistics),
+<name>.index.json (LETTER's format), tokenizer_log.jsonl and code_usage.png.
+"""
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxrec.config import default_config_path
+
+_CONFIG = config_flags.DEFINE_config_file("config", default_config_path(), "Config file[:variant].")
+_WORKDIR = flags.DEFINE_string("workdir", "workdir/tokenize", "Output directory.")
+
+
+def main(argv):
+  del argv
+  import jax
+  from jaxrec.data import DataError, load_dataset
+  from jaxrec.methods import get_method
+  from jaxrec.tokenizer.build import build_code_table, plot_usage
+  cfg = _CONFIG.value
+  workdir = _WORKDIR.value
+  os.makedirs(workdir, exist_ok=True)
+  try:
+    ds = load_dataset(cfg.data)
+  except DataError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  method = get_method(cfg.method)
+  log_path = os.path.join(workdir, "tokenizer_log.jsonl")
+  with open(log_path, "a") as logf:
+    def log(record):
+      print(json.dumps(record), flush=True)
+      logf.write(json.dumps(record) + "\n")
+      logf.flush()
+    key = jax.random.fold_in(jax.random.key(cfg.seed), 0)
+    table, _ = build_code_table(cfg.tokenizer, ds, key, cfg.seed, workdir=workdir,
+                                extra_loss=method.tokenizer_loss(cfg, ds), log=log)
+  table.save(workdir)
+  index_path = os.path.join(workdir, f"{ds.name}.index.json")
+  table.write_index_json(index_path, ds.item_keys)
+  plot_usage(table, os.path.join(workdir, "code_usage.png"), f"{cfg.method} on {ds.name}")
+  before, final = table.stats.get("before_resolution", {}), table.stats["final"]
+  print(f"items {table.n_items}, depth {table.depth}, sizes {list(table.sizes)}")
+  if before:
+    print(f"before resolution: used {before['used']}, perplexity {before['perplexity']}, "
+          f"colliding items {before['colliding_items']} ({100 * before['collision_rate']:.2f}%), "
+          f"largest group {before['largest_group']}")
+  print(f"final: used {final['used']}, colliding items {final['colliding_items']}")
+  print(f"wrote {os.path.join(workdir, 'codes.npz')}, {index_path}, code_usage.png")
+
+
+if __name__ == "__main__":
+  app.run(main)

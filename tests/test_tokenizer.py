@@ -1,0 +1,204 @@
+"""Residual quantization, Sinkhorn, k-means, collisions, code tables, tokenizer fit."""
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxrec.tokenizer import codes as codes_lib
+from jaxrec.tokenizer.build import build_code_table
+from jaxrec.tokenizer.kmeans import inertia, kmeans, reseed_dead_codes
+from jaxrec.tokenizer.rq import residual_quantize, sinkhorn_log
+from jaxrec.data import from_sequences
+
+
+def _books(key, levels=3, k=8, d=4, decay=0.1):
+  """Codebooks whose scales shrink level by level, so greedy residual coding is exact."""
+  keys = jax.random.split(key, levels)
+  return jnp.stack([jax.random.normal(keys[l], (k, d)) * decay ** l for l in range(levels)])
+
+
+class ResidualQuantizeTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_straight_through_gradient_is_identity(self):
+    books = _books(jax.random.key(0))
+    z = jax.random.normal(jax.random.key(1), (5, 4))
+    w = jax.random.normal(jax.random.key(2), (5, 4))
+
+    @self.variant
+    def f(z):
+      out = residual_quantize(z, books, modes=("hard",) * 3, train=True)
+      return jnp.sum(out.quantized_BxD * w)
+
+    chex.assert_trees_all_close(jax.grad(f)(z), w, atol=1e-6)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_quantized_is_sum_of_chosen_codes_and_sums_round_trip(self):
+    books = _books(jax.random.key(3))
+    codes = jax.random.randint(jax.random.key(4), (16, 3), 0, 8)
+    z = sum(books[l][codes[:, l]] for l in range(3))
+    out = self.variant(lambda z: residual_quantize(z, books, modes=("hard",) * 3, train=False))(z)
+    chex.assert_trees_all_equal(out.codes_BxC, codes.astype(jnp.int32))
+    chosen = sum(books[l][out.codes_BxC[:, l]] for l in range(3))
+    chex.assert_trees_all_close(out.quantized_BxD, chosen, atol=1e-5)
+    chex.assert_shape(out.dist_BxCxK, (16, 3, 8))
+    chex.assert_shape(out.residuals_BxCxD, (16, 3, 4))
+    # round trip: zero quantization error
+    chex.assert_trees_all_close(out.quantized_BxD, z, atol=1e-5)
+
+  def test_stop_gradient_between_levels(self):
+    """'stop' (official code): only level 1's commitment reaches z; 'through': all do."""
+    books = _books(jax.random.key(5))
+    z = jax.random.normal(jax.random.key(6), (6, 4))
+
+    def commit_grad(mode):
+      return jax.grad(lambda z: residual_quantize(z, books, modes=("hard",) * 3, train=True,
+                                                  residual_grad=mode, level_reduce="sum").commit_loss)(z)
+
+    def level1_grad(z):
+      e = books[0][jnp.argmin(codes_lib.squared_distances(z, books[0]), -1)]
+      return jax.grad(lambda z: jnp.mean(jnp.square(z - e)))(z)
+
+    chex.assert_trees_all_close(commit_grad("stop"), level1_grad(z), atol=1e-6)
+    assert not np.allclose(commit_grad("through"), level1_grad(z), atol=1e-4)
+
+  def test_gumbel_soft_in_training_hard_at_inference(self):
+    books = _books(jax.random.key(7), levels=2)
+    z = jax.random.normal(jax.random.key(8), (4, 4))
+    soft = residual_quantize(z, books, modes=("gumbel", "gumbel"), train=True, key=jax.random.key(0))
+    hard = residual_quantize(z, books, modes=("gumbel", "gumbel"), train=False)
+    hard_sum = sum(books[l][hard.codes_BxC[:, l]] for l in range(2))
+    chex.assert_trees_all_close(hard.quantized_BxD, hard_sum, atol=1e-5)
+    assert not np.allclose(soft.quantized_BxD, hard_sum)
+    g = jax.grad(lambda b: jnp.sum(residual_quantize(z, b, modes=("gumbel", "gumbel"), train=True,
+                                                     key=jax.random.key(0)).quantized_BxD))(books)
+    assert float(jnp.abs(g).sum()) > 0  # the mixture is differentiable w.r.t. the codebooks
+
+
+class SinkhornTest(chex.TestCase):
+
+  def test_balanced_on_uniform_case(self):
+    cost = jax.random.uniform(jax.random.key(0), (64, 16))
+    codes = jnp.argmax(sinkhorn_log(cost, 0.003, 200), axis=-1)
+    counts = np.bincount(np.asarray(codes), minlength=16)
+    assert counts.max() - counts.min() <= 1, counts
+    nearest = np.bincount(np.asarray(jnp.argmin(cost, -1)), minlength=16)
+    assert nearest.max() - nearest.min() > 1  # the plain argmin is not balanced
+
+  def test_tiny_epsilon_is_finite(self):
+    cost = jax.random.uniform(jax.random.key(1), (32, 8)) * 100.0
+    for eps in (1e-3, 1e-6, 1e-9):
+      lq = sinkhorn_log(cost, eps, 50)
+      assert np.isfinite(np.asarray(jnp.max(lq, -1))).all()
+      assert np.isfinite(np.asarray(jax.nn.logsumexp(lq))).all()
+
+  def test_sinkhorn_mode_in_training_only(self):
+    books = _books(jax.random.key(2), levels=1, k=4)
+    z = jnp.tile(books[0][:1], (8, 1)) + 0.01 * jax.random.normal(jax.random.key(3), (8, 4))
+    train = residual_quantize(z, books, modes=("sinkhorn",), train=True)
+    infer = residual_quantize(z, books, modes=("sinkhorn",), train=False)
+    assert len(np.unique(np.asarray(infer.codes_BxC))) == 1  # all nearest to code 0
+    assert len(np.unique(np.asarray(train.codes_BxC))) == 4  # balanced over 4 codes
+
+
+def test_kmeans_lowers_inertia_and_is_deterministic():
+  x = jax.random.normal(jax.random.key(0), (300, 5)) + jnp.repeat(
+      jax.random.normal(jax.random.key(1), (6, 5)) * 4, 50, axis=0)
+  c0, _, i0 = kmeans(jax.random.key(2), x, 6, iters=0)
+  c1, a1, i1 = kmeans(jax.random.key(2), x, 6, iters=20)
+  c1b, _, _ = kmeans(jax.random.key(2), x, 6, iters=20)
+  assert float(i1) < float(i0)
+  chex.assert_trees_all_close(i1, inertia(x, c1), rtol=1e-5)
+  chex.assert_trees_all_equal(c1, c1b)
+  _, _, ir = kmeans(jax.random.key(2), x, 6, iters=20, init="random")
+  assert np.isfinite(float(ir))
+
+
+def test_reseed_revives_dead_codes():
+  x = jax.random.normal(jax.random.key(0), (100, 3))
+  book = jnp.concatenate([x[:4], jnp.full((4, 3), 100.0)])  # codes 4..7 are far away: dead
+  counts = jnp.bincount(jnp.argmin(codes_lib.squared_distances(x, book), -1), length=8)
+  assert (np.asarray(counts[4:]) == 0).all()
+  new, n = reseed_dead_codes(jax.random.key(1), book, x, counts)
+  assert int(n) == 4
+  chex.assert_trees_all_equal(new[:4], book[:4])
+  counts2 = jnp.bincount(jnp.argmin(codes_lib.squared_distances(x, new), -1), length=8)
+  assert (np.asarray(counts2[4:]) > 0).any()
+
+
+def test_health_on_hand_case():
+  codes = jnp.array([[0, 1], [0, 1], [1, 0], [2, 3], [0, 1]], jnp.int32)
+  h = codes_lib.health_dict(codes, (4, 4))
+  assert h["used"] == [3, 3]
+  assert h["colliding_items"] == 3 and h["largest_group"] == 3 and h["distinct_ids"] == 3
+  assert h["collision_rate"] == pytest.approx(0.6)
+  p = np.array([3, 1, 1]) / 5
+  assert h["perplexity"][0] == pytest.approx(np.exp(-(p * np.log(p)).sum()), abs=0.01)
+
+
+def test_suffix_makes_ids_unique_and_keeps_prefixes():
+  codes = np.array([[0, 1], [2, 2], [0, 1], [3, 0], [0, 1], [2, 2]], np.int32)
+  out = codes_lib.append_suffix(codes, 4)
+  np.testing.assert_array_equal(out[:, :2], codes)
+  np.testing.assert_array_equal(out[:, 2], [0, 0, 1, 0, 2, 1])  # rank by item id within group
+  assert len(np.unique(out, axis=0)) == len(out)
+  with pytest.raises(ValueError, match="3 items share one semantic ID, more than the collision level's size 2"):
+    codes_lib.append_suffix(codes, 2)
+
+
+def test_sinkhorn_resolution_reduces_collisions():
+  k, d = 16, 4
+  book = jax.random.normal(jax.random.key(0), (k, d))
+  # 12 items in 3 groups whose last-level residuals sit near one code each
+  residual = jnp.repeat(book[:3], 4, axis=0) + 0.3 * jax.random.normal(jax.random.key(1), (12, d))
+  codes = np.stack([np.repeat([0, 1, 2], 4), np.repeat([0, 1, 2], 4)], 1).astype(np.int32)
+  before = codes_lib.health_dict(codes, (k, k))["colliding_items"]
+  new, rounds = codes_lib.resolve_sinkhorn(codes, residual, book, rounds=20)
+  after = codes_lib.health_dict(new, (k, k))["colliding_items"]
+  assert before == 12 and after < before, (before, after)
+  np.testing.assert_array_equal(new[:, 0], codes[:, 0])  # only the last level moves
+
+
+def test_code_table_save_load_bit_identical(tmp_path):
+  codes = np.array([[1, 2, 0], [3, 4, 0]], np.int32)
+  t = codes_lib.CodeTable(codes, (8, 8, 4), {"a": 1}, codes_lib.fingerprint(codes, {"x": 1}))
+  t.save(str(tmp_path))
+  r = codes_lib.CodeTable.load(str(tmp_path))
+  assert r.fingerprint == t.fingerprint and r.sizes == t.sizes and r.stats == {"a": 1}
+  assert r.codes_NxC.tobytes() == codes.tobytes() and r.codes_NxC.dtype == np.int32
+  t.write_index_json(str(tmp_path / "x.index.json"))
+  from jaxrec.data.readers import read_index_json
+  back, _ = read_index_json(str(tmp_path / "x.index.json"), 2)
+  np.testing.assert_array_equal(back, codes)
+
+
+def _tiny_tok_cfg(**kw):
+  base = dict(source="rqvae", feature="f", hidden=(16,), code_dim=4, levels=2, codebook_size=8,
+              modes=("hard", "sinkhorn"), dropout=0.0, beta=0.25, level_reduce="mean",
+              residual_grad="stop", gumbel_tau=1.0, sinkhorn_eps=0.003, sinkhorn_iters=20,
+              kmeans_init=True, kmeans_method="kmeans++", kmeans_iters=5, reseed_every=2,
+              epochs=4, batch_size=32, lr=1e-3, weight_decay=1e-4, warmup_epochs=1,
+              schedule="constant", clip=1.0, log_every=2, collision="sinkhorn", suffix_size=8,
+              sinkhorn_rounds=5)
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
+
+
+def test_fit_same_key_same_codes_and_workdir_reuse(tmp_path):
+  feats = np.asarray(jax.random.normal(jax.random.key(0), (50, 6)), np.float32)
+  ds = from_sequences("t", [[0, 1, 2]], 50, features={"f": feats})
+  cfg = _tiny_tok_cfg()
+  a, tok = build_code_table(cfg, ds, jax.random.key(1), seed=1)
+  b, _ = build_code_table(cfg, ds, jax.random.key(1), seed=1)
+  assert tok is not None
+  np.testing.assert_array_equal(a.codes_NxC, b.codes_NxC)
+  assert a.fingerprint == b.fingerprint
+  assert len(np.unique(a.codes_NxC, axis=0)) == 50  # unique after resolution
+  a.save(str(tmp_path))
+  c, tok_c = build_code_table(cfg, ds, jax.random.key(1), seed=1, workdir=str(tmp_path))
+  assert tok_c is None and c.codes_NxC.tobytes() == a.codes_NxC.tobytes()
+  d, _ = build_code_table(_tiny_tok_cfg(epochs=3), ds, jax.random.key(1), seed=1,
+                          workdir=str(tmp_path))
+  assert d.fingerprint != a.fingerprint  # a config change is a different table
