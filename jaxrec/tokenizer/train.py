@@ -21,32 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxrec.optim import TrainState, make_optimizer
 from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.tokenizer.kmeans import kmeans, reseed_dead_codes
 from jaxrec.tokenizer.rqvae import RQVAE, RQVAEConfig, reconstruction_loss
-
-
-@flax.struct.dataclass
-class TokState:
-  step: jax.Array
-  params: dict
-  opt_state: optax.OptState
-
-
-def make_optimizer(lr: float, weight_decay: float, total_steps: int, warmup_steps: int,
-                   clip: float, schedule: str = "cosine") -> optax.GradientTransformation:
-  """AdamW with linear warm-up then cosine (or constant), after global-norm clipping."""
-  warmup_steps = max(0, min(warmup_steps, total_steps - 1))
-  if schedule == "cosine":
-    sched = optax.warmup_cosine_decay_schedule(0.0 if warmup_steps else lr, lr, warmup_steps,
-                                               max(total_steps, warmup_steps + 1), end_value=0.0)
-  elif schedule == "constant":
-    sched = optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup_steps, 1)),
-                                  optax.constant_schedule(lr)], [warmup_steps])
-  else:
-    raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
-  chain = [optax.clip_by_global_norm(clip)] if clip and clip > 0 else []
-  return optax.chain(*chain, optax.adamw(sched, weight_decay=weight_decay))
 
 
 def tokenizer_loss(params, model: RQVAE, batch, key, extra_loss: Optional[Callable] = None):
@@ -66,7 +44,7 @@ def tokenizer_loss(params, model: RQVAE, batch, key, extra_loss: Optional[Callab
 
 
 @functools.partial(jax.jit, static_argnames=("model", "tx", "extra_loss"), donate_argnums=0)
-def train_epoch(state: TokState, feats_NxF, idx_SxB, key, *, model, tx, extra_loss=None):
+def train_epoch(state: TrainState, feats_NxF, idx_SxB, key, *, model, tx, extra_loss=None):
   """One epoch: a scan of tokenizer steps over the planned item batches."""
 
   def step(state, idx_B):
@@ -77,7 +55,7 @@ def train_epoch(state: TokState, feats_NxF, idx_SxB, key, *, model, tx, extra_lo
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    return TokState(state.step + 1, params, opt_state), metrics
+    return TrainState(state.step + 1, params, opt_state), metrics
 
   state, metrics = jax.lax.scan(step, state, idx_SxB)
   return state, jax.tree.map(jnp.mean, metrics)
@@ -132,7 +110,7 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra_loss=None,
   steps = -(-n // batch_size)
   tx = make_optimizer(tok_cfg.lr, tok_cfg.weight_decay, tok_cfg.epochs * steps,
                       tok_cfg.warmup_epochs * steps, tok_cfg.clip, tok_cfg.schedule)
-  state = TokState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
   history = []
   t0 = time.time()
   sizes = (arch.codebook_size,) * arch.levels
@@ -156,7 +134,7 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra_loss=None,
   return model, state.params, history
 
 
-def _reseed(state: TokState, enc, key, sizes):
+def _reseed(state: TrainState, enc, key, sizes):
   """Re-initialises each level's codes unused over the catalogue from current residuals."""
   params = flax.core.unfreeze(state.params)
   books = params["params"]["codebooks"]

@@ -1,0 +1,135 @@
+"""Constrained beam search over the catalogue's semantic IDs, on device.
+
+The valid IDs are compiled once per code table into prefix tables (CSR over a trie whose
+nodes are the distinct prefixes in lexicographic order), so each step is a masked top-k:
+no host callbacks, no per-beam loops. The search is written for one user, `jax.vmap`-ed
+over a batch, with `lax.scan` over code levels; the encoder and the cross-attention
+keys/values are computed once per user and a key/value cache carries the decoder's
+self-attention across levels.
+
+Shape letters: B users, N items, C levels, K codes per level (padded), W beams, T encoder
+tokens, D width.
+"""
+from __future__ import annotations
+
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrec.recommender.t5 import T5
+
+
+@flax.struct.dataclass
+class PrefixTables:
+  """Trie of the valid IDs. Depth-d nodes are the distinct length-d prefixes, numbered in
+  lexicographic order, so a node's children are contiguous at the next depth.
+
+  child_start_CxN1: children of depth-l node n are depth-(l+1) nodes
+                    child_start[l, n] .. child_start[l, n + 1] - 1
+  child_code_CxN:   level-l code of depth-(l+1) node m
+  leaf_item_N:      item whose full ID is depth-C node m
+  """
+  child_start_CxN1: jax.Array
+  child_code_CxN: jax.Array
+  leaf_item_N: jax.Array
+
+
+@jax.jit
+def build_prefix_tables(codes_NxC) -> PrefixTables:
+  """Compiles a (unique) code table into prefix tables, on device."""
+  codes_NxC = codes_NxC.astype(jnp.int32)
+  n, c = codes_NxC.shape
+  order = jnp.lexsort(tuple(codes_NxC[:, l] for l in reversed(range(c))))
+  s = codes_NxC[order]
+  node_prev = jnp.zeros(n, jnp.int32)  # depth 0: the root
+  starts, child_codes = [], []
+  differs = jnp.zeros(n, bool)
+  for l in range(c):
+    differs = differs | jnp.concatenate([jnp.ones(1, bool), s[1:, l] != s[:-1, l]])
+    node = (jnp.cumsum(differs) - 1).astype(jnp.int32)  # depth-(l+1) node of each sorted row
+    count = node[-1] + 1
+    first_child = jax.ops.segment_min(node, node_prev, num_segments=n + 1)
+    first_child = jnp.where(jnp.arange(n + 1) <= node_prev[-1], first_child, count)
+    starts.append(first_child.astype(jnp.int32))
+    child_codes.append(jnp.zeros(n, jnp.int32).at[node].set(s[:, l]))
+    node_prev = node
+  leaf = jnp.zeros(n, jnp.int32).at[node_prev].set(order.astype(jnp.int32))
+  return PrefixTables(jnp.stack(starts), jnp.stack(child_codes), leaf)
+
+
+def prefix_tables(codes_NxC) -> PrefixTables:
+  """Host entry point: checks that IDs are unique, then builds the tables."""
+  codes = np.asarray(codes_NxC)
+  if len(np.unique(codes, axis=0)) != len(codes):
+    raise ValueError("constrained decoding needs unique item IDs: resolve collisions first")
+  return build_prefix_tables(jnp.asarray(codes))
+
+
+def beam_search(step_fn, state, tables: PrefixTables, level_sizes, offsets, bos: int,
+                beam: int):
+  """Constrained beam search for one user.
+
+  step_fn(state, tokens_W, level) -> (logits [W, K], state): the model's next-code logits
+  for W beams fed `tokens_W` (embedding rows: BOS, then offset + code) at `level`; every
+  leaf of `state` has a leading beam axis and is reordered as beams are selected.
+  Scores are sums of log-softmax over each level's codes, masked to valid children.
+  Returns (items [W], scores [W]) best first; -1 / -inf where fewer than W IDs exist."""
+  c, w = len(level_sizes), beam
+  k = max(level_sizes)
+  n = tables.leaf_item_N.shape[0]
+  offsets = jnp.asarray(offsets, jnp.int32)
+  sizes = jnp.asarray(level_sizes, jnp.int32)
+  scores = jnp.full((w,), -jnp.inf).at[0].set(0.0)  # one live beam at the root
+  init = (jnp.full((w,), bos, jnp.int32), scores, jnp.zeros((w,), jnp.int32), state)
+  rows = jnp.arange(w)[:, None]
+  j = jnp.arange(k)
+
+  def step(carry, level):
+    tokens, scores, node, state = carry
+    logits, state = step_fn(state, tokens, level)
+    logp = jax.nn.log_softmax(jnp.where(j < sizes[level], logits, -jnp.inf), axis=-1)
+    # valid children of each beam's prefix: a masked scatter of at most K codes
+    start = tables.child_start_CxN1[level, node]
+    degree = tables.child_start_CxN1[level, node + 1] - start
+    idx = start[:, None] + j[None, :]
+    ok = j[None, :] < degree[:, None]
+    code = jnp.where(ok, tables.child_code_CxN[level, jnp.clip(idx, 0, n - 1)], k)
+    child = jnp.full((w, k), -1, jnp.int32).at[rows, code].set(idx, mode="drop")
+    cand = jnp.where(child >= 0, scores[:, None] + logp, -jnp.inf)
+    top_s, top_i = jax.lax.top_k(cand.reshape(-1), w)
+    parent, chosen = top_i // k, top_i % k
+    new_node = jnp.maximum(child[parent, chosen], 0)
+    state = jax.tree.map(lambda a: a[parent], state)
+    return (offsets[level] + chosen, top_s, new_node, state), None
+
+  (_, scores, node, _), _ = jax.lax.scan(step, init, jnp.arange(c))
+  items = jnp.where(jnp.isfinite(scores), tables.leaf_item_N[node], -1)
+  return items, scores
+
+
+def _t5_beam_search_one(model: T5, params, out_tables_CxKxD, cross_kv, enc_mask_T,
+                        tables: PrefixTables, beam: int):
+  """T5 decoding for one user: the state is the decoder's key/value cache."""
+  cfg = model.cfg
+  shape = (beam, cfg.levels, cfg.heads, cfg.head_dim)
+  cache = [(jnp.zeros(shape), jnp.zeros(shape)) for _ in range(cfg.dec_layers)]
+
+  def step_fn(cache, tokens, level):
+    hidden, cache = model.apply(params, tokens, level, cache, cross_kv, enc_mask_T,
+                                method=T5.decode_step)
+    return (hidden * cfg.d_model ** -0.5) @ out_tables_CxKxD[level].T, cache
+
+  return beam_search(step_fn, cache, tables, cfg.level_sizes, cfg.offsets, cfg.bos, beam)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "beam"))
+def generate(params, tokens_BxT, mask_BxT, user_B, tables: PrefixTables, *, model: T5, beam: int):
+  """Encodes a batch once and beam-searches every user: (items [B, W], scores [B, W])."""
+  enc, enc_mask = model.apply(params, tokens_BxT, mask_BxT, user_B, False, method=T5.encode)
+  cross = model.apply(params, enc, method=T5.cross_kv)  # once per user, for all beams
+  out_tables = model.apply(params, method=T5.level_tables)
+  one = functools.partial(_t5_beam_search_one, model, params, out_tables, tables=tables, beam=beam)
+  return jax.vmap(one)(cross, enc_mask)

@@ -1,0 +1,38 @@
+"""Train state and optimizer shared by the tokenizer and the recommender."""
+from __future__ import annotations
+
+import flax
+import jax
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """step, params and optimizer state: a pytree, donated to the jitted steps."""
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+
+
+def learning_rate_schedule(lr: float, total_steps: int, warmup_steps: int,
+                           schedule: str = "cosine") -> optax.Schedule:
+  """Linear warm-up, then cosine decay to 0 or constant."""
+  total_steps = max(int(total_steps), 1)
+  warmup_steps = max(0, min(int(warmup_steps), total_steps - 1))
+  if schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0 if warmup_steps else lr, lr, warmup_steps,
+                                              max(total_steps, warmup_steps + 1), end_value=0.0)
+  if schedule == "constant":
+    if not warmup_steps:
+      return optax.constant_schedule(lr)
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps),
+                                 optax.constant_schedule(lr)], [warmup_steps])
+  raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+
+
+def make_optimizer(lr: float, weight_decay: float, total_steps: int, warmup_steps: int,
+                   clip: float, schedule: str = "cosine") -> optax.GradientTransformation:
+  """AdamW on the schedule above, after global-norm clipping (clip <= 0: none)."""
+  sched = learning_rate_schedule(lr, total_steps, warmup_steps, schedule)
+  chain = [optax.clip_by_global_norm(clip)] if clip and clip > 0 else []
+  return optax.chain(*chain, optax.adamw(sched, weight_decay=weight_decay))

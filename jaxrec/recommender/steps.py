@@ -1,0 +1,79 @@
+"""The recommender's pure steps: code loss, train step, evaluation step.
+
+Batches carry item ids; ids become codes here, on device, through the current code table
+(an argument, not a constant), so methods that re-tokenize during training reuse every
+compiled step.
+
+Shape letters: B batch, L history items, C code levels, K codes, N items, W beams.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxrec import decode, metrics
+from jaxrec.optim import TrainState
+from jaxrec.recommender.t5 import T5
+
+
+def history_tokens(codes_NxC, history_BxL, mask_BxL, offsets):
+  """Flattened encoder tokens [B, L*C] (embedding rows) and their mask."""
+  b, l = history_BxL.shape
+  c = codes_NxC.shape[1]
+  tok = codes_NxC[history_BxL] + jnp.asarray(offsets, jnp.int32)
+  mask = jnp.broadcast_to(mask_BxL[:, :, None], (b, l, c))
+  return tok.reshape(b, l * c), mask.reshape(b, l * c)
+
+
+def decoder_io(codes_NxC, target_B, offsets, bos):
+  """Teacher-forcing inputs [BOS, c_0 .. c_{C-2}] (embedding rows) and labels [B, C]."""
+  labels = codes_NxC[target_B]
+  shifted = labels[:, :-1] + jnp.asarray(offsets[:-1], jnp.int32)
+  inputs = jnp.concatenate([jnp.full((labels.shape[0], 1), bos, jnp.int32), shifted], axis=1)
+  return inputs, labels
+
+
+def forward(params, model: T5, batch, codes_NxC, train: bool, key=None):
+  """Teacher-forced forward pass: (logits [B, C, K], labels [B, C])."""
+  cfg = model.cfg
+  tokens, mask = history_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"], cfg.offsets)
+  dec_in, labels = decoder_io(codes_NxC, batch["target_B"], cfg.offsets, cfg.bos)
+  rngs = {"dropout": key} if train else {}
+  hidden = model.apply(params, tokens, mask, batch["user_B"], dec_in, train, rngs=rngs)
+  return model.apply(params, hidden, method=T5.logits), labels
+
+
+def code_loss(logits_BxCxK, labels_BxC, weight_B, tau: float = 1.0):
+  """Cross-entropy on logits / tau (tau = 1: plain CE; LETTER's ranking-guided loss uses
+  tau != 1), averaged over real samples and levels. Returns (loss, metrics)."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits_BxCxK / tau, labels_BxC)
+  denom = jnp.maximum(jnp.sum(weight_B), 1.0) * labels_BxC.shape[1]
+  loss = jnp.sum(ce * weight_B[:, None]) / denom
+  exact = jnp.all(jnp.argmax(logits_BxCxK, -1) == labels_BxC, axis=1)
+  acc = jnp.sum(exact * weight_B) / jnp.maximum(jnp.sum(weight_B), 1.0)
+  return loss, {"loss": loss, "id_accuracy": acc}
+
+
+def train_step(state: TrainState, batch, codes_NxC, key, *, model: T5, tx, tau: float = 1.0):
+  """One AdamW step on the code loss; dropout key = fold_in(key, step)."""
+  step_key = jax.random.fold_in(key, state.step)
+
+  def loss_fn(params):
+    logits, labels = forward(params, model, batch, codes_NxC, True, step_key)
+    return code_loss(logits, labels, batch["weight_B"], tau)
+
+  (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  out["grad_norm"] = optax.tree.norm(grads)
+  return TrainState(state.step + 1, params, opt_state), out
+
+
+def eval_step(params, batch, codes_NxC, tables, *, model: T5, beam: int):
+  """Constrained decoding of a batch and the metric sums: (sums, items [B, W])."""
+  tokens, mask = history_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"],
+                                model.cfg.offsets)
+  items, _ = decode.generate(params, tokens, mask, batch["user_B"], tables, model=model, beam=beam)
+  sums = metrics.rank_metric_sums(items, batch["target_B"], batch["weight_B"])
+  return sums, items

@@ -1,0 +1,319 @@
+"""T5-style encoder-decoder over semantic-ID codes (Flax Linen, used through `apply`).
+
+Pre-norm RMSNorm, bucketed relative position bias (computed by the first layer's table
+and shared by every layer, as in T5), ReLU feed-forward with dropout, no attention
+scaling (T5 folds it into the query initialisation). One embedding table holds every
+level's codes at per-level offsets plus a BOS row; the logits of decoder position l are
+the dot products with level l's rows only (tied input/output tables, per level).
+
+Shape letters: B batch, T encoder tokens, C code levels, K codes per level (padded to the
+largest level), D d_model, H heads, E head width, F d_ff, W beams.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NEG = -1e9  # additive mask value (finite: an all-masked row stays NaN-free)
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  level_sizes: tuple[int, ...]     # codes per level of the item code table
+  d_model: int = 128
+  d_ff: int = 1024
+  heads: int = 6
+  head_dim: int = 64
+  enc_layers: int = 4
+  dec_layers: int = 4
+  dropout: float = 0.1
+  rel_buckets: int = 32
+  rel_max_distance: int = 128
+  user_buckets: int = 0            # hashed user token prepended to the encoder input; 0: none
+
+  @property
+  def levels(self) -> int:
+    return len(self.level_sizes)
+
+  @property
+  def offsets(self) -> tuple[int, ...]:
+    return tuple(int(x) for x in np.cumsum((0,) + tuple(self.level_sizes))[:-1])
+
+  @property
+  def bos(self) -> int:
+    return int(sum(self.level_sizes))
+
+  @property
+  def k_max(self) -> int:
+    return max(self.level_sizes)
+
+
+def model_config(model_cfg, level_sizes) -> T5Config:
+  """Frozen architecture from a `config.model` ConfigDict and the code table's level sizes."""
+  return T5Config(level_sizes=tuple(int(s) for s in level_sizes), **model_cfg.to_dict())
+
+
+def relative_buckets(rel_pos, bidirectional: bool, num_buckets: int, max_distance: int):
+  """T5's bucketing of (key position - query position): exact for small distances,
+  logarithmic up to max_distance. Works on numpy and jax arrays."""
+  xp = jnp if isinstance(rel_pos, jax.Array) else np
+  ret = 0
+  n = -rel_pos
+  if bidirectional:
+    num_buckets //= 2
+    ret = (n < 0).astype(np.int32) * num_buckets
+    n = xp.abs(n)
+  else:
+    n = xp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  val_large = max_exact + (
+      xp.log(xp.maximum(n, 1).astype(np.float32) / max_exact)
+      / np.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(np.int32)
+  val_large = xp.minimum(val_large, num_buckets - 1)
+  return ret + xp.where(is_small, n, val_large)
+
+
+def dropout_mask(key, shape, rate: float):
+  """Bernoulli keep-mask for dropout, cheap on CPU.
+
+  Random bytes come from a counter hash (murmur3's 32-bit finaliser over iota, seeded by
+  one draw from `key`), four 8-bit uniforms per 32-bit word. Drawing them with
+  jax.random (threefry) made dropout half of the CPU train step; this is ~8x cheaper and
+  statistically fine for dropout (not for anything else). The drop probability is
+  quantised to round(rate * 256) / 256 (0.1 -> 0.1016); returns (mask, the exact keep
+  probability) so the rescaling stays unbiased."""
+  n = int(np.prod(shape))
+  seed = jax.random.bits(key, (), jnp.uint32)
+  h = jax.lax.iota(jnp.uint32, -(-n // 4)) * jnp.uint32(0x9E3779B1) + seed
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  h = h ^ (h >> 16)
+  u8 = jax.lax.bitcast_convert_type(h, jnp.uint8).reshape(-1)[:n].reshape(shape)
+  threshold = int(round(rate * 256))
+  return u8 >= threshold, 1.0 - threshold / 256.0
+
+
+class Dropout(nn.Module):
+  """Inverted dropout drawing its keep-mask with `dropout_mask` ('dropout' rng stream)."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate <= 0.0:
+      return x
+    keep, p = dropout_mask(self.make_rng("dropout"), x.shape, self.rate)
+    return jnp.where(keep, x / p, 0.0).astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+    var = jnp.mean(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True)
+    return (x * jax.lax.rsqrt(var + self.eps)).astype(x.dtype) * scale
+
+
+def attend(q_BxQxHxE, k_BxKxHxE, v_BxKxHxE, bias_BxHxQxK, dropout_fn):
+  """softmax(q k^T + bias) v, no scaling (T5)."""
+  s = jnp.einsum("bqhe,bkhe->bhqk", q_BxQxHxE, k_BxKxHxE) + bias_BxHxQxK
+  w = dropout_fn(jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(q_BxQxHxE.dtype))
+  return jnp.einsum("bhqk,bkhe->bqhe", w, v_BxKxHxE)
+
+
+class Attention(nn.Module):
+  cfg: T5Config
+
+  def setup(self):
+    c = self.cfg
+    inner = c.heads * c.head_dim
+    init = lambda fan: nn.initializers.normal(stddev=fan ** -0.5)  # T5's init
+    self.q = nn.Dense(inner, use_bias=False, kernel_init=init(c.d_model * c.head_dim))
+    self.k = nn.Dense(inner, use_bias=False, kernel_init=init(c.d_model))
+    self.v = nn.Dense(inner, use_bias=False, kernel_init=init(c.d_model))
+    self.o = nn.Dense(c.d_model, use_bias=False, kernel_init=init(inner))
+    self.drop = Dropout(c.dropout)
+
+  def split(self, x):
+    return x.reshape(x.shape[:-1] + (self.cfg.heads, self.cfg.head_dim))
+
+  def kv(self, x_BxKxD):
+    return self.split(self.k(x_BxKxD)), self.split(self.v(x_BxKxD))
+
+  def __call__(self, x_BxQxD, kv, bias, train: bool):
+    """Attention of x's queries over precomputed keys/values `kv`."""
+    q = self.split(self.q(x_BxQxD))
+    out = attend(q, kv[0], kv[1], bias, lambda w: self.drop(w, deterministic=not train))
+    return self.o(out.reshape(out.shape[:-2] + (-1,)))
+
+
+class FeedForward(nn.Module):
+  cfg: T5Config
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    c = self.cfg
+    h = nn.Dense(c.d_ff, use_bias=False, kernel_init=nn.initializers.normal(c.d_model ** -0.5),
+                 name="wi")(x)
+    h = Dropout(c.dropout)(nn.relu(h), deterministic=not train)
+    return nn.Dense(c.d_model, use_bias=False, kernel_init=nn.initializers.normal(c.d_ff ** -0.5),
+                    name="wo")(h)
+
+
+class EncoderLayer(nn.Module):
+  cfg: T5Config
+
+  def setup(self):
+    self.norm1, self.norm2 = RMSNorm(), RMSNorm()
+    self.attn = Attention(self.cfg)
+    self.ff = FeedForward(self.cfg)
+    self.drop = Dropout(self.cfg.dropout)
+
+  def __call__(self, x, bias, train: bool):
+    h = self.norm1(x)
+    x = x + self.drop(self.attn(h, self.attn.kv(h), bias, train), deterministic=not train)
+    return x + self.drop(self.ff(self.norm2(x), train), deterministic=not train)
+
+
+class DecoderLayer(nn.Module):
+  cfg: T5Config
+
+  def setup(self):
+    self.norm1, self.norm2, self.norm3 = RMSNorm(), RMSNorm(), RMSNorm()
+    self.self_attn = Attention(self.cfg)
+    self.cross_attn = Attention(self.cfg)
+    self.ff = FeedForward(self.cfg)
+    self.drop = Dropout(self.cfg.dropout)
+
+  def cross_kv(self, enc_BxTxD):
+    return self.cross_attn.kv(enc_BxTxD)
+
+  def __call__(self, x, self_kv_fn, self_bias, cross_kv, cross_bias, train: bool,
+               fold_beams: bool = False):
+    """`self_kv_fn(k, v)` returns the keys/values the queries attend to: the whole
+    sequence in training, the updated cache when decoding one position. With
+    `fold_beams`, x is [W, 1, D] (one position of W beams of one user) and the beams
+    become the queries of one cross-attention over the user's shared encoder states."""
+    d = lambda y: self.drop(y, deterministic=not train)
+    h = self.norm1(x)
+    kv = self_kv_fn(*self.self_attn.kv(h))
+    x = x + d(self.self_attn(h, kv, self_bias, train))
+    h = self.norm2(x)
+    if fold_beams:
+      h = h.reshape(1, -1, h.shape[-1])
+    h = self.cross_attn(h, cross_kv, cross_bias, train)
+    x = x + d(h.reshape(x.shape))
+    return x + d(self.ff(self.norm3(x), train)), kv
+
+
+class T5(nn.Module):
+  cfg: T5Config
+
+  def setup(self):
+    c = self.cfg
+    self.embed = self.param("embed", nn.initializers.normal(1.0), (c.bos + 1, c.d_model))
+    if c.user_buckets:
+      self.user_embed = self.param("user_embed", nn.initializers.normal(1.0),
+                                   (c.user_buckets, c.d_model))
+    self.enc_rel = self.param("enc_rel", nn.initializers.normal(1.0), (c.rel_buckets, c.heads))
+    self.dec_rel = self.param("dec_rel", nn.initializers.normal(1.0), (c.rel_buckets, c.heads))
+    self.encoder = [EncoderLayer(c) for _ in range(c.enc_layers)]
+    self.decoder = [DecoderLayer(c) for _ in range(c.dec_layers)]
+    self.enc_norm, self.dec_norm = RMSNorm(), RMSNorm()
+    self.drop = Dropout(c.dropout)
+
+  # ----------------------------------------------------------------- helpers
+  def _rel_bias(self, table, q_pos, k_pos, bidirectional):
+    """[H, Q, K] bias from static or traced positions."""
+    c = self.cfg
+    buckets = relative_buckets(k_pos[None, :] - q_pos[:, None], bidirectional, c.rel_buckets,
+                               c.rel_max_distance)
+    return jnp.transpose(table[buckets], (2, 0, 1))
+
+  def level_tables(self):
+    """Output tables [C, K, D], level l's rows of the tied embedding (zero-padded to K)."""
+    c = self.cfg
+    rows = []
+    for off, k in zip(c.offsets, c.level_sizes):
+      t = self.embed[off:off + k]
+      rows.append(jnp.pad(t, ((0, c.k_max - k), (0, 0))))
+    return jnp.stack(rows)
+
+  def logits(self, hidden_BxCxD):
+    """Training logits [B, C, K]: position l against level l's codes; padding codes get NEG."""
+    c = self.cfg
+    logits = jnp.einsum("bcd,ckd->bck", hidden_BxCxD, self.level_tables()) * c.d_model ** -0.5
+    valid = np.arange(c.k_max)[None, :] < np.asarray(c.level_sizes)[:, None]
+    return jnp.where(valid[None], logits, NEG)
+
+  # ----------------------------------------------------------------- encoder
+  def encode(self, tokens_BxT, mask_BxT, user_B=None, train: bool = False):
+    """Encoder states [B, T(+1), D] and their mask (the user token, if any, comes first)."""
+    c = self.cfg
+    x = self.embed[tokens_BxT]
+    if c.user_buckets:
+      u = self.user_embed[jnp.mod(user_B, c.user_buckets)][:, None, :]
+      x = jnp.concatenate([u, x], axis=1)
+      mask_BxT = jnp.concatenate([jnp.ones_like(mask_BxT[:, :1]), mask_BxT], axis=1)
+    t = x.shape[1]
+    pos = np.arange(t)
+    bias = self._rel_bias(self.enc_rel, pos, pos, True)[None]
+    bias = bias + jnp.where(mask_BxT[:, None, None, :], 0.0, NEG)
+    x = self.drop(x, deterministic=not train)
+    for layer in self.encoder:
+      x = layer(x, bias, train)
+    return self.drop(self.enc_norm(x), deterministic=not train), mask_BxT
+
+  # ----------------------------------------------------------------- decoder
+  def cross_kv(self, enc_BxTxD):
+    """Cross-attention keys/values of every decoder layer: computed once per user."""
+    return [layer.cross_kv(enc_BxTxD) for layer in self.decoder]
+
+  def decode(self, enc_BxTxD, enc_mask_BxT, dec_tokens_BxC, train: bool = False):
+    """Teacher-forced decoder states [B, C, D] for inputs [BOS, c_0, ..., c_{C-2}]."""
+    n = dec_tokens_BxC.shape[1]
+    pos = np.arange(n)
+    causal = jnp.where(pos[None, :] <= pos[:, None], 0.0, NEG)
+    self_bias = (self._rel_bias(self.dec_rel, pos, pos, False) + causal)[None]
+    cross_bias = jnp.where(enc_mask_BxT[:, None, None, :], 0.0, NEG)
+    x = self.drop(self.embed[dec_tokens_BxC], deterministic=not train)
+    for layer, kv in zip(self.decoder, self.cross_kv(enc_BxTxD)):
+      x, _ = layer(x, lambda k, v: (k, v), self_bias, kv, cross_bias, train)
+    return self.drop(self.dec_norm(x), deterministic=not train)
+
+  def decode_step(self, tokens_W, pos, cache, cross_kv, enc_mask_T):
+    """One decoder position for W beams of one user, with a key/value cache.
+
+    tokens_W: embedding rows fed at position `pos`; cache: per layer (k, v) each
+    [W, C, H, E]; cross_kv: per layer (k, v) each [T, H, E], shared by the beams.
+    Returns (hidden [W, D], updated cache)."""
+    c = self.cfg
+    n = cache[0][0].shape[1]
+    k_pos = jnp.arange(n)
+    bias = self._rel_bias(self.dec_rel, pos[None], k_pos, False)            # [H, 1, C]
+    self_bias = (bias + jnp.where(k_pos <= pos, 0.0, NEG)[None, None, :])[None]
+    cross_bias = jnp.where(enc_mask_T, 0.0, NEG)[None, None, None, :]
+    x = self.embed[tokens_W][:, None, :]                                      # [W, 1, D]
+    new_cache = []
+    for layer, (ck, cv), (xk, xv) in zip(self.decoder, cache, cross_kv):
+      def write(k, v, ck=ck, cv=cv):
+        return (jax.lax.dynamic_update_slice_in_dim(ck, k, pos, axis=1),
+                jax.lax.dynamic_update_slice_in_dim(cv, v, pos, axis=1))
+      x, layer_cache = layer(x, write, self_bias, (xk[None], xv[None]), cross_bias, False,
+                             fold_beams=True)
+      new_cache.append(layer_cache)
+    return self.dec_norm(x)[:, 0], new_cache
+
+  def __call__(self, tokens_BxT, mask_BxT, user_B, dec_tokens_BxC, train: bool = False):
+    """Decoder states for teacher forcing (used by init and the training loss)."""
+    enc, enc_mask = self.encode(tokens_BxT, mask_BxT, user_B, train)
+    return self.decode(enc, enc_mask, dec_tokens_BxC, train)
