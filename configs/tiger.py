@@ -64,7 +64,7 @@ def tokenizer_config(variant: str) -> ml_collections.ConfigDict:
   t.kmeans_init = True
   t.kmeans_method = "kmeans++"     # kmeans++ | random
   t.kmeans_iters = 25
-  t.reseed_every = 0               # epochs between dead-code re-seeding (0: off)
+  t.reseed_every = 20              # epochs between dead-code re-seeding (0: off)
   t.epochs = 300
   t.batch_size = 1024
   t.lr = 1e-3
@@ -140,7 +140,7 @@ def train_config(variant: str) -> ml_collections.ConfigDict:
   t.max_steps = 0                  # stop after this many steps (0: no limit); for budgets
   if variant == "default":
     t.lr = 2e-3
-    t.epochs = 30
+    t.epochs = 15
     t.eval_every = 3
     t.patience = 3
     t.log_every = 20

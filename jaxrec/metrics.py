@@ -25,7 +25,7 @@ def rank_metric_sums(ranked_UxR, target_U, weight_U, ks: Sequence[int] = KS,
   jit-friendly. Ranked entries of -1 (no valid item) never match."""
   hit = (ranked_UxR == target_U[:, None]) & (target_U[:, None] >= 0)
   found = jnp.any(hit, axis=1)
-  rank = jnp.where(found, jnp.argmax(hit, axis=1), ranked_UxR.shape[1])
+  rank = jnp.where(found, jnp.argmax(hit, axis=1), jnp.iinfo(jnp.int32).max)  # miss: never < k
   out = {}
   for k in ks:
     out[f"recall@{k}"] = jnp.sum(weight_U * (rank < k))

@@ -1,0 +1,78 @@
+"""Orbax checkpoint manager wrapper: save, restore, resume, with corruption fallback.
+
+A checkpoint holds a pytree `state` (train state(s), code table, ...) and a JSON `meta`
+(data iterator state, best validation score, ...). `meta["checksum"]` is a digest of the
+state's bytes, so a damaged checkpoint is detected even where the storage layer would
+return garbage instead of failing; a checkpoint that fails to restore or to verify is
+reported and the previous one is used, never silently trained over.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def tree_checksum(tree) -> str:
+  """sha256 over every leaf's dtype, shape and bytes, in tree order."""
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(tree):
+    a = np.asarray(jax.device_get(jax.random.key_data(leaf) if _is_key(leaf) else leaf))
+    h.update(str((a.dtype.str, a.shape)).encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()
+
+
+def _is_key(x):
+  return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+class Checkpoints:
+  """One directory of numbered checkpoints (`max_to_keep` newest kept)."""
+
+  def __init__(self, directory: str, max_to_keep: int = 2):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
+    self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+  def steps(self):
+    return sorted(self._mgr.all_steps())
+
+  def save(self, step: int, state, meta: dict) -> None:
+    if step in self._mgr.all_steps():  # re-saving after a resume: identical content
+      return
+    meta = dict(meta, checksum=tree_checksum(state))
+    self._mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                 meta=ocp.args.JsonSave(meta)))
+    self._mgr.wait_until_finished()
+
+  def restore(self, abstract_state, step: Optional[int] = None) -> Optional[tuple[int, Any, dict]]:
+    """Restores `step` (default: the newest that is intact). Returns (step, state, meta) or
+    None when there is no usable checkpoint. Damaged checkpoints are logged loudly."""
+    candidates = [step] if step is not None else list(reversed(self.steps()))
+    for s in candidates:
+      try:
+        out = self._mgr.restore(s, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        state, meta = out["state"], dict(out["meta"])
+        expected = meta.pop("checksum", None)
+        if expected is not None and expected != tree_checksum(state):
+          raise ValueError("checksum mismatch: the saved arrays were altered")
+        return s, state, meta
+      except Exception as e:  # orbax/tensorstore raise many types for a damaged file
+        logging.error("checkpoint %s/%s is damaged or partial (%s: %s); %s", self.directory, s,
+                      type(e).__name__, str(e).splitlines()[0] if str(e) else "",
+                      "trying the previous one" if s != candidates[-1] else "no older one left")
+        print(f"WARNING: checkpoint {self.directory}/{s} could not be restored "
+              f"({type(e).__name__}); falling back to an older one", flush=True)
+    return None
+
+  def close(self):
+    self._mgr.close()

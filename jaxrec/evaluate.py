@@ -1,0 +1,46 @@
+"""`python -m jaxrec.evaluate --workdir DIR`: restore a run's best checkpoint, decode the
+validation and test users and print and write (DIR/eval.json) their metrics."""
+import json
+import os
+import sys
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by jaxrec.train.", required=True)
+_SPLITS = flags.DEFINE_list("splits", ["valid", "test"], "Splits to evaluate.")
+
+
+def main(argv):
+  del argv
+  from jaxrec.checkpoint import Checkpoints
+  from jaxrec.config import config_from_json
+  from jaxrec.trainer import evaluate_split, popularity_baseline, init_params, setup
+  import jax
+  workdir = _WORKDIR.value
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    print(f"error: {path}: not found (is {workdir} a jaxrec.train workdir?)", file=sys.stderr)
+    sys.exit(2)
+  with open(path) as f:
+    cfg = config_from_json(f.read())
+  run = setup(cfg, workdir, log=lambda m: None)
+  best = Checkpoints(os.path.join(workdir, "checkpoints", "best"), max_to_keep=1)
+  params = init_params(run, jax.random.key(0))
+  restored = best.restore({"params": params})
+  if restored is None:
+    print(f"error: {best.directory}: no usable checkpoint", file=sys.stderr)
+    sys.exit(2)
+  out = {"step": restored[0]}
+  for split in _SPLITS.value:
+    out[split] = evaluate_split(run, restored[1]["params"], split)
+  out["popularity"] = popularity_baseline(run)
+  for split in _SPLITS.value:
+    m = out[split]
+    print(f"{split}: " + ", ".join(f"{k} {m[k]:.4f}" for k in sorted(m) if "@" in k) +
+          f" ({m['users']} users, {m['decode_s']}s)")
+  with open(os.path.join(workdir, "eval.json"), "w") as f:
+    json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)

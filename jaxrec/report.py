@@ -1,0 +1,44 @@
+"""report.png: training loss, validation metrics over time, code usage per level."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+def write_report(workdir: str, table) -> str:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  train, valid = [], []
+  path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        r = json.loads(line)
+        (valid if r.get("split") == "valid" else train).append(r)
+  fig, ax = plt.subplots(1, 3, figsize=(13, 3.4))
+  if train:
+    ax[0].plot([r["step"] for r in train], [r["loss"] for r in train])
+  ax[0].set_title("training loss")
+  ax[0].set_xlabel("step")
+  for key in ("recall@10", "ndcg@10"):
+    if valid:
+      ax[1].plot([r["epoch"] for r in valid], [r[key] for r in valid], marker="o", label=key)
+  ax[1].set_title("validation")
+  ax[1].set_xlabel("epoch")
+  ax[1].legend(fontsize=8)
+  used = [int((np.bincount(table.codes_NxC[:, l], minlength=table.sizes[l]) > 0).sum())
+          for l in range(table.depth)]
+  ax[2].bar(np.arange(table.depth) + 1, [u / s for u, s in zip(used, table.sizes)])
+  for l, (u, s) in enumerate(zip(used, table.sizes)):
+    ax[2].text(l + 1, u / s, f"{u}/{s}", ha="center", va="bottom", fontsize=8)
+  ax[2].set_ylim(0, 1.15)
+  ax[2].set_title("codes used per level")
+  ax[2].set_xlabel("level")
+  fig.tight_layout()
+  out = os.path.join(workdir, "report.png")
+  fig.savefig(out, dpi=90)
+  plt.close(fig)
+  return out

@@ -1,0 +1,32 @@
+"""`python -m jaxrec.train --config configs/<method>.py[:variant] --workdir DIR`.
+
+With no flags: TIGER on the built-in synthetic data set. A workdir with a checkpoint
+resumes. Overrides: `--config.train.epochs=5`."""
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxrec.config import default_config_path
+
+_CONFIG = config_flags.DEFINE_config_file("config", default_config_path(), "Config file[:variant].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: workdir/<method>-<variant>).")
+
+
+def main(argv):
+  del argv
+  from jaxrec.data import DataError
+  from jaxrec.trainer import ConfigMismatchError, train_and_evaluate
+  cfg = _CONFIG.value
+  workdir = _WORKDIR.value or f"workdir/{cfg.method}-{cfg.get('variant', 'default')}"
+  logging.set_verbosity(logging.WARNING)
+  try:
+    train_and_evaluate(cfg, workdir)
+  except (DataError, ConfigMismatchError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"results in {workdir}/results.json")
+
+
+if __name__ == "__main__":
+  app.run(main)

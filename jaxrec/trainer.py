@@ -1,0 +1,335 @@
+"""Train and evaluate a generative recommender: tokenizer stage, training loop with
+evaluation, early stopping and checkpoints, final test metrics of the best checkpoint.
+
+Everything a run produces lands in its workdir: config.json, metrics.jsonl, codes.npz
+(+ codes.json, <name>.index.json, code_usage.png), checkpoints/, results.json, report.png.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from jaxrec import decode, metrics
+from jaxrec.checkpoint import Checkpoints
+from jaxrec.config import config_to_json
+from jaxrec.data import (BatchIterator, Dataset, bucket_lengths, eval_batches, gather_batch,
+                         leave_one_out, load_dataset)
+from jaxrec.methods import get_method
+from jaxrec.optim import TrainState, learning_rate_schedule, make_optimizer
+from jaxrec.recommender import steps
+from jaxrec.recommender.t5 import T5, model_config
+from jaxrec.tokenizer.build import build_code_table, plot_usage
+from jaxrec.tokenizer.codes import CodeTable
+
+
+class ConfigMismatchError(ValueError):
+  pass
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything set up for a run, shared by training and `jaxrec.evaluate`."""
+  cfg: object
+  workdir: str
+  dataset: Dataset
+  splits: dict
+  buckets: tuple
+  table: CodeTable
+  model: T5
+  mesh: Mesh
+  codes: jax.Array          # [N, C] on device, replicated
+  tables: decode.PrefixTables
+  eval_fn: object           # jitted eval step
+
+  @property
+  def batch_sharding(self):
+    return NamedSharding(self.mesh, P("data"))
+
+  @property
+  def replicated(self):
+    return NamedSharding(self.mesh, P())
+
+  def shard(self, batch):
+    return jax.device_put(batch, self.batch_sharding)
+
+
+def _check_config(cfg, workdir):
+  path = os.path.join(workdir, "config.json")
+  text = config_to_json(cfg)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    new = json.loads(text)
+    if old != new:
+      diff = sorted(_diff_keys(old, new))
+      raise ConfigMismatchError(
+          f"{path}: this workdir holds a run with a different config (differs in "
+          f"{', '.join(diff[:8])}); use another --workdir or the same config to resume")
+  else:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as f:
+      f.write(text)
+
+
+def _diff_keys(a, b, prefix=""):
+  if isinstance(a, dict) and isinstance(b, dict):
+    for k in set(a) | set(b):
+      yield from _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+  elif a != b:
+    yield prefix[:-1]
+
+
+def make_mesh() -> Mesh:
+  """A 1-D data-parallel mesh over every local device (CPU, GPUs or TPU cores)."""
+  return Mesh(np.array(jax.devices()), ("data",))
+
+
+def setup(cfg, workdir: str, log=print) -> Run:
+  """Loads data, builds (or reuses) the code table, builds the model and decoder tables."""
+  _check_config(cfg, workdir)
+  mesh = make_mesh()
+  n_dev = mesh.devices.size
+  for name in ("batch_size", "eval_batch_size"):
+    if cfg.train[name] % n_dev:
+      raise ValueError(f"train.{name}={cfg.train[name]} must be divisible by the {n_dev} devices")
+  ds = load_dataset(cfg.data)
+  splits = leave_one_out(ds, cfg.data.max_len)
+  buckets = bucket_lengths(cfg.data.buckets, cfg.data.max_len)
+  method = get_method(cfg.method)
+  root = jax.random.key(cfg.seed)
+  t0 = time.time()
+  table, _ = build_code_table(cfg.tokenizer, ds, jax.random.fold_in(root, 0), cfg.seed,
+                              workdir=workdir, extra_loss=method.tokenizer_loss(cfg, ds),
+                              log=lambda r: log(f"tokenizer {json.dumps(r)}"))
+  if not os.path.exists(os.path.join(workdir, "codes.npz")):
+    table.save(workdir)
+    table.write_index_json(os.path.join(workdir, f"{ds.name}.index.json"), ds.item_keys)
+    plot_usage(table, os.path.join(workdir, "code_usage.png"), f"{cfg.method} on {ds.name}")
+    log(f"code table {table.codes_NxC.shape} in {time.time() - t0:.1f}s: "
+        f"{json.dumps(table.stats['final'])}")
+  model = T5(model_config(cfg.model, table.sizes))
+  replicated = NamedSharding(mesh, P())
+  codes = jax.device_put(jnp.asarray(table.codes_NxC), replicated)
+  tables = jax.device_put(decode.prefix_tables(table.codes_NxC), replicated)
+  eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, beam=cfg.train.beam))
+  return Run(cfg, workdir, ds, splits, buckets, table, model, mesh, codes, tables, eval_fn)
+
+
+def init_params(run: Run, key):
+  batch = gather_batch(run.dataset, run.splits["train"], run.buckets[0],
+                       np.arange(2) % max(len(run.splits["train"]), 1))
+  cfg = run.model.cfg
+  tok, mask = steps.history_tokens(run.codes, batch["history_BxL"], batch["mask_BxL"], cfg.offsets)
+  dec_in, _ = steps.decoder_io(run.codes, batch["target_B"], cfg.offsets, cfg.bos)
+  return run.model.init({"params": key}, tok, mask, batch["user_B"], dec_in, False)
+
+
+def evaluate_split(run: Run, params, split_name: str) -> dict:
+  """Constrained decoding over a split: metrics over the full catalogue, plus timing."""
+  t0 = time.time()
+  total = None
+  for batch in eval_batches(run.dataset, run.splits[split_name], run.cfg.train.eval_batch_size,
+                            run.buckets):
+    sums, _ = run.eval_fn(params, run.shard(batch), run.codes, run.tables)
+    total = metrics.accumulate(total, sums)
+  out = metrics.finalize(total)
+  out["decode_s"] = round(time.time() - t0, 2)
+  out["users"] = int(total["count"])
+  return out
+
+
+def popularity_baseline(run: Run) -> dict:
+  """Most-popular items of the training interactions (all but each user's last two),
+  ranked identically for every user, on the same splits."""
+  ds = run.dataset
+  keep = np.ones(ds.n_interactions, bool)
+  ends = ds.offsets_U1[1:]
+  keep[ends - 1] = False
+  keep[ends - 2] = False
+  counts = np.bincount(ds.items_I[keep], minlength=ds.n_items)
+  top = np.argsort(-counts, kind="stable")[:max(metrics.KS)]
+  out = {}
+  for name in ("valid", "test"):
+    targets = ds.items_I[run.splits[name].end_S]
+    out[name] = metrics.rank_metrics_np(np.tile(top, (len(targets), 1)), targets)
+  return out
+
+
+def _truncate_jsonl(path, max_step):
+  """Drops log lines written after the checkpoint a run resumes from."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= max_step]
+  with open(path, "w") as f:
+    f.writelines(lines)
+
+
+def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
+  """The whole run; resumes from workdir's latest intact checkpoint when there is one."""
+  t_start = time.time()
+  run = setup(cfg, workdir, log)
+  tc = cfg.train
+  root = jax.random.key(cfg.seed)
+  k_init, k_train = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
+  train_it = BatchIterator(run.dataset, run.splits["train"], tc.batch_size, run.buckets,
+                           shuffle=True, seed=cfg.seed)
+  steps_per_epoch = len(train_it)
+  total_steps = tc.epochs * steps_per_epoch
+  if tc.max_steps:
+    total_steps = min(total_steps, tc.max_steps)
+  warmup = int(tc.warmup_frac * total_steps)
+  tx = make_optimizer(tc.lr, tc.weight_decay, total_steps, warmup, tc.clip, tc.schedule)
+  lr_at = learning_rate_schedule(tc.lr, total_steps, warmup, tc.schedule)
+  params = init_params(run, k_init)
+  state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
+                         run.replicated)
+  n_params = sum(int(x.size) for x in jax.tree.leaves(params))
+  train_fn = jax.jit(functools.partial(steps.train_step, model=run.model, tx=tx, tau=tc.tau),
+                     donate_argnums=0, out_shardings=run.replicated)
+
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  ckpt = Checkpoints(os.path.join(ckpt_dir, "train"), max_to_keep=2)
+  best_ckpt = Checkpoints(os.path.join(ckpt_dir, "best"), max_to_keep=1)
+  meta = {"evals": [], "best": None, "bad_evals": 0, "done": False, "train_seconds": 0.0,
+          "train_samples": 0}
+  target = {"train": state, "codes": run.codes}
+  if ckpt.steps():
+    restored = ckpt.restore(target)
+    if restored is None:
+      raise RuntimeError(f"{ckpt.directory}: checkpoints exist but none could be restored; "
+                         "move them away to start over")
+    step0, tree, meta = restored
+    if not np.array_equal(np.asarray(tree["codes"]), run.table.codes_NxC):
+      raise RuntimeError(f"{workdir}: the checkpoint's code table differs from codes.npz")
+    state = tree["train"]
+    train_it.set_state(meta["iterator"])
+    log(f"resumed from {ckpt.directory}/{step0} (epoch {train_it.epoch}, step {step0})")
+    _truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), step0)
+  log(f"{cfg.method}: {run.dataset.n_items} items, {len(run.splits['train'])} train samples, "
+      f"{steps_per_epoch} steps/epoch, {n_params:,} parameters, {run.mesh.devices.size} "
+      f"device(s) [{jax.devices()[0].platform}], buckets {run.buckets}")
+
+  metrics_f = open(os.path.join(workdir, "metrics.jsonl"), "a")
+
+  def write(record):
+    metrics_f.write(json.dumps(record) + "\n")
+    metrics_f.flush()
+
+  def save(step):
+    meta["iterator"] = train_it.get_state()
+    ckpt.save(step, {"train": state, "codes": run.codes}, meta)
+
+  step = int(state.step)
+  while not meta["done"]:
+    epoch = train_it.epoch
+    if epoch >= tc.epochs or (tc.max_steps and step >= tc.max_steps):
+      meta["done"] = True
+      break
+    t_epoch, samples, pending = time.time(), 0.0, None
+    bar = tqdm(total=steps_per_epoch, initial=train_it.get_state()["grain"].get("next_index", 0),
+               desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, mininterval=1.0,
+               disable=None)
+    for batch in train_it.epoch_batches():
+      n_real = float(batch["weight_B"].sum())
+      state, out = train_fn(state, run.shard(batch), run.codes, k_train)
+      step += 1
+      # Fetch the previous step's metrics only now, so the host never stalls the device.
+      if pending is not None:
+        _check_and_log(pending, write, bar, tc, lr_at, epoch, samples, t_epoch)
+      pending = (step, out)
+      samples += n_real
+      meta["train_samples"] += n_real
+      bar.update(1)
+      if step % tc.save_every == 0:
+        t_save = time.time()
+        save(step)
+        t_epoch += time.time() - t_save  # checkpoint time is not training time
+      if tc.max_steps and step >= tc.max_steps:
+        break
+    if pending is not None:
+      _check_and_log(pending, write, bar, tc, lr_at, epoch, samples, t_epoch, force=True)
+    bar.close()
+    meta["train_seconds"] += time.time() - t_epoch
+    epoch_done = train_it.epoch > epoch  # False only when max_steps cut the epoch short
+    finished = (train_it.epoch >= tc.epochs) or bool(tc.max_steps and step >= tc.max_steps)
+    if (epoch_done and train_it.epoch % tc.eval_every == 0) or finished:
+      valid = evaluate_split(run, state.params, "valid")
+      record = {"step": step, "epoch": train_it.epoch if epoch_done else epoch + 1,
+                "split": "valid", **{k: round(v, 6) for k, v in valid.items()}}
+      write(record)
+      meta["evals"].append(record)
+      log(f"epoch {record['epoch']} step {step}: valid " + _fmt(valid))
+      best = meta["best"]
+      if best is None or valid["ndcg@10"] > best["ndcg@10"]:
+        meta["best"] = {"step": step, "epoch": record["epoch"], "ndcg@10": valid["ndcg@10"]}
+        meta["bad_evals"] = 0
+        best_ckpt.save(step, {"params": state.params}, {"epoch": record["epoch"]})
+      else:
+        meta["bad_evals"] += 1
+        if meta["bad_evals"] >= tc.patience:
+          log(f"early stop: no validation NDCG@10 gain in {tc.patience} evaluations")
+          finished = True
+    meta["done"] = finished
+    save(step)
+  metrics_f.close()
+  ckpt.close()
+
+  # Final: test metrics of the checkpoint best on validation.
+  restored = best_ckpt.restore({"params": state.params})
+  best_ckpt.close()
+  if restored is None:
+    raise RuntimeError(f"{best_ckpt.directory}: no usable best checkpoint")
+  best_params = restored[1]["params"]
+  results = {
+      "method": cfg.method, "variant": cfg.get("variant", ""), "dataset": run.dataset.name,
+      "best": meta["best"],
+      "valid": evaluate_split(run, best_params, "valid"),
+      "test": evaluate_split(run, best_params, "test"),
+      "popularity": popularity_baseline(run),
+      "tokenizer": run.table.stats,
+      "train_seconds": round(meta["train_seconds"], 1),
+      "train_samples_per_s": round(meta["train_samples"] / max(meta["train_seconds"], 1e-9), 1),
+      "steps": int(state.step),
+      "parameters": n_params,
+      "device": f"{jax.devices()[0].device_kind} x{run.mesh.devices.size}",
+      "wall_seconds_this_invocation": round(time.time() - t_start, 1),
+  }
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  log("test " + _fmt(results["test"]))
+  log("most-popular test " + _fmt(results["popularity"]["test"]))
+  from jaxrec.report import write_report
+  write_report(workdir, run.table)
+  return results
+
+
+def _fmt(m):
+  return ", ".join(f"{k} {m[k]:.4f}" for k in ("recall@5", "recall@10", "ndcg@5", "ndcg@10"))
+
+
+def _check_and_log(pending, write, bar, tc, lr_at, epoch, samples, t_epoch, force=False):
+  step, out = pending
+  loss = float(out["loss"])
+  if not np.isfinite(loss):
+    raise FloatingPointError(
+        f"training loss is {loss} at step {step} (epoch {epoch + 1}): lower train.lr or "
+        "check the data; the last checkpoint before it is intact")
+  rate = samples / max(time.time() - t_epoch, 1e-9)
+  bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.0f}", refresh=False)
+  if step % tc.log_every == 0 or force:
+    write({"step": step, "epoch": epoch + 1, "loss": round(loss, 6),
+           "id_accuracy": round(float(out["id_accuracy"]), 4),
+           "grad_norm": round(float(out["grad_norm"]), 4), "lr": float(lr_at(step - 1)),
+           "samples_per_s": round(rate, 1)})
