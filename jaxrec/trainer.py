@@ -31,6 +31,7 @@ from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5, model_config
 from jaxrec.tokenizer.build import build_code_table, plot_usage
 from jaxrec.tokenizer.codes import CodeTable
+from jaxrec.xla import compiler_options
 
 
 class ConfigMismatchError(ValueError):
@@ -122,7 +123,8 @@ def setup(cfg, workdir: str, log=print) -> Run:
   replicated = NamedSharding(mesh, P())
   codes = jax.device_put(jnp.asarray(table.codes_NxC), replicated)
   tables = jax.device_put(decode.prefix_tables(table.codes_NxC), replicated)
-  eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, beam=cfg.train.beam))
+  eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, beam=cfg.train.beam),
+                    compiler_options=compiler_options("decode"))
   return Run(cfg, workdir, ds, splits, buckets, table, model, mesh, codes, tables, eval_fn)
 
 
@@ -197,7 +199,8 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
                          run.replicated)
   n_params = sum(int(x.size) for x in jax.tree.leaves(params))
   train_fn = jax.jit(functools.partial(steps.train_step, model=run.model, tx=tx, tau=tc.tau),
-                     donate_argnums=0, out_shardings=run.replicated)
+                     donate_argnums=0, out_shardings=run.replicated,
+                     compiler_options=compiler_options("train"))
 
   ckpt_dir = os.path.join(workdir, "checkpoints")
   ckpt = Checkpoints(os.path.join(ckpt_dir, "train"), max_to_keep=2)

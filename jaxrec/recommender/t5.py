@@ -124,7 +124,16 @@ class RMSNorm(nn.Module):
 
 
 def attend(q_BxQxHxE, k_BxKxHxE, v_BxKxHxE, bias_BxHxQxK, dropout_fn):
-  """softmax(q k^T + bias) v, no scaling (T5)."""
+  """softmax(q k^T + bias) v, no scaling (T5).
+
+  One query against a handful of keys (a cached decoder step) is computed with
+  broadcast multiply-adds: as a dot it becomes thousands of 1 x E by E x C batched
+  matmuls, which XLA:CPU runs far below its matmul speed."""
+  if q_BxQxHxE.shape[1] == 1 and k_BxKxHxE.shape[1] <= 16:
+    s = jnp.sum(q_BxQxHxE[:, 0, None] * k_BxKxHxE, axis=-1)              # [B, K, H]
+    s = jnp.transpose(s, (0, 2, 1))[:, :, None, :] + bias_BxHxQxK
+    w = dropout_fn(jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(q_BxQxHxE.dtype))
+    return jnp.sum(jnp.transpose(w[:, :, 0], (0, 2, 1))[..., None] * v_BxKxHxE, axis=1)[:, None]
   s = jnp.einsum("bqhe,bkhe->bhqk", q_BxQxHxE, k_BxKxHxE) + bias_BxHxQxK
   w = dropout_fn(jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(q_BxQxHxE.dtype))
   return jnp.einsum("bhqk,bkhe->bqhe", w, v_BxKxHxE)
@@ -148,6 +157,20 @@ class Attention(nn.Module):
 
   def kv(self, x_BxKxD):
     return self.split(self.k(x_BxKxD)), self.split(self.v(x_BxKxD))
+
+  def kv_heads_first(self, x_BxKxD):
+    """Keys/values laid out [B, H, K, E], the layout the decoding step's dots consume
+    directly (computed once per user, so no per-step relayout inside the beam loop)."""
+    k, v = self.kv(x_BxKxD)
+    return jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+
+  def attend_heads_first(self, x_QxD, k_HxKxE, v_HxKxE, bias_HxQxK):
+    """Attention of Q queries (one user's beams) over one user's [H, K, E] keys/values."""
+    q = jnp.swapaxes(self.split(self.q(x_QxD)), 0, 1)                     # [H, Q, E]
+    s = jnp.einsum("hqe,hke->hqk", q, k_HxKxE) + bias_HxQxK
+    w = jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(q.dtype)
+    out = jnp.swapaxes(jnp.einsum("hqk,hke->hqe", w, v_HxKxE), 0, 1)       # [Q, H, E]
+    return self.o(out.reshape(out.shape[0], -1))
 
   def __call__(self, x_BxQxD, kv, bias, train: bool):
     """Attention of x's queries over precomputed keys/values `kv`."""
@@ -194,24 +217,28 @@ class DecoderLayer(nn.Module):
     self.ff = FeedForward(self.cfg)
     self.drop = Dropout(self.cfg.dropout)
 
-  def cross_kv(self, enc_BxTxD):
+  def cross_kv(self, enc_BxTxD, heads_first: bool = False):
+    if heads_first:
+      return self.cross_attn.kv_heads_first(enc_BxTxD)
     return self.cross_attn.kv(enc_BxTxD)
 
   def __call__(self, x, self_kv_fn, self_bias, cross_kv, cross_bias, train: bool,
                fold_beams: bool = False):
     """`self_kv_fn(k, v)` returns the keys/values the queries attend to: the whole
     sequence in training, the updated cache when decoding one position. With
-    `fold_beams`, x is [W, 1, D] (one position of W beams of one user) and the beams
-    become the queries of one cross-attention over the user's shared encoder states."""
+    `fold_beams`, x is [W, 1, D] (one position of W beams of one user), cross_kv is the
+    user's [H, T, E] keys/values and the beams become the queries of one
+    cross-attention over the user's shared encoder states."""
     d = lambda y: self.drop(y, deterministic=not train)
     h = self.norm1(x)
     kv = self_kv_fn(*self.self_attn.kv(h))
     x = x + d(self.self_attn(h, kv, self_bias, train))
     h = self.norm2(x)
     if fold_beams:
-      h = h.reshape(1, -1, h.shape[-1])
-    h = self.cross_attn(h, cross_kv, cross_bias, train)
-    x = x + d(h.reshape(x.shape))
+      h = self.cross_attn.attend_heads_first(h[:, 0], *cross_kv, cross_bias)[:, None]
+    else:
+      h = self.cross_attn(h, cross_kv, cross_bias, train)
+    x = x + d(h)
     return x + d(self.ff(self.norm3(x), train)), kv
 
 
@@ -274,9 +301,9 @@ class T5(nn.Module):
     return self.drop(self.enc_norm(x), deterministic=not train), mask_BxT
 
   # ----------------------------------------------------------------- decoder
-  def cross_kv(self, enc_BxTxD):
+  def cross_kv(self, enc_BxTxD, heads_first: bool = False):
     """Cross-attention keys/values of every decoder layer: computed once per user."""
-    return [layer.cross_kv(enc_BxTxD) for layer in self.decoder]
+    return [layer.cross_kv(enc_BxTxD, heads_first) for layer in self.decoder]
 
   def decode(self, enc_BxTxD, enc_mask_BxT, dec_tokens_BxC, train: bool = False):
     """Teacher-forced decoder states [B, C, D] for inputs [BOS, c_0, ..., c_{C-2}]."""
@@ -294,22 +321,22 @@ class T5(nn.Module):
     """One decoder position for W beams of one user, with a key/value cache.
 
     tokens_W: embedding rows fed at position `pos`; cache: per layer (k, v) each
-    [W, C, H, E]; cross_kv: per layer (k, v) each [T, H, E], shared by the beams.
+    [W, C, H, E]; cross_kv: per layer (k, v) each [H, T, E] (`cross_kv(...,
+    heads_first=True)`), shared by the beams.
     Returns (hidden [W, D], updated cache)."""
-    c = self.cfg
+    pos = jnp.asarray(pos, jnp.int32)
     n = cache[0][0].shape[1]
     k_pos = jnp.arange(n)
     bias = self._rel_bias(self.dec_rel, pos[None], k_pos, False)            # [H, 1, C]
     self_bias = (bias + jnp.where(k_pos <= pos, 0.0, NEG)[None, None, :])[None]
-    cross_bias = jnp.where(enc_mask_T, 0.0, NEG)[None, None, None, :]
+    cross_bias = jnp.where(enc_mask_T, 0.0, NEG)[None, None, :]             # [1, 1, T]
     x = self.embed[tokens_W][:, None, :]                                      # [W, 1, D]
     new_cache = []
     for layer, (ck, cv), (xk, xv) in zip(self.decoder, cache, cross_kv):
       def write(k, v, ck=ck, cv=cv):
         return (jax.lax.dynamic_update_slice_in_dim(ck, k, pos, axis=1),
                 jax.lax.dynamic_update_slice_in_dim(cv, v, pos, axis=1))
-      x, layer_cache = layer(x, write, self_bias, (xk[None], xv[None]), cross_bias, False,
-                             fold_beams=True)
+      x, layer_cache = layer(x, write, self_bias, (xk, xv), cross_bias, False, fold_beams=True)
       new_cache.append(layer_cache)
     return self.dec_norm(x)[:, 0], new_cache
 

@@ -1,0 +1,260 @@
+"""Speed benchmark: train-step and decoding throughput, FLOP/s, compile times.
+
+  python bench/speed.py                       # TIGER preset, Instruments-sized inputs
+  python bench/speed.py --quick               # a smaller grid (minutes on 2 CPU cores)
+
+Prints a table and writes JSON (device, jax version, config) to --out. Timings use
+block_until_ready and exclude compilation, which is reported on its own. Histories
+follow the real Instruments length distribution when $JAXREC_DATA_DIR/instruments is
+present, else the synthetic data set's.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+
+import tiger  # noqa: E402
+from jaxrec import decode  # noqa: E402
+from jaxrec.data import (BatchIterator, bucket_lengths, eval_batches, leave_one_out,  # noqa: E402
+                         load_dataset, plan_batches, gather_batch)
+from jaxrec.optim import TrainState, make_optimizer  # noqa: E402
+from jaxrec.recommender import steps  # noqa: E402
+from jaxrec.recommender.t5 import T5, model_config  # noqa: E402
+from jaxrec.tokenizer import codes as codes_lib  # noqa: E402
+from jaxrec.tokenizer import train as tok_train  # noqa: E402
+from jaxrec.tokenizer.rqvae import RQVAE, rqvae_config  # noqa: E402
+from jaxrec.xla import compiler_options  # noqa: E402
+
+
+def _flops(compiled) -> float:
+  ca = compiled.cost_analysis()
+  if isinstance(ca, (list, tuple)):
+    ca = ca[0]
+  return float(ca.get("flops", 0.0)) if ca else 0.0
+
+
+def _peak_bytes(compiled) -> int:
+  try:
+    m = compiled.memory_analysis()
+    return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
+  except Exception:  # not every backend reports it
+    return -1
+
+
+def random_codes(n_items, levels=3, k=256, seed=0):
+  """n distinct-ish random IDs + the collision level (as the tokenizer would produce)."""
+  rng = np.random.default_rng(seed)
+  base = rng.integers(0, k, (n_items, levels)).astype(np.int32)
+  return codes_lib.append_suffix(base, k)
+
+
+def load_inputs(args):
+  """Instruments splits when available (real length distribution), else synthetic."""
+  variant = "instruments" if os.path.exists(os.path.join(
+      os.environ.get("JAXREC_DATA_DIR", "../shared/data"), "instruments", "Instruments.inter.json")) else "default"
+  cfg = tiger.get_config("instruments")
+  if variant == "default":
+    cfg.data = tiger.get_config("default").data
+  cfg.data.buckets = tuple(args.buckets)
+  ds = load_dataset(cfg.data)
+  return cfg, ds, leave_one_out(ds, cfg.data.max_len), variant
+
+
+def bench_train(cfg, ds, splits, codes_np, args):
+  model = T5(model_config(cfg.model, [256] * codes_np.shape[1]))
+  buckets = bucket_lengths(cfg.data.buckets, cfg.data.max_len)
+  codes = jnp.asarray(codes_np)
+  tx = make_optimizer(5e-4, 0.01, 10_000, 100, 1.0)
+  first = gather_batch(ds, splits["train"], buckets[0], np.arange(args.batch))
+  tok, mask = steps.history_tokens(codes, first["history_BxL"][:2], first["mask_BxL"][:2], model.cfg.offsets)
+  dec_in, _ = steps.decoder_io(codes, first["target_B"][:2], model.cfg.offsets, model.cfg.bos)
+  params = model.init(jax.random.key(0), tok, mask, first["user_B"][:2], dec_in)
+  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx), donate_argnums=0,
+               compiler_options=compiler_options("train"))
+  key = jax.random.key(1)
+  compiled, compile_s, flops = {}, {}, {}
+  for b in buckets:
+    batch = gather_batch(ds, splits["train"], b, np.arange(args.batch))
+    t = time.perf_counter()
+    compiled[b] = fn.lower(state, batch, codes, key).compile()
+    compile_s[b] = time.perf_counter() - t
+    flops[b] = _flops(compiled[b])
+  # warm every bucket once, then time a shuffled epoch prefix (the real bucket mix)
+  for b in buckets:
+    state, out = compiled[b](state, gather_batch(ds, splits["train"], b, np.arange(args.batch)), codes, key)
+  jax.block_until_ready(out)
+  plan = plan_batches(splits["train"], args.batch, buckets, True, 0, 0)[:args.train_steps]
+  batches = [(b, gather_batch(ds, splits["train"], b, idx)) for b, idx in plan]
+  real = sum(float(x["weight_B"].sum()) for _, x in batches)
+  total_flops = sum(flops[b] for b, _ in batches)
+  t = time.perf_counter()
+  for b, batch in batches:
+    state, out = compiled[b](state, batch, codes, key)
+  jax.block_until_ready(out)
+  dt = time.perf_counter() - t
+  n_params = sum(int(x.size) for x in jax.tree.leaves(params))
+  return {"samples_per_s": real / dt, "steps": len(batches), "batch": args.batch,
+          "step_ms": 1000 * dt / len(batches), "gflop_per_sample": total_flops / real / 1e9,
+          "achieved_gflops": total_flops / dt / 1e9, "compile_s": {str(k): round(v, 1) for k, v in compile_s.items()},
+          "compile_s_total": round(sum(compile_s.values()), 1), "parameters": n_params,
+          "buckets": list(buckets)}, model, state.params
+
+
+def bench_decode(model, params, ds, splits, codes_np, args, beams, catalogues, length):
+  """Users/s across beam widths and catalogue sizes at one history bucket."""
+  rows = []
+  fn_cache = {}
+  for n_items in catalogues:
+    codes_n = codes_np if n_items == codes_np.shape[0] else random_codes(n_items, seed=n_items)
+    tables = decode.prefix_tables(codes_n)
+    codes = jnp.asarray(codes_n)
+    batch = gather_batch(ds, splits["test"], length, np.arange(args.decode_batch))
+    for beam in beams:
+      fn = fn_cache.setdefault(beam, jax.jit(functools.partial(steps.eval_step, model=model, beam=beam),
+                                             compiler_options=compiler_options("decode")))
+      t = time.perf_counter()
+      compiled = fn.lower(params, batch, codes, tables).compile()
+      compile_s = time.perf_counter() - t
+      out = compiled(params, batch, codes, tables)
+      jax.block_until_ready(out)
+      reps = max(1, args.decode_reps)
+      t = time.perf_counter()
+      for _ in range(reps):
+        out = compiled(params, batch, codes, tables)
+      jax.block_until_ready(out)
+      dt = (time.perf_counter() - t) / reps
+      rows.append({"items": n_items, "beam": beam, "history": length, "users_per_s": args.decode_batch / dt,
+                   "batch_ms": 1000 * dt, "compile_s": round(compile_s, 1),
+                   "gflops": _flops(compiled) / dt / 1e9, "peak_mib": _peak_bytes(compiled) / 2**20})
+      print(f"  decode items {n_items:>8,} beam {beam:>3}: {rows[-1]['users_per_s']:7.1f} users/s, "
+            f"{rows[-1]['batch_ms']:8.1f} ms/batch, compile {compile_s:.1f}s", flush=True)
+  return rows
+
+
+def bench_decode_split(model, params, ds, splits, codes_np, args, buckets):
+  """Users/s over the real test split (its bucket mix), beam 20."""
+  tables = decode.prefix_tables(codes_np)
+  codes = jnp.asarray(codes_np)
+  fn = jax.jit(functools.partial(steps.eval_step, model=model, beam=20), compiler_options=compiler_options("decode"))
+  batches = list(eval_batches(ds, splits["test"], args.decode_batch, buckets))
+  compiled, compile_s, flops = {}, 0.0, {}
+  for batch in batches:
+    l = batch["history_BxL"].shape[1]
+    if l not in compiled:
+      t = time.perf_counter()
+      compiled[l] = fn.lower(params, batch, codes, tables).compile()
+      compile_s += time.perf_counter() - t
+      flops[l] = _flops(compiled[l])
+      jax.block_until_ready(compiled[l](params, batch, codes, tables))
+  users = sum(float(b["weight_B"].sum()) for b in batches)
+  t = time.perf_counter()
+  for batch in batches:
+    out = compiled[batch["history_BxL"].shape[1]](params, batch, codes, tables)
+  jax.block_until_ready(out)
+  dt = time.perf_counter() - t
+  total = sum(flops[b["history_BxL"].shape[1]] for b in batches)
+  return {"users_per_s": users / dt, "users": int(users), "seconds": dt, "batch": args.decode_batch,
+          "compile_s_total": round(compile_s, 1), "achieved_gflops": total / dt / 1e9,
+          "gflop_per_user": total / users / 1e9}
+
+
+def bench_tokenizer(args, in_dim=32, n_items=9922):
+  tok_cfg = tiger.get_config("instruments").tokenizer
+  arch = rqvae_config(tok_cfg, in_dim)
+  model = RQVAE(arch)
+  feats = jax.random.normal(jax.random.key(0), (n_items, in_dim))
+  params = model.init(jax.random.key(1), feats[:2])
+  tx = make_optimizer(1e-3, 1e-4, 1000, 10, 1.0)
+  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  idx = tok_train.epoch_batches(jax.random.key(2), n_items, tok_cfg.batch_size)
+  fn = functools.partial(tok_train.train_epoch, model=model, tx=tx)
+  t = time.perf_counter()
+  compiled = jax.jit(fn, donate_argnums=0).lower(state, feats, idx, jax.random.key(3)).compile()
+  compile_s = time.perf_counter() - t
+  state, m = compiled(state, feats, idx, jax.random.key(3))
+  jax.block_until_ready(m)
+  reps = 20
+  t = time.perf_counter()
+  for _ in range(reps):
+    state, m = compiled(state, feats, idx, jax.random.key(3))
+  jax.block_until_ready(m)
+  dt = (time.perf_counter() - t) / reps
+  return {"items_per_s": idx.size / dt, "epoch_ms": 1000 * dt, "steps_per_epoch": idx.shape[0],
+          "batch": tok_cfg.batch_size, "achieved_gflops": _flops(compiled) / dt / 1e9,
+          "compile_s": round(compile_s, 1)}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--batch", type=int, default=256)
+  p.add_argument("--decode_batch", type=int, default=256)
+  p.add_argument("--train_steps", type=int, default=60)
+  p.add_argument("--decode_reps", type=int, default=2)
+  p.add_argument("--buckets", type=int, nargs="+", default=[2, 4, 6, 8, 12, 16, 20])
+  p.add_argument("--beams", type=int, nargs="+", default=[1, 5, 10, 20, 50])
+  p.add_argument("--catalogues", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+  p.add_argument("--grid_history", type=int, default=8, help="history bucket for the beam x catalogue grid")
+  p.add_argument("--quick", action="store_true", help="fewer steps and a smaller grid")
+  p.add_argument("--skip", nargs="*", default=[], choices=["train", "tokenizer", "decode", "grid"])
+  p.add_argument("--out", default=None)
+  args = p.parse_args()
+  if args.quick:
+    args.train_steps, args.decode_reps = 20, 1
+    args.beams, args.catalogues = [1, 20], [10_000, 1_000_000]
+  cfg, ds, splits, source = load_inputs(args)
+  codes_np = random_codes(ds.n_items)
+  device = f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform}) x{len(jax.devices())}"
+  result = {"device": device, "host": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "jax": jax.__version__, "inputs": source, "items": ds.n_items, "max_len": cfg.data.max_len,
+            "model": cfg.model.to_dict(), "compiler_options": {k: compiler_options(k) for k in ("train", "decode")}}
+  print(f"device {device}, jax {jax.__version__}, inputs {source} ({ds.n_items} items)", flush=True)
+  if "tokenizer" not in args.skip:
+    result["tokenizer"] = bench_tokenizer(args)
+    r = result["tokenizer"]
+    print(f"tokenizer step (TIGER RQ-VAE, 32-d, batch {r['batch']}): {r['items_per_s']:,.0f} items/s, "
+          f"{r['achieved_gflops']:.1f} GFLOP/s, compile {r['compile_s']}s", flush=True)
+  model, params = None, None
+  if "train" not in args.skip:
+    result["train"], model, params = bench_train(cfg, ds, splits, codes_np, args)
+    r = result["train"]
+    print(f"train step (batch {r['batch']}, buckets {r['buckets']}): {r['samples_per_s']:.1f} samples/s, "
+          f"{r['step_ms']:.0f} ms/step, {r['gflop_per_sample']:.3f} GFLOP/sample, "
+          f"{r['achieved_gflops']:.1f} GFLOP/s, compile {r['compile_s_total']}s", flush=True)
+  if model is None:
+    model = T5(model_config(cfg.model, [256] * codes_np.shape[1]))
+    b = gather_batch(ds, splits["train"], 4, np.arange(2))
+    tok, mask = steps.history_tokens(jnp.asarray(codes_np), b["history_BxL"], b["mask_BxL"], model.cfg.offsets)
+    dec_in, _ = steps.decoder_io(jnp.asarray(codes_np), b["target_B"], model.cfg.offsets, model.cfg.bos)
+    params = model.init(jax.random.key(0), tok, mask, b["user_B"], dec_in)
+  if "decode" not in args.skip:
+    result["decode_test_split"] = bench_decode_split(model, params, ds, splits, codes_np, args,
+                                                     bucket_lengths(cfg.data.buckets, cfg.data.max_len))
+    r = result["decode_test_split"]
+    print(f"decode test split (beam 20, batch {r['batch']}, {r['users']} users): {r['users_per_s']:.1f} users/s, "
+          f"{r['gflop_per_user']:.3f} GFLOP/user, {r['achieved_gflops']:.1f} GFLOP/s, "
+          f"compile {r['compile_s_total']}s", flush=True)
+  if "grid" not in args.skip:
+    result["decode_grid"] = bench_decode(model, params, ds, splits, codes_np, args, args.beams,
+                                         args.catalogues, args.grid_history)
+  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                 f"speed-{jax.devices()[0].platform}.json")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(result, f, indent=2)
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  main()

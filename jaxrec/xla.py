@@ -1,0 +1,26 @@
+"""Per-program XLA compiler options for jaxrec's jitted steps.
+
+On CPU, XLA (jax 0.10) hands fusions to YNNPACK; for this workload's shapes that was
+slower for decoding (bench/speed.py on the 2-core dev CPU: 113 users/s with XLA's default
+fusions, 154 without YNN fusions; training 161 vs 167 samples/s with YNN for dots only).
+So decoding compiles without YNN fusions and training with YNN dot fusions only.
+Options are passed per `jax.jit` (never through the global XLA_FLAGS) and only on the CPU
+backend. JAXREC_XLA_CPU_YNN=<value> overrides both ("default" keeps XLA's own choice).
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+
+CPU_YNN_FUSION_TYPES = {"train": "LIBRARY_FUSION_TYPE_DOT", "decode": ""}
+
+
+def compiler_options(kind: str = "train") -> dict:
+  """Compiler options for a jitted step of `kind` ('train' or 'decode')."""
+  if jax.default_backend() != "cpu":
+    return {}
+  value = os.environ.get("JAXREC_XLA_CPU_YNN", CPU_YNN_FUSION_TYPES[kind])
+  if value == "default":
+    return {}
+  return {"xla_cpu_experimental_ynn_fusion_type": value}
