@@ -56,6 +56,7 @@ def test_letter_bad_inputs_name_file_and_record(tmp_path, files, needle):
 
 def test_feature_rows_and_nan_are_rejected(tmp_path):
   write(tmp_path / "T.inter.json", json.dumps({"u1": [0, 1, 2]}))
+  write(tmp_path / "T.item.json", json.dumps({"0": {}, "1": {}, "2": {}}))  # 3 items
   np.save(tmp_path / "T.short.npy", np.zeros((2, 4), np.float32))
   bad = np.zeros((3, 4), np.float32)
   bad[1, 2] = np.nan
@@ -256,3 +257,10 @@ def test_instruments_statistics_and_corrupted_copy(tmp_path):
     readers.read_letter(str(tmp_path), "Instruments")
   msg = str(e.value)
   assert "Instruments.inter.json: line" in msg and "malformed JSON" in msg and "\n" not in msg
+
+
+def test_feature_rows_define_catalogue_without_item_file(tmp_path):
+  write(tmp_path / "T.inter.json", json.dumps({"u1": [0, 1, 2], "u2": [1, 5]}))
+  np.save(tmp_path / "T.emb.npy", np.zeros((3, 2), np.float32))
+  with pytest.raises(DataError, match=r"T\.inter\.json: user 'u2' position 1: item id 5 is out of range \(0\.\.2\)"):
+    readers.read_letter(str(tmp_path), "T", features=("emb",))

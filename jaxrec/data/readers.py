@@ -126,6 +126,15 @@ def read_letter(directory, name, features=(), index=False) -> Dataset:
         raise DataError(item_path, f"item {k!r}", f"item id {i} appears twice")
       seen.add(i)
     item_keys = [str(i) for i in range(n_items)]
+  if n_items is None and features:
+    # Without an item file the feature matrices define the catalogue (row i = item i), so
+    # an id past their rows is reported at the interaction that uses it.
+    first = os.path.join(directory, f"{name}.{features[0]}.npy")
+    try:
+      shape = np.load(first, mmap_mode="r", allow_pickle=False).shape
+      n_items = int(shape[0]) if len(shape) == 2 else None
+    except Exception:  # unreadable: read_features reports it below
+      n_items = None
   seqs, users = [], []
   for user, items in raw.items():
     if not isinstance(items, list):
