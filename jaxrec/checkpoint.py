@@ -46,8 +46,10 @@ class Checkpoints:
     return sorted(self._mgr.all_steps())
 
   def save(self, step: int, state, meta: dict) -> None:
-    if step in self._mgr.all_steps():  # re-saving after a resume: identical content
-      return
+    """Saves synchronously. Saving a step again (e.g. a periodic save that fell on the
+    last step of an epoch, then the epoch-end save with evaluation results) replaces it."""
+    if step in self._mgr.all_steps():
+      self._mgr.delete(step)
     meta = dict(meta, checksum=tree_checksum(state))
     self._mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                  meta=ocp.args.JsonSave(meta)))

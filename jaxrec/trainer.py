@@ -270,7 +270,7 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
     if (epoch_done and train_it.epoch % tc.eval_every == 0) or finished:
       valid = evaluate_split(run, state.params, "valid")
       record = {"step": step, "epoch": train_it.epoch if epoch_done else epoch + 1,
-                "split": "valid", **{k: round(v, 6) for k, v in valid.items()}}
+                "split": "valid", **valid}
       write(record)
       meta["evals"].append(record)
       log(f"epoch {record['epoch']} step {step}: valid " + _fmt(valid))
@@ -298,7 +298,7 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
   results = {
       "method": cfg.method, "variant": cfg.get("variant", ""), "dataset": run.dataset.name,
       "best": meta["best"],
-      "valid": evaluate_split(run, best_params, "valid"),
+      "valid": _best_valid(meta) or evaluate_split(run, best_params, "valid"),
       "test": evaluate_split(run, best_params, "test"),
       "popularity": popularity_baseline(run),
       "tokenizer": run.table.stats,
@@ -316,6 +316,16 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
   from jaxrec.report import write_report
   write_report(workdir, run.table)
   return results
+
+
+def _best_valid(meta):
+  """The validation metrics recorded when the best checkpoint was evaluated (decoding
+  the same parameters again would give the same numbers)."""
+  best = meta.get("best")
+  for r in meta.get("evals", []):
+    if best and r["step"] == best["step"]:
+      return {k: v for k, v in r.items() if k not in ("step", "epoch", "split")}
+  return None
 
 
 def _fmt(m):

@@ -202,3 +202,9 @@ def test_fit_same_key_same_codes_and_workdir_reuse(tmp_path):
   d, _ = build_code_table(_tiny_tok_cfg(epochs=3), ds, jax.random.key(1), seed=1,
                           workdir=str(tmp_path))
   assert d.fingerprint != a.fingerprint  # a config change is a different table
+
+
+def test_letter_preset_widths_follow_the_input():
+  from jaxrec.tokenizer.rqvae import halving_widths
+  assert halving_widths(4096, 32) == (2048, 1024, 512, 256, 128, 64)  # LETTER's LLaMA encoder
+  assert halving_widths(32, 32) == (256, 128, 64)  # too narrow to halve: fixed fallback

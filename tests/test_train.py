@@ -94,6 +94,15 @@ def test_damaged_latest_checkpoint_falls_back(tmp_path, capsys):
   assert "could not be restored" in capsys.readouterr().out
 
 
+def test_saving_a_step_again_replaces_it(tmp_path):
+  c = Checkpoints(str(tmp_path / "ck"), max_to_keep=2)
+  tree = {"w": jnp.arange(3.0)}
+  c.save(5, tree, {"evals": []})
+  c.save(5, tree, {"evals": [1]})  # e.g. the epoch-end save after a periodic one
+  assert c.steps() == [5]
+  assert c.restore(tree)[2]["evals"] == [1]
+
+
 def test_changed_config_in_same_workdir_is_refused(uninterrupted):
   workdir, _ = uninterrupted
   with pytest.raises(trainer.ConfigMismatchError, match="train.lr"):
