@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import tiger  # noqa: E402
 from jaxrec import decode  # noqa: E402
-from jaxrec.data import (BatchIterator, bucket_lengths, eval_batches, leave_one_out,  # noqa: E402
+from jaxrec.data import (bucket_lengths, eval_batches, leave_one_out,  # noqa: E402
                          load_dataset, plan_batches, gather_batch)
 from jaxrec.optim import TrainState, make_optimizer  # noqa: E402
 from jaxrec.recommender import steps  # noqa: E402

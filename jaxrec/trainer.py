@@ -9,10 +9,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
 import os
 import time
-from typing import Optional
 
 import jax
 import jax.numpy as jnp

@@ -208,3 +208,11 @@ def test_letter_preset_widths_follow_the_input():
   from jaxrec.tokenizer.rqvae import halving_widths
   assert halving_widths(4096, 32) == (2048, 1024, 512, 256, 128, 64)  # LETTER's LLaMA encoder
   assert halving_widths(32, 32) == (256, 128, 64)  # too narrow to halve: fixed fallback
+
+
+def test_tiger_instruments_config_is_the_tiger_preset():
+  import tiger
+  from jaxrec.tokenizer.rqvae import PRESETS
+  tok = tiger.get_config("instruments").tokenizer
+  for k, v in PRESETS["tiger"].items():
+    assert (tuple(tok[k]) if isinstance(v, tuple) else tok[k]) == v, k

@@ -2,19 +2,17 @@
 checkpoints fall back, multi-device equals single-device, the CLI runs."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import tiger
 from jaxrec import trainer
-from jaxrec.checkpoint import Checkpoints, tree_checksum
+from jaxrec.checkpoint import Checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

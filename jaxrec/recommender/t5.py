@@ -12,7 +12,6 @@ largest level), D d_model, H heads, E head width, F d_ff, W beams.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import flax.linen as nn
 import jax
