@@ -22,7 +22,7 @@ def main(argv):
   import jax
   from jaxrec.data import DataError, load_dataset
   from jaxrec.methods import get_method
-  from jaxrec.tokenizer.build import build_code_table, plot_usage
+  from jaxrec.tokenizer.build import build_code_table, write_outputs
   cfg = _CONFIG.value
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
@@ -41,10 +41,7 @@ def main(argv):
     key = jax.random.fold_in(jax.random.key(cfg.seed), 0)
     table, _ = build_code_table(cfg.tokenizer, ds, key, cfg.seed, workdir=workdir,
                                 extra_loss=method.tokenizer_loss(cfg, ds), log=log)
-  table.save(workdir)
-  index_path = os.path.join(workdir, f"{ds.name}.index.json")
-  table.write_index_json(index_path, ds.item_keys)
-  plot_usage(table, os.path.join(workdir, "code_usage.png"), f"{cfg.method} on {ds.name}")
+  index_path = write_outputs(table, workdir, ds, f"{cfg.method} on {ds.name}")
   before, final = table.stats.get("before_resolution", {}), table.stats["final"]
   print(f"items {table.n_items}, depth {table.depth}, sizes {list(table.sizes)}")
   if before:

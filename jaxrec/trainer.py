@@ -27,7 +27,7 @@ from jaxrec.methods import get_method
 from jaxrec.optim import TrainState, learning_rate_schedule, make_optimizer
 from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5, model_config
-from jaxrec.tokenizer.build import build_code_table, plot_usage
+from jaxrec.tokenizer.build import build_code_table, write_outputs
 from jaxrec.tokenizer.codes import CodeTable
 from jaxrec.xla import compiler_options
 
@@ -112,9 +112,7 @@ def setup(cfg, workdir: str, log=print) -> Run:
                               workdir=workdir, extra_loss=method.tokenizer_loss(cfg, ds),
                               log=lambda r: log(f"tokenizer {json.dumps(r)}"))
   if not os.path.exists(os.path.join(workdir, "codes.npz")):
-    table.save(workdir)
-    table.write_index_json(os.path.join(workdir, f"{ds.name}.index.json"), ds.item_keys)
-    plot_usage(table, os.path.join(workdir, "code_usage.png"), f"{cfg.method} on {ds.name}")
+    write_outputs(table, workdir, ds, f"{cfg.method} on {ds.name}")
     log(f"code table {table.codes_NxC.shape} in {time.time() - t0:.1f}s: "
         f"{json.dumps(table.stats['final'])}")
   model = T5(model_config(cfg.model, table.sizes))

@@ -79,6 +79,15 @@ def assign_catalogue(tok_cfg, model: RQVAE, params, feats_NxF, fp: str, stats: d
                                   resolve_fn=resolve)
 
 
+def write_outputs(table: codes_lib.CodeTable, workdir: str, dataset, title: str) -> str:
+  """codes.npz + codes.json, <name>.index.json (LETTER's format) and code_usage.png."""
+  table.save(workdir)
+  index_path = os.path.join(workdir, f"{dataset.name}.index.json")
+  table.write_index_json(index_path, dataset.item_keys)
+  plot_usage(table, os.path.join(workdir, "code_usage.png"), title)
+  return index_path
+
+
 def plot_usage(table: codes_lib.CodeTable, path: str, title: str = ""):
   """PNG of per-level code usage: codes sorted by how many items use them."""
   import matplotlib
