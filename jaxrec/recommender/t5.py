@@ -123,16 +123,7 @@ class RMSNorm(nn.Module):
 
 
 def attend(q_BxQxHxE, k_BxKxHxE, v_BxKxHxE, bias_BxHxQxK, dropout_fn):
-  """softmax(q k^T + bias) v, no scaling (T5).
-
-  One query against a handful of keys (a cached decoder step) is computed with
-  broadcast multiply-adds: as a dot it becomes thousands of 1 x E by E x C batched
-  matmuls, which XLA:CPU runs far below its matmul speed."""
-  if q_BxQxHxE.shape[1] == 1 and k_BxKxHxE.shape[1] <= 16:
-    s = jnp.sum(q_BxQxHxE[:, 0, None] * k_BxKxHxE, axis=-1)              # [B, K, H]
-    s = jnp.transpose(s, (0, 2, 1))[:, :, None, :] + bias_BxHxQxK
-    w = dropout_fn(jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(q_BxQxHxE.dtype))
-    return jnp.sum(jnp.transpose(w[:, :, 0], (0, 2, 1))[..., None] * v_BxKxHxE, axis=1)[:, None]
+  """softmax(q k^T + bias) v, no scaling (T5)."""
   s = jnp.einsum("bqhe,bkhe->bhqk", q_BxQxHxE, k_BxKxHxE) + bias_BxHxQxK
   w = dropout_fn(jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(q_BxQxHxE.dtype))
   return jnp.einsum("bhqk,bkhe->bqhe", w, v_BxKxHxE)
