@@ -40,7 +40,7 @@ def main(argv):
       logf.flush()
     key = jax.random.fold_in(jax.random.key(cfg.seed), 0)
     table, _ = build_code_table(cfg.tokenizer, ds, key, cfg.seed, workdir=workdir,
-                                extra_loss=method.tokenizer_loss(cfg, ds), log=log)
+                                extra=method.tokenizer_loss(cfg, ds), log=log)
   index_path = write_outputs(table, workdir, ds, f"{cfg.method} on {ds.name}")
   before, final = table.stats.get("before_resolution", {}), table.stats["final"]
   print(f"items {table.n_items}, depth {table.depth}, sizes {list(table.sizes)}")

@@ -109,7 +109,7 @@ def setup(cfg, workdir: str, log=print) -> Run:
   root = jax.random.key(cfg.seed)
   t0 = time.time()
   table, _ = build_code_table(cfg.tokenizer, ds, jax.random.fold_in(root, 0), cfg.seed,
-                              workdir=workdir, extra_loss=method.tokenizer_loss(cfg, ds),
+                              workdir=workdir, extra=method.tokenizer_loss(cfg, ds),
                               log=lambda r: log(f"tokenizer {json.dumps(r)}"))
   if not os.path.exists(os.path.join(workdir, "codes.npz")):
     write_outputs(table, workdir, ds, f"{cfg.method} on {ds.name}")

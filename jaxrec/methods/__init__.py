@@ -1,14 +1,16 @@
 """One module per method: its extra losses and its schedule, written on the shared core.
 
 A method exposes:
-  tokenizer_loss(cfg, dataset) -> None or a static callable added to the tokenizer loss
-  recommender_loss(cfg) -> the code loss used by the recommender step
+  tokenizer_loss(cfg, dataset) -> None, or a `jaxrec.tokenizer.train.Extra` whose terms are
+                                  added to the tokenizer loss
+The recommender's code loss (cross-entropy on logits / train.tau) is shared; methods
+change it through config.
 """
 from __future__ import annotations
 
 import importlib
 
-METHODS = ("tiger",)
+METHODS = ("tiger", "letter")
 
 
 def get_method(name: str):

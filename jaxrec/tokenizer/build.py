@@ -14,16 +14,18 @@ from jaxrec.tokenizer import train as tok_train
 from jaxrec.tokenizer.rqvae import RQVAE, rqvae_config
 
 
-def tokenizer_fingerprint(tok_cfg, dataset, seed: int) -> str:
-  """Same features + same tokenizer config + same seed -> same IDs (and the same print)."""
+def tokenizer_fingerprint(tok_cfg, dataset, seed: int, extra=None) -> str:
+  """Same features (and the method's extra arrays) + same tokenizer config + same seed ->
+  same IDs (and the same print)."""
   if tok_cfg.source == "given":
     return codes_lib.fingerprint("given", dataset.codes_NxC, tok_cfg.to_dict())
+  extra_parts = [np.asarray(a) for a in jax.tree.leaves(extra.data)] if extra else []
   return codes_lib.fingerprint(dataset.features[tok_cfg.feature], tok_cfg.to_dict(), seed,
-                               jax.__version__)
+                               jax.__version__, *extra_parts)
 
 
 def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = None,
-                     extra_loss=None, log: Callable[[dict], None] = None):
+                     extra=None, log: Callable[[dict], None] = None):
   """Returns (CodeTable, tokenizer) where tokenizer is (model, params) or None for given codes.
 
   With a workdir holding `codes.npz` of the same fingerprint, that table is reused."""
@@ -50,7 +52,7 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
   feats = dataset.features[tok_cfg.feature]
   arch = rqvae_config(tok_cfg, feats.shape[1])
   t0 = time.time()
-  model, params, history = tok_train.fit(tok_cfg, arch, feats, key, extra_loss=extra_loss, log=log)
+  model, params, history = tok_train.fit(tok_cfg, arch, feats, key, extra=extra, log=log)
   fit_s = time.time() - t0
   table = assign_catalogue(tok_cfg, model, params, feats, fp,
                            {"source": "rqvae", "fit_seconds": round(fit_s, 2),

@@ -4,16 +4,20 @@ catalogue assignment.
 Shape letters: N items, F feature width, B batch, C levels, K codebook size, D code width,
 S steps per epoch.
 
-Methods add terms to the tokenizer loss through `extra_loss(params, apply, out, batch, key)
--> (loss, metrics)`, a static (hashable) callable; `batch` holds the item ids `idx_B` and
-features `x_BxF`, `out` is the model's (reconstruction, RQOutput, z).
+Methods add terms to the tokenizer loss through an `Extra`: `fn(params, model, out, batch,
+key) -> (loss, metrics)` is static (hashable, e.g. a frozen dataclass) and `data` a pytree of
+arrays every step receives (e.g. LETTER's collaborative embeddings). `batch` holds the item
+ids `idx_B`, features `x_BxF`, `data`, and `epoch`: what `fn.epoch_aux(params, model, data,
+key)` returned at the start of the epoch (None if `fn` has no `epoch_aux`; LETTER re-clusters
+its codebooks there). `out` is the model's (reconstruction, RQOutput, z).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import flax
 import jax
@@ -25,6 +29,13 @@ from jaxrec.optim import TrainState, make_optimizer
 from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.tokenizer.kmeans import kmeans, reseed_dead_codes
 from jaxrec.tokenizer.rqvae import RQVAE, RQVAEConfig, reconstruction_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class Extra:
+  """A method's extra tokenizer terms: static `fn` and the arrays `data` it reads."""
+  fn: Callable
+  data: Any = None
 
 
 def tokenizer_loss(params, model: RQVAE, batch, key, extra_loss: Optional[Callable] = None):
@@ -44,11 +55,16 @@ def tokenizer_loss(params, model: RQVAE, batch, key, extra_loss: Optional[Callab
 
 
 @functools.partial(jax.jit, static_argnames=("model", "tx", "extra_loss"), donate_argnums=0)
-def train_epoch(state: TrainState, feats_NxF, idx_SxB, key, *, model, tx, extra_loss=None):
+def train_epoch(state: TrainState, feats_NxF, idx_SxB, key, extra_data=None, *, model, tx,
+                extra_loss=None):
   """One epoch: a scan of tokenizer steps over the planned item batches."""
+  epoch_aux = None
+  if extra_loss is not None and hasattr(extra_loss, "epoch_aux"):
+    epoch_aux = extra_loss.epoch_aux(jax.lax.stop_gradient(state.params), model, extra_data,
+                                     jax.random.fold_in(jax.random.fold_in(key, 0x7FFFFFFF), state.step))
 
   def step(state, idx_B):
-    batch = {"x_BxF": feats_NxF[idx_B], "idx_B": idx_B}
+    batch = {"x_BxF": feats_NxF[idx_B], "idx_B": idx_B, "data": extra_data, "epoch": epoch_aux}
     k = jax.random.fold_in(key, state.step)
     (_, metrics), grads = jax.value_and_grad(tokenizer_loss, has_aux=True)(
         state.params, model, batch, k, extra_loss)
@@ -95,7 +111,7 @@ def epoch_batches(key, n_items: int, batch_size: int):
   return jnp.concatenate([perm, perm[:total - n_items]]).reshape(steps, batch_size)
 
 
-def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra_loss=None,
+def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[Extra] = None,
         log: Callable[[dict], None] = None):
   """Trains the tokenizer for `tok_cfg.epochs`; returns (model, params, history)."""
   log = log or (lambda m: logging.info("tokenizer %s", m))
@@ -111,13 +127,15 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra_loss=None,
   tx = make_optimizer(tok_cfg.lr, tok_cfg.weight_decay, tok_cfg.epochs * steps,
                       tok_cfg.warmup_epochs * steps, tok_cfg.clip, tok_cfg.schedule)
   state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  extra_fn = extra.fn if extra is not None else None
+  extra_data = jax.device_put(extra.data) if extra is not None else None
   history = []
   t0 = time.time()
   sizes = (arch.codebook_size,) * arch.levels
   for epoch in range(tok_cfg.epochs):
     idx = epoch_batches(jax.random.fold_in(k_train, epoch), n, batch_size)
-    state, metrics = train_epoch(state, feats, idx, k_train, model=model, tx=tx,
-                                 extra_loss=extra_loss)
+    state, metrics = train_epoch(state, feats, idx, k_train, extra_data, model=model, tx=tx,
+                                 extra_loss=extra_fn)
     last = epoch == tok_cfg.epochs - 1
     reseed = tok_cfg.reseed_every and (epoch + 1) % tok_cfg.reseed_every == 0 and not last
     if reseed or last or (epoch + 1) % tok_cfg.log_every == 0:
