@@ -12,10 +12,8 @@ _SPLITS = flags.DEFINE_list("splits", ["valid", "test"], "Splits to evaluate.")
 
 def main(argv):
   del argv
-  from jaxrec.checkpoint import Checkpoints
   from jaxrec.config import config_from_json
-  from jaxrec.trainer import evaluate_split, popularity_baseline, init_params, setup
-  import jax
+  from jaxrec.trainer import evaluate_split, popularity_baseline, restore_best, set_codes, setup
   workdir = _WORKDIR.value
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
@@ -24,12 +22,11 @@ def main(argv):
   with open(path) as f:
     cfg = config_from_json(f.read())
   run = setup(cfg, workdir, log=lambda m: None)
-  best = Checkpoints(os.path.join(workdir, "checkpoints", "best"), max_to_keep=1)
-  params = init_params(run, jax.random.key(0))
-  restored = best.restore({"params": params})
+  restored = restore_best(run)
   if restored is None:
-    print(f"error: {best.directory}: no usable checkpoint", file=sys.stderr)
+    print(f"error: {workdir}/checkpoints/best: no usable checkpoint", file=sys.stderr)
     sys.exit(2)
+  set_codes(run, restored[1]["codes"])   # the IDs the checkpoint was trained with
   out = {"step": restored[0]}
   for split in _SPLITS.value:
     out[split] = evaluate_split(run, restored[1]["params"], split)

@@ -17,7 +17,10 @@ def write_report(workdir: str, table) -> str:
     with open(path) as f:
       for line in f:
         r = json.loads(line)
-        (valid if r.get("split") == "valid" else train).append(r)
+        if r.get("split") == "valid":
+          valid.append(r)
+        elif "loss" in r:
+          train.append(r)
   fig, ax = plt.subplots(1, 3, figsize=(13, 3.4))
   if train:
     ax[0].plot([r["step"] for r in train], [r["loss"] for r in train])

@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import time
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,7 @@ from jaxrec.optim import TrainState, learning_rate_schedule, make_optimizer
 from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5, model_config
 from jaxrec.tokenizer.build import build_code_table, write_outputs
-from jaxrec.tokenizer.codes import CodeTable
+from jaxrec.tokenizer.codes import CodeTable, health_dict
 from jaxrec.xla import compiler_options
 
 
@@ -50,6 +51,7 @@ class Run:
   codes: jax.Array          # [N, C] on device, replicated
   tables: decode.PrefixTables
   eval_fn: object           # jitted eval step
+  tokenizer: Any = None     # (RQVAE, params) of a trained tokenizer, None for given codes
 
   @property
   def batch_sharding(self):
@@ -108,7 +110,7 @@ def setup(cfg, workdir: str, log=print) -> Run:
   method = get_method(cfg.method)
   root = jax.random.key(cfg.seed)
   t0 = time.time()
-  table, _ = build_code_table(cfg.tokenizer, ds, jax.random.fold_in(root, 0), cfg.seed,
+  table, tokenizer = build_code_table(cfg.tokenizer, ds, jax.random.fold_in(root, 0), cfg.seed,
                               workdir=workdir, extra=method.tokenizer_loss(cfg, ds),
                               log=lambda r: log(f"tokenizer {json.dumps(r)}"))
   if not os.path.exists(os.path.join(workdir, "codes.npz")):
@@ -121,7 +123,8 @@ def setup(cfg, workdir: str, log=print) -> Run:
   tables = jax.device_put(decode.prefix_tables(table.codes_NxC), replicated)
   eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, beam=cfg.train.beam),
                     compiler_options=compiler_options("decode"))
-  return Run(cfg, workdir, ds, splits, buckets, table, model, mesh, codes, tables, eval_fn)
+  return Run(cfg, workdir, ds, splits, buckets, table, model, mesh, codes, tables, eval_fn,
+             tokenizer)
 
 
 def init_params(run: Run, key):
@@ -174,6 +177,73 @@ def _truncate_jsonl(path, max_step):
     f.writelines(lines)
 
 
+@dataclasses.dataclass
+class Stage:
+  """A run of epochs with its own early stopping. `step(epoch)` gives the jitted step for an
+  epoch of the stage (counted from the stage's start): `(state, batch, codes, key) ->
+  (state, out)`; `begin(state, best, run)` (every stage but the first) starts the stage from
+  the previous stage's best checkpoint and returns (state, codes or None); `after_epoch(state,
+  epoch, run)` may return a new code table [N, C] on device and a dict to log."""
+  name: str
+  epochs: int
+  step: Callable[[int], Callable]
+  eval_every: int
+  patience: int
+  begin: Optional[Callable] = None
+  after_epoch: Optional[Callable] = None
+
+
+@dataclasses.dataclass
+class Plan:
+  """What the training loop runs. TIGER and LETTER: one stage, one step (`default_plan`);
+  ETEGRec: alternating tokenizer / recommender epochs, then fine-tuning."""
+  state: Any                              # pytree; donated to the steps
+  stages: list
+  rec_params: Callable                    # state -> the T5 params that decode
+  best_extra: Callable                    # state -> pytree saved beside them in best/ ({} none)
+  global_step: Callable                   # state -> int steps taken
+  lr_at: Optional[Callable]               # (state, step) -> learning rate to log (None: the
+                                          # steps return it as out["lr"])
+  n_params: int
+  dynamic_codes: bool = False             # the code table changes during training
+
+
+def default_plan(run: Run, key, steps_per_epoch: int) -> Plan:
+  """One AdamW step on the code loss (cross-entropy on logits / train.tau)."""
+  tc = run.cfg.train
+  total_steps = tc.epochs * steps_per_epoch
+  if tc.max_steps:
+    total_steps = min(total_steps, tc.max_steps)
+  warmup = int(tc.warmup_frac * total_steps)
+  tx = make_optimizer(tc.lr, tc.weight_decay, total_steps, warmup, tc.clip, tc.schedule)
+  lr_at = learning_rate_schedule(tc.lr, total_steps, warmup, tc.schedule)
+  params = init_params(run, key)
+  state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
+                         run.replicated)
+  train_fn = jax.jit(functools.partial(steps.train_step, model=run.model, tx=tx, tau=tc.tau),
+                     donate_argnums=0, out_shardings=run.replicated,
+                     compiler_options=compiler_options("train"))
+  stage = Stage("train", tc.epochs, lambda epoch: train_fn, tc.eval_every, tc.patience)
+  return Plan(state, [stage], rec_params=lambda s: s.params, best_extra=lambda s: {},
+              global_step=lambda s: int(s.step), lr_at=lambda s, step: float(lr_at(step)),
+              n_params=sum(int(x.size) for x in jax.tree.leaves(params)))
+
+
+def set_codes(run: Run, codes_NxC) -> None:
+  """Makes `codes_NxC` (device, [N, C]) the run's code table: decoding tables rebuilt on device."""
+  run.codes = jax.device_put(codes_NxC.astype(jnp.int32), run.replicated)
+  run.tables = jax.device_put(decode.build_prefix_tables(run.codes), run.replicated)
+
+
+def restore_best(run: Run, directory: Optional[str] = None):
+  """The best checkpoint as saved: (step, {"params", "codes"[, "extra"]}, meta) or None."""
+  best = Checkpoints(directory or os.path.join(run.workdir, "checkpoints", "best"), max_to_keep=1)
+  try:
+    return best.restore(None)
+  finally:
+    best.close()
+
+
 def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
   """The whole run; resumes from workdir's latest intact checkpoint when there is one."""
   t_start = time.time()
@@ -184,40 +254,32 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
   train_it = BatchIterator(run.dataset, run.splits["train"], tc.batch_size, run.buckets,
                            shuffle=True, seed=cfg.seed)
   steps_per_epoch = len(train_it)
-  total_steps = tc.epochs * steps_per_epoch
-  if tc.max_steps:
-    total_steps = min(total_steps, tc.max_steps)
-  warmup = int(tc.warmup_frac * total_steps)
-  tx = make_optimizer(tc.lr, tc.weight_decay, total_steps, warmup, tc.clip, tc.schedule)
-  lr_at = learning_rate_schedule(tc.lr, total_steps, warmup, tc.schedule)
-  params = init_params(run, k_init)
-  state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
-                         run.replicated)
-  n_params = sum(int(x.size) for x in jax.tree.leaves(params))
-  train_fn = jax.jit(functools.partial(steps.train_step, model=run.model, tx=tx, tau=tc.tau),
-                     donate_argnums=0, out_shardings=run.replicated,
-                     compiler_options=compiler_options("train"))
-
+  method = get_method(cfg.method)
+  make_plan = getattr(method, "training_plan", default_plan)
+  plan = make_plan(run, k_init, steps_per_epoch)
+  state = plan.state
   ckpt_dir = os.path.join(workdir, "checkpoints")
   ckpt = Checkpoints(os.path.join(ckpt_dir, "train"), max_to_keep=2)
   best_ckpt = Checkpoints(os.path.join(ckpt_dir, "best"), max_to_keep=1)
   meta = {"evals": [], "best": None, "bad_evals": 0, "done": False, "train_seconds": 0.0,
-          "train_samples": 0}
-  target = {"train": state, "codes": run.codes}
+          "train_samples": 0, "stage": 0, "stage_start": 0}
   if ckpt.steps():
-    restored = ckpt.restore(target)
+    restored = ckpt.restore({"train": state, "codes": run.codes})
     if restored is None:
       raise RuntimeError(f"{ckpt.directory}: checkpoints exist but none could be restored; "
                          "move them away to start over")
     step0, tree, meta = restored
-    if not np.array_equal(np.asarray(tree["codes"]), run.table.codes_NxC):
+    if plan.dynamic_codes:
+      set_codes(run, tree["codes"])
+    elif not np.array_equal(np.asarray(tree["codes"]), run.table.codes_NxC):
       raise RuntimeError(f"{workdir}: the checkpoint's code table differs from codes.npz")
-    state = tree["train"]
+    state = jax.device_put(tree["train"], run.replicated)
     train_it.set_state(meta["iterator"])
-    log(f"resumed from {ckpt.directory}/{step0} (epoch {train_it.epoch}, step {step0})")
+    log(f"resumed from {ckpt.directory}/{step0} (epoch {train_it.epoch}, step {step0}, "
+        f"stage {plan.stages[meta['stage']].name})")
     _truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), step0)
   log(f"{cfg.method}: {run.dataset.n_items} items, {len(run.splits['train'])} train samples, "
-      f"{steps_per_epoch} steps/epoch, {n_params:,} parameters, {run.mesh.devices.size} "
+      f"{steps_per_epoch} steps/epoch, {plan.n_params:,} parameters, {run.mesh.devices.size} "
       f"device(s) [{jax.devices()[0].platform}], buckets {run.buckets}")
 
   metrics_f = open(os.path.join(workdir, "metrics.jsonl"), "a")
@@ -230,23 +292,47 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
     meta["iterator"] = train_it.get_state()
     ckpt.save(step, {"train": state, "codes": run.codes}, meta)
 
-  step = int(state.step)
+  def save_best(step, epoch):
+    tree = {"params": plan.rec_params(state), "codes": run.codes}
+    extra = plan.best_extra(state)
+    if extra:
+      tree["extra"] = extra
+    best_ckpt.save(step, tree, {"epoch": epoch, "stage": meta["stage"]})
+
+  step = plan.global_step(state)
   while not meta["done"]:
+    stage = plan.stages[meta["stage"]]
     epoch = train_it.epoch
-    if epoch >= tc.epochs or (tc.max_steps and step >= tc.max_steps):
+    stage_epoch = epoch - meta["stage_start"]
+    out_of_steps = bool(tc.max_steps and step >= tc.max_steps)
+    if stage_epoch >= stage.epochs or meta.get("stage_over") or out_of_steps:
+      if meta["stage"] + 1 < len(plan.stages) and not out_of_steps:
+        meta["stage"] += 1
+        meta["stage_start"], meta["stage_over"] = epoch, False
+        nxt = plan.stages[meta["stage"]]
+        restored = restore_best(run, best_ckpt.directory)
+        state, codes = nxt.begin(state, restored[1] if restored else None, run)
+        if codes is not None:
+          set_codes(run, codes)
+        meta["best"], meta["bad_evals"] = None, 0
+        log(f"stage {nxt.name} begins at epoch {epoch} from the best checkpoint"
+            f"{'' if restored else ' (none saved: from the current state)'}")
+        save(step)
+        continue
       meta["done"] = True
       break
+    step_fn = stage.step(stage_epoch)
     t_epoch, samples, pending = time.time(), 0.0, None
     bar = tqdm(total=steps_per_epoch, initial=train_it.get_state()["grain"].get("next_index", 0),
-               desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, mininterval=1.0,
+               desc=f"epoch {epoch + 1} ({stage.name})", leave=False, mininterval=1.0,
                disable=None)
     for batch in train_it.epoch_batches():
       n_real = float(batch["weight_B"].sum())
-      state, out = train_fn(state, run.shard(batch), run.codes, k_train)
+      state, out = step_fn(state, run.shard(batch), run.codes, k_train)
       step += 1
       # Fetch the previous step's metrics only now, so the host never stalls the device.
       if pending is not None:
-        _check_and_log(pending, write, bar, tc, lr_at, epoch, samples, t_epoch)
+        _check_and_log(pending, write, bar, tc, plan, state, epoch, samples, t_epoch)
       pending = (step, out)
       samples += n_real
       meta["train_samples"] += n_real
@@ -258,39 +344,58 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
       if tc.max_steps and step >= tc.max_steps:
         break
     if pending is not None:
-      _check_and_log(pending, write, bar, tc, lr_at, epoch, samples, t_epoch, force=True)
+      _check_and_log(pending, write, bar, tc, plan, state, epoch, samples, t_epoch, force=True)
     bar.close()
     meta["train_seconds"] += time.time() - t_epoch
     epoch_done = train_it.epoch > epoch  # False only when max_steps cut the epoch short
-    finished = (train_it.epoch >= tc.epochs) or bool(tc.max_steps and step >= tc.max_steps)
-    if (epoch_done and train_it.epoch % tc.eval_every == 0) or finished:
-      valid = evaluate_split(run, state.params, "valid")
+    if epoch_done and stage.after_epoch is not None:
+      codes, record = stage.after_epoch(state, stage_epoch, run)
+      if codes is not None:
+        set_codes(run, codes)
+      if record:
+        record = {"step": step, "epoch": epoch + 1, "stage": stage.name, **record}
+        write(record)
+        log(f"epoch {epoch + 1} ({stage.name}): " + json.dumps(
+            {k: v for k, v in record.items() if k not in ("step", "epoch", "stage")}))
+    stage_epochs_done = train_it.epoch - meta["stage_start"]
+    finished = (stage_epochs_done >= stage.epochs) or bool(tc.max_steps and step >= tc.max_steps)
+    if (epoch_done and stage_epochs_done % stage.eval_every == 0) or finished:
+      valid = evaluate_split(run, plan.rec_params(state), "valid")
       record = {"step": step, "epoch": train_it.epoch if epoch_done else epoch + 1,
-                "split": "valid", **valid}
+                "split": "valid", "stage": stage.name, **valid}
       write(record)
       meta["evals"].append(record)
-      log(f"epoch {record['epoch']} step {step}: valid " + _fmt(valid))
+      log(f"epoch {record['epoch']} step {step} ({stage.name}): valid " + _fmt(valid))
       best = meta["best"]
       if best is None or valid["ndcg@10"] > best["ndcg@10"]:
-        meta["best"] = {"step": step, "epoch": record["epoch"], "ndcg@10": valid["ndcg@10"]}
+        meta["best"] = {"step": step, "epoch": record["epoch"], "ndcg@10": valid["ndcg@10"],
+                        "stage": stage.name}
         meta["bad_evals"] = 0
-        best_ckpt.save(step, {"params": state.params}, {"epoch": record["epoch"]})
+        save_best(step, record["epoch"])
       else:
         meta["bad_evals"] += 1
-        if meta["bad_evals"] >= tc.patience:
-          log(f"early stop: no validation NDCG@10 gain in {tc.patience} evaluations")
-          finished = True
-    meta["done"] = finished
+        if meta["bad_evals"] >= stage.patience:
+          log(f"early stop ({stage.name}): no validation NDCG@10 gain in {stage.patience} "
+              "evaluations")
+          meta["stage_over"] = True
     save(step)
   metrics_f.close()
   ckpt.close()
-
-  # Final: test metrics of the checkpoint best on validation.
-  restored = best_ckpt.restore({"params": state.params})
   best_ckpt.close()
+
+  # Final: test metrics of the checkpoint best on validation (of the last stage).
+  restored = restore_best(run)
   if restored is None:
     raise RuntimeError(f"{best_ckpt.directory}: no usable best checkpoint")
-  best_params = restored[1]["params"]
+  best_tree = restored[1]
+  table = run.table
+  if plan.dynamic_codes:
+    set_codes(run, best_tree["codes"])
+    table = CodeTable(np.asarray(best_tree["codes"]), run.table.sizes,
+                      {"final": health_dict(np.asarray(best_tree["codes"]), run.table.sizes)},
+                      run.table.fingerprint + "-trained")
+    table.save(workdir, "codes_final")
+  best_params = jax.device_put(best_tree["params"], run.replicated)
   results = {
       "method": cfg.method, "variant": cfg.get("variant", ""), "dataset": run.dataset.name,
       "best": meta["best"],
@@ -300,17 +405,19 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
       "tokenizer": run.table.stats,
       "train_seconds": round(meta["train_seconds"], 1),
       "train_samples_per_s": round(meta["train_samples"] / max(meta["train_seconds"], 1e-9), 1),
-      "steps": int(state.step),
-      "parameters": n_params,
+      "steps": step,
+      "parameters": plan.n_params,
       "device": f"{jax.devices()[0].device_kind} x{run.mesh.devices.size}",
       "wall_seconds_this_invocation": round(time.time() - t_start, 1),
   }
+  if plan.dynamic_codes:
+    results["final_codes"] = table.stats["final"]
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
   log("test " + _fmt(results["test"]))
   log("most-popular test " + _fmt(results["popularity"]["test"]))
   from jaxrec.report import write_report
-  write_report(workdir, run.table)
+  write_report(workdir, table)
   return results
 
 
@@ -328,7 +435,7 @@ def _fmt(m):
   return ", ".join(f"{k} {m[k]:.4f}" for k in ("recall@5", "recall@10", "ndcg@5", "ndcg@10"))
 
 
-def _check_and_log(pending, write, bar, tc, lr_at, epoch, samples, t_epoch, force=False):
+def _check_and_log(pending, write, bar, tc, plan, state, epoch, samples, t_epoch, force=False):
   step, out = pending
   loss = float(out["loss"])
   if not np.isfinite(loss):
@@ -338,7 +445,11 @@ def _check_and_log(pending, write, bar, tc, lr_at, epoch, samples, t_epoch, forc
   rate = samples / max(time.time() - t_epoch, 1e-9)
   bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.0f}", refresh=False)
   if step % tc.log_every == 0 or force:
-    write({"step": step, "epoch": epoch + 1, "loss": round(loss, 6),
-           "id_accuracy": round(float(out["id_accuracy"]), 4),
-           "grad_norm": round(float(out["grad_norm"]), 4), "lr": float(lr_at(step - 1)),
-           "samples_per_s": round(rate, 1)})
+    record = {"step": step, "epoch": epoch + 1,
+              **{k: round(float(v), 6) for k, v in out.items() if k != "lr"},
+              "lr": float(out["lr"]) if "lr" in out else plan.lr_at(state, step - 1),
+              "samples_per_s": round(rate, 1)}
+    for k in ("id_accuracy", "grad_norm"):
+      if k in record:
+        record[k] = round(record[k], 4)
+    write(record)

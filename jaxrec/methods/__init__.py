@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-METHODS = ("tiger", "letter")
+METHODS = ("tiger", "letter", "etegrec")
 
 
 def get_method(name: str):

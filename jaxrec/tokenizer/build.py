@@ -6,6 +6,7 @@ import os
 import time
 from typing import Callable, Optional
 
+import flax
 import jax
 import numpy as np
 
@@ -28,12 +29,16 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
                      extra=None, log: Callable[[dict], None] = None):
   """Returns (CodeTable, tokenizer) where tokenizer is (model, params) or None for given codes.
 
-  With a workdir holding `codes.npz` of the same fingerprint, that table is reused."""
-  fp = tokenizer_fingerprint(tok_cfg, dataset, seed)
+  `extra` (a `tokenizer.train.Extra` or None) adds the method's terms to the tokenizer loss.
+
+  With a workdir holding `codes.npz` of the same fingerprint, that table is reused (with
+  the tokenizer saved beside it, `tokenizer.msgpack`, when there is one); a trained
+  tokenizer is saved there."""
+  fp = tokenizer_fingerprint(tok_cfg, dataset, seed, extra)
   if workdir and os.path.exists(os.path.join(workdir, "codes.npz")):
     table = codes_lib.CodeTable.load(workdir)
     if table.fingerprint == fp:  # same inputs: reuse the saved IDs, bit for bit
-      return table, None
+      return table, _load_tokenizer(tok_cfg, dataset, workdir)
   if tok_cfg.source == "given":
     if dataset.codes_NxC is None:
       raise ValueError("tokenizer.source='given' but the data set has no codes "
@@ -57,7 +62,24 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
   table = assign_catalogue(tok_cfg, model, params, feats, fp,
                            {"source": "rqvae", "fit_seconds": round(fit_s, 2),
                             "history": history[-1] if history else {}})
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, "tokenizer.msgpack.tmp")
+    with open(tmp, "wb") as f:
+      f.write(flax.serialization.to_bytes(params))
+    os.replace(tmp, os.path.join(workdir, "tokenizer.msgpack"))
   return table, (model, params)
+
+
+def _load_tokenizer(tok_cfg, dataset, workdir):
+  """(model, params) saved by an earlier build in `workdir`, or None."""
+  path = os.path.join(workdir, "tokenizer.msgpack")
+  if tok_cfg.source != "rqvae" or not os.path.exists(path):
+    return None
+  model = RQVAE(rqvae_config(tok_cfg, dataset.features[tok_cfg.feature].shape[1]))
+  with open(path, "rb") as f:
+    params = flax.serialization.msgpack_restore(f.read())
+  return model, jax.tree.map(jax.numpy.asarray, params)
 
 
 def _no_residuals(codes):

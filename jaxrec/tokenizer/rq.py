@@ -72,12 +72,21 @@ def sinkhorn_log(cost_BxK, epsilon: float, iters: int, mask_B=None):
   return jax.lax.fori_loop(0, iters, body, log_q)
 
 
+def _masked_mean(sq_BxD, mask_B):
+  if mask_B is None:
+    return jnp.mean(sq_BxD)
+  m = mask_B.astype(sq_BxD.dtype)
+  return jnp.sum(jnp.mean(sq_BxD, axis=-1) * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
 def residual_quantize(z_BxD, codebooks_CxKxD, *, modes: Sequence[str], train: bool,
                       beta: float = 0.25, level_reduce: str = "mean",
                       residual_grad: str = "stop", gumbel_tau: float = 1.0,
                       sinkhorn_eps: float = 0.003, sinkhorn_iters: int = 50,
                       key: Optional[jax.Array] = None, mask_B=None) -> RQOutput:
-  """Quantizes z level by level against `codebooks`; see the module docstring for modes."""
+  """Quantizes z level by level against `codebooks`; see the module docstring for modes.
+  `mask_B` (optional) marks the rows that count: Sinkhorn balances over them and the
+  codebook / commitment losses average over them."""
   n_levels = codebooks_CxKxD.shape[0]
   if len(modes) != n_levels:
     raise ValueError(f"{len(modes)} assignment modes for {n_levels} levels")
@@ -113,8 +122,8 @@ def residual_quantize(z_BxD, codebooks_CxKxD, *, modes: Sequence[str], train: bo
     codes.append(code.astype(jnp.int32))
     residuals.append(residual)
     dists.append(dist)
-    cb_terms.append(jnp.mean(jnp.square(sg(residual) - vec)))
-    commit_terms.append(jnp.mean(jnp.square(residual - sg(vec))))
+    cb_terms.append(_masked_mean(jnp.square(sg(residual) - vec), mask_B))
+    commit_terms.append(_masked_mean(jnp.square(residual - sg(vec)), mask_B))
     if residual_grad == "stop":
       residual = sg(residual - vec)
     else:

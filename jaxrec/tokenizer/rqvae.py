@@ -101,19 +101,25 @@ class RQVAE(nn.Module):
   def decode(self, q_BxD, train: bool = False):
     return self.decoder(q_BxD, train)
 
-  def quantize(self, z_BxD, train: bool = False, key: Optional[jax.Array] = None) -> RQOutput:
+  def quantize(self, z_BxD, train: bool = False, key: Optional[jax.Array] = None,
+               mask_B=None) -> RQOutput:
     c = self.cfg
     return residual_quantize(z_BxD, self.codebooks, modes=c.modes, train=train, beta=c.beta,
                              level_reduce=c.level_reduce, residual_grad=c.residual_grad,
                              gumbel_tau=c.gumbel_tau, sinkhorn_eps=c.sinkhorn_eps,
-                             sinkhorn_iters=c.sinkhorn_iters, key=key)
+                             sinkhorn_iters=c.sinkhorn_iters, key=key, mask_B=mask_B)
 
-  def __call__(self, x_BxF, train: bool = False, key: Optional[jax.Array] = None):
+  def __call__(self, x_BxF, train: bool = False, key: Optional[jax.Array] = None, mask_B=None):
     """Returns (reconstruction [B, F], RQOutput, latent z [B, D])."""
     z = self.encode(x_BxF, train)
-    rq = self.quantize(z, train, key)
+    rq = self.quantize(z, train, key, mask_B)
     return self.decode(rq.quantized_BxD, train), rq, z
 
 
-def reconstruction_loss(x_hat_BxF, x_BxF):
-  return jnp.mean(jnp.square(x_hat_BxF - x_BxF))
+def reconstruction_loss(x_hat_BxF, x_BxF, mask_B=None):
+  """Mean squared error (over the rows of `mask_B` when given)."""
+  sq = jnp.square(x_hat_BxF - x_BxF)
+  if mask_B is None:
+    return jnp.mean(sq)
+  m = mask_B.astype(sq.dtype)
+  return jnp.sum(jnp.mean(sq, axis=-1) * m) / jnp.maximum(jnp.sum(m), 1.0)

@@ -1,0 +1,309 @@
+"""ETEGRec (Liu et al., SIGIR 2025): the item tokenizer and the recommender trained end to
+end by alternating optimization, tied together by two alignment losses.
+
+One state holds both models (`EteState`: the T5 with its two adapters, the RQ-VAE, each
+with its AdamW state). Two jitted steps update disjoint parts of it:
+  tokenizer step     L_recon + L_rq + w_sia * SIA + w_psa * PSA   -> tokenizer only
+  recommender step   L_code + w_sia * SIA + w_psa * PSA            -> recommender only
+The schedule (a `Plan` of two `Stage`s for the shared training loop, not a second loop):
+  alternation  epoch e is a tokenizer epoch when e % cycle == 0, else a recommender epoch;
+               both read the same sequence batches. w_sia = w_psa = 0 for the first
+               `warm_epochs`. After every tokenizer epoch all items are re-coded and the
+               decoding tables rebuilt, on device (`recode`).
+  finetune     from the best checkpoint of the alternation: tokenizer frozen, codes
+               recomputed, the recommender trained on L_code alone (lr 5e-4, cosine, its own
+               early stopping). Test metrics are those of this stage's best checkpoint.
+
+SIA (sequence-item alignment): the encoder's final states, mean-pooled over the history,
+through a linear adapter to the code width; that vector and the target item's tokenizer
+latent each give per-level distributions over codes, softmax over the squared distances to
+the codebook (level by level, each on its own residual); SIA is the symmetric KL between
+the two, averaged over the batch's unique targets and the levels. The paper (Eq. 6) uses
+softmax(-distance), the default here (`etegrec.sia_sign='negative'`); the official code
+applies the softmax to +distance (`'positive'`).
+PSA (preference-semantic alignment): the decoder's first-position final state through a
+linear adapter to the item-embedding width, and the tokenizer's reconstruction of the
+target item: symmetric in-batch InfoNCE (cosine, temperature 0.07) over unique targets.
+As in the official code, both directions of SIA and PSA are summed, the other model runs
+in inference mode (no dropout) while one is trained, and the tokenizer's L_recon + L_rq
+are averaged over the batch's unique targets.
+
+Shape letters: B batch, C tokenizer levels, K codes, D code width, F item-embedding width,
+E d_model, N items.
+"""
+from __future__ import annotations
+
+import functools
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxrec.optim import TrainState, learning_rate_schedule, make_optimizer
+from jaxrec.recommender import steps
+from jaxrec.recommender.t5 import T5
+from jaxrec.tokenizer import codes as codes_lib
+from jaxrec.tokenizer.rqvae import RQVAE, reconstruction_loss
+from jaxrec.tokenizer.train import encode_catalogue
+from jaxrec.xla import compiler_options
+
+sg = jax.lax.stop_gradient
+
+
+@flax.struct.dataclass
+class EteState:
+  step: jax.Array          # global step count (both kinds of step)
+  rec: TrainState          # params {"t5", "enc_adapter", "dec_adapter"}
+  tok: TrainState          # RQ-VAE params
+
+
+def tokenizer_loss(cfg, dataset):
+  """The tokenizer is pre-trained as a plain RQ-VAE (the core's loss)."""
+  del cfg, dataset
+  return None
+
+
+# ------------------------------------------------------------------------- losses
+def unique_targets(target_B, weight_B):
+  """True at the first occurrence of each real target in the batch."""
+  b = target_B.shape[0]
+  earlier = jnp.arange(b)[None, :] < jnp.arange(b)[:, None]
+  dup = jnp.any((target_B[:, None] == target_B[None, :]) & earlier & (weight_B[None, :] > 0),
+                axis=1)
+  return (weight_B > 0) & ~dup
+
+
+def _kl(logp, logq):
+  return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
+
+
+def sia_loss(seq_logits_BxCxK, item_logits_BxCxK, mask_B):
+  """KL(p_seq || p_item) + KL(p_item || p_seq) of per-level softmax distributions, averaged
+  over the masked rows and the levels."""
+  a = jax.nn.log_softmax(seq_logits_BxCxK, axis=-1)
+  b = jax.nn.log_softmax(item_logits_BxCxK, axis=-1)
+  per_row = jnp.mean(_kl(a, b) + _kl(b, a), axis=-1)
+  m = mask_B.astype(per_row.dtype)
+  return jnp.sum(per_row * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def _info_nce(q_BxF, k_BxF, mask_B, temperature):
+  logits = q_BxF @ k_BxF.T / temperature
+  logits = jnp.where(mask_B[None, :], logits, -1e9)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(q_BxF.shape[0]))
+  m = mask_B.astype(ce.dtype)
+  return jnp.sum(ce * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def psa_loss(dec_BxF, recon_BxF, mask_B, temperature: float = 0.07):
+  """Symmetric in-batch InfoNCE with cosine similarity over the masked rows (the other
+  masked rows are the negatives)."""
+  a = dec_BxF / jnp.maximum(jnp.linalg.norm(dec_BxF, axis=-1, keepdims=True), 1e-12)
+  b = recon_BxF / jnp.maximum(jnp.linalg.norm(recon_BxF, axis=-1, keepdims=True), 1e-12)
+  return _info_nce(b, a, mask_B, temperature) + _info_nce(a, b, mask_B, temperature)
+
+
+# ------------------------------------------------------------------------- forward
+def _adapter_apply(params, x):
+  return x @ params["kernel"] + params["bias"]
+
+
+def forward_terms(rec_params, tok_params, batch, codes_NxC, feats_NxF, key, *, t5: T5,
+                  tok: RQVAE, train_rec: bool, train_tok: bool, sia_sign: str,
+                  psa_temperature: float):
+  """Everything both steps need: code loss, SIA, PSA, the tokenizer's own loss."""
+  k_rec, k_tok = jax.random.split(key)
+  cfg = t5.cfg
+  tokens, mask = steps.history_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"],
+                                      cfg.offsets)
+  dec_in, labels = steps.decoder_io(codes_NxC, batch["target_B"], cfg.offsets, cfg.bos)
+  rngs = {"dropout": k_rec} if train_rec else {}
+  p = rec_params["t5"]
+  enc, enc_mask = t5.apply(p, tokens, mask, batch["user_B"], train_rec, method=T5.encode,
+                           rngs=rngs)
+  hidden = t5.apply(p, enc, enc_mask, dec_in, train_rec, method=T5.decode, rngs=rngs)
+  logits = t5.apply(p, hidden, method=T5.logits)
+  code, code_metrics = steps.code_loss(logits, labels, batch["weight_B"])
+
+  m = enc_mask.astype(enc.dtype)[..., None]
+  pooled = jnp.sum(enc * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+  seq_latent = _adapter_apply(rec_params["enc_adapter"], pooled)              # [B, D]
+  dec_latent = _adapter_apply(rec_params["dec_adapter"], hidden[:, 0])        # [B, F]
+
+  uniq = unique_targets(batch["target_B"], batch["weight_B"])
+  x = feats_NxF[batch["target_B"]]
+  tok_rngs = {"dropout": k_tok} if train_tok else {}
+  x_hat, rq, _ = tok.apply(tok_params, x, train_tok, mask_B=uniq, rngs=tok_rngs)
+  seq_rq = tok.apply(tok_params, seq_latent, False, method=RQVAE.quantize)
+  sign = -1.0 if sia_sign == "negative" else 1.0
+  sia = sia_loss(sign * seq_rq.dist_BxCxK, sign * rq.dist_BxCxK, uniq)
+  psa = psa_loss(dec_latent, x_hat, uniq, psa_temperature)
+  recon = reconstruction_loss(x_hat, x, uniq)
+  return {"code": code, "sia": sia, "psa": psa, "recon": recon, "rq": rq.loss,
+          "id_accuracy": code_metrics["id_accuracy"]}
+
+
+def _update(sub: TrainState, grads, tx, lr_fn):
+  updates, opt_state = tx.update(grads, sub.opt_state, sub.params)
+  lr = lr_fn(sub.step)
+  return TrainState(sub.step + 1, optax.apply_updates(sub.params, updates), opt_state), lr
+
+
+def rec_step(state: EteState, batch, codes_NxC, key, weights, feats_NxF, *, t5, tok, tx, lr_fn,
+             sia_sign, psa_temperature):
+  """L_code + w_sia * SIA + w_psa * PSA; gradients to the recommender only."""
+  k = jax.random.fold_in(key, state.step)
+  tok_params = sg(state.tok.params)
+
+  def loss_fn(rec_params):
+    t = forward_terms(rec_params, tok_params, batch, codes_NxC, feats_NxF, k, t5=t5, tok=tok,
+                      train_rec=True, train_tok=False, sia_sign=sia_sign,
+                      psa_temperature=psa_temperature)
+    return t["code"] + weights[0] * t["sia"] + weights[1] * t["psa"], t
+
+  (loss, t), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.rec.params)
+  rec, lr = _update(state.rec, grads, tx, lr_fn)
+  out = {"loss": loss, **t, "grad_norm": optax.tree.norm(grads), "lr": lr}
+  return EteState(state.step + 1, rec, state.tok), out
+
+
+def tok_step(state: EteState, batch, codes_NxC, key, weights, feats_NxF, *, t5, tok, tx, lr_fn,
+             sia_sign, psa_temperature):
+  """L_recon + L_rq + w_sia * SIA + w_psa * PSA; gradients to the tokenizer only."""
+  k = jax.random.fold_in(key, state.step)
+  rec_params = sg(state.rec.params)
+
+  def loss_fn(tok_params):
+    t = forward_terms(rec_params, tok_params, batch, codes_NxC, feats_NxF, k, t5=t5, tok=tok,
+                      train_rec=False, train_tok=True, sia_sign=sia_sign,
+                      psa_temperature=psa_temperature)
+    return t["recon"] + t["rq"] + weights[0] * t["sia"] + weights[1] * t["psa"], t
+
+  (loss, t), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.tok.params)
+  tok_state, lr = _update(state.tok, grads, tx, lr_fn)
+  out = {"loss": loss, **t, "grad_norm": optax.tree.norm(grads), "lr": lr}
+  return EteState(state.step + 1, state.rec, tok_state), out
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def recode(tok_params, feats_NxF, old_codes_NxC1, *, model: RQVAE):
+  """All items' codes from the current tokenizer, plus the collision level, on device.
+  Returns (codes [N, C+1], fraction of items whose ID changed, largest collision group)."""
+  codes = encode_catalogue(tok_params, feats_NxF, model=model)["codes_NxC"]
+  suffix = codes_lib.suffix_level(codes)
+  full = jnp.concatenate([codes, suffix[:, None]], axis=1).astype(jnp.int32)
+  changed = jnp.mean(jnp.any(full != old_codes_NxC1, axis=1).astype(jnp.float32))
+  return full, changed, jnp.max(suffix) + 1
+
+
+# ------------------------------------------------------------------------- the plan
+def training_plan(run, key, steps_per_epoch: int):
+  """The two stages of ETEGRec for the shared training loop (see the module docstring)."""
+  from jaxrec.trainer import Plan, Stage, init_params
+  cfg, ec, tc = run.cfg, run.cfg.etegrec, run.cfg.train
+  if cfg.tokenizer.source != "rqvae":
+    raise ValueError("ETEGRec trains its tokenizer: tokenizer.source must be 'rqvae'")
+  if run.tokenizer is None:
+    raise ValueError(f"{run.workdir}: codes.npz is there but not the tokenizer it came from "
+                     "(tokenizer.msgpack); remove codes.npz to train the tokenizer again")
+  if cfg.tokenizer.collision != "suffix":
+    raise ValueError("ETEGRec re-codes items during training with the collision level: "
+                     "tokenizer.collision must be 'suffix'")
+  if ec.sia_sign not in ("negative", "positive"):
+    raise ValueError(f"etegrec.sia_sign must be 'negative' or 'positive', got {ec.sia_sign!r}")
+  tok_model, tok_params = run.tokenizer
+  t5 = run.model
+  feats = jax.device_put(jnp.asarray(run.dataset.features[cfg.tokenizer.feature], jnp.float32),
+                         run.replicated)
+  k_t5, k_enc, k_dec = jax.random.split(key, 3)
+  d, f = t5.cfg.d_model, feats.shape[1]
+  rec_params = {"t5": init_params(run, k_t5),
+                "enc_adapter": nn.Dense(tok_model.cfg.code_dim).init(k_enc, jnp.zeros((1, d)))["params"],
+                "dec_adapter": nn.Dense(f).init(k_dec, jnp.zeros((1, d)))["params"]}
+  tok_params = jax.tree.map(jnp.asarray, flax.core.unfreeze(tok_params))
+
+  n_tok = -(-tc.epochs // ec.cycle)          # epochs 0, cycle, 2 * cycle, ... train the tokenizer
+  n_rec = tc.epochs - n_tok
+  rec_sched = learning_rate_schedule(tc.lr, max(n_rec, 1) * steps_per_epoch,
+                                     ec.rec_warmup_steps, "cosine")
+  tok_sched = learning_rate_schedule(ec.tok_lr, max(n_tok, 1) * steps_per_epoch,
+                                     ec.tok_warmup_steps, "cosine")
+  ft_sched = learning_rate_schedule(ec.finetune_lr, max(ec.finetune_epochs, 1) * steps_per_epoch,
+                                    0, "cosine")
+  tx_rec = make_optimizer(tc.lr, tc.weight_decay, max(n_rec, 1) * steps_per_epoch,
+                          ec.rec_warmup_steps, tc.clip, "cosine")
+  tx_tok = make_optimizer(ec.tok_lr, tc.weight_decay, max(n_tok, 1) * steps_per_epoch,
+                          ec.tok_warmup_steps, tc.clip, "cosine")
+  tx_ft = make_optimizer(ec.finetune_lr, tc.weight_decay,
+                         max(ec.finetune_epochs, 1) * steps_per_epoch, 0, tc.clip, "cosine")
+  state = EteState(jnp.zeros((), jnp.int32),
+                   TrainState(jnp.zeros((), jnp.int32), rec_params, tx_rec.init(rec_params)),
+                   TrainState(jnp.zeros((), jnp.int32), tok_params, tx_tok.init(tok_params)))
+  state = jax.device_put(state, run.replicated)
+
+  common = dict(t5=t5, tok=tok_model, sia_sign=ec.sia_sign, psa_temperature=ec.psa_temperature)
+  jit = functools.partial(jax.jit, donate_argnums=0, out_shardings=run.replicated,
+                          compiler_options=compiler_options("train"))
+  rec_fn = jit(functools.partial(rec_step, tx=tx_rec, lr_fn=rec_sched, **common))
+  tok_fn = jit(functools.partial(tok_step, tx=tx_tok, lr_fn=tok_sched, **common))
+  ft_fn = jit(functools.partial(rec_step, tx=tx_ft, lr_fn=ft_sched, **common))
+  aligned = jnp.asarray([ec.w_sia, ec.w_psa], jnp.float32)
+  off = jnp.zeros(2, jnp.float32)
+
+  def bind(fn, w):
+    return lambda state, batch, codes, k: fn(state, batch, codes, k, w, feats)
+
+  def alternation_step(epoch):
+    w = aligned if epoch >= ec.warm_epochs else off
+    return bind(tok_fn if epoch % ec.cycle == 0 else rec_fn, w)
+
+  sizes = run.table.sizes
+
+  def recode_checked(state, epoch_label):
+    codes, changed, largest = recode(state.tok.params, feats, run.codes, model=tok_model)
+    largest = int(largest)
+    if largest > sizes[-1]:
+      raise RuntimeError(f"after {epoch_label}, {largest} items share one semantic ID, more "
+                         f"than the collision level's {sizes[-1]} codes: raise "
+                         "tokenizer.suffix_size (the previous checkpoint is intact)")
+    return codes, float(changed)
+
+  def after_alternation_epoch(state, epoch, run):
+    if epoch % ec.cycle:
+      return None, None
+    codes, changed = recode_checked(state, f"tokenizer epoch {epoch + 1}")
+    health = codes_lib.health_dict(codes[:, :-1], sizes[:-1])
+    return codes, {"ids_changed": round(changed, 5), "largest_group": health["largest_group"],
+                   "used": health["used"], "perplexity": health["perplexity"],
+                   "collision_rate": health["collision_rate"]}
+
+  def begin_finetune(state, best, run):
+    if best is not None:
+      rec_params = {"t5": best["params"], **best["extra"]["adapters"]}
+      tok_params = best["extra"]["tok"]
+    else:
+      rec_params, tok_params = state.rec.params, state.tok.params
+    rec_params = jax.device_put(rec_params, run.replicated)
+    tok_params = jax.device_put(tok_params, run.replicated)
+    new = EteState(state.step,
+                   TrainState(jnp.zeros((), jnp.int32), rec_params, tx_ft.init(rec_params)),
+                   state.tok.replace(params=tok_params))
+    new = jax.device_put(new, run.replicated)
+    codes, _ = recode_checked(new, "restoring the best checkpoint")
+    return new, codes
+
+  stages = [Stage("alternation", tc.epochs, alternation_step, tc.eval_every, tc.patience,
+                  after_epoch=after_alternation_epoch)]
+  if ec.finetune_epochs:
+    stages.append(Stage("finetune", ec.finetune_epochs, lambda epoch: bind(ft_fn, off),
+                        ec.finetune_eval_every, ec.finetune_patience, begin=begin_finetune))
+  n_params = sum(int(x.size) for x in jax.tree.leaves((rec_params, tok_params)))
+  return Plan(state, stages, rec_params=lambda s: s.rec.params["t5"],
+              best_extra=lambda s: {"adapters": {k: s.rec.params[k] for k in
+                                                 ("enc_adapter", "dec_adapter")},
+                                    "tok": s.tok.params},
+              global_step=lambda s: int(s.step), lr_at=None, n_params=n_params,
+              dynamic_codes=True)

@@ -1,0 +1,162 @@
+"""ETEGRec: disjoint updates of the two steps, SIA and PSA on hand cases, on-device re-coding
+with valid decoding, and a run killed in the middle of a cycle resumes to the same result."""
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import etegrec as etegrec_configs
+from jaxrec import decode, trainer
+from jaxrec.data import BatchIterator
+from jaxrec.methods import etegrec
+
+
+def _ref_kl(p, q):
+  return float(np.sum(p * (np.log(p) - np.log(q))))
+
+
+def _softmax(x):
+  e = np.exp(np.asarray(x, np.float64) - np.max(x))
+  return e / e.sum()
+
+
+def test_sia_zero_for_identical_and_hand_value():
+  logits = jax.random.normal(jax.random.key(0), (3, 2, 5))
+  mask = jnp.array([True, True, False])
+  chex.assert_trees_all_close(etegrec.sia_loss(logits, logits, mask), 0.0, atol=1e-6)
+  a = np.array([[[0.0, 1.0, 2.0]], [[1.0, 1.0, 0.0]]])     # [B=2, C=1, K=3]
+  b = np.array([[[2.0, 0.0, 0.0]], [[0.0, 0.0, 3.0]]])
+  expected = np.mean([_ref_kl(_softmax(a[i, 0]), _softmax(b[i, 0])) +
+                      _ref_kl(_softmax(b[i, 0]), _softmax(a[i, 0])) for i in range(2)])
+  got = etegrec.sia_loss(jnp.asarray(a), jnp.asarray(b), jnp.array([True, True]))
+  chex.assert_trees_all_close(got, expected, rtol=1e-5)
+  # A masked row does not count.
+  got1 = etegrec.sia_loss(jnp.asarray(a), jnp.asarray(b), jnp.array([True, False]))
+  expected1 = (_ref_kl(_softmax(a[0, 0]), _softmax(b[0, 0])) +
+               _ref_kl(_softmax(b[0, 0]), _softmax(a[0, 0])))
+  chex.assert_trees_all_close(got1, expected1, rtol=1e-5)
+
+
+def test_psa_hand_value():
+  dec = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 3.0]])
+  rec = np.array([[2.0, 0.0], [0.0, 1.0], [5.0, 5.0]])
+  mask = np.array([True, True, False])                      # row 3 is a repeated target
+  t = 0.07
+  n = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+  sim = n(rec)[:2] @ n(dec)[:2].T / t                          # only unique rows take part
+  ce = lambda s: np.mean([-(s[i, i] - np.log(np.exp(s[i]).sum())) for i in range(2)])
+  expected = ce(sim) + ce(sim.T)
+  got = etegrec.psa_loss(jnp.asarray(dec), jnp.asarray(rec), jnp.asarray(mask), t)
+  chex.assert_trees_all_close(got, expected, rtol=1e-5)
+
+
+def test_unique_targets_marks_first_real_occurrence():
+  t = jnp.array([4, 2, 4, 7, 2, 9])
+  w = jnp.array([1, 1, 1, 1, 1, 0.0])
+  chex.assert_trees_all_equal(etegrec.unique_targets(t, w),
+                              jnp.array([True, True, False, True, False, False]))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  cfg = etegrec_configs.get_config("tiny")
+  run = trainer.setup(cfg, str(tmp_path_factory.mktemp("ete")), log=lambda m: None)
+  it = BatchIterator(run.dataset, run.splits["train"], cfg.train.batch_size, run.buckets,
+                     shuffle=True, seed=0)
+  plan = etegrec.training_plan(run, jax.random.key(1), len(it))
+  batch = run.shard(next(iter(it.epoch_batches())))
+  return cfg, run, plan, batch
+
+
+def _copy(tree):
+  return jax.tree.map(lambda x: np.array(x), tree)
+
+
+def test_each_step_updates_only_its_model(tiny_run):
+  cfg, run, plan, batch = tiny_run
+  stage = plan.stages[0]
+  state = plan.state
+  before = _copy(state)
+  # Epoch 0: tokenizer step; epoch 3 (after warm-up, odd): recommender step with alignment.
+  for _ in range(2):   # the first step of a warm-up schedule has learning rate 0
+    state, out = stage.step(0)(state, batch, run.codes, jax.random.key(0))
+  chex.assert_trees_all_equal(_copy(state.rec), before.rec)
+  assert not np.allclose(np.asarray(state.tok.params["params"]["codebooks"]),
+                         before.tok.params["params"]["codebooks"])
+  mid = _copy(state)
+  for _ in range(2):
+    state, out = stage.step(3)(state, batch, run.codes, jax.random.key(0))
+  chex.assert_trees_all_equal(_copy(state.tok), mid.tok)
+  for name in ("t5", "enc_adapter", "dec_adapter"):   # the alignment losses reach both adapters
+    changed = jax.tree.map(lambda a, b: not np.allclose(a, b), _copy(state.rec.params[name]),
+                           mid.rec.params[name])
+    assert any(jax.tree.leaves(changed)), name
+  assert np.isfinite(float(out["sia"])) and np.isfinite(float(out["psa"]))
+  plan.state = state
+
+
+def test_recode_rebuilds_tables_and_decoding_stays_valid(tiny_run):
+  cfg, run, plan, batch = tiny_run
+  old = np.asarray(run.codes)
+  tok_model, _ = run.tokenizer
+  # A tokenizer moved far from the one that made the current codes.
+  params = jax.tree.map(lambda x: x, plan.state.tok.params)
+  books = params["params"]["codebooks"]
+  params["params"]["codebooks"] = books[:, ::-1]              # permute the codes of each level
+  codes, changed, largest = etegrec.recode(params, jnp.asarray(run.dataset.features["cf"]),
+                                           run.codes, model=tok_model)
+  codes = np.asarray(codes)
+  assert codes.shape == old.shape
+  frac = np.mean(np.any(codes != old, axis=1))
+  chex.assert_trees_all_close(float(changed), frac, rtol=1e-6)
+  assert frac > 0.5
+  assert len(np.unique(codes, axis=0)) == len(codes)          # the collision level holds
+  trainer.set_codes(run, jnp.asarray(codes))
+  ref = decode.prefix_tables(codes)
+  chex.assert_trees_all_equal(jax.device_get(run.tables), jax.device_get(ref))
+  _, items = run.eval_fn(plan.rec_params(plan.state), batch, run.codes, run.tables)
+  items = np.asarray(items)
+  assert ((items >= 0) & (items < run.dataset.n_items)).all()
+  assert all(len(set(row)) == len(row) for row in items)
+  trainer.set_codes(run, jnp.asarray(old))
+
+
+def _run(workdir, log=lambda m: None):
+  return trainer.train_and_evaluate(etegrec_configs.get_config("tiny"), workdir, log=log)
+
+
+def test_resume_mid_cycle_equals_uninterrupted(tmp_path, monkeypatch):
+  full_dir = str(tmp_path / "full")
+  full = _run(full_dir)
+  assert full["best"]["stage"] == "finetune"
+  lines = [json.loads(l) for l in open(os.path.join(full_dir, "metrics.jsonl"))]
+  changes = [l["ids_changed"] for l in lines if "ids_changed" in l]
+  assert len(changes) == 2 and all(0.0 <= c <= 1.0 for c in changes)   # tokenizer epochs 1, 3
+  assert os.path.exists(os.path.join(full_dir, "codes_final.npz"))
+
+  workdir = str(tmp_path / "resumed")
+  real = trainer._check_and_log
+
+  def crash(pending, *a, **k):
+    if pending[0] == 45:  # inside epoch 3, the second cycle's tokenizer epoch; resumes at 40
+      raise KeyboardInterrupt("simulated kill")
+    return real(pending, *a, **k)
+
+  monkeypatch.setattr(trainer, "_check_and_log", crash)
+  with pytest.raises(KeyboardInterrupt):
+    _run(workdir)
+  monkeypatch.setattr(trainer, "_check_and_log", real)
+  logs = []
+  resumed = _run(workdir, logs.append)
+  assert any("resumed from" in l and "step 40" in l for l in logs), logs
+  for split in ("valid", "test"):
+    assert resumed[split] == {**full[split], "decode_s": resumed[split]["decode_s"]}
+  np.testing.assert_array_equal(np.load(os.path.join(workdir, "codes_final.npz"))["codes"],
+                                np.load(os.path.join(full_dir, "codes_final.npz"))["codes"])
+  strip = lambda d: [{k: v for k, v in json.loads(l).items() if k not in ("samples_per_s", "decode_s")}
+                     for l in open(os.path.join(d, "metrics.jsonl"))]
+  assert strip(workdir) == strip(full_dir)
