@@ -150,6 +150,27 @@ def evaluate_split(run: Run, params, split_name: str) -> dict:
   return out
 
 
+def recommend(run: Run, params, users, k: int = 10):
+  """Next-item recommendations after each user's whole sequence (its last data.max_len
+  items), by constrained beam search of width train.beam: (items [U, k], log-probability
+  scores [U, k], the items' IDs [U, k, C]); -1 where the beam found fewer than k items."""
+  users = np.atleast_1d(np.asarray(users))
+  ds, max_len = run.dataset, run.cfg.data.max_len
+  seqs = [ds.items_I[ds.offsets_U1[u]:ds.offsets_U1[u + 1]][-max_len:] for u in users]
+  length = next(b for b in run.buckets if b >= max(len(s) for s in seqs))
+  hist = np.zeros((len(users), length), np.int32)
+  mask = np.zeros((len(users), length), bool)
+  for i, s in enumerate(seqs):
+    hist[i, :len(s)], mask[i, :len(s)] = s, True
+  tokens, tok_mask = steps.history_tokens(run.codes, jnp.asarray(hist), jnp.asarray(mask),
+                                          run.model.cfg.offsets)
+  items, scores = decode.generate(params, tokens, tok_mask, jnp.asarray(users, jnp.int32),
+                                  run.tables, model=run.model, beam=run.cfg.train.beam)
+  items, scores = np.asarray(items)[:, :k], np.asarray(scores)[:, :k]
+  ids = np.where(items[..., None] >= 0, np.asarray(run.codes)[np.maximum(items, 0)], -1)
+  return items, scores, ids
+
+
 def popularity_baseline(run: Run) -> dict:
   """Most-popular items of the training interactions (all but each user's last two),
   ranked identically for every user, on the same splits."""

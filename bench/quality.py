@@ -1,0 +1,127 @@
+"""Trains the configured methods with a given budget and writes a results table: R@5, R@10,
+N@5, N@10 on valid and test, wall time and device, beside the published numbers.
+
+  python bench/quality.py tiger:default letter:default etegrec:default
+  JAXREC_DATA_DIR=../shared/data python bench/quality.py tiger:instruments letter:instruments \
+      --set train.max_steps=300 --name cpu300
+
+A run is `method:variant` with optional per-run overrides after commas
+(`letter:instruments,tokenizer.letter.alpha=0`); `--set` applies to every run. Each run
+trains in `<workdir>/<method>-<variant>[-<name>]` through `jaxrec.trainer` (a finished run
+is reused, an interrupted one resumes). The table goes to stdout and, with the rows as JSON,
+to `bench/results/quality-<name or platform>.{md,json}`.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Published numbers (R@5, R@10, N@5, N@10), leave-one-out, full ranking, beam 20.
+PUBLISHED = {
+    ("tiger", "Instruments"): ("TIGER (LETTER paper, Instruments 2018)", (.0870, .1058, .0737, .0797)),
+    ("letter", "Instruments"): ("LETTER-TIGER (LETTER paper)", (.0909, .1122, .0763, .0831)),
+    # tiger:letter_ids trains the recommender on LETTER's published IDs: same target row.
+    ("tiger-given", "Instruments"): ("LETTER-TIGER (LETTER paper)", (.0909, .1122, .0763, .0831)),
+    ("etegrec", "Instruments"): ("ETEGRec (paper; Amazon 2023 Instrument, another set)",
+                                 (.0402, .0624, .0260, .0331)),
+}
+METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+
+
+def parse_override(text: str):
+  key, _, value = text.partition("=")
+  if not _:
+    raise SystemExit(f"override {text!r}: expected key=value")
+  try:
+    value = ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    pass  # a plain string
+  return key, value
+
+
+def apply_overrides(cfg, overrides):
+  for key, value in overrides:
+    *path, field = key.split(".")
+    node = cfg
+    for p in path:
+      node = node[p]
+    if field not in node:
+      raise SystemExit(f"unknown config field {key!r}")
+    node[field] = value   # ml_collections checks the type
+
+
+def run_one(spec: str, common, root: str, name: str):
+  from jaxrec import trainer
+  from jaxrec.config import get_config
+  head, *own = spec.split(",")
+  method, _, variant = head.partition(":")
+  cfg = get_config(method, variant or "default")
+  apply_overrides(cfg, list(common) + [parse_override(o) for o in own])
+  tag = f"{method}-{variant or 'default'}" + (f"-{name}" if name else "") + \
+      "".join(f"-{o.replace('=', '_')}" for o in own)
+  workdir = os.path.join(root, tag)
+  t0 = time.time()
+  results = trainer.train_and_evaluate(cfg, workdir, log=lambda m: print(f"[{tag}] {m}", flush=True))
+  budget = (f"max_steps {cfg.train.max_steps}" if cfg.train.max_steps else
+            f"{cfg.train.epochs} epochs (early stopping)")
+  overrides = [f"{k}={v}" for k, v in common] + own
+  key = "tiger-given" if method == "tiger" and cfg.tokenizer.source == "given" else method
+  return {"run": spec, "workdir": workdir, "method": method, "variant": variant or "default",
+          "dataset": results["dataset"], "overrides": overrides, "budget": budget,
+          "steps": results["steps"], "best": results["best"],
+          "valid": {k: results["valid"][k] for k in METRICS},
+          "test": {k: results["test"][k] for k in METRICS},
+          "popularity_test": {k: results["popularity"]["test"][k] for k in METRICS},
+          "train_seconds": results["train_seconds"],
+          "wall_seconds_this_invocation": round(time.time() - t0, 1),
+          "device": results["device"], "published": PUBLISHED.get((key, results["dataset"]))}
+
+
+def table(rows) -> str:
+  head = ("| run | data | budget | device | train s | valid R@10 / N@10 | test R@5 | R@10 | N@5 | "
+          "N@10 | published R@5 / R@10 / N@5 / N@10 |")
+  lines = [head, "|" + "---|" * (head.count("|") - 1)]
+  for r in rows:
+    t, v = r["test"], r["valid"]
+    pub = r["published"]
+    pub_s = f"{pub[0]}: " + " / ".join(f"{x:.4f}" for x in pub[1]) if pub else ""
+    run = r["run"] + (f" ({', '.join(r['overrides'])})" if r["overrides"] else "")
+    lines.append(f"| {run} | {r['dataset']} | {r['budget']}, {r['steps']} steps | {r['device']} | "
+                 f"{r['train_seconds']} | {v['recall@10']:.4f} / {v['ndcg@10']:.4f} | "
+                 f"{t['recall@5']:.4f} | {t['recall@10']:.4f} | {t['ndcg@5']:.4f} | "
+                 f"{t['ndcg@10']:.4f} | {pub_s} |")
+  return "\n".join(lines)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("runs", nargs="+", help="method:variant[,key=value...]")
+  p.add_argument("--set", action="append", default=[], help="key=value for every run")
+  p.add_argument("--name", default="", help="suffix of the workdirs and the result files")
+  p.add_argument("--workdir", default="runs/quality")
+  p.add_argument("--out", default=None, help="output stem (default bench/results/quality-<name|platform>)")
+  args = p.parse_args()
+  import jax
+  common = [parse_override(s) for s in args.set]
+  rows = [run_one(spec, common, args.workdir, args.name) for spec in args.runs]
+  md = table(rows)
+  print(md)
+  stem = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                  f"quality-{args.name or jax.devices()[0].platform}")
+  os.makedirs(os.path.dirname(stem), exist_ok=True)
+  with open(stem + ".json", "w") as f:
+    json.dump({"jax": jax.__version__, "device": jax.devices()[0].device_kind, "rows": rows}, f,
+              indent=2)
+  with open(stem + ".md", "w") as f:
+    f.write(md + "\n")
+  print(f"wrote {stem}.md and {stem}.json")
+
+
+if __name__ == "__main__":
+  main()
