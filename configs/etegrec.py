@@ -34,18 +34,15 @@ etegrec:
   finetune_lr, finetune_patience, finetune_eval_every
 train.epochs / eval_every / patience are the alternation stage's.
 """
-import importlib.util
 import os
 
 import ml_collections
 
+from jaxrec.config import load_config_module
+
 
 def _tiger():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiger.py")
-  spec = importlib.util.spec_from_file_location("_jaxrec_configs_tiger", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiger.py"))
 
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:

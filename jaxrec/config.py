@@ -22,15 +22,22 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(text))
 
 
+def load_config_module(path: str):
+  """Imports a config file by path (configs build on each other this way: letter.py on
+  tiger.py, without configs/ being a package)."""
+  import importlib.util
+  name = "_jaxrec_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def get_config(method: str = "tiger", variant: str = "default") -> ml_collections.ConfigDict:
   """The config `configs/<method>.py:<variant>` of this checkout (for notebooks and scripts;
   the command line takes `--config configs/<method>.py:<variant>`)."""
-  import importlib.util
   path = os.path.join(_REPO_ROOT, "configs", f"{method}.py")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no such config (methods: "
-                            f"{sorted(f[:-3] for f in os.listdir(os.path.dirname(path)) if f.endswith('.py'))})")
-  spec = importlib.util.spec_from_file_location(f"_jaxrec_configs_{method}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+    methods = sorted(f[:-3] for f in os.listdir(os.path.dirname(path)) if f.endswith(".py"))
+    raise FileNotFoundError(f"{path}: no such config (methods: {methods})")
+  return load_config_module(path).get_config(variant)

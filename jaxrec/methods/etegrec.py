@@ -146,46 +146,30 @@ def forward_terms(rec_params, tok_params, batch, codes_NxC, feats_NxF, key, *, t
           "id_accuracy": code_metrics["id_accuracy"]}
 
 
-def _update(sub: TrainState, grads, tx, lr_fn):
+def train_step(state: EteState, batch, codes_NxC, key, weights, feats_NxF, *, part: str, t5,
+               tok, tx, lr_fn, sia_sign, psa_temperature):
+  """One AdamW step of one model (`part`), the other frozen and in inference mode:
+  'rec': L_code + w_sia * SIA + w_psa * PSA -> recommender (and its adapters) only;
+  'tok': L_recon + L_rq + w_sia * SIA + w_psa * PSA -> tokenizer only."""
+  k = jax.random.fold_in(key, state.step)
+  rec = part == "rec"
+
+  def loss_fn(params):
+    rec_params, tok_params = ((params, sg(state.tok.params)) if rec
+                              else (sg(state.rec.params), params))
+    t = forward_terms(rec_params, tok_params, batch, codes_NxC, feats_NxF, k, t5=t5, tok=tok,
+                      train_rec=rec, train_tok=not rec, sia_sign=sia_sign,
+                      psa_temperature=psa_temperature)
+    own = t["code"] if rec else t["recon"] + t["rq"]
+    return own + weights[0] * t["sia"] + weights[1] * t["psa"], t
+
+  sub = state.rec if rec else state.tok
+  (loss, t), grads = jax.value_and_grad(loss_fn, has_aux=True)(sub.params)
   updates, opt_state = tx.update(grads, sub.opt_state, sub.params)
-  lr = lr_fn(sub.step)
-  return TrainState(sub.step + 1, optax.apply_updates(sub.params, updates), opt_state), lr
-
-
-def rec_step(state: EteState, batch, codes_NxC, key, weights, feats_NxF, *, t5, tok, tx, lr_fn,
-             sia_sign, psa_temperature):
-  """L_code + w_sia * SIA + w_psa * PSA; gradients to the recommender only."""
-  k = jax.random.fold_in(key, state.step)
-  tok_params = sg(state.tok.params)
-
-  def loss_fn(rec_params):
-    t = forward_terms(rec_params, tok_params, batch, codes_NxC, feats_NxF, k, t5=t5, tok=tok,
-                      train_rec=True, train_tok=False, sia_sign=sia_sign,
-                      psa_temperature=psa_temperature)
-    return t["code"] + weights[0] * t["sia"] + weights[1] * t["psa"], t
-
-  (loss, t), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.rec.params)
-  rec, lr = _update(state.rec, grads, tx, lr_fn)
-  out = {"loss": loss, **t, "grad_norm": optax.tree.norm(grads), "lr": lr}
-  return EteState(state.step + 1, rec, state.tok), out
-
-
-def tok_step(state: EteState, batch, codes_NxC, key, weights, feats_NxF, *, t5, tok, tx, lr_fn,
-             sia_sign, psa_temperature):
-  """L_recon + L_rq + w_sia * SIA + w_psa * PSA; gradients to the tokenizer only."""
-  k = jax.random.fold_in(key, state.step)
-  rec_params = sg(state.rec.params)
-
-  def loss_fn(tok_params):
-    t = forward_terms(rec_params, tok_params, batch, codes_NxC, feats_NxF, k, t5=t5, tok=tok,
-                      train_rec=False, train_tok=True, sia_sign=sia_sign,
-                      psa_temperature=psa_temperature)
-    return t["recon"] + t["rq"] + weights[0] * t["sia"] + weights[1] * t["psa"], t
-
-  (loss, t), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.tok.params)
-  tok_state, lr = _update(state.tok, grads, tx, lr_fn)
-  out = {"loss": loss, **t, "grad_norm": optax.tree.norm(grads), "lr": lr}
-  return EteState(state.step + 1, state.rec, tok_state), out
+  new = TrainState(sub.step + 1, optax.apply_updates(sub.params, updates), opt_state)
+  out = {"loss": loss, **t, "grad_norm": optax.tree.norm(grads), "lr": lr_fn(sub.step)}
+  state = state.replace(step=state.step + 1, **{part: new})
+  return state, out
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -247,9 +231,9 @@ def training_plan(run, key, steps_per_epoch: int):
   common = dict(t5=t5, tok=tok_model, sia_sign=ec.sia_sign, psa_temperature=ec.psa_temperature)
   jit = functools.partial(jax.jit, donate_argnums=0, out_shardings=run.replicated,
                           compiler_options=compiler_options("train"))
-  rec_fn = jit(functools.partial(rec_step, tx=tx_rec, lr_fn=rec_sched, **common))
-  tok_fn = jit(functools.partial(tok_step, tx=tx_tok, lr_fn=tok_sched, **common))
-  ft_fn = jit(functools.partial(rec_step, tx=tx_ft, lr_fn=ft_sched, **common))
+  rec_fn = jit(functools.partial(train_step, part="rec", tx=tx_rec, lr_fn=rec_sched, **common))
+  tok_fn = jit(functools.partial(train_step, part="tok", tx=tx_tok, lr_fn=tok_sched, **common))
+  ft_fn = jit(functools.partial(train_step, part="rec", tx=tx_ft, lr_fn=ft_sched, **common))
   aligned = jnp.asarray([ec.w_sia, ec.w_psa], jnp.float32)
   off = jnp.zeros(2, jnp.float32)
 
