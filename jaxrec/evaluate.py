@@ -26,7 +26,8 @@ def main(argv):
   if restored is None:
     print(f"error: {workdir}/checkpoints/best: no usable checkpoint", file=sys.stderr)
     sys.exit(2)
-  set_codes(run, restored[1]["codes"])   # the IDs the checkpoint was trained with
+  if "codes" in restored[1]:             # the IDs the checkpoint was trained with
+    set_codes(run, restored[1]["codes"])
   out = {"step": restored[0]}
   for split in _SPLITS.value:
     out[split] = evaluate_split(run, restored[1]["params"], split)

@@ -1,6 +1,12 @@
 """Train and evaluate a generative recommender: tokenizer stage, training loop with
 evaluation, early stopping and checkpoints, final test metrics of the best checkpoint.
 
+The loop runs a method's `Plan`: a state (any pytree) and one or more `Stage`s, each a
+schedule of jitted steps over the same batches with its own early stopping (TIGER and
+LETTER: one stage, one step; ETEGRec: alternating tokenizer / recommender epochs that
+re-code the items on device, then fine-tuning from the best checkpoint). A method module
+provides `training_plan(run, key, steps_per_epoch)`; without one, `default_plan`.
+
 Everything a run produces lands in its workdir: config.json, metrics.jsonl, codes.npz
 (+ codes.json, <name>.index.json, code_usage.png), checkpoints/, results.json, report.png.
 """
@@ -290,6 +296,8 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
       raise RuntimeError(f"{ckpt.directory}: checkpoints exist but none could be restored; "
                          "move them away to start over")
     step0, tree, meta = restored
+    meta.setdefault("stage", 0)        # checkpoints written before training plans had stages
+    meta.setdefault("stage_start", 0)
     if plan.dynamic_codes:
       set_codes(run, tree["codes"])
     elif not np.array_equal(np.asarray(tree["codes"]), run.table.codes_NxC):

@@ -115,16 +115,16 @@ def forward_terms(rec_params, tok_params, batch, codes_NxC, feats_NxF, key, *, t
                   tok: RQVAE, train_rec: bool, train_tok: bool, sia_sign: str,
                   psa_temperature: float):
   """Everything both steps need: code loss, SIA, PSA, the tokenizer's own loss."""
-  k_rec, k_tok = jax.random.split(key)
+  k_enc, k_dec, k_tok = jax.random.split(key, 3)   # encode and decode are separate applies
   cfg = t5.cfg
   tokens, mask = steps.history_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"],
                                       cfg.offsets)
   dec_in, labels = steps.decoder_io(codes_NxC, batch["target_B"], cfg.offsets, cfg.bos)
-  rngs = {"dropout": k_rec} if train_rec else {}
   p = rec_params["t5"]
   enc, enc_mask = t5.apply(p, tokens, mask, batch["user_B"], train_rec, method=T5.encode,
-                           rngs=rngs)
-  hidden = t5.apply(p, enc, enc_mask, dec_in, train_rec, method=T5.decode, rngs=rngs)
+                           rngs={"dropout": k_enc} if train_rec else {})
+  hidden = t5.apply(p, enc, enc_mask, dec_in, train_rec, method=T5.decode,
+                    rngs={"dropout": k_dec} if train_rec else {})
   logits = t5.apply(p, hidden, method=T5.logits)
   code, code_metrics = steps.code_loss(logits, labels, batch["weight_B"])
 
