@@ -68,8 +68,12 @@ def run_one(spec: str, common, root: str, name: str):
   workdir = os.path.join(root, tag)
   t0 = time.time()
   results = trainer.train_and_evaluate(cfg, workdir, log=lambda m: print(f"[{tag}] {m}", flush=True))
+  budget = f"{cfg.train.epochs} epochs"
+  if "etegrec" in cfg:
+    budget = (f"{cfg.train.epochs} alternating + up to {cfg.etegrec.finetune_epochs} "
+              "fine-tuning epochs")
   budget = (f"max_steps {cfg.train.max_steps}" if cfg.train.max_steps else
-            f"{cfg.train.epochs} epochs (early stopping)")
+            budget + " (early stopping)")
   overrides = [f"{k}={v}" for k, v in common] + own
   key = "tiger-given" if method == "tiger" and cfg.tokenizer.source == "given" else method
   return {"run": spec, "workdir": workdir, "method": method, "variant": variant or "default",

@@ -1,0 +1,30 @@
+"""bench/quality.py: overrides reach the config with its types; the table shows published rows."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import quality  # noqa: E402
+from jaxrec.config import get_config  # noqa: E402
+
+
+def test_overrides_parse_and_apply():
+  cfg = get_config("letter", "tiny")
+  quality.apply_overrides(cfg, [quality.parse_override("train.max_steps=7"),
+                                quality.parse_override("tokenizer.letter.alpha=0"),
+                                quality.parse_override("tokenizer.feature=cf")])
+  assert cfg.train.max_steps == 7 and cfg.tokenizer.letter.alpha == 0.0
+  assert cfg.tokenizer.feature == "cf"
+  with pytest.raises(SystemExit, match="unknown config field"):
+    quality.apply_overrides(cfg, [("train.nope", 1)])
+
+
+def test_table_row_with_published_numbers():
+  m = {"recall@5": .05, "recall@10": .07, "ndcg@5": .03, "ndcg@10": .04}
+  row = {"run": "letter:instruments", "overrides": ["train.max_steps=300"], "dataset": "Instruments",
+         "budget": "max_steps 300", "steps": 300, "device": "cpu x1", "train_seconds": 1.0,
+         "valid": m, "test": m, "published": quality.PUBLISHED[("letter", "Instruments")]}
+  text = quality.table([row])
+  assert "0.0909 / 0.1122 / 0.0763 / 0.0831" in text and "train.max_steps=300" in text
+  assert len(text.splitlines()) == 3
