@@ -456,7 +456,7 @@ def _best_valid(meta):
   best = meta.get("best")
   for r in meta.get("evals", []):
     if best and r["step"] == best["step"]:
-      return {k: v for k, v in r.items() if k not in ("step", "epoch", "split")}
+      return {k: v for k, v in r.items() if k not in ("step", "epoch", "split", "stage")}
   return None
 
 
