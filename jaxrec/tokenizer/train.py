@@ -60,8 +60,9 @@ def train_epoch(state: TrainState, feats_NxF, idx_SxB, key, extra_data=None, *, 
   """One epoch: a scan of tokenizer steps over the planned item batches."""
   epoch_aux = None
   if extra_loss is not None and hasattr(extra_loss, "epoch_aux"):
+    k_epoch = jax.random.fold_in(jax.random.fold_in(key, 0x7FFFFFFF), state.step)
     epoch_aux = extra_loss.epoch_aux(jax.lax.stop_gradient(state.params), model, extra_data,
-                                     jax.random.fold_in(jax.random.fold_in(key, 0x7FFFFFFF), state.step))
+                                     k_epoch)
 
   def step(state, idx_B):
     batch = {"x_BxF": feats_NxF[idx_B], "idx_B": idx_B, "data": extra_data, "epoch": epoch_aux}
