@@ -30,9 +30,16 @@ def learning_rate_schedule(lr: float, total_steps: int, warmup_steps: int,
   raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
 
 
-def make_optimizer(lr: float, weight_decay: float, total_steps: int, warmup_steps: int,
-                   clip: float, schedule: str = "cosine") -> optax.GradientTransformation:
-  """AdamW on the schedule above, after global-norm clipping (clip <= 0: none)."""
+def optimizer_and_schedule(lr: float, weight_decay: float, total_steps: int, warmup_steps: int,
+                           clip: float, schedule: str = "cosine"):
+  """AdamW on the schedule above, after global-norm clipping (clip <= 0: none); returns
+  (optimizer, schedule) so that callers can log the learning rate of a step."""
   sched = learning_rate_schedule(lr, total_steps, warmup_steps, schedule)
   chain = [optax.clip_by_global_norm(clip)] if clip and clip > 0 else []
-  return optax.chain(*chain, optax.adamw(sched, weight_decay=weight_decay))
+  return optax.chain(*chain, optax.adamw(sched, weight_decay=weight_decay)), sched
+
+
+def make_optimizer(lr: float, weight_decay: float, total_steps: int, warmup_steps: int,
+                   clip: float, schedule: str = "cosine") -> optax.GradientTransformation:
+  """`optimizer_and_schedule` without the schedule."""
+  return optimizer_and_schedule(lr, weight_decay, total_steps, warmup_steps, clip, schedule)[0]

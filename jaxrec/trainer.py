@@ -31,7 +31,7 @@ from jaxrec.config import config_to_json
 from jaxrec.data import (BatchIterator, Dataset, bucket_lengths, eval_batches, gather_batch,
                          leave_one_out, load_dataset)
 from jaxrec.methods import get_method
-from jaxrec.optim import TrainState, learning_rate_schedule, make_optimizer
+from jaxrec.optim import TrainState, optimizer_and_schedule
 from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5, model_config
 from jaxrec.tokenizer.build import build_code_table, write_outputs
@@ -242,8 +242,8 @@ def default_plan(run: Run, key, steps_per_epoch: int) -> Plan:
   if tc.max_steps:
     total_steps = min(total_steps, tc.max_steps)
   warmup = int(tc.warmup_frac * total_steps)
-  tx = make_optimizer(tc.lr, tc.weight_decay, total_steps, warmup, tc.clip, tc.schedule)
-  lr_at = learning_rate_schedule(tc.lr, total_steps, warmup, tc.schedule)
+  tx, lr_at = optimizer_and_schedule(tc.lr, tc.weight_decay, total_steps, warmup, tc.clip,
+                                     tc.schedule)
   params = init_params(run, key)
   state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
                          run.replicated)
@@ -262,9 +262,9 @@ def set_codes(run: Run, codes_NxC) -> None:
   run.tables = jax.device_put(decode.build_prefix_tables(run.codes), run.replicated)
 
 
-def restore_best(run: Run, directory: Optional[str] = None):
+def restore_best(run: Run):
   """The best checkpoint as saved: (step, {"params", "codes"[, "extra"]}, meta) or None."""
-  best = Checkpoints(directory or os.path.join(run.workdir, "checkpoints", "best"), max_to_keep=1)
+  best = Checkpoints(os.path.join(run.workdir, "checkpoints", "best"), max_to_keep=1)
   try:
     return best.restore(None)
   finally:
@@ -339,7 +339,7 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
         meta["stage"] += 1
         meta["stage_start"], meta["stage_over"] = epoch, False
         nxt = plan.stages[meta["stage"]]
-        restored = restore_best(run, best_ckpt.directory)
+        restored = best_ckpt.restore(None)
         state, codes = nxt.begin(state, restored[1] if restored else None, run)
         if codes is not None:
           set_codes(run, codes)
@@ -410,10 +410,10 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
     save(step)
   metrics_f.close()
   ckpt.close()
-  best_ckpt.close()
 
   # Final: test metrics of the checkpoint best on validation (of the last stage).
-  restored = restore_best(run)
+  restored = best_ckpt.restore(None)
+  best_ckpt.close()
   if restored is None:
     raise RuntimeError(f"{best_ckpt.directory}: no usable best checkpoint")
   best_tree = restored[1]

@@ -42,10 +42,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrec.optim import TrainState, learning_rate_schedule, make_optimizer
+from jaxrec.optim import TrainState, optimizer_and_schedule
 from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5
 from jaxrec.tokenizer import codes as codes_lib
+from jaxrec.tokenizer.rq import masked_mean
 from jaxrec.tokenizer.rqvae import RQVAE, reconstruction_loss
 from jaxrec.tokenizer.train import encode_catalogue
 from jaxrec.xla import compiler_options
@@ -85,17 +86,14 @@ def sia_loss(seq_logits_BxCxK, item_logits_BxCxK, mask_B):
   over the masked rows and the levels."""
   a = jax.nn.log_softmax(seq_logits_BxCxK, axis=-1)
   b = jax.nn.log_softmax(item_logits_BxCxK, axis=-1)
-  per_row = jnp.mean(_kl(a, b) + _kl(b, a), axis=-1)
-  m = mask_B.astype(per_row.dtype)
-  return jnp.sum(per_row * m) / jnp.maximum(jnp.sum(m), 1.0)
+  return masked_mean(_kl(a, b) + _kl(b, a), mask_B)
 
 
 def _info_nce(q_BxF, k_BxF, mask_B, temperature):
   logits = q_BxF @ k_BxF.T / temperature
   logits = jnp.where(mask_B[None, :], logits, -1e9)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(q_BxF.shape[0]))
-  m = mask_B.astype(ce.dtype)
-  return jnp.sum(ce * m) / jnp.maximum(jnp.sum(m), 1.0)
+  return masked_mean(ce, mask_B)
 
 
 def psa_loss(dec_BxF, recon_BxF, mask_B, temperature: float = 0.07):
@@ -211,18 +209,13 @@ def training_plan(run, key, steps_per_epoch: int):
 
   n_tok = -(-tc.epochs // ec.cycle)          # epochs 0, cycle, 2 * cycle, ... train the tokenizer
   n_rec = tc.epochs - n_tok
-  rec_sched = learning_rate_schedule(tc.lr, max(n_rec, 1) * steps_per_epoch,
-                                     ec.rec_warmup_steps, "cosine")
-  tok_sched = learning_rate_schedule(ec.tok_lr, max(n_tok, 1) * steps_per_epoch,
-                                     ec.tok_warmup_steps, "cosine")
-  ft_sched = learning_rate_schedule(ec.finetune_lr, max(ec.finetune_epochs, 1) * steps_per_epoch,
-                                    0, "cosine")
-  tx_rec = make_optimizer(tc.lr, tc.weight_decay, max(n_rec, 1) * steps_per_epoch,
-                          ec.rec_warmup_steps, tc.clip, "cosine")
-  tx_tok = make_optimizer(ec.tok_lr, tc.weight_decay, max(n_tok, 1) * steps_per_epoch,
-                          ec.tok_warmup_steps, tc.clip, "cosine")
-  tx_ft = make_optimizer(ec.finetune_lr, tc.weight_decay,
-                         max(ec.finetune_epochs, 1) * steps_per_epoch, 0, tc.clip, "cosine")
+  def adamw(lr, epochs, warmup):
+    return optimizer_and_schedule(lr, tc.weight_decay, max(epochs, 1) * steps_per_epoch, warmup,
+                                  tc.clip, "cosine")
+
+  tx_rec, rec_sched = adamw(tc.lr, n_rec, ec.rec_warmup_steps)
+  tx_tok, tok_sched = adamw(ec.tok_lr, n_tok, ec.tok_warmup_steps)
+  tx_ft, ft_sched = adamw(ec.finetune_lr, ec.finetune_epochs, 0)
   state = EteState(jnp.zeros((), jnp.int32),
                    TrainState(jnp.zeros((), jnp.int32), rec_params, tx_rec.init(rec_params)),
                    TrainState(jnp.zeros((), jnp.int32), tok_params, tx_tok.init(tok_params)))
@@ -270,8 +263,6 @@ def training_plan(run, key, steps_per_epoch: int):
       tok_params = best["extra"]["tok"]
     else:
       rec_params, tok_params = state.rec.params, state.tok.params
-    rec_params = jax.device_put(rec_params, run.replicated)
-    tok_params = jax.device_put(tok_params, run.replicated)
     new = EteState(state.step,
                    TrainState(jnp.zeros((), jnp.int32), rec_params, tx_ft.init(rec_params)),
                    state.tok.replace(params=tok_params))

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxrec.tokenizer.kmeans import balanced_kmeans
+from jaxrec.tokenizer.rq import masked_mean
 from jaxrec.tokenizer.train import Extra
 
 
@@ -79,8 +80,7 @@ def diversity_loss(codebook_KxD, codes_B, positives_B, valid_B, temperature: flo
   logits = codebook_KxD[codes_B] @ codebook_KxD.T / temperature
   logits = jnp.where(jax.nn.one_hot(codes_B, k, dtype=bool), -1e9, logits)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, positives_B)
-  ce = jnp.where(valid_B, ce, 0.0)
-  return jnp.sum(ce) / jnp.maximum(jnp.sum(valid_B), 1)
+  return masked_mean(ce, valid_B)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,11 +72,14 @@ def sinkhorn_log(cost_BxK, epsilon: float, iters: int, mask_B=None):
   return jax.lax.fori_loop(0, iters, body, log_q)
 
 
-def _masked_mean(sq_BxD, mask_B):
+def masked_mean(x_B, mask_B=None):
+  """Mean over the rows of `mask_B` (all rows when None) of each row's mean over its other
+  axes; rows outside the mask are excluded by selection, so they may hold inf."""
   if mask_B is None:
-    return jnp.mean(sq_BxD)
-  m = mask_B.astype(sq_BxD.dtype)
-  return jnp.sum(jnp.mean(sq_BxD, axis=-1) * m) / jnp.maximum(jnp.sum(m), 1.0)
+    return jnp.mean(x_B)
+  per_row = jnp.mean(x_B.reshape(x_B.shape[0], -1), axis=-1)
+  return (jnp.sum(jnp.where(mask_B, per_row, 0.0)) /
+          jnp.maximum(jnp.sum(mask_B.astype(per_row.dtype)), 1.0))
 
 
 def residual_quantize(z_BxD, codebooks_CxKxD, *, modes: Sequence[str], train: bool,
@@ -122,8 +125,8 @@ def residual_quantize(z_BxD, codebooks_CxKxD, *, modes: Sequence[str], train: bo
     codes.append(code.astype(jnp.int32))
     residuals.append(residual)
     dists.append(dist)
-    cb_terms.append(_masked_mean(jnp.square(sg(residual) - vec), mask_B))
-    commit_terms.append(_masked_mean(jnp.square(residual - sg(vec)), mask_B))
+    cb_terms.append(masked_mean(jnp.square(sg(residual) - vec), mask_B))
+    commit_terms.append(masked_mean(jnp.square(residual - sg(vec)), mask_B))
     if residual_grad == "stop":
       residual = sg(residual - vec)
     else:

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxrec.tokenizer.rq import RQOutput, residual_quantize
+from jaxrec.tokenizer.rq import RQOutput, masked_mean, residual_quantize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +118,4 @@ class RQVAE(nn.Module):
 
 def reconstruction_loss(x_hat_BxF, x_BxF, mask_B=None):
   """Mean squared error (over the rows of `mask_B` when given)."""
-  sq = jnp.square(x_hat_BxF - x_BxF)
-  if mask_B is None:
-    return jnp.mean(sq)
-  m = mask_B.astype(sq.dtype)
-  return jnp.sum(jnp.mean(sq, axis=-1) * m) / jnp.maximum(jnp.sum(m), 1.0)
+  return masked_mean(jnp.square(x_hat_BxF - x_BxF), mask_B)
