@@ -196,6 +196,68 @@ def bench_tokenizer(args, in_dim=32, n_items=9922):
           "compile_s": round(compile_s, 1)}
 
 
+def bench_sasrec(cfg, ds, splits, args):
+  """SASRec (configs/sasrec.py:instruments settings, full softmax CE): train windows/s and
+  positions/s, and full-ranking evaluation of the whole test split (users/s)."""
+  import sasrec as sasrec_config
+  from jaxrec.data import sequence_windows
+  from jaxrec.recommender import sasrec
+  scfg = sasrec_config.get_config("instruments")
+  buckets = bucket_lengths(cfg.data.buckets, cfg.data.max_len)
+  model = sasrec.SASRec(sasrec.model_config(scfg.model, ds.n_items, cfg.data.max_len))
+  windows = sequence_windows(ds, cfg.data.max_len)
+  first = gather_batch(ds, windows, buckets[0], np.arange(2))
+  params = model.init(jax.random.key(0), first["history_BxL"], first["mask_BxL"], False)
+  tx = make_optimizer(scfg.train.lr, 0.0, 10_000, 0, 0.0, "constant")
+  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  fn = jax.jit(functools.partial(sasrec.train_step, model=model, tx=tx, loss=scfg.model.loss,
+                                 negatives=scfg.model.negatives), donate_argnums=0,
+               compiler_options=compiler_options("train"))
+  key = jax.random.key(1)
+  plan = plan_batches(windows, args.batch, buckets, True, 0, 0)[:args.train_steps]
+  batches = [(b, gather_batch(ds, windows, b, idx)) for b, idx in plan]
+  compiled, compile_s = {}, 0.0
+  for b, batch in batches:
+    if b not in compiled:
+      t = time.perf_counter()
+      compiled[b] = fn.lower(state, batch, key).compile()
+      compile_s += time.perf_counter() - t
+      state, out = compiled[b](state, batch, key)   # warm
+  jax.block_until_ready(out)
+  flops = sum(_flops(compiled[b]) for b, _ in batches)
+  real = sum(float(x["weight_B"].sum()) for _, x in batches)
+  positions = sum(float(x["mask_BxL"].sum()) for _, x in batches)
+  t = time.perf_counter()
+  for b, batch in batches:
+    state, out = compiled[b](state, batch, key)
+  jax.block_until_ready(out)
+  dt = time.perf_counter() - t
+  ev = jax.jit(functools.partial(sasrec.eval_step, model=model, k=20),
+               compiler_options=compiler_options("decode"))
+  test = list(eval_batches(ds, splits["test"], args.decode_batch, buckets))
+  ev_compiled, ev_compile_s = {}, 0.0
+  for batch in test:
+    l = batch["history_BxL"].shape[1]
+    if l not in ev_compiled:
+      t = time.perf_counter()
+      ev_compiled[l] = ev.lower(state.params, batch).compile()
+      ev_compile_s += time.perf_counter() - t
+  ev_flops = sum(_flops(ev_compiled[b["history_BxL"].shape[1]]) for b in test)
+  t = time.perf_counter()
+  for batch in test:
+    sums, _ = ev_compiled[batch["history_BxL"].shape[1]](state.params, batch)
+  jax.block_until_ready(sums)
+  ev_dt = time.perf_counter() - t
+  return {"loss": scfg.model.loss, "d": scfg.model.d, "blocks": scfg.model.blocks,
+          "batch": args.batch, "steps": len(batches), "windows_per_s": real / dt,
+          "positions_per_s": positions / dt, "step_ms": 1000 * dt / len(batches),
+          "achieved_gflops": flops / dt / 1e9, "compile_s": round(compile_s, 1),
+          "eval_users": len(splits["test"]), "eval_s": ev_dt,
+          "eval_users_per_s": len(splits["test"]) / ev_dt,
+          "eval_achieved_gflops": ev_flops / ev_dt / 1e9, "eval_compile_s": round(ev_compile_s, 1),
+          "parameters": sum(int(x.size) for x in jax.tree.leaves(params))}
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--batch", type=int, default=256)
@@ -207,7 +269,7 @@ def main():
   p.add_argument("--catalogues", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
   p.add_argument("--grid_history", type=int, default=8, help="history bucket for the beam x catalogue grid")
   p.add_argument("--quick", action="store_true", help="fewer steps and a smaller grid")
-  p.add_argument("--skip", nargs="*", default=[], choices=["train", "tokenizer", "decode", "grid"])
+  p.add_argument("--skip", nargs="*", default=[], choices=["train", "tokenizer", "decode", "grid", "sasrec"])
   p.add_argument("--out", default=None)
   args = p.parse_args()
   if args.quick:
@@ -225,6 +287,13 @@ def main():
     r = result["tokenizer"]
     print(f"tokenizer step (TIGER RQ-VAE, 32-d, batch {r['batch']}): {r['items_per_s']:,.0f} items/s, "
           f"{r['achieved_gflops']:.1f} GFLOP/s, compile {r['compile_s']}s", flush=True)
+  if "sasrec" not in args.skip:
+    result["sasrec"] = r = bench_sasrec(cfg, ds, splits, args)
+    print(f"SASRec train ({r['loss']}, d {r['d']}, batch {r['batch']}): {r['windows_per_s']:.0f} "
+          f"windows/s = {r['positions_per_s']:.0f} target positions/s, {r['step_ms']:.0f} ms/step, "
+          f"{r['achieved_gflops']:.1f} GFLOP/s; full-ranking eval of {r['eval_users']} test users: "
+          f"{r['eval_s']:.1f} s = {r['eval_users_per_s']:.0f} users/s, "
+          f"{r['eval_achieved_gflops']:.1f} GFLOP/s", flush=True)
   model, params = None, None
   if "train" not in args.skip:
     result["train"], model, params = bench_train(cfg, ds, splits, codes_np, args)

@@ -20,6 +20,8 @@ import os
 
 import ml_collections
 
+from jaxrec.config import load_config_module
+
 
 def data_config(variant: str) -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict()
@@ -169,6 +171,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   cfg.tokenizer = tokenizer_config(variant)
   cfg.model = model_config(variant)
   cfg.train = train_config(variant)
+  # A missing `cf` feature (tokenizer.feature='cf' or LETTER's cf_feature) is derived by
+  # training this SASRec on the interactions first (jaxrec/features.py).
+  sasrec = load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "sasrec.py"))
+  cfg.cf = sasrec.cf_config(variant if variant == "tiny" else "default")
   if variant == "tiny":
     cfg.data.synthetic.update(n_users=200, n_items=120, n_topics=3, n_subtopics=3)
     cfg.data.max_len = 8

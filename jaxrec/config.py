@@ -6,6 +6,11 @@ import os
 
 import ml_collections
 
+class ConfigError(ValueError):
+  """A config value is invalid or inconsistent with the data; the message names the key and
+  the fix."""
+
+
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -19,28 +19,15 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdir/tokenize", "Output directory.
 
 def main(argv):
   del argv
-  import jax
-  from jaxrec.data import DataError, load_dataset
-  from jaxrec.methods import get_method
-  from jaxrec.tokenizer.build import build_code_table, write_outputs
-  cfg = _CONFIG.value
-  workdir = _WORKDIR.value
-  os.makedirs(workdir, exist_ok=True)
+  from jaxrec.config import ConfigError
+  from jaxrec.data import DataError
+  from jaxrec.tokenizer.build import write_outputs
+  cfg, workdir = _CONFIG.value, _WORKDIR.value
   try:
-    ds = load_dataset(cfg.data)
-  except DataError as e:
+    table, ds = _tokenize(cfg, workdir)
+  except (DataError, ConfigError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  method = get_method(cfg.method)
-  log_path = os.path.join(workdir, "tokenizer_log.jsonl")
-  with open(log_path, "a") as logf:
-    def log(record):
-      print(json.dumps(record), flush=True)
-      logf.write(json.dumps(record) + "\n")
-      logf.flush()
-    key = jax.random.fold_in(jax.random.key(cfg.seed), 0)
-    table, _ = build_code_table(cfg.tokenizer, ds, key, cfg.seed, workdir=workdir,
-                                extra=method.tokenizer_loss(cfg, ds), log=log)
   index_path = write_outputs(table, workdir, ds, f"{cfg.method} on {ds.name}")
   before, final = table.stats.get("before_resolution", {}), table.stats["final"]
   print(f"items {table.n_items}, depth {table.depth}, sizes {list(table.sizes)}")
@@ -50,6 +37,26 @@ def main(argv):
           f"largest group {before['largest_group']}")
   print(f"final: used {final['used']}, colliding items {final['colliding_items']}")
   print(f"wrote {os.path.join(workdir, 'codes.npz')}, {index_path}, code_usage.png")
+
+
+def _tokenize(cfg, workdir):
+  import jax
+  from jaxrec.data import load_dataset
+  from jaxrec.features import ensure_features
+  from jaxrec.methods import get_method
+  from jaxrec.tokenizer.build import build_code_table
+  method = get_method(cfg.method)
+  ds = ensure_features(cfg, load_dataset(cfg.data), method, log=print)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "tokenizer_log.jsonl"), "a") as logf:
+    def log(record):
+      print(json.dumps(record), flush=True)
+      logf.write(json.dumps(record) + "\n")
+      logf.flush()
+    key = jax.random.fold_in(jax.random.key(cfg.seed), 0)
+    table, _ = build_code_table(cfg.tokenizer, ds, key, cfg.seed, workdir=workdir,
+                                extra=method.tokenizer_loss(cfg, ds), log=log)
+  return table, ds
 
 
 if __name__ == "__main__":

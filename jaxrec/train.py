@@ -15,6 +15,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: workdir
 
 def main(argv):
   del argv
+  from jaxrec.config import ConfigError
   from jaxrec.data import DataError
   from jaxrec.trainer import ConfigMismatchError, train_and_evaluate
   cfg = _CONFIG.value
@@ -22,7 +23,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     train_and_evaluate(cfg, workdir)
-  except (DataError, ConfigMismatchError) as e:
+  except (DataError, ConfigError, ConfigMismatchError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(f"results in {workdir}/results.json")

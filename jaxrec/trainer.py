@@ -30,12 +30,13 @@ from jaxrec.checkpoint import Checkpoints
 from jaxrec.config import config_to_json
 from jaxrec.data import (BatchIterator, Dataset, bucket_lengths, eval_batches, gather_batch,
                          leave_one_out, load_dataset)
+from jaxrec.features import ensure_features
 from jaxrec.methods import get_method
 from jaxrec.optim import TrainState, optimizer_and_schedule
 from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5, model_config
 from jaxrec.tokenizer.build import build_code_table, write_outputs
-from jaxrec.tokenizer.codes import CodeTable, health_dict
+from jaxrec.tokenizer.codes import CodeTable
 from jaxrec.xla import compiler_options
 
 
@@ -45,18 +46,20 @@ class ConfigMismatchError(ValueError):
 
 @dataclasses.dataclass
 class Run:
-  """Everything set up for a run, shared by training and `jaxrec.evaluate`."""
+  """Everything set up for a run, shared by training and `jaxrec.evaluate`. Generative
+  methods hold a code table, the T5 and its prefix tables; a model over item ids (SASRec)
+  holds neither (table, codes and tables are None)."""
   cfg: object
   workdir: str
   dataset: Dataset
   splits: dict
   buckets: tuple
-  table: CodeTable
-  model: T5
   mesh: Mesh
-  codes: jax.Array          # [N, C] on device, replicated
-  tables: decode.PrefixTables
-  eval_fn: object           # jitted eval step
+  model: Any = None
+  eval_fn: Any = None       # jitted: (params, batch, *code_args) -> (metric sums, items)
+  table: Optional[CodeTable] = None
+  codes: Optional[jax.Array] = None         # [N, C] on device, replicated
+  tables: Optional[decode.PrefixTables] = None
   tokenizer: Any = None     # (RQVAE, params) of a trained tokenizer, None for given codes
 
   @property
@@ -66,6 +69,12 @@ class Run:
   @property
   def replicated(self):
     return NamedSharding(self.mesh, P())
+
+  @property
+  def code_args(self) -> tuple:
+    """What the steps read besides params and batch: the current code table and its prefix
+    tables (generative methods), nothing for models over item ids."""
+    return () if self.codes is None else (self.codes, self.tables)
 
   def shard(self, batch):
     return jax.device_put(batch, self.batch_sharding)
@@ -103,34 +112,43 @@ def make_mesh() -> Mesh:
 
 
 def setup(cfg, workdir: str, log=print) -> Run:
-  """Loads data, builds (or reuses) the code table, builds the model and decoder tables."""
+  """Loads data (deriving the features the method needs), then the method's model: for
+  generative methods the code table (built or reused), the T5 and the decoder tables."""
   _check_config(cfg, workdir)
   mesh = make_mesh()
   n_dev = mesh.devices.size
   for name in ("batch_size", "eval_batch_size"):
     if cfg.train[name] % n_dev:
       raise ValueError(f"train.{name}={cfg.train[name]} must be divisible by the {n_dev} devices")
-  ds = load_dataset(cfg.data)
-  splits = leave_one_out(ds, cfg.data.max_len)
-  buckets = bucket_lengths(cfg.data.buckets, cfg.data.max_len)
   method = get_method(cfg.method)
-  root = jax.random.key(cfg.seed)
+  ds = ensure_features(cfg, load_dataset(cfg.data), method, log)
+  run = Run(cfg, workdir, ds, leave_one_out(ds, cfg.data.max_len),
+            bucket_lengths(cfg.data.buckets, cfg.data.max_len), mesh)
+  if hasattr(method, "setup_model"):
+    method.setup_model(run)
+  else:
+    _setup_generative(run, method, log)
+  return run
+
+
+def _setup_generative(run: Run, method, log) -> None:
+  """Code table (trained or reused), T5 over its codes, prefix tables, the decoding step."""
+  cfg, ds, workdir = run.cfg, run.dataset, run.workdir
   t0 = time.time()
-  table, tokenizer = build_code_table(cfg.tokenizer, ds, jax.random.fold_in(root, 0), cfg.seed,
-                              workdir=workdir, extra=method.tokenizer_loss(cfg, ds),
-                              log=lambda r: log(f"tokenizer {json.dumps(r)}"))
+  table, tokenizer = build_code_table(cfg.tokenizer, ds, jax.random.fold_in(jax.random.key(cfg.seed), 0),
+                                      cfg.seed, workdir=workdir,
+                                      extra=method.tokenizer_loss(cfg, ds),
+                                      log=lambda r: log(f"tokenizer {json.dumps(r)}"))
   if not os.path.exists(os.path.join(workdir, "codes.npz")):
     write_outputs(table, workdir, ds, f"{cfg.method} on {ds.name}")
     log(f"code table {table.codes_NxC.shape} in {time.time() - t0:.1f}s: "
         f"{json.dumps(table.stats['final'])}")
-  model = T5(model_config(cfg.model, table.sizes))
-  replicated = NamedSharding(mesh, P())
-  codes = jax.device_put(jnp.asarray(table.codes_NxC), replicated)
-  tables = jax.device_put(decode.prefix_tables(table.codes_NxC), replicated)
-  eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, beam=cfg.train.beam),
-                    compiler_options=compiler_options("decode"))
-  return Run(cfg, workdir, ds, splits, buckets, table, model, mesh, codes, tables, eval_fn,
-             tokenizer)
+  run.table, run.tokenizer = table, tokenizer
+  run.model = T5(model_config(cfg.model, table.sizes))
+  run.codes = jax.device_put(jnp.asarray(table.codes_NxC), run.replicated)
+  run.tables = jax.device_put(decode.prefix_tables(table.codes_NxC), run.replicated)
+  run.eval_fn = jax.jit(functools.partial(steps.eval_step, model=run.model, beam=cfg.train.beam),
+                        compiler_options=compiler_options("decode"))
 
 
 def init_params(run: Run, key):
@@ -148,7 +166,7 @@ def evaluate_split(run: Run, params, split_name: str) -> dict:
   total = None
   for batch in eval_batches(run.dataset, run.splits[split_name], run.cfg.train.eval_batch_size,
                             run.buckets):
-    sums, _ = run.eval_fn(params, run.shard(batch), run.codes, run.tables)
+    sums, _ = run.eval_fn(params, run.shard(batch), *run.code_args)
     total = metrics.accumulate(total, sums)
   out = metrics.finalize(total)
   out["decode_s"] = round(time.time() - t0, 2)
@@ -223,20 +241,25 @@ class Stage:
 @dataclasses.dataclass
 class Plan:
   """What the training loop runs. TIGER and LETTER: one stage, one step (`default_plan`);
-  ETEGRec: alternating tokenizer / recommender epochs, then fine-tuning."""
+  ETEGRec: alternating tokenizer / recommender epochs, then fine-tuning; SASRec: one stage
+  over item ids."""
   state: Any                              # pytree; donated to the steps
   stages: list
-  rec_params: Callable                    # state -> the T5 params that decode
+  rec_params: Callable                    # state -> the params that evaluate (run.eval_fn)
   best_extra: Callable                    # state -> pytree saved beside them in best/ ({} none)
   global_step: Callable                   # state -> int steps taken
   lr_at: Optional[Callable]               # (state, step) -> learning rate to log (None: the
                                           # steps return it as out["lr"])
   n_params: int
   dynamic_codes: bool = False             # the code table changes during training
+  finish: Optional[Callable] = None       # (run, best tree) -> dict added to results.json,
+                                          # after the best checkpoint is restored
 
 
-def default_plan(run: Run, key, steps_per_epoch: int) -> Plan:
-  """One AdamW step on the code loss (cross-entropy on logits / train.tau)."""
+def single_stage_plan(run: Run, params, make_step: Callable, steps_per_epoch: int,
+                      finish: Optional[Callable] = None) -> Plan:
+  """One stage, one jitted step: AdamW (train.* settings) over `params`;
+  `make_step(tx)` is the step `(state, batch, codes, key) -> (state, out)`."""
   tc = run.cfg.train
   total_steps = tc.epochs * steps_per_epoch
   if tc.max_steps:
@@ -244,16 +267,20 @@ def default_plan(run: Run, key, steps_per_epoch: int) -> Plan:
   warmup = int(tc.warmup_frac * total_steps)
   tx, lr_at = optimizer_and_schedule(tc.lr, tc.weight_decay, total_steps, warmup, tc.clip,
                                      tc.schedule)
-  params = init_params(run, key)
   state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
                          run.replicated)
-  train_fn = jax.jit(functools.partial(steps.train_step, model=run.model, tx=tx, tau=tc.tau),
-                     donate_argnums=0, out_shardings=run.replicated,
+  train_fn = jax.jit(make_step(tx), donate_argnums=0, out_shardings=run.replicated,
                      compiler_options=compiler_options("train"))
   stage = Stage("train", tc.epochs, lambda epoch: train_fn, tc.eval_every, tc.patience)
   return Plan(state, [stage], rec_params=lambda s: s.params, best_extra=lambda s: {},
               global_step=lambda s: int(s.step), lr_at=lambda s, step: float(lr_at(step)),
-              n_params=sum(int(x.size) for x in jax.tree.leaves(params)))
+              n_params=sum(int(x.size) for x in jax.tree.leaves(params)), finish=finish)
+
+
+def default_plan(run: Run, key, steps_per_epoch: int) -> Plan:
+  """The T5's code loss (cross-entropy on logits / train.tau), one AdamW step."""
+  step = lambda tx: functools.partial(steps.train_step, model=run.model, tx=tx, tau=run.cfg.train.tau)
+  return single_stage_plan(run, init_params(run, key), step, steps_per_epoch)
 
 
 def set_codes(run: Run, codes_NxC) -> None:
@@ -282,31 +309,11 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
                            shuffle=True, seed=cfg.seed)
   steps_per_epoch = len(train_it)
   method = get_method(cfg.method)
-  make_plan = getattr(method, "training_plan", default_plan)
-  plan = make_plan(run, k_init, steps_per_epoch)
-  state = plan.state
+  plan = getattr(method, "training_plan", default_plan)(run, k_init, steps_per_epoch)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   ckpt = Checkpoints(os.path.join(ckpt_dir, "train"), max_to_keep=2)
   best_ckpt = Checkpoints(os.path.join(ckpt_dir, "best"), max_to_keep=1)
-  meta = {"evals": [], "best": None, "bad_evals": 0, "done": False, "train_seconds": 0.0,
-          "train_samples": 0, "stage": 0, "stage_start": 0}
-  if ckpt.steps():
-    restored = ckpt.restore({"train": state, "codes": run.codes})
-    if restored is None:
-      raise RuntimeError(f"{ckpt.directory}: checkpoints exist but none could be restored; "
-                         "move them away to start over")
-    step0, tree, meta = restored
-    meta.setdefault("stage", 0)        # checkpoints written before training plans had stages
-    meta.setdefault("stage_start", 0)
-    if plan.dynamic_codes:
-      set_codes(run, tree["codes"])
-    elif not np.array_equal(np.asarray(tree["codes"]), run.table.codes_NxC):
-      raise RuntimeError(f"{workdir}: the checkpoint's code table differs from codes.npz")
-    state = jax.device_put(tree["train"], run.replicated)
-    train_it.set_state(meta["iterator"])
-    log(f"resumed from {ckpt.directory}/{step0} (epoch {train_it.epoch}, step {step0}, "
-        f"stage {plan.stages[meta['stage']].name})")
-    _truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), step0)
+  state, meta = _resume(run, plan, ckpt, train_it, log)
   log(f"{cfg.method}: {run.dataset.n_items} items, {len(run.splits['train'])} train samples, "
       f"{steps_per_epoch} steps/epoch, {plan.n_params:,} parameters, {run.mesh.devices.size} "
       f"device(s) [{jax.devices()[0].platform}], buckets {run.buckets}")
@@ -318,14 +325,18 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
     metrics_f.flush()
 
   def save(step):
+    _check_finite(state, plan.stages[meta["stage"]].name, step, "the training state")
     meta["iterator"] = train_it.get_state()
-    ckpt.save(step, {"train": state, "codes": run.codes}, meta)
+    ckpt.save(step, _ckpt_tree(run, state), meta)
 
   def save_best(step, epoch):
-    tree = {"params": plan.rec_params(state), "codes": run.codes}
+    tree = {"params": plan.rec_params(state)}
+    if run.codes is not None:
+      tree["codes"] = run.codes
     extra = plan.best_extra(state)
     if extra:
       tree["extra"] = extra
+    _check_finite(tree, plan.stages[meta["stage"]].name, step, "the best parameters")
     best_ckpt.save(step, tree, {"epoch": epoch, "stage": meta["stage"]})
 
   step = plan.global_step(state)
@@ -355,13 +366,15 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
     bar = tqdm(total=steps_per_epoch, initial=train_it.get_state()["grain"].get("next_index", 0),
                desc=f"epoch {epoch + 1} ({stage.name})", leave=False, mininterval=1.0,
                disable=None)
+    logger = functools.partial(_check_and_log, write=write, bar=bar, tc=tc, plan=plan,
+                               stage=stage.name, epoch=epoch)
     for batch in train_it.epoch_batches():
       n_real = float(batch["weight_B"].sum())
       state, out = step_fn(state, run.shard(batch), run.codes, k_train)
       step += 1
       # Fetch the previous step's metrics only now, so the host never stalls the device.
       if pending is not None:
-        _check_and_log(pending, write, bar, tc, plan, state, epoch, samples, t_epoch)
+        logger(pending, state=state, samples=samples, t_epoch=t_epoch)
       pending = (step, out)
       samples += n_real
       meta["train_samples"] += n_real
@@ -373,7 +386,7 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
       if tc.max_steps and step >= tc.max_steps:
         break
     if pending is not None:
-      _check_and_log(pending, write, bar, tc, plan, state, epoch, samples, t_epoch, force=True)
+      logger(pending, state=state, samples=samples, t_epoch=t_epoch, force=True)
     bar.close()
     meta["train_seconds"] += time.time() - t_epoch
     epoch_done = train_it.epoch > epoch  # False only when max_steps cut the epoch short
@@ -410,20 +423,49 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
     save(step)
   metrics_f.close()
   ckpt.close()
-
-  # Final: test metrics of the checkpoint best on validation (of the last stage).
   restored = best_ckpt.restore(None)
   best_ckpt.close()
   if restored is None:
     raise RuntimeError(f"{best_ckpt.directory}: no usable best checkpoint")
-  best_tree = restored[1]
-  table = run.table
+  return _finish(run, plan, restored[1], meta, step, t_start, log)
+
+
+def _ckpt_tree(run: Run, state):
+  """What a resumable checkpoint holds: the plan's state and the current code table."""
+  return {"train": state} if run.codes is None else {"train": state, "codes": run.codes}
+
+
+def _resume(run: Run, plan: Plan, ckpt: Checkpoints, train_it, log):
+  """(state, meta) from the newest intact checkpoint, or the plan's fresh state."""
+  meta = {"evals": [], "best": None, "bad_evals": 0, "done": False, "train_seconds": 0.0,
+          "train_samples": 0, "stage": 0, "stage_start": 0}
+  if not ckpt.steps():
+    return plan.state, meta
+  restored = ckpt.restore(_ckpt_tree(run, plan.state))
+  if restored is None:
+    raise RuntimeError(f"{ckpt.directory}: checkpoints exist but none could be restored; "
+                       "move them away to start over")
+  step0, tree, meta = restored
+  meta.setdefault("stage", 0)        # checkpoints written before training plans had stages
+  meta.setdefault("stage_start", 0)
   if plan.dynamic_codes:
-    set_codes(run, best_tree["codes"])
-    table = CodeTable(np.asarray(best_tree["codes"]), run.table.sizes,
-                      {"final": health_dict(np.asarray(best_tree["codes"]), run.table.sizes)},
-                      run.table.fingerprint + "-trained")
-    table.save(workdir, "codes_final")
+    set_codes(run, tree["codes"])
+  elif run.codes is not None and not np.array_equal(np.asarray(tree["codes"]),
+                                                     run.table.codes_NxC):
+    raise RuntimeError(f"{run.workdir}: the checkpoint's code table differs from codes.npz")
+  train_it.set_state(meta["iterator"])
+  log(f"resumed from {ckpt.directory}/{step0} (epoch {train_it.epoch}, step {step0}, "
+      f"stage {plan.stages[meta['stage']].name})")
+  _truncate_jsonl(os.path.join(run.workdir, "metrics.jsonl"), step0)
+  return jax.device_put(tree["train"], run.replicated), meta
+
+
+def _finish(run: Run, plan: Plan, best_tree, meta, step, t_start, log) -> dict:
+  """Test metrics of the checkpoint best on validation (of the last stage), results.json
+  and report.png."""
+  cfg = run.cfg
+  tokenizer_stats = run.table.stats if run.table is not None else None
+  extra = plan.finish(run, best_tree) if plan.finish else {}
   best_params = jax.device_put(best_tree["params"], run.replicated)
   results = {
       "method": cfg.method, "variant": cfg.get("variant", ""), "dataset": run.dataset.name,
@@ -431,23 +473,37 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
       "valid": _best_valid(meta) or evaluate_split(run, best_params, "valid"),
       "test": evaluate_split(run, best_params, "test"),
       "popularity": popularity_baseline(run),
-      "tokenizer": run.table.stats,
+      "tokenizer": tokenizer_stats,
       "train_seconds": round(meta["train_seconds"], 1),
       "train_samples_per_s": round(meta["train_samples"] / max(meta["train_seconds"], 1e-9), 1),
       "steps": step,
       "parameters": plan.n_params,
       "device": f"{jax.devices()[0].device_kind} x{run.mesh.devices.size}",
       "wall_seconds_this_invocation": round(time.time() - t_start, 1),
+      **extra,
   }
-  if plan.dynamic_codes:
-    results["final_codes"] = table.stats["final"]
-  with open(os.path.join(workdir, "results.json"), "w") as f:
+  with open(os.path.join(run.workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
   log("test " + _fmt(results["test"]))
   log("most-popular test " + _fmt(results["popularity"]["test"]))
   from jaxrec.report import write_report
-  write_report(workdir, table)
+  write_report(run.workdir, run.table)
   return results
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _check_finite(tree, stage: str, step: int, what: str) -> None:
+  """Refuses to save a state with NaN / Inf: the newest checkpoint stays the last finite one."""
+  if not bool(_all_finite(tree)):
+    raise FloatingPointError(
+        f"{what} is not finite at step {step} (stage {stage}): not saved; lower train.lr or "
+        "check the data (the newest checkpoint on disk is the last finite state)")
 
 
 def _best_valid(meta):
@@ -464,13 +520,14 @@ def _fmt(m):
   return ", ".join(f"{k} {m[k]:.4f}" for k in ("recall@5", "recall@10", "ndcg@5", "ndcg@10"))
 
 
-def _check_and_log(pending, write, bar, tc, plan, state, epoch, samples, t_epoch, force=False):
+def _check_and_log(pending, *, write, bar, tc, plan, stage, epoch, state, samples, t_epoch,
+                   force=False):
   step, out = pending
   loss = float(out["loss"])
   if not np.isfinite(loss):
     raise FloatingPointError(
-        f"training loss is {loss} at step {step} (epoch {epoch + 1}): lower train.lr or "
-        "check the data; the last checkpoint before it is intact")
+        f"training loss is {loss} at step {step} (stage {stage}, epoch {epoch + 1}): lower "
+        "train.lr or check the data; no state after the last finite loss was saved")
   rate = samples / max(time.time() - t_epoch, 1e-9)
   bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.0f}", refresh=False)
   if step % tc.log_every == 0 or force:

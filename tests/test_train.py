@@ -166,3 +166,33 @@ def test_cli_train_then_evaluate(uninterrupted, tmp_path):
   assert bad.returncode == 2
   assert bad.stderr.strip().startswith("error: ") and "Instruments.inter.json: file not found" in bad.stderr
   assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_non_finite_state_is_never_saved(tmp_path):
+  """A diverging run (lr 1e6) stops before saving a NaN / Inf state: the newest checkpoint
+  stays the last finite one, and a rerun resumes from it and stops again, never rotating
+  the finite checkpoints out."""
+  import numpy as np
+  cfg = tiny_config(lr=1e6, save_every=1)
+  workdir = str(tmp_path / "nan")
+  with pytest.raises(FloatingPointError, match=r"not finite at step \d+ \(stage train\)"):
+    trainer.train_and_evaluate(cfg, workdir, log=lambda m: None)
+  ckpt = Checkpoints(os.path.join(workdir, "checkpoints", "train"))
+  steps = ckpt.steps()
+  assert steps, "the finite steps before the divergence are kept"
+  import orbax.checkpoint as ocp
+  for s in steps:   # read the arrays as written (no abstract state: optax's tuples become lists)
+    tree = ckpt._mgr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree)
+               if np.issubdtype(np.asarray(x).dtype, np.floating)), s
+  with pytest.raises(FloatingPointError):
+    trainer.train_and_evaluate(cfg, workdir, log=lambda m: None)
+  assert Checkpoints(os.path.join(workdir, "checkpoints", "train")).steps() == steps
+
+
+def test_non_finite_tokenizer_loss_stops_the_fit(tmp_path):
+  cfg = tiny_config()
+  cfg.tokenizer.lr = 1e6
+  with pytest.raises(FloatingPointError, match=r"tokenizer loss is (nan|inf) at epoch \d+"):
+    trainer.train_and_evaluate(cfg, str(tmp_path / "tok"), log=lambda m: None)
+  assert not os.path.exists(tmp_path / "tok" / "codes.npz")

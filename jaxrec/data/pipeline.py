@@ -63,6 +63,22 @@ def leave_one_out(ds: Dataset, max_len: int) -> dict[str, Split]:
   }
 
 
+def sequence_windows(ds: Dataset, max_len: int) -> Split:
+  """Training samples of a model that predicts every position (SASRec): each user's training
+  targets (positions 1..n-3, as in `leave_one_out`) cut into windows of up to `max_len`,
+  from the most recent backwards. A window reads items_I[start:end] and predicts
+  items_I[start + 1:end + 1], so every training target is predicted exactly once per epoch."""
+  lengths = ds.lengths_U
+  n_targets = np.maximum(lengths - 3, 0)
+  n_windows = -(-n_targets // max_len)
+  user = np.repeat(np.arange(ds.n_users, dtype=np.int32), n_windows)
+  j = np.arange(len(user)) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
+  end = n_targets[user] - j * max_len            # window j = 0 is the most recent
+  start = np.maximum(end - max_len, 0)
+  off = ds.offsets_U1[user]
+  return Split("train", user, (off + start).astype(np.int64), (off + end).astype(np.int64))
+
+
 def bucket_lengths(buckets: Sequence[int], max_len: int) -> tuple[int, ...]:
   """Sorted bucket lengths, clipped to max_len, always ending with max_len."""
   return tuple(sorted({min(int(b), max_len) for b in buckets if b > 0} | {max_len}))

@@ -3,6 +3,10 @@
 A method exposes:
   tokenizer_loss(cfg, dataset) -> None, or a `jaxrec.tokenizer.train.Extra` whose terms are
                                   added to the tokenizer loss
+  required_features(cfg) -> item features the method reads besides the tokenizer's input
+  training_plan(run, key, steps_per_epoch) -> a `trainer.Plan` (default: `trainer.default_plan`)
+  setup_model(run)             -> a model over item ids, not codes (SASRec): sets run.model,
+                                  run.eval_fn and its training samples; no code table
 The recommender's code loss (cross-entropy on logits / train.tau) is shared; methods
 change it through config.
 """
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 
-METHODS = ("tiger", "letter", "etegrec")
+METHODS = ("tiger", "letter", "etegrec", "sasrec")
 
 
 def get_method(name: str):

@@ -132,6 +132,12 @@ class LetterTerms:
     return loss, metrics
 
 
+def required_features(cfg):
+  """L_cf reads the collaborative embedding (derived by SASRec when it is 'cf' and missing)."""
+  lc = cfg.tokenizer.letter
+  return (lc.cf_feature,) if cfg.tokenizer.source == "rqvae" and lc.alpha else ()
+
+
 def tokenizer_loss(cfg, dataset):
   """LETTER's L_cf and L_div, reading the collaborative embedding `tokenizer.letter.cf_feature`
   of the data set (Instruments: LETTER's own 32-d SASRec embedding; synthetic: the planted

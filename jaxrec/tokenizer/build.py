@@ -10,6 +10,7 @@ import flax
 import jax
 import numpy as np
 
+from jaxrec.config import ConfigError
 from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.tokenizer import train as tok_train
 from jaxrec.tokenizer.rqvae import RQVAE, rqvae_config
@@ -34,6 +35,10 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
   With a workdir holding `codes.npz` of the same fingerprint, that table is reused (with
   the tokenizer saved beside it, `tokenizer.msgpack`, when there is one); a trained
   tokenizer is saved there."""
+  if tok_cfg.source == "rqvae" and tok_cfg.feature not in dataset.features:
+    raise ConfigError(f"tokenizer.feature={tok_cfg.feature!r} but the data set has features "
+                      f"{sorted(dataset.features)} (add it to data.features, or use 'cf' to "
+                      "derive it from the interactions with SASRec)")
   fp = tokenizer_fingerprint(tok_cfg, dataset, seed, extra)
   if workdir and os.path.exists(os.path.join(workdir, "codes.npz")):
     table = codes_lib.CodeTable.load(workdir)
@@ -51,9 +56,6 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
     return table, None
   if tok_cfg.source != "rqvae":
     raise ValueError(f"tokenizer.source must be 'rqvae' or 'given', got {tok_cfg.source!r}")
-  if tok_cfg.feature not in dataset.features:
-    raise ValueError(f"tokenizer.feature={tok_cfg.feature!r} but the data set has features "
-                     f"{sorted(dataset.features)} (add it to data.features)")
   feats = dataset.features[tok_cfg.feature]
   arch = rqvae_config(tok_cfg, feats.shape[1])
   t0 = time.time()

@@ -133,10 +133,14 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[
   history = []
   t0 = time.time()
   sizes = (arch.codebook_size,) * arch.levels
+  pending = None
   for epoch in range(tok_cfg.epochs):
     idx = epoch_batches(jax.random.fold_in(k_train, epoch), n, batch_size)
     state, metrics = train_epoch(state, feats, idx, k_train, extra_data, model=model, tx=tx,
                                  extra_loss=extra_fn)
+    if pending is not None:       # the previous epoch's loss, fetched once this one is queued
+      _check_finite_loss(*pending)
+    pending = (epoch, metrics["loss"])
     last = epoch == tok_cfg.epochs - 1
     reseed = tok_cfg.reseed_every and (epoch + 1) % tok_cfg.reseed_every == 0 and not last
     if reseed or last or (epoch + 1) % tok_cfg.log_every == 0:
@@ -150,7 +154,17 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[
         record["revived"] = revived
       history.append(record)
       log(record)
+  if pending is not None:
+    _check_finite_loss(*pending)
   return model, state.params, history
+
+
+def _check_finite_loss(epoch: int, loss) -> None:
+  loss = float(loss)
+  if not np.isfinite(loss):
+    raise FloatingPointError(
+        f"tokenizer loss is {loss} at epoch {epoch + 1} (stage tokenizer): lower tokenizer.lr "
+        "or check the item features' scale; no code table was written")
 
 
 def _reseed(state: TrainState, enc, key, sizes):

@@ -1,0 +1,86 @@
+"""Item features a run needs but its data set lacks, derived from what it has.
+
+`cf`: collaborative item embeddings, the item table of a SASRec trained on the data set's
+interactions (`config.cf`: LETTER's 32-d, ETEGRec's 256-d). The SASRec run is a full jaxrec
+run (checkpoints, resume, early stopping on valid NDCG@10, results.json) in a cache folder
+named by a fingerprint of the interactions and the SASRec settings, so a second method on
+the same data reuses it. Every other missing feature is a clear error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import ml_collections
+import numpy as np
+
+from jaxrec.config import ConfigError
+from jaxrec.data.dataset import Dataset, validate_features
+from jaxrec.tokenizer.codes import fingerprint
+
+DERIVED = {"cf": "the item table of a SASRec trained on the interactions (config.cf)"}
+
+
+def required_features(cfg, method) -> tuple[str, ...]:
+  """The item features a run of `method` reads: its tokenizer's input and the method's own."""
+  if hasattr(method, "setup_model"):        # models over item ids read no item features
+    return ()
+  names = [cfg.tokenizer.feature] if cfg.tokenizer.source == "rqvae" else []
+  names += list(getattr(method, "required_features", lambda c: ())(cfg))
+  return tuple(dict.fromkeys(names))
+
+
+def ensure_features(cfg, ds: Dataset, method, log=print) -> Dataset:
+  """`ds` with every required feature present, deriving `cf` when it is missing."""
+  for name in required_features(cfg, method):
+    if name in ds.features:
+      continue
+    if name != "cf":
+      have = ", ".join(sorted(ds.features)) or "none"
+      raise ConfigError(
+          f"item feature {name!r} is needed (tokenizer.feature or a method's feature) but "
+          f"data set {ds.name!r} has features: {have}. Load <data.dir>/{ds.name}.{name}.npy by "
+          f"adding {name!r} to data.features, or use 'cf' ({DERIVED['cf']})")
+    ds = dataclasses.replace(ds, features={**ds.features, "cf": cf_embeddings(cfg, ds, log)})
+  return ds
+
+
+def sasrec_run_config(cfg) -> ml_collections.ConfigDict:
+  """The config of the SASRec run that derives `cf` for `cfg`'s data set."""
+  s = ml_collections.ConfigDict()
+  s.method = "sasrec"
+  s.variant = "cf"
+  s.seed = cfg.seed
+  s.data = ml_collections.ConfigDict(cfg.data.to_dict())
+  s.data.features = ()
+  s.data.index = False
+  s.model = ml_collections.ConfigDict(cfg.cf.model.to_dict())
+  s.train = ml_collections.ConfigDict(cfg.cf.train.to_dict())
+  return s
+
+
+def cache_root(cfg) -> str:
+  return os.path.expanduser(cfg.cf.cache_dir or os.environ.get("JAXREC_CACHE_DIR", "")
+                            or "~/.cache/jaxrec")
+
+
+def cf_embeddings(cfg, ds: Dataset, log=print) -> np.ndarray:
+  """Trains (or reuses) the SASRec of `cfg.cf` on `ds`'s interactions: float32 [N, d]."""
+  from jaxrec import trainer
+  scfg = sasrec_run_config(cfg)
+  settings = {k: scfg[k].to_dict() for k in ("model", "train")}
+  fp = fingerprint(ds.offsets_U1, ds.items_I, ds.n_items, settings, scfg.seed,
+                   scfg.data.max_len, list(scfg.data.buckets))
+  workdir = os.path.join(cache_root(cfg), f"sasrec-{ds.name}-{fp[:16]}")
+  path = os.path.join(workdir, f"{ds.name}.sasrec{scfg.model.d}.npy")
+  if not os.path.exists(os.path.join(workdir, "results.json")) or not os.path.exists(path):
+    log(f"cf: item feature 'cf' is not in the data set; training SASRec (d {scfg.model.d}) "
+        f"on its interactions in {workdir}")
+    trainer.train_and_evaluate(scfg, workdir, log=lambda m: log(f"[cf sasrec] {m}"))
+  else:
+    with open(os.path.join(workdir, "results.json")) as f:
+      valid = json.load(f)["valid"]
+    log(f"cf: reusing {path} (SASRec valid R@10 {valid['recall@10']:.4f}, "
+        f"N@10 {valid['ndcg@10']:.4f})")
+  return validate_features(path, "cf", np.load(path), ds.n_items)

@@ -1,0 +1,92 @@
+"""SASRec as a method of the shared loop: the sequential baseline every paper of the field
+reports, and the source of the collaborative item embeddings LETTER and ETEGRec consume.
+
+A Plan of one stage over item ids (no tokenizer, no code table): training samples are
+windows of each user's training prefix with every position a target
+(`data.sequence_windows`); evaluation ranks the whole catalogue by the item table's dot
+products (`recommender/sasrec.py`). At the end the best checkpoint's item table is written
+as `<name>.sasrec<d>.npy` in the workdir (float32 [N, d], row i = item i: the layout the
+readers take, `data.features=("sasrec<d>",)`).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import numpy as np
+
+from jaxrec import metrics
+from jaxrec.config import ConfigError
+from jaxrec.data import sequence_windows
+from jaxrec.recommender import sasrec
+from jaxrec.xla import compiler_options
+
+
+def tokenizer_loss(cfg, dataset):
+  """SASRec has no tokenizer."""
+  del cfg, dataset
+  return None
+
+
+def validate(cfg, n_items: int) -> None:
+  """Refuses settings that cannot train, before any work."""
+  m, t = cfg.model, cfg.train
+  problems = []
+  if m.loss not in sasrec.LOSSES:
+    problems.append(f"model.loss={m.loss!r}: must be one of {sasrec.LOSSES}")
+  if m.d < 1 or m.blocks < 0 or m.heads < 1 or m.d % m.heads:
+    problems.append(f"model.d={m.d}, model.heads={m.heads}, model.blocks={m.blocks}: need "
+                    "d >= 1 divisible by heads >= 1, blocks >= 0")
+  if not 0.0 <= m.dropout < 1.0:
+    problems.append(f"model.dropout={m.dropout}: must be in [0, 1)")
+  if cfg.data.max_len < 1:
+    problems.append(f"data.max_len={cfg.data.max_len}: must be >= 1")
+  if n_items < 2:
+    problems.append(f"the data set has {n_items} item(s): ranking needs at least 2")
+  elif m.loss == "sampled" and not 1 <= m.negatives < n_items:
+    problems.append(f"model.negatives={m.negatives}: sampled softmax needs 1 <= negatives < "
+                    f"{n_items} (the catalogue); use model.loss='ce' for the full softmax")
+  if t.batch_size < 1 or t.eval_batch_size < 1:
+    problems.append(f"train.batch_size={t.batch_size}, train.eval_batch_size="
+                    f"{t.eval_batch_size}: must be >= 1")
+  if problems:
+    raise ConfigError("; ".join(problems))
+
+
+def setup_model(run) -> None:
+  """The SASRec model, its window samples and its full-ranking evaluation step."""
+  cfg, ds = run.cfg, run.dataset
+  validate(cfg, ds.n_items)
+  run.splits = {**run.splits, "train": sequence_windows(ds, cfg.data.max_len)}
+  run.model = sasrec.SASRec(sasrec.model_config(cfg.model, ds.n_items, cfg.data.max_len))
+  run.eval_fn = jax.jit(functools.partial(sasrec.eval_step, model=run.model,
+                                          k=min(max(metrics.KS), ds.n_items)),
+                        compiler_options=compiler_options("decode"))
+
+
+def _train_step(state, batch, codes, key, **kw):
+  del codes  # the loop hands every step the code table; SASRec reads item ids
+  return sasrec.train_step(state, batch, key, **kw)
+
+
+def training_plan(run, key, steps_per_epoch: int):
+  """One stage: AdamW on the configured loss (train.* as for the T5)."""
+  from jaxrec.trainer import single_stage_plan
+  m = run.cfg.model
+  batch = {"history_BxL": np.zeros((2, run.buckets[0]), np.int32),
+           "mask_BxL": np.ones((2, run.buckets[0]), bool)}
+  params = run.model.init({"params": key}, batch["history_BxL"], batch["mask_BxL"], False)
+  step = lambda tx: functools.partial(_train_step, model=run.model, tx=tx, loss=m.loss,
+                                      negatives=m.negatives)
+  return single_stage_plan(run, params, step, steps_per_epoch, finish=export_embeddings)
+
+
+def export_embeddings(run, best) -> dict:
+  """Writes the best checkpoint's item table as <name>.sasrec<d>.npy in the workdir."""
+  table = np.asarray(best["params"]["params"]["item_embed"]["embedding"], np.float32)
+  path = os.path.join(run.workdir, f"{run.dataset.name}.sasrec{table.shape[1]}.npy")
+  tmp = path + ".tmp.npy"
+  np.save(tmp, table)
+  os.replace(tmp, path)
+  return {"cf_embeddings": path}
