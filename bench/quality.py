@@ -1,7 +1,8 @@
 """Trains the configured methods with a given budget and writes a results table: R@5, R@10,
 N@5, N@10 on valid and test, wall time and device, beside the published numbers.
 
-  python bench/quality.py tiger:default letter:default etegrec:default
+  python bench/quality.py tiger:default letter:default etegrec:default sasrec:default
+  JAXREC_DATA_DIR=../shared/data python bench/quality.py sasrec:instruments --seeds 3
   JAXREC_DATA_DIR=../shared/data python bench/quality.py tiger:instruments letter:instruments \
       --set train.max_steps=300 --name cpu300
 
@@ -9,7 +10,8 @@ A run is `method:variant` with optional per-run overrides after commas
 (`letter:instruments,tokenizer.letter.alpha=0`); `--set` applies to every run. Each run
 trains in `<workdir>/<method>-<variant>[-<name>]` through `jaxrec.trainer` (a finished run
 is reused, an interrupted one resumes). The table goes to stdout and, with the rows as JSON,
-to `bench/results/quality-<name or platform>.{md,json}`.
+to `bench/results/quality-<name or platform>.{md,json}`. `--seeds N` runs every row with
+seeds 0..N-1 (workdirs `...-seed<k>`) and reports each metric's mean +- std (ddof 1).
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import json
 import os
 import sys
 import time
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -56,15 +60,17 @@ def apply_overrides(cfg, overrides):
     node[field] = value   # ml_collections checks the type
 
 
-def run_one(spec: str, common, root: str, name: str):
+def run_one(spec: str, common, root: str, name: str, seed=None):
   from jaxrec import trainer
   from jaxrec.config import get_config
   head, *own = spec.split(",")
   method, _, variant = head.partition(":")
   cfg = get_config(method, variant or "default")
   apply_overrides(cfg, list(common) + [parse_override(o) for o in own])
+  if seed is not None:
+    cfg.seed = seed
   tag = f"{method}-{variant or 'default'}" + (f"-{name}" if name else "") + \
-      "".join(f"-{o.replace('=', '_')}" for o in own)
+      "".join(f"-{o.replace('=', '_')}" for o in own) + (f"-seed{seed}" if seed is not None else "")
   workdir = os.path.join(root, tag)
   t0 = time.time()
   results = trainer.train_and_evaluate(cfg, workdir, log=lambda m: print(f"[{tag}] {m}", flush=True))
@@ -84,22 +90,44 @@ def run_one(spec: str, common, root: str, name: str):
           "popularity_test": {k: results["popularity"]["test"][k] for k in METRICS},
           "train_seconds": results["train_seconds"],
           "wall_seconds_this_invocation": round(time.time() - t0, 1),
-          "device": results["device"], "published": PUBLISHED.get((key, results["dataset"]))}
+          "device": results["device"], "published": PUBLISHED.get((key, results["dataset"])),
+          "seed": cfg.seed}
+
+
+def aggregate(rows) -> dict:
+  """One row from the same run with several seeds: each metric's mean and sample std
+  (ddof 1) over the seeds, and the per-seed values."""
+  out = dict(rows[0])
+  out["seeds"] = [r["seed"] for r in rows]
+  for split in ("valid", "test", "popularity_test"):
+    vals = {k: [r[split][k] for r in rows] for k in METRICS}
+    out[split] = {k: float(np.mean(v)) for k, v in vals.items()}
+    out[split + "_std"] = {k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+                           for k, v in vals.items()}
+    out[split + "_per_seed"] = vals
+  out["steps"] = "/".join(str(r["steps"]) for r in rows)
+  out["train_seconds"] = round(float(np.mean([r["train_seconds"] for r in rows])), 1)
+  return out
 
 
 def table(rows) -> str:
-  head = ("| run | data | budget | device | train s | valid R@10 / N@10 | test R@5 | R@10 | N@5 | "
-          "N@10 | published R@5 / R@10 / N@5 / N@10 |")
+  head = ("| run | data | budget | device | seeds | train s | valid R@10 / N@10 | test R@5 | R@10 | "
+          "N@5 | N@10 | most-popular R@10 / N@10 | published R@5 / R@10 / N@5 / N@10 |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for r in rows:
-    t, v = r["test"], r["valid"]
+    def f(split, k):
+      std = r.get(split + "_std")
+      return f"{r[split][k]:.4f}" + (f" +- {std[k]:.4f}" if std else "")
     pub = r["published"]
     pub_s = f"{pub[0]}: " + " / ".join(f"{x:.4f}" for x in pub[1]) if pub else ""
     run = r["run"] + (f" ({', '.join(r['overrides'])})" if r["overrides"] else "")
+    seeds = ", ".join(str(x) for x in r.get("seeds", [r.get("seed", 0)]))
+    pop = r.get("popularity_test")
+    pop_s = f"{pop['recall@10']:.4f} / {pop['ndcg@10']:.4f}" if pop else ""
     lines.append(f"| {run} | {r['dataset']} | {r['budget']}, {r['steps']} steps | {r['device']} | "
-                 f"{r['train_seconds']} | {v['recall@10']:.4f} / {v['ndcg@10']:.4f} | "
-                 f"{t['recall@5']:.4f} | {t['recall@10']:.4f} | {t['ndcg@5']:.4f} | "
-                 f"{t['ndcg@10']:.4f} | {pub_s} |")
+                 f"{seeds} | {r['train_seconds']} | {f('valid', 'recall@10')} / "
+                 f"{f('valid', 'ndcg@10')} | {f('test', 'recall@5')} | {f('test', 'recall@10')} | "
+                 f"{f('test', 'ndcg@5')} | {f('test', 'ndcg@10')} | {pop_s} | {pub_s} |")
   return "\n".join(lines)
 
 
@@ -108,12 +136,18 @@ def main():
   p.add_argument("runs", nargs="+", help="method:variant[,key=value...]")
   p.add_argument("--set", action="append", default=[], help="key=value for every run")
   p.add_argument("--name", default="", help="suffix of the workdirs and the result files")
+  p.add_argument("--seeds", type=int, default=1,
+                 help="runs per row with seeds 0..N-1 (N > 1: mean +- std in the table)")
   p.add_argument("--workdir", default="runs/quality")
   p.add_argument("--out", default=None, help="output stem (default bench/results/quality-<name|platform>)")
   args = p.parse_args()
   import jax
   common = [parse_override(s) for s in args.set]
-  rows = [run_one(spec, common, args.workdir, args.name) for spec in args.runs]
+  if args.seeds > 1:
+    rows = [aggregate([run_one(spec, common, args.workdir, args.name, seed)
+                       for seed in range(args.seeds)]) for spec in args.runs]
+  else:
+    rows = [run_one(spec, common, args.workdir, args.name) for spec in args.runs]
   md = table(rows)
   print(md)
   stem = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",

@@ -24,7 +24,22 @@ def test_table_row_with_published_numbers():
   m = {"recall@5": .05, "recall@10": .07, "ndcg@5": .03, "ndcg@10": .04}
   row = {"run": "letter:instruments", "overrides": ["train.max_steps=300"], "dataset": "Instruments",
          "budget": "max_steps 300", "steps": 300, "device": "cpu x1", "train_seconds": 1.0,
-         "valid": m, "test": m, "published": quality.PUBLISHED[("letter", "Instruments")]}
+         "valid": m, "test": m, "published": quality.PUBLISHED[("letter", "Instruments")],
+         "seed": 0}
   text = quality.table([row])
   assert "0.0909 / 0.1122 / 0.0763 / 0.0831" in text and "train.max_steps=300" in text
   assert len(text.splitlines()) == 3
+
+
+def test_seeds_aggregate_to_mean_and_std():
+  def row(seed, r10):
+    m = {"recall@5": r10 / 2, "recall@10": r10, "ndcg@5": r10 / 4, "ndcg@10": r10 / 3}
+    return {"run": "sasrec:default", "overrides": [], "dataset": "synthetic", "budget": "b",
+            "steps": 10, "device": "cpu x1", "train_seconds": 2.0, "valid": m, "test": m,
+            "popularity_test": m, "published": None, "seed": seed}
+  agg = quality.aggregate([row(0, .10), row(1, .20), row(2, .30)])
+  assert agg["test"]["recall@10"] == pytest.approx(.20)
+  assert agg["test_std"]["recall@10"] == pytest.approx(.10)       # sample std of .1, .2, .3
+  assert agg["seeds"] == [0, 1, 2] and agg["test_per_seed"]["recall@10"] == [.10, .20, .30]
+  text = quality.table([agg])
+  assert "0.2000 +- 0.1000" in text and "| 0, 1, 2 |" in text
