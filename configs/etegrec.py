@@ -10,8 +10,9 @@ Variants (anything not listed is configs/tiger.py's same variant):
                20 alternating epochs (10 tokenizer, 10 recommender), then up to 6
                fine-tuning epochs.
   instruments  Amazon Instruments 2018 5-core with LETTER's 32-d SASRec embeddings as the
-               item embedding (the paper: 256-d SASRec; a larger embedding is a data.features
-               / tokenizer.feature change). Official settings: RQ-VAE in -> 512 -> 256 -> 128,
+               item embedding (the paper: 256-d SASRec, which
+               `--config.tokenizer.feature=cf "--config.data.features=()"` derives in-run with
+               config.cf, d 256). Official settings: RQ-VAE in -> 512 -> 256 -> 128,
                3 x 256 codes + the collision level; T5 6 + 6 layers, d_model 128, d_ff 512,
                4 heads x 64, dropout 0.1; batch 512, 400 alternating epochs (cycle 2),
                recommender AdamW lr 5e-3, tokenizer lr 1e-4, weight decay 0.05, clipping 1,
@@ -62,6 +63,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   tr.lr = 5e-3
   tr.weight_decay = 0.05
   tr.clip = 1.0
+  if variant != "tiny":
+    cfg.cf.model.d = 256           # a derived `cf` feature: ETEGRec's official 256-d SASRec
   if variant == "instruments":
     t.hidden = (512, 256)
     t.code_dim = 128

@@ -72,8 +72,9 @@ def train_config(variant: str = "default") -> ml_collections.ConfigDict:
 
 
 def cf_config(variant: str = "default", d: int = 32) -> ml_collections.ConfigDict:
-  """`config.cf` of the generative methods: the SASRec that derives a missing `cf` feature
-  (d 32: LETTER's official embeddings; ETEGRec's are 256-d)."""
+  """`config.cf` of the generative methods: the SASRec that derives a missing `cf` feature.
+  d: the tokenizer's code width (32: LETTER's official embeddings, which its L_cf compares
+  with the 32-d codes); configs/etegrec.py sets 256 (ETEGRec's official SASRec)."""
   c = ml_collections.ConfigDict()
   c.cache_dir = ""                 # "" -> $JAXREC_CACHE_DIR or ~/.cache/jaxrec
   c.model = model_config(variant)

@@ -174,7 +174,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   # A missing `cf` feature (tokenizer.feature='cf' or LETTER's cf_feature) is derived by
   # training this SASRec on the interactions first (jaxrec/features.py).
   sasrec = load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "sasrec.py"))
-  cfg.cf = sasrec.cf_config(variant if variant == "tiny" else "default")
+  cfg.cf = sasrec.cf_config(variant if variant == "tiny" else "default", d=cfg.tokenizer.code_dim)
   if variant == "tiny":
     cfg.data.synthetic.update(n_users=200, n_items=120, n_topics=3, n_subtopics=3)
     cfg.data.max_len = 8

@@ -199,8 +199,7 @@ def test_letter_and_etegrec_run_on_interactions_only(tmp_path):
   _write_recbole(data)
   cache = str(tmp_path / "cache")
   cfg = _interactions_only(letter.get_config("tiny"), data, cache)
-  cfg.tokenizer.code_dim = cfg.cf.model.d          # L_cf: CF width = code width
-  cfg.tokenizer.letter.cf_feature = "cf"
+  assert cfg.tokenizer.letter.cf_feature == "cf" and cfg.cf.model.d == cfg.tokenizer.code_dim
   logs = []
   res = trainer.train_and_evaluate(cfg, str(tmp_path / "letter"), log=logs.append)
   assert any("training SASRec" in l for l in logs), logs[:5]
