@@ -17,6 +17,9 @@ Variants (everything not listed is configs/tiger.py's same variant):
                4 x 256 codes, code dim 32, halving encoder, alpha 0.01, beta 1e-4
                (the official Instruments script). Published LETTER-TIGER: R@5 .0909,
                R@10 .1122, N@5 .0763, N@10 .0831.
+  scientific   Amazon Industrial & Scientific 2018: the tokenizer on the MiniLM text
+               embeddings (python -m jaxrec.embed first), L_cf towards a 32-d SASRec trained
+               in-run on the interactions (`cf`); 3 x 256 codes, Sinkhorn on level 3.
   tiny         seconds; tests.
 
 tokenizer.letter:
@@ -45,7 +48,7 @@ def _tiger():
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   variant = variant or "default"
-  if variant not in ("default", "tiny", "instruments"):
+  if variant not in ("default", "tiny", "instruments", "scientific"):
     raise ValueError(f"unknown letter variant {variant!r}")
   cfg = _tiger().get_config(variant)
   cfg.method = "letter"

@@ -7,6 +7,7 @@ Variants (data as configs/tiger.py's same variant; same leave-one-out splits, hi
 data.max_len = 20 and metrics as the generative methods):
   (default)    synthetic data: beats most-popular by a wide margin in about a minute.
   instruments  Amazon Instruments 2018 5-core, interactions only.
+  scientific   Amazon Industrial & Scientific 2018, interactions only.
   tiny         seconds; tests.
 
 model:
@@ -87,7 +88,7 @@ def cf_config(variant: str = "default", d: int = 32) -> ml_collections.ConfigDic
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   variant = variant or "default"
-  if variant not in ("default", "tiny", "instruments"):
+  if variant not in ("default", "tiny", "instruments", "scientific"):
     raise ValueError(f"unknown sasrec variant {variant!r}")
   tiger = _tiger().get_config(variant)
   cfg = ml_collections.ConfigDict()
@@ -96,6 +97,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   cfg.seed = 0
   cfg.data = tiger.data
   cfg.data.features = ()           # interactions only
+  cfg.data.index = False
   cfg.model = model_config(variant)
   cfg.train = train_config(variant)
   return cfg

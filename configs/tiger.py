@@ -14,6 +14,12 @@ Variants:
   letter_ids   as instruments, but the recommender reads LETTER's published
                Instruments.index.json IDs: a direct check of recommender and decoder
                against LETTER-TIGER's R@5 .0909, R@10 .1122, N@5 .0763, N@10 .0831.
+  scientific   Amazon Industrial & Scientific 2018 ($JAXREC_DATA_DIR/scientific: 3,541
+               items with text), the RQ-VAE (3 x 256) on MiniLM text embeddings
+               (`python -m jaxrec.embed --config configs/tiger.py:scientific --model PATH`
+               first); the small model of the default. `tokenizer.feature=cf` tokenizes
+               SASRec embeddings instead, `tokenizer.source=given` reads the publisher's
+               IDs, `tokenizer.source=random` draws random IDs of the same shape.
   tiny         a seconds-long run for tests and the quickstart notebook.
 """
 import os
@@ -45,12 +51,20 @@ def data_config(variant: str) -> ml_collections.ConfigDict:
     d.features = ("sasrec32",)
     d.index = variant == "letter_ids"
     d.buckets = (2, 4, 6, 8, 12, 16, 20)  # 12 % padding on this set's lengths (vs 32 % with 4)
+  if variant == "scientific":
+    d.source = "letter"
+    d.dir = os.path.join(os.environ.get("JAXREC_DATA_DIR", "../shared/data"), "scientific")
+    d.name = "Scientific"
+    d.features = ()                # item text (embedded: 'text') and interactions ('cf')
+    d.index = True                 # the publisher's 3-level IDs, for tokenizer.source='given'
+    d.buckets = (4, 6, 8, 12, 20)
   return d
 
 
 def tokenizer_config(variant: str) -> ml_collections.ConfigDict:
   t = ml_collections.ConfigDict()
-  t.source = "rqvae"               # rqvae (train one) | given (the data set's codes)
+  t.source = "rqvae"               # rqvae (train one) | given (the data set's codes) |
+                                   # random (uniform random IDs of the same shape: a baseline)
   t.feature = "content"            # which item feature the tokenizer encodes
   t.hidden = (512, 256, 128)       # encoder widths before the code layer ("halving" = LETTER)
   t.code_dim = 32
@@ -96,6 +110,10 @@ def tokenizer_config(variant: str) -> ml_collections.ConfigDict:
     t.log_every = 200
   if variant == "letter_ids":
     t.source = "given"
+  if variant == "scientific":
+    t.feature = "text"             # MiniLM text embeddings: python -m jaxrec.embed first
+    t.codebook_size = 256          # 3 x 256 as the publisher's IDs
+    t.suffix_size = 64
   return t
 
 
@@ -111,7 +129,7 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   m.rel_buckets = 32               # T5 relative-position buckets
   m.rel_max_distance = 128
   m.user_buckets = 2000            # hashed user token (TIGER); 0: none
-  if variant == "default":
+  if variant in ("default", "scientific"):
     m.d_model, m.d_ff, m.heads, m.head_dim = 64, 256, 4, 16
     m.enc_layers = m.dec_layers = 2
     m.user_buckets = 0
@@ -141,6 +159,12 @@ def train_config(variant: str) -> ml_collections.ConfigDict:
   t.log_every = 50                 # steps between metrics.jsonl lines
   t.save_every = 500               # steps between resumable checkpoints
   t.max_steps = 0                  # stop after this many steps (0: no limit); for budgets
+  if variant == "scientific":
+    t.lr = 2e-3
+    t.epochs = 60
+    t.eval_every = 3
+    t.patience = 3
+    t.log_every = 20
   if variant == "default":
     t.lr = 2e-3
     t.epochs = 15
@@ -159,9 +183,19 @@ def train_config(variant: str) -> ml_collections.ConfigDict:
   return t
 
 
+def embed_config(variant: str) -> ml_collections.ConfigDict:
+  """Item text -> the `text` feature (python -m jaxrec.embed; jaxrec/features.py)."""
+  e = ml_collections.ConfigDict()
+  e.model = ""                     # a local sentence-transformers folder: embed in-run if set
+  e.fields = ("title", "brand", "categories", "description")  # joined by "; " when non-empty
+  e.batch_size = 64
+  e.out_dir = ""                   # "" -> $JAXREC_CACHE_DIR (or ~/.cache/jaxrec)/text
+  return e
+
+
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   variant = variant or "default"
-  if variant not in ("default", "tiny", "instruments", "letter_ids"):
+  if variant not in ("default", "tiny", "instruments", "letter_ids", "scientific"):
     raise ValueError(f"unknown tiger variant {variant!r}")
   cfg = ml_collections.ConfigDict()
   cfg.method = "tiger"
@@ -173,6 +207,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   cfg.train = train_config(variant)
   # A missing `cf` feature (tokenizer.feature='cf' or LETTER's cf_feature) is derived by
   # training this SASRec on the interactions first (jaxrec/features.py).
+  cfg.embed = embed_config(variant)
   sasrec = load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "sasrec.py"))
   cfg.cf = sasrec.cf_config(variant if variant == "tiny" else "default", d=cfg.tokenizer.code_dim)
   if variant == "tiny":

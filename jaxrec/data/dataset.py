@@ -37,6 +37,7 @@ class Dataset:
   code_sizes: Optional[Sequence[int]] = None  # codebook size per level of codes_NxC
   user_keys: Optional[Sequence[str]] = None   # original user identifiers, row order
   item_keys: Optional[Sequence[str]] = None   # original item identifiers, id order
+  item_text: Optional[Sequence[Mapping[str, str]]] = None  # per item id: field -> text
 
   @property
   def n_users(self) -> int:
@@ -70,6 +71,8 @@ class Dataset:
         "density": float(self.n_interactions) / max(1, self.n_users * self.n_items),
         "features": {k: list(v.shape) for k, v in self.features.items()},
         "codes": None if self.codes_NxC is None else list(self.codes_NxC.shape),
+        "item_text_fields": (sorted({f for t in self.item_text for f in t})
+                             if self.item_text is not None else None),
     }
 
 
@@ -122,5 +125,6 @@ def drop_short_users(ds: Dataset, min_len: int, policy: str, source: str) -> Dat
   keep = np.flatnonzero(lengths >= min_len)
   seqs = [ds.sequence(u) for u in keep]
   keys = None if ds.user_keys is None else [ds.user_keys[u] for u in keep]
-  return from_sequences(ds.name, seqs, ds.n_items, features=ds.features, codes_NxC=ds.codes_NxC,
-                        code_sizes=ds.code_sizes, user_keys=keys, item_keys=ds.item_keys)
+  return dataclasses.replace(from_sequences(ds.name, seqs, ds.n_items), features=ds.features,
+                             codes_NxC=ds.codes_NxC, code_sizes=ds.code_sizes, user_keys=keys,
+                             item_keys=ds.item_keys, item_text=ds.item_text)

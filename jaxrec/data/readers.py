@@ -112,7 +112,7 @@ def read_letter(directory, name, features=(), index=False) -> Dataset:
   if not isinstance(raw, dict):
     raise DataError(inter_path, None, "expected a JSON object mapping user to a list of item ids")
   item_path = os.path.join(directory, f"{name}.item.json")
-  item_keys = None
+  item_keys = item_text = None
   n_items = None
   if os.path.exists(item_path):
     meta = read_json(item_path)
@@ -126,6 +126,9 @@ def read_letter(directory, name, features=(), index=False) -> Dataset:
         raise DataError(item_path, f"item {k!r}", f"item id {i} appears twice")
       seen.add(i)
     item_keys = [str(i) for i in range(n_items)]
+    item_text = [None] * n_items
+    for k, attrs in meta.items():
+      item_text[int(k)] = _item_text(item_path, f"item {k!r}", attrs)
   if n_items is None and features:
     # Without an item file the feature matrices define the catalogue (row i = item i), so
     # an id past their rows is reported at the interaction that uses it.
@@ -149,7 +152,29 @@ def read_letter(directory, name, features=(), index=False) -> Dataset:
   if index:
     codes, sizes = read_index_json(os.path.join(directory, f"{name}.index.json"), n_items)
   return from_sequences(name, seqs, n_items, features=feats, codes_NxC=codes, code_sizes=sizes,
-                        user_keys=users, item_keys=item_keys)
+                        user_keys=users, item_keys=item_keys, item_text=item_text)
+
+
+def _item_text(path, record, attrs) -> dict:
+  """An item's text fields: strings kept, numbers written out, lists of strings joined by
+  spaces; null or empty fields dropped."""
+  if not isinstance(attrs, dict):
+    raise DataError(path, record, "item attributes must be a JSON object like "
+                    '{"title": "...", "description": "..."}')
+  out = {}
+  for field, value in attrs.items():
+    if value is None or isinstance(value, bool):
+      continue
+    if isinstance(value, (int, float)):
+      value = str(value)
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+      value = " ".join(value)
+    elif not isinstance(value, str):
+      raise DataError(path, f"{record} field {field!r}", f"expected text, a number or a list of "
+                      f"strings, got {type(value).__name__}")
+    if value.strip():
+      out[str(field)] = value
+  return out
 
 
 def read_etegrec(directory, name, features=()) -> Dataset:
@@ -258,6 +283,7 @@ def read_recbole(directory, name, features=(), user_field="user_id", item_field=
   ti = fields.index(time_field) if time_field in fields else None
   item_path = os.path.join(directory, f"{name}.item")
   item_ids = {}
+  item_text = None
   from_item_file = os.path.exists(item_path)
   if from_item_file:
     ifields, irows = _read_atomic(item_path, [item_field])
@@ -266,6 +292,9 @@ def read_recbole(directory, name, features=(), user_field="user_id", item_field=
       if r[col] in item_ids:
         raise DataError(item_path, f"line {lineno}", f"item {r[col]!r} is listed twice")
       item_ids[r[col]] = len(item_ids)
+    # every other column is an item text field, by its name without the type
+    item_text = [{f: v for f, v in zip(ifields, r) if f != item_field and v.strip()}
+                 for r in irows]
   per_user = {}
   for lineno, r in enumerate(rows, 2):
     item = r[ii]
@@ -287,4 +316,4 @@ def read_recbole(directory, name, features=(), user_field="user_id", item_field=
   n_items = len(item_ids)
   feats = read_features(directory, name, features, n_items)
   return from_sequences(name, seqs, n_items, features=feats, user_keys=list(per_user.keys()),
-                        item_keys=list(item_ids.keys()))
+                        item_keys=list(item_ids.keys()), item_text=item_text)

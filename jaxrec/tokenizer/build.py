@@ -21,6 +21,8 @@ def tokenizer_fingerprint(tok_cfg, dataset, seed: int, extra=None) -> str:
   same IDs (and the same print)."""
   if tok_cfg.source == "given":
     return codes_lib.fingerprint("given", dataset.codes_NxC, tok_cfg.to_dict())
+  if tok_cfg.source == "random":
+    return codes_lib.fingerprint("random", dataset.n_items, tok_cfg.to_dict(), seed)
   extra_parts = [np.asarray(a) for a in jax.tree.leaves(extra.data)] if extra else []
   return codes_lib.fingerprint(dataset.features[tok_cfg.feature], tok_cfg.to_dict(), seed,
                                jax.__version__, *extra_parts)
@@ -54,8 +56,17 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
                                      tok_cfg.suffix_size, stats, fp, resolve_fn=None
                                      if tok_cfg.collision != "sinkhorn" else _no_residuals)
     return table, None
+  if tok_cfg.source == "random":
+    # What semantic IDs buy: the same shape, no semantics. Uniform codes per level from the
+    # run's seed; collisions resolved by the appended level like any other table.
+    rng = np.random.default_rng([seed, 0x5EED])
+    codes = rng.integers(0, tok_cfg.codebook_size, (dataset.n_items, tok_cfg.levels))
+    return codes_lib.finalize_codes(codes.astype(np.int32), (tok_cfg.codebook_size,) * tok_cfg.levels,
+                                    tok_cfg.collision, tok_cfg.suffix_size, {"source": "random"},
+                                    fp, resolve_fn=_no_residuals), None
   if tok_cfg.source != "rqvae":
-    raise ValueError(f"tokenizer.source must be 'rqvae' or 'given', got {tok_cfg.source!r}")
+    raise ConfigError(f"tokenizer.source must be 'rqvae', 'given' or 'random', got "
+                      f"{tok_cfg.source!r}")
   feats = dataset.features[tok_cfg.feature]
   arch = rqvae_config(tok_cfg, feats.shape[1])
   t0 = time.time()
