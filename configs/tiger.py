@@ -161,7 +161,7 @@ def train_config(variant: str) -> ml_collections.ConfigDict:
   t.max_steps = 0                  # stop after this many steps (0: no limit); for budgets
   if variant == "scientific":
     t.lr = 2e-3
-    t.epochs = 60
+    t.epochs = 40
     t.eval_every = 3
     t.patience = 3
     t.log_every = 20

@@ -40,11 +40,9 @@ def main(argv):
 
 
 def _tokenize(cfg, workdir):
-  import jax
   from jaxrec.data import load_dataset
   from jaxrec.features import ensure_features
-  from jaxrec.methods import get_method
-  from jaxrec.tokenizer.build import build_code_table
+  from jaxrec.methods import build_code_table, get_method
   method = get_method(cfg.method)
   ds = ensure_features(cfg, load_dataset(cfg.data), method, log=print)
   os.makedirs(workdir, exist_ok=True)
@@ -53,9 +51,7 @@ def _tokenize(cfg, workdir):
       print(json.dumps(record), flush=True)
       logf.write(json.dumps(record) + "\n")
       logf.flush()
-    key = jax.random.fold_in(jax.random.key(cfg.seed), 0)
-    table, _ = build_code_table(cfg.tokenizer, ds, key, cfg.seed, workdir=workdir,
-                                extra=method.tokenizer_loss(cfg, ds), log=log)
+    table, _ = build_code_table(cfg, ds, method, workdir, log)
   return table, ds
 
 

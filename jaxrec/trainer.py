@@ -31,11 +31,11 @@ from jaxrec.config import config_to_json
 from jaxrec.data import (BatchIterator, Dataset, bucket_lengths, eval_batches, gather_batch,
                          leave_one_out, load_dataset)
 from jaxrec.features import ensure_features
-from jaxrec.methods import get_method
+from jaxrec.methods import build_code_table, get_method
 from jaxrec.optim import TrainState, optimizer_and_schedule
 from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5, model_config
-from jaxrec.tokenizer.build import build_code_table, write_outputs
+from jaxrec.tokenizer.build import write_outputs
 from jaxrec.tokenizer.codes import CodeTable
 from jaxrec.xla import compiler_options
 
@@ -135,10 +135,9 @@ def _setup_generative(run: Run, method, log) -> None:
   """Code table (trained or reused), T5 over its codes, prefix tables, the decoding step."""
   cfg, ds, workdir = run.cfg, run.dataset, run.workdir
   t0 = time.time()
-  table, tokenizer = build_code_table(cfg.tokenizer, ds, jax.random.fold_in(jax.random.key(cfg.seed), 0),
-                                      cfg.seed, workdir=workdir,
-                                      extra=method.tokenizer_loss(cfg, ds),
-                                      log=lambda r: log(f"tokenizer {json.dumps(r)}"))
+  table, tokenizer = build_code_table(cfg, ds, method, workdir,
+                                      lambda r: log(f"tokenizer {json.dumps(r)}"),
+                                      run.mesh.devices.size)
   if not os.path.exists(os.path.join(workdir, "codes.npz")):
     write_outputs(table, workdir, ds, f"{cfg.method} on {ds.name}")
     log(f"code table {table.codes_NxC.shape} in {time.time() - t0:.1f}s: "

@@ -1,0 +1,310 @@
+"""SimCIT (Li et al., arXiv 2506.16683, "A Simple Contrastive Framework of Item Tokenization
+for Generative Recommendation"): a residual quantizer trained only contrastively over
+several item views, then TIGER's T5 over its IDs (the authors released the tokenizer only;
+the recommender here is the shared plan, trained and decoded exactly as TIGER's).
+
+The tokenizer, following the official code (alibaba/SimCIT, generate_sid/models/ssid_rq.py):
+  views      any item feature matrices (`tokenizer.simcit.views`), each L2-normalised on
+             load (the released code reads views normalised offline)
+  encoders   one MLP per view, no bias, SiLU between layers (d -> 512 -> 384 -> 256 -> 128)
+  fusion     one shared attention: score_v = w . tanh(W h_v + b), softmax over views,
+             fused = sum_v weight_v h_v
+  quantizer  `rq.residual_quantize` in "gumbel" mode at every level: in training the soft
+             codeword softmax((-||r - c||^2 + Gumbel) / 0.2) @ codebook (no straight-through),
+             the next residual subtracts it (gradients flow: residual_grad="through"); the
+             hard argmin at inference. Quantized vector = sum of the levels' codewords;
+             distances on unnormalised codebooks, initialised by k-means on the fused
+             vectors' residuals (`codebook_init='kmeans'`, the code's default) or uniform in
+             [0, 1) as the released config (`'uniform'`; it collapses to a few codes within
+             short budgets, see configs/simcit.py)
+  loss       for every view (summed over views, as the official trainer sums its losses):
+             one-directional InfoNCE, cosine / 0.07, the projected quantized vector as anchor
+             and the projected view encoding of the same item as positive, both through one
+             shared Linear(128, 128); denominator GRACE-style over the batch:
+             sum_j e(q_i.q_j) + sum_j e(q_i.v_j) - e(q_i.q_i). Plus `w_div` (1.0) times the
+             codebook Gram penalty: the signed mean of each level's Gram matrix of
+             L2-normalised codewords (diagonal included, as the code), averaged over levels.
+             No reconstruction. The code computes a commitment loss with weight 0:
+             `w_commit` (default 0) adds it.
+  optimiser  AdamW lr 2e-4, weight decay 1e-3; the released schedule (warm-up 100 of 15,000
+             epochs from 1e-6, then cosine to 1e-6) expressed in steps: warm-up =
+             `warmup_frac` (100 / 15,000) of all steps.
+  negatives  'global': the whole batch (on a mesh, every device's items); 'local': each
+             device's share only, as the official code (one GPU's batch).
+Where the paper differs: the paper's Eq. writes a symmetric InfoNCE between the quantized
+vector and each view; the code's one-directional GRACE form is followed. The official code
+logs the unique-ID ratio and does not resolve collisions; here `tokenizer.collision`
+resolves them as for the other tokenizers (appended level or Sinkhorn re-assignment).
+
+Shape letters: B batch, D width (128), C levels, K codebook size, N items, V views.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxrec.config import ConfigError
+from jaxrec.optim import TrainState
+from jaxrec.tokenizer import codes as codes_lib
+from jaxrec.tokenizer.kmeans import kmeans
+from jaxrec.tokenizer.rq import residual_quantize
+from jaxrec.tokenizer.train import epoch_batches
+
+
+@dataclasses.dataclass(frozen=True)
+class SimCITConfig:
+  view_dims: tuple
+  hidden: tuple = (512, 384, 256)
+  dim: int = 128
+  levels: int = 3
+  codebook_size: int = 256
+  gumbel_tau: float = 0.2
+
+
+class MLP(nn.Module):
+  widths: tuple
+
+  @nn.compact
+  def __call__(self, x):
+    for i, w in enumerate(self.widths):
+      x = nn.Dense(w, use_bias=False)(x)
+      if i < len(self.widths) - 1:
+        x = nn.silu(x)
+    return x
+
+
+class SimCIT(nn.Module):
+  cfg: SimCITConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.encoders = [MLP(tuple(cfg.hidden) + (cfg.dim,), name=f"encoder{v}")
+                     for v in range(len(cfg.view_dims))]
+    self.score_hidden = nn.Dense(cfg.dim)
+    self.score_out = nn.Dense(1, use_bias=False)
+    self.codebooks = self.param("codebooks", nn.initializers.uniform(1.0),
+                                (cfg.levels, cfg.codebook_size, cfg.dim))
+    self.proj = nn.Dense(cfg.dim)
+
+  def encode(self, views):
+    """(fused [B, D], per-view encodings [V, B, D], fusion weights [B, V])."""
+    h = jnp.stack([enc(x) for enc, x in zip(self.encoders, views)])
+    scores = self.score_out(jnp.tanh(self.score_hidden(h)))[..., 0]        # [V, B]
+    weights = jax.nn.softmax(scores.T, axis=-1)                               # [B, V]
+    return jnp.einsum("bv,vbd->bd", weights, h), h, weights
+
+  def __call__(self, views, train: bool, key=None):
+    """(RQOutput, projected quantized vectors [B, D], projected view encodings [V, B, D])."""
+    fused, h, _ = self.encode(views)
+    cfg = self.cfg
+    rq = residual_quantize(fused, self.codebooks, modes=("gumbel",) * cfg.levels, train=train,
+                           gumbel_tau=cfg.gumbel_tau, residual_grad="through", key=key)
+    return rq, self.proj(rq.quantized_BxD), self.proj(h)
+
+
+def _normalize(x, axis=-1):
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
+def grace_nce(q_BxD, v_BxD, temperature: float):
+  """One-directional InfoNCE with the GRACE denominator (see the module docstring), mean
+  over the batch."""
+  qn, vn = _normalize(q_BxD), _normalize(v_BxD)
+  s_qq = qn @ qn.T / temperature
+  s_qv = qn @ vn.T / temperature
+  eye = jnp.eye(q_BxD.shape[0], dtype=bool)
+  logits = jnp.concatenate([jnp.where(eye, -jnp.inf, s_qq), s_qv], axis=1)
+  return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(s_qv))
+
+
+def gram_penalty(codebooks_CxKxD):
+  """Mean over levels of the mean of the Gram matrix of L2-normalised codewords."""
+  n = _normalize(codebooks_CxKxD)
+  return jnp.mean(jnp.einsum("ckd,cjd->ckj", n, n))
+
+
+def loss_fn(params, views, key, *, model: SimCIT, temperature: float, w_div: float,
+            w_commit: float, groups: int):
+  """SimCIT's loss over a batch of items ([V] views of [B, F_v]). `groups` > 1 splits the
+  batch into that many equal parts (one per device) for 'local' negatives."""
+  rq, q, p_VxBxD = model.apply(params, views, True, key)
+  metrics = {}
+  nce = 0.0
+  for v, p in enumerate(p_VxBxD):
+    term = jnp.mean(jax.vmap(functools.partial(grace_nce, temperature=temperature))(
+        q.reshape(groups, -1, q.shape[-1]), p.reshape(groups, -1, p.shape[-1])))
+    metrics[f"nce_view{v}"] = term
+    nce = nce + term
+  div = gram_penalty(params["params"]["codebooks"])
+  loss = nce + w_div * div + w_commit * rq.commit_loss
+  metrics.update(loss=loss, nce=nce, gram=div, commit=rq.commit_loss)
+  return loss, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tx", "temperature", "w_div", "w_commit",
+                                             "groups"), donate_argnums=0)
+def train_epoch(state: TrainState, views, idx_SxB, key, *, model, tx, temperature, w_div,
+                w_commit, groups):
+  """One epoch: a scan of steps over the planned item batches; key = fold_in(key, step)."""
+  def step(state, idx_B):
+    k = jax.random.fold_in(key, state.step)
+    batch = [x[idx_B] for x in views]
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch, k, model=model, temperature=temperature, w_div=w_div,
+        w_commit=w_commit, groups=groups)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), metrics
+
+  state, metrics = jax.lax.scan(step, state, idx_SxB)
+  return state, jax.tree.map(jnp.mean, metrics)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def encode_catalogue(params, views, *, model: SimCIT):
+  """Hard codes of every item (inference), the residuals and the fusion weights."""
+  rq, _, _ = model.apply(params, views, False)
+  _, _, weights = model.apply(params, views, method=SimCIT.encode)
+  return {"codes_NxC": rq.codes_BxC, "residuals_NxCxD": rq.residuals_BxCxD,
+          "fusion_NxV": weights}
+
+
+# ------------------------------------------------------------------------- the method
+def required_features(cfg):
+  """SimCIT reads its views (derived when 'cf' or 'text' is missing)."""
+  return tuple(cfg.tokenizer.simcit.views)
+
+
+def tokenizer_loss(cfg, dataset):
+  """SimCIT's tokenizer is not the RQ-VAE: `build_code_table` trains it."""
+  del cfg, dataset
+  return None
+
+
+def load_views(cfg, dataset):
+  views = list(cfg.tokenizer.simcit.views)
+  if not views:
+    raise ConfigError("tokenizer.simcit.views is empty: name at least one item feature")
+  return [np.asarray(_normalize(jnp.asarray(dataset.features[v], jnp.float32))) for v in views]
+
+
+def model_for(cfg, views) -> SimCIT:
+  t = cfg.tokenizer
+  return SimCIT(SimCITConfig(view_dims=tuple(int(v.shape[1]) for v in views),
+                             hidden=tuple(t.simcit.hidden), dim=int(t.simcit.dim),
+                             levels=int(t.levels), codebook_size=int(t.codebook_size),
+                             gumbel_tau=float(t.simcit.gumbel_tau)))
+
+
+def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int = 1):
+  """Trains SimCIT's tokenizer (or reuses workdir's codes.npz of the same fingerprint) and
+  codes the catalogue. Returns (CodeTable, (model, params))."""
+  t, s = cfg.tokenizer, cfg.tokenizer.simcit
+  views = load_views(cfg, dataset)
+  model = model_for(cfg, views)
+  fp = codes_lib.fingerprint("simcit", *views, t.to_dict(), cfg.seed, jax.__version__,
+                             n_devices if s.negatives == "local" else 1)
+  path = os.path.join(workdir, "tokenizer.msgpack") if workdir else None
+  if workdir and os.path.exists(os.path.join(workdir, "codes.npz")):
+    table = codes_lib.CodeTable.load(workdir)
+    if table.fingerprint == fp and os.path.exists(path):
+      params = model.init(jax.random.key(0), [v[:2] for v in views], False)
+      with open(path, "rb") as f:
+        params = flax.serialization.from_bytes(params, f.read())
+      return table, (model, params)
+  if s.negatives not in ("global", "local"):
+    raise ConfigError(f"tokenizer.simcit.negatives must be 'global' or 'local', got {s.negatives!r}")
+  groups = n_devices if s.negatives == "local" else 1
+  n = dataset.n_items
+  batch_size = min(int(t.batch_size), n) // groups * groups
+  if batch_size < 2 * groups:
+    raise ConfigError(f"tokenizer.batch_size={t.batch_size}: SimCIT's in-batch negatives need "
+                      f"at least 2 items per group ({groups} group(s), {n} items)")
+  k_init, k_km, k_train = jax.random.split(key, 3)
+  views_dev = [jnp.asarray(v) for v in views]
+  params = flax.core.unfreeze(model.init(k_init, [v[:2] for v in views_dev], False))
+  if s.codebook_init == "kmeans":
+    params = _kmeans_init(params, model, views_dev, k_km, t.kmeans_iters)
+  elif s.codebook_init != "uniform":
+    raise ConfigError(f"tokenizer.simcit.codebook_init must be 'uniform' or 'kmeans', got "
+                      f"{s.codebook_init!r}")
+  steps = -(-n // batch_size)
+  total = t.epochs * steps
+  warmup = max(1, int(s.warmup_frac * total))
+  sched = optax.warmup_cosine_decay_schedule(1e-6, t.lr, warmup, max(total, warmup + 1),
+                                             end_value=1e-6)
+  tx = optax.adamw(sched, weight_decay=t.weight_decay)
+  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  sizes = (t.codebook_size,) * t.levels
+  common = dict(model=model, tx=tx, temperature=float(s.temperature), w_div=float(s.w_div),
+                w_commit=float(s.w_commit), groups=groups)
+  t0, history, pending = time.time(), [], None
+  for epoch in range(t.epochs):
+    idx = epoch_batches(jax.random.fold_in(k_train, epoch), n, batch_size)
+    state, metrics = train_epoch(state, views_dev, idx, jax.random.fold_in(k_train, 1 << 20),
+                                 **common)
+    if pending is not None:
+      _check_finite(*pending)
+    pending = (epoch, metrics["loss"])
+    if (epoch + 1) % t.log_every == 0 or epoch == t.epochs - 1:
+      enc = encode_catalogue(state.params, views_dev, model=model)
+      record = {"epoch": epoch + 1, "time_s": round(time.time() - t0, 2),
+                **{k: round(float(v), 6) for k, v in jax.device_get(metrics).items()},
+                "fusion_weights": [round(float(w), 4) for w in enc["fusion_NxV"].mean(0)],
+                **codes_lib.health_dict(enc["codes_NxC"], sizes)}
+      history.append(record)
+      log(record)
+  if pending is not None:
+    _check_finite(*pending)
+  table = assign_catalogue(cfg, model, state.params, views_dev, fp,
+                           {"source": "simcit", "fit_seconds": round(time.time() - t0, 2),
+                            "history": history[-1] if history else {}})
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+      f.write(flax.serialization.to_bytes(state.params))
+    os.replace(path + ".tmp", path)
+  return table, (model, state.params)
+
+
+def _check_finite(epoch, loss):
+  loss = float(loss)
+  if not np.isfinite(loss):
+    raise FloatingPointError(f"SimCIT tokenizer loss is {loss} at epoch {epoch + 1} (stage "
+                             "tokenizer): lower tokenizer.lr; no code table was written")
+
+
+def _kmeans_init(params, model, views, key, iters):
+  """Each level's codebook from k-means on that level's residuals of the fused vectors."""
+  fused, _, _ = model.apply(params, views, method=SimCIT.encode)
+  books, residual = [], fused
+  for level in range(model.cfg.levels):
+    cents, assign, _ = kmeans(jax.random.fold_in(key, level), residual, model.cfg.codebook_size,
+                              iters, "kmeans++")
+    books.append(cents)
+    residual = residual - cents[assign]
+  params["params"]["codebooks"] = jnp.stack(books)
+  return params
+
+
+def assign_catalogue(cfg, model, params, views, fp, stats):
+  """Hard codes of the catalogue, collisions resolved per `tokenizer.collision`."""
+  t = cfg.tokenizer
+  enc = encode_catalogue(params, views, model=model)
+  last = model.cfg.levels - 1
+  resolve = functools.partial(codes_lib.resolve_sinkhorn,
+                              last_residual_NxD=enc["residuals_NxCxD"][:, last],
+                              last_codebook_KxD=params["params"]["codebooks"][last],
+                              rounds=t.sinkhorn_rounds, eps=t.sinkhorn_eps, iters=t.sinkhorn_iters)
+  stats = dict(stats, fusion_weights=[round(float(w), 4) for w in enc["fusion_NxV"].mean(0)])
+  return codes_lib.finalize_codes(np.asarray(enc["codes_NxC"]), (t.codebook_size,) * t.levels,
+                                  t.collision, t.suffix_size, stats, fp, resolve_fn=resolve)

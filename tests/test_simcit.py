@@ -1,0 +1,99 @@
+"""SimCIT: its loss terms against direct computations, the soft quantizer's limit, fusion,
+permutation equivariance of the IDs, and a tiny run end to end."""
+import functools
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import simcit as simcit_config
+from jaxrec import trainer
+from jaxrec.data.synthetic import SyntheticSpec, generate
+from jaxrec.methods import simcit
+from jaxrec.tokenizer.rq import residual_quantize
+
+
+def test_grace_nce_equals_direct_numpy():
+  rng = np.random.default_rng(0)
+  q, v = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+  t = 0.07
+  qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+  vn = v / np.linalg.norm(v, axis=1, keepdims=True)
+  e = lambda a, b: np.exp(a @ b / t)
+  want = np.mean([-np.log(e(qn[i], vn[i]) / (sum(e(qn[i], qn[j]) + e(qn[i], vn[j])
+                                                 for j in range(6)) - e(qn[i], qn[i])))
+                  for i in range(6)])
+  got = simcit.grace_nce(jnp.asarray(q, jnp.float32), jnp.asarray(v, jnp.float32), t)
+  assert float(got) == pytest.approx(want, rel=1e-4)
+
+
+def test_gram_penalty_known_values():
+  k = 8
+  orthogonal = jnp.stack([jnp.eye(k) * 3.0, -jnp.eye(k)])       # 2 levels, K = D = 8
+  assert float(simcit.gram_penalty(orthogonal)) == pytest.approx(1 / k)
+  identical = jnp.ones((2, k, 5)) * jnp.arange(1, 6)
+  assert float(simcit.gram_penalty(identical)) == pytest.approx(1.0)
+
+
+def test_soft_assignment_tends_to_the_hard_one():
+  rng = np.random.default_rng(1)
+  cb = jnp.asarray(rng.normal(size=(1, 16, 4)) * 10, jnp.float32)
+  codes = rng.integers(0, 16, 32)
+  z = cb[0][codes] + jnp.asarray(rng.normal(size=(32, 4)) * 0.01, jnp.float32)
+  run = functools.partial(residual_quantize, z, cb, modes=("gumbel",), residual_grad="through",
+                          key=jax.random.key(0))
+  soft = run(train=True, gumbel_tau=1e-3)
+  hard = run(train=False)
+  np.testing.assert_array_equal(np.asarray(hard.codes_BxC[:, 0]), codes)
+  np.testing.assert_allclose(soft.quantized_BxD, cb[0][codes], atol=1e-4)
+  # at a high temperature the soft vector is a mixture, not a codeword
+  warm = run(train=True, gumbel_tau=1e4)
+  assert float(jnp.min(jnp.abs(warm.quantized_BxD - cb[0][codes]).max(1))) > 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("simcit"))
+  cfg = simcit_config.get_config("tiny")
+  results = trainer.train_and_evaluate(cfg, workdir, log=lambda m: None)
+  return cfg, workdir, results
+
+
+def test_tiny_run_codes_and_decodes(tiny):
+  cfg, workdir, results = tiny
+  assert results["tokenizer"]["source"] == "simcit"
+  assert len(results["tokenizer"]["fusion_weights"]) == 2
+  before = results["tokenizer"]["before_resolution"]
+  assert min(before["used"]) >= 8, before            # no collapse with k-means init
+  assert results["tokenizer"]["final"]["colliding_items"] == 0
+  assert 0 <= results["test"]["recall@10"] <= 1
+  for name in ("codes.npz", "tokenizer.msgpack", "results.json", "report.png"):
+    assert os.path.exists(os.path.join(workdir, name))
+
+
+def test_permuting_items_permutes_their_ids(tiny):
+  cfg, workdir, _ = tiny
+  ds, _ = generate(SyntheticSpec(**cfg.data.synthetic.to_dict()))
+  views = simcit.load_views(cfg, ds)
+  model = simcit.model_for(cfg, views)
+  table, (model, params) = simcit.build_code_table(cfg, ds, jax.random.key(0), workdir=workdir)
+  codes = np.asarray(simcit.encode_catalogue(params, [jnp.asarray(v) for v in views],
+                                             model=model)["codes_NxC"])
+  perm = np.random.default_rng(0).permutation(ds.n_items)
+  permuted = np.asarray(simcit.encode_catalogue(params, [jnp.asarray(v[perm]) for v in views],
+                                                model=model)["codes_NxC"])
+  np.testing.assert_array_equal(permuted, codes[perm])
+  np.testing.assert_array_equal(table.codes_NxC[:, :-1], codes)   # the reused table's prefix
+
+
+def test_one_view_fuses_to_its_own_encoding():
+  model = simcit.SimCIT(simcit.SimCITConfig(view_dims=(6,), hidden=(8,), dim=4, levels=2,
+                                            codebook_size=3))
+  x = [jnp.asarray(np.random.default_rng(2).normal(size=(5, 6)), jnp.float32)]
+  params = model.init(jax.random.key(0), x, False)
+  fused, h, weights = model.apply(params, x, method=simcit.SimCIT.encode)
+  np.testing.assert_array_equal(np.asarray(weights), 1.0)
+  chex.assert_trees_all_close(fused, h[0], atol=1e-7)
