@@ -60,17 +60,38 @@ def apply_overrides(cfg, overrides):
     node[field] = value   # ml_collections checks the type
 
 
+def split_spec(spec: str) -> list:
+  """`method:variant,k=v,...` split at the commas outside brackets and quotes, so that a
+  value may be a tuple: `simcit:scientific,tokenizer.simcit.views=('text',)`."""
+  parts, depth, quote, cur = [], 0, None, ""
+  for ch in spec:
+    if quote:
+      quote = None if ch == quote else quote
+    elif ch in "'\"":
+      quote = ch
+    elif ch in "([{":
+      depth += 1
+    elif ch in ")]}":
+      depth -= 1
+    elif ch == "," and depth == 0:
+      parts.append(cur)
+      cur = ""
+      continue
+    cur += ch
+  return parts + [cur]
+
+
 def run_one(spec: str, common, root: str, name: str, seed=None):
   from jaxrec import trainer
   from jaxrec.config import get_config
-  head, *own = spec.split(",")
+  head, *own = split_spec(spec)
   method, _, variant = head.partition(":")
   cfg = get_config(method, variant or "default")
   apply_overrides(cfg, list(common) + [parse_override(o) for o in own])
   if seed is not None:
     cfg.seed = seed
   tag = f"{method}-{variant or 'default'}" + (f"-{name}" if name else "") + \
-      "".join(f"-{o.replace('=', '_')}" for o in own) + (f"-seed{seed}" if seed is not None else "")
+      "".join("-" + "".join(c if c.isalnum() or c in "._" else "_" for c in o) for o in own) + (f"-seed{seed}" if seed is not None else "")
   workdir = os.path.join(root, tag)
   t0 = time.time()
   results = trainer.train_and_evaluate(cfg, workdir, log=lambda m: print(f"[{tag}] {m}", flush=True))

@@ -43,3 +43,10 @@ def test_seeds_aggregate_to_mean_and_std():
   assert agg["seeds"] == [0, 1, 2] and agg["test_per_seed"]["recall@10"] == [.10, .20, .30]
   text = quality.table([agg])
   assert "0.2000 +- 0.1000" in text and "| 0, 1, 2 |" in text
+
+
+def test_run_specs_split_outside_brackets():
+  assert quality.split_spec("simcit:scientific,tokenizer.simcit.views=('text', 'cf'),seed=1") == [
+      "simcit:scientific", "tokenizer.simcit.views=('text', 'cf')", "seed=1"]
+  assert quality.parse_override("tokenizer.simcit.views=('text',)") == (
+      "tokenizer.simcit.views", ("text",))
