@@ -50,13 +50,16 @@ class Encoder:
   def __init__(self, folder: str, batch_size: int = 64):
     import jax
     from jaxrec.text import bert
+    from jaxrec.xla import compiler_options
     self.cfg = bert.read_config(folder)
     self.tokenizer = bert.load_tokenizer(folder, self.cfg.max_seq_length)
     self.params = bert.load_params(folder, self.cfg)
     self.model = bert.SentenceEncoder(self.cfg)
     self.batch_size = batch_size
     self.buckets = buckets_for(self.cfg.max_seq_length)
-    self._fn = jax.jit(self.model.apply)
+    # Without YNN fusions (as decoding, jaxrec/xla.py): 1.55x faster on the 2-core dev CPU
+    # for a 64 x 256-token batch of all-MiniLM-L6-v2 (12.2 vs 19.0 s, measured under load).
+    self._fn = jax.jit(self.model.apply, compiler_options=compiler_options("decode"))
     self.dim = self.cfg.hidden
 
   def encode(self, texts, out=None, chunk: int = 0, progress=None):
