@@ -36,7 +36,7 @@ from jaxrec.optim import TrainState, optimizer_and_schedule
 from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5, model_config
 from jaxrec.tokenizer.build import write_outputs
-from jaxrec.tokenizer.codes import CodeTable
+from jaxrec.tokenizer.codes import CodeTable, health_dict
 from jaxrec.xla import compiler_options
 
 
@@ -286,6 +286,17 @@ def set_codes(run: Run, codes_NxC) -> None:
   """Makes `codes_NxC` (device, [N, C]) the run's code table: decoding tables rebuilt on device."""
   run.codes = jax.device_put(codes_NxC.astype(jnp.int32), run.replicated)
   run.tables = jax.device_put(decode.build_prefix_tables(run.codes), run.replicated)
+
+
+def save_final_codes(run: Run, best) -> dict:
+  """For plans whose code table changes (ETEGRec, SIIT): the best checkpoint's IDs become
+  the run's, saved as codes_final.npz with their health; `Plan.finish` of those plans."""
+  set_codes(run, best["codes"])
+  codes = np.asarray(best["codes"])
+  stats = {"final": health_dict(codes, run.table.sizes)}
+  run.table = CodeTable(codes, run.table.sizes, stats, run.table.fingerprint + "-trained")
+  run.table.save(run.workdir, "codes_final")
+  return {"final_codes": stats["final"]}
 
 
 def restore_best(run: Run):

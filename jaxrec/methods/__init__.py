@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 
-METHODS = ("tiger", "letter", "etegrec", "sasrec", "simcit")
+METHODS = ("tiger", "letter", "etegrec", "sasrec", "simcit", "siit")
 
 
 def build_code_table(cfg, dataset, method, workdir=None, log=print, n_devices: int = 1):

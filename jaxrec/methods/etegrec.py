@@ -184,7 +184,7 @@ def recode(tok_params, feats_NxF, old_codes_NxC1, *, model: RQVAE):
 # ------------------------------------------------------------------------- the plan
 def training_plan(run, key, steps_per_epoch: int):
   """The two stages of ETEGRec for the shared training loop (see the module docstring)."""
-  from jaxrec.trainer import Plan, Stage, init_params, set_codes
+  from jaxrec.trainer import Plan, Stage, init_params, save_final_codes
   cfg, ec, tc = run.cfg, run.cfg.etegrec, run.cfg.train
   if cfg.tokenizer.source != "rqvae":
     raise ValueError("ETEGRec trains its tokenizer: tokenizer.source must be 'rqvae'")
@@ -275,19 +275,10 @@ def training_plan(run, key, steps_per_epoch: int):
   if ec.finetune_epochs:
     stages.append(Stage("finetune", ec.finetune_epochs, lambda epoch: bind(ft_fn, off),
                         ec.finetune_eval_every, ec.finetune_patience, begin=begin_finetune))
-  def finish(run, best):
-    """The IDs of the best checkpoint (they changed during training): codes_final.npz."""
-    set_codes(run, best["codes"])
-    codes = np.asarray(best["codes"])
-    run.table = codes_lib.CodeTable(codes, sizes, {"final": codes_lib.health_dict(codes, sizes)},
-                                    run.table.fingerprint + "-trained")
-    run.table.save(run.workdir, "codes_final")
-    return {"final_codes": run.table.stats["final"]}
-
   n_params = sum(int(x.size) for x in jax.tree.leaves((rec_params, tok_params)))
   return Plan(state, stages, rec_params=lambda s: s.rec.params["t5"],
               best_extra=lambda s: {"adapters": {k: s.rec.params[k] for k in
                                                  ("enc_adapter", "dec_adapter")},
                                     "tok": s.tok.params},
               global_step=lambda s: int(s.step), lr_at=None, n_params=n_params,
-              dynamic_codes=True, finish=finish)
+              dynamic_codes=True, finish=save_final_codes)

@@ -275,9 +275,14 @@ class T5(nn.Module):
   # ----------------------------------------------------------------- encoder
   def encode(self, tokens_BxT, mask_BxT, user_B=None, train: bool = False):
     """Encoder states [B, T(+1), D] and their mask (the user token, if any, comes first)."""
+    return self.encode_inputs(self.embed[tokens_BxT], mask_BxT, user_B, train)
+
+  def encode_inputs(self, x_BxTxD, mask_BxT, user_B=None, train: bool = False):
+    """`encode` from input vectors (code embeddings, or SIIT's soft item tokens); no user
+    token when `user_B` is None."""
     c = self.cfg
-    x = self.embed[tokens_BxT]
-    if c.user_buckets:
+    x = x_BxTxD
+    if c.user_buckets and user_B is not None:
       u = self.user_embed[jnp.mod(user_B, c.user_buckets)][:, None, :]
       x = jnp.concatenate([u, x], axis=1)
       mask_BxT = jnp.concatenate([jnp.ones_like(mask_BxT[:, :1]), mask_BxT], axis=1)

@@ -1,0 +1,54 @@
+"""SIIT (reconstruction; jaxrec/methods/siit.py): the T5 recommender refines its own item
+IDs: multi-task training (history -> next ID, and item content -> its ID), and every
+`refine_every` epochs each item's ID is re-decoded from the model, rescored with a usage
+penalty and assigned greedily without collisions; `rounds` times.
+
+  python -m jaxrec.train --config configs/siit.py                  # synthetic, from TIGER's IDs
+  python -m jaxrec.train --config configs/siit.py --config.tokenizer.source=random
+  python -m jaxrec.train --config configs/siit.py --config.siit.init_codes=runs/simcit
+
+No code or hyper-parameter table was released: every value below is this reconstruction's.
+Variants (everything not listed is configs/tiger.py's same variant): default, tiny,
+instruments (content = the 32-d SASRec embedding), scientific (content = MiniLM text).
+
+siit:
+  init_codes     "" (the start IDs come from `tokenizer`: rqvae / given / random) or a
+                 workdir with codes.npz (another method's IDs)
+  feature        the item content vector of the alignment task (the tokenizer's input)
+  soft_tokens    encoder input vectors the content vector is projected to (4)
+  align_ratio    alignment items per history sample in every step (0.25: one A per four R)
+  refine_every   epochs between refinements; rounds: how many (0: no refinement)
+  beam           task-A beam over the full code space per level (10)
+  usage_penalty  score - usage_penalty * log(1 + items whose best candidate has that
+                 first-level code) (0.5)
+  capacity       most items per code at any level (0: no cap)
+"""
+import os
+
+import ml_collections
+
+from jaxrec.config import load_config_module
+
+
+def _tiger():
+  return load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiger.py"))
+
+
+def get_config(variant: str = "default") -> ml_collections.ConfigDict:
+  variant = variant or "default"
+  if variant not in ("default", "tiny", "instruments", "scientific"):
+    raise ValueError(f"unknown siit variant {variant!r}")
+  cfg = _tiger().get_config(variant)
+  cfg.method = "siit"
+  cfg.siit = ml_collections.ConfigDict(dict(
+      init_codes="", feature=cfg.tokenizer.feature, soft_tokens=4, align_ratio=0.25,
+      refine_every=4, rounds=3, beam=10, usage_penalty=0.5, capacity=0))
+  if variant == "tiny":
+    cfg.siit.refine_every = 1
+    cfg.siit.rounds = 1
+    cfg.siit.beam = 4
+  if variant == "instruments":
+    cfg.siit.refine_every = 20
+  if variant == "scientific":
+    cfg.siit.refine_every = 8
+  return cfg

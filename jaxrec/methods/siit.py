@@ -1,0 +1,296 @@
+"""SIIT (Chen et al., arXiv 2412.17171, "Enhancing Item Tokenization for Generative
+Recommendation through Self-Improvement"): the recommender refines its own item IDs.
+
+A documented RECONSTRUCTION: no code was released and the paper gives no hyper-parameter
+table; the paper's recommender is an LLM, here it is the shared T5. Every choice below is
+ours and is a config value (`config.siit`):
+
+  start      any code table: the run's `tokenizer` (RQ-VAE as TIGER / LETTER, `given`,
+             `random`), or `siit.init_codes` = a workdir holding codes.npz (e.g. a SimCIT
+             run's); the collision level, if any, is one more refinable level.
+  training   every step is the usual history -> next-ID loss (R) plus `align_ratio` x batch
+             items of the alignment task (A): the item's content vector (the tokenizer's
+             input feature `siit.feature`), projected to `soft_tokens` vectors of the
+             encoder's width, as encoder input; the item's current ID as target. The paper
+             mixes the two tasks' batches; one A item per four R samples (ratio 0.25) is
+             the same mix within every step, without a second compiled step.
+  refining   after every `refine_every` epochs, `rounds` times: each item's ID is decoded
+             from task A by a beam of width `beam` over the FULL code space per level (not
+             the constrained beam: refinement may create IDs no item had); candidates are
+             rescored with a usage penalty, score - `usage_penalty` * log(1 + n), n the
+             number of items whose best candidate uses the same first-level code, and
+             assigned greedily, best score first, so that no two items share an ID and no
+             code at any level holds more than `capacity` items (0: no cap); an item left
+             without a free candidate keeps its ID if that fits, else takes the free ID
+             nearest its best candidate (deepest levels varied first). The table is swapped on device (the T5 keeps its
+             weights) and training continues.
+  logged     per round: fraction of items whose ID changed (per level), collisions among the
+             best candidates before the greedy assignment, codes used and perplexity per
+             level, valid metrics before and after.
+
+Shape letters: B batch, C levels, K codes, N items, S soft tokens, W beams, D d_model.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxrec.config import ConfigError
+from jaxrec.optim import TrainState
+from jaxrec.recommender import steps
+from jaxrec.recommender.t5 import T5
+from jaxrec.tokenizer import codes as codes_lib
+
+
+def tokenizer_loss(cfg, dataset):
+  """The start tokenizer is the core's (or a given / random table)."""
+  del cfg, dataset
+  return None
+
+
+def required_features(cfg):
+  return (cfg.siit.feature,)
+
+
+def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int = 1):
+  """The start table: `siit.init_codes`' codes.npz, else the shared build from `tokenizer`."""
+  from jaxrec.tokenizer import build
+  if cfg.siit.init_codes:
+    src = os.path.expanduser(cfg.siit.init_codes)
+    if not os.path.exists(os.path.join(src, "codes.npz")):
+      raise ConfigError(f"siit.init_codes={src!r}: no codes.npz there (give the workdir of a "
+                        "tokenizer or training run)")
+    table = codes_lib.CodeTable.load(src)
+    if table.n_items != dataset.n_items:
+      raise ConfigError(f"{src}/codes.npz codes {table.n_items} items, the data set has "
+                        f"{dataset.n_items}")
+    return table, None
+  return build.build_code_table(cfg.tokenizer, dataset, key, cfg.seed, workdir=workdir, log=log)
+
+
+# ------------------------------------------------------------------------- task A
+class SoftTokens(nn.Module):
+  """Content vector [B, F] -> S encoder input vectors [B, S, D]."""
+  tokens: int
+  width: int
+
+  @nn.compact
+  def __call__(self, x_BxF):
+    y = nn.Dense(self.tokens * self.width)(x_BxF)
+    return y.reshape(x_BxF.shape[0], self.tokens, self.width)
+
+
+def align_encode(params, soft: SoftTokens, t5: T5, feats_BxF, train: bool, key=None):
+  x = soft.apply(params["soft"], feats_BxF)
+  mask = jnp.ones(x.shape[:2], bool)
+  rngs = {"dropout": key} if train else {}
+  return t5.apply(params["t5"], x, mask, None, train, method=T5.encode_inputs, rngs=rngs)
+
+
+def align_loss(params, soft, t5, items_B, feats_NxF, codes_NxC, key):
+  """Task A: item content -> the item's current ID (teacher-forced cross-entropy)."""
+  k_enc, k_dec = jax.random.split(key)
+  enc, enc_mask = align_encode(params, soft, t5, feats_NxF[items_B], True, k_enc)
+  dec_in, labels = steps.decoder_io(codes_NxC, items_B, t5.cfg.offsets, t5.cfg.bos)
+  hidden = t5.apply(params["t5"], enc, enc_mask, dec_in, True, method=T5.decode,
+                    rngs={"dropout": k_dec})
+  logits = t5.apply(params["t5"], hidden, method=T5.logits)
+  loss, _ = steps.code_loss(logits, labels, jnp.ones(items_B.shape[0]))
+  return loss
+
+
+def train_step(state: TrainState, batch, codes_NxC, key, feats_NxF, *, t5, soft, tx, tau,
+               n_align: int):
+  """R on the batch plus A on `n_align` items drawn uniformly; keys from fold_in(step)."""
+  step_key = jax.random.fold_in(key, state.step)
+  k_items, k_align = jax.random.split(jax.random.fold_in(step_key, 1))
+
+  def loss_fn(params):
+    logits, labels = steps.forward(params["t5"], t5, batch, codes_NxC, True, step_key)
+    loss, out = steps.code_loss(logits, labels, batch["weight_B"], tau)
+    if n_align:
+      items = jax.random.randint(k_items, (n_align,), 0, codes_NxC.shape[0])
+      a = align_loss(params, soft, t5, items, feats_NxF, codes_NxC, k_align)
+      loss = loss + a
+      out = dict(out, align=a, loss=loss)
+    return loss, out
+
+  (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  out["grad_norm"] = optax.tree.norm(grads)
+  return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), out
+
+
+# ------------------------------------------------------------------------- refinement
+def full_space_beam(step_fn, state, level_sizes, offsets, bos: int, beam: int):
+  """Beam search over every code of every level (no catalogue constraint), one example:
+  (codes [W, C], scores [W]) best first."""
+  k = max(level_sizes)
+  sizes = jnp.asarray(level_sizes, jnp.int32)
+  offsets = jnp.asarray(offsets, jnp.int32)
+  j = jnp.arange(k)
+  tokens = jnp.full((1,), bos, jnp.int32)
+  scores = jnp.zeros((1,))
+  codes = jnp.zeros((1, 0), jnp.int32)
+  state = jax.tree.map(lambda a: a[:1], state)
+  for level in range(len(level_sizes)):
+    live = tokens.shape[0]
+    logits, state = step_fn(state, tokens, level)
+    logp = jax.nn.log_softmax(jnp.where(j < sizes[level], logits, -jnp.inf), axis=-1)
+    top_s, top_i = jax.lax.top_k((scores[:, None] + logp).reshape(-1), min(beam, live * k))
+    parent, chosen = top_i // k, top_i % k
+    state = jax.tree.map(lambda a: a.reshape(live, -1)[parent].reshape(
+        (len(parent),) + a.shape[1:]), state)
+    codes = jnp.concatenate([codes[parent], chosen[:, None].astype(jnp.int32)], axis=1)
+    tokens, scores = offsets[level] + chosen, top_s
+  return codes, scores
+
+
+@functools.partial(jax.jit, static_argnames=("t5", "soft", "beam"))
+def decode_items(params, feats_BxF, *, t5: T5, soft: SoftTokens, beam: int):
+  """Task-A decoding of a batch of items over the full code space: codes [B, W, C], scores."""
+  enc, enc_mask = align_encode(params, soft, t5, feats_BxF, False)
+  cross = t5.apply(params["t5"], enc, True, method=T5.cross_kv)
+  out_tables = t5.apply(params["t5"], method=T5.level_tables)
+  cfg = t5.cfg
+
+  def one(cross_kv, enc_mask_T):
+    shape = (beam, cfg.levels, cfg.heads, cfg.head_dim)
+    cache = [(jnp.zeros(shape), jnp.zeros(shape)) for _ in range(cfg.dec_layers)]
+
+    def step_fn(cache, tokens, level):
+      hidden, cache = t5.apply(params["t5"], tokens, level, cache, cross_kv, enc_mask_T,
+                               method=T5.decode_step)
+      return (hidden * cfg.d_model ** -0.5) @ out_tables[level].T, cache
+
+    return full_space_beam(step_fn, cache, cfg.level_sizes, cfg.offsets, cfg.bos, beam)
+
+  return jax.vmap(one)(cross, enc_mask)
+
+
+def greedy_assign(cand_NxWxC, score_NxW, current_NxC, sizes, capacity: int = 0,
+                  usage_penalty: float = 0.0):
+  """Collision-free IDs from ranked candidates (host, NumPy): see the module docstring.
+  Returns (codes [N, C], collisions among the best candidates before assignment)."""
+  cand = np.asarray(cand_NxWxC)
+  score = np.asarray(score_NxW, np.float64).copy()
+  n, w, c = cand.shape
+  best_first = cand[:, 0, 0]
+  first_use = np.bincount(best_first, minlength=sizes[0])
+  score -= usage_penalty * np.log1p(first_use[cand[:, :, 0]])
+  collisions = n - len({tuple(x) for x in cand[:, 0]})
+  taken, out = set(), np.full((n, c), -1, np.int64)
+  use = [np.zeros(s, np.int64) for s in sizes]
+  cap = capacity if capacity > 0 else n
+
+  def fits(code):
+    return tuple(code) not in taken and all(use[l][code[l]] < cap for l in range(c))
+
+  def take(i, code):
+    out[i] = code
+    taken.add(tuple(code))
+    for l in range(c):
+      use[l][code[l]] += 1
+
+  order = np.argsort(-score, axis=None, kind="stable")
+  for flat in order:
+    i, r = divmod(int(flat), w)
+    if out[i, 0] < 0 and np.isfinite(score[i, r]) and fits(cand[i, r]):
+      take(i, cand[i, r])
+  def nearest_free(best):
+    """The first free ID within capacity, varying the deepest levels of `best` first."""
+    def search(prefix, level):
+      if level == c:
+        return prefix if fits(prefix) else None
+      for k in [best[level]] + [k for k in range(sizes[level]) if k != best[level]]:
+        if use[level][k] < cap:
+          found = search(prefix + [k], level + 1)
+          if found is not None:
+            return found
+      return None
+    return search([], 0)
+
+  for i in np.flatnonzero(out[:, 0] < 0):      # no free candidate within capacity
+    code = current_NxC[i] if fits(current_NxC[i]) else nearest_free(list(cand[i, 0]))
+    if code is None:
+      raise RuntimeError(f"item {i}: no free ID within capacity {cap}: raise siit.capacity")
+    take(i, np.asarray(code))
+  return out.astype(np.int32), int(collisions)
+
+
+# ------------------------------------------------------------------------- the plan
+def training_plan(run, key, steps_per_epoch: int):
+  """One stage whose epochs end, every `refine_every` of them (up to `rounds` times), with
+  a refinement of the code table."""
+  from jaxrec.optim import optimizer_and_schedule
+  from jaxrec.trainer import (Plan, Stage, evaluate_split, init_params, save_final_codes,
+                              set_codes)
+  from jaxrec.xla import compiler_options
+  cfg, sc, tc = run.cfg, run.cfg.siit, run.cfg.train
+  if sc.rounds < 0 or sc.refine_every < 1 or sc.beam < 1 or not 0 <= sc.align_ratio <= 4:
+    raise ConfigError(f"siit: rounds={sc.rounds} (>= 0), refine_every={sc.refine_every} (>= 1), "
+                      f"beam={sc.beam} (>= 1), align_ratio={sc.align_ratio} (0..4)")
+  if sc.capacity and sc.capacity * min(run.table.sizes) < run.dataset.n_items:
+    raise ConfigError(f"siit.capacity={sc.capacity}: {min(run.table.sizes)} codes of the "
+                      f"smallest level cannot hold {run.dataset.n_items} items")
+  t5 = run.model
+  feats = jax.device_put(jnp.asarray(run.dataset.features[sc.feature], jnp.float32),
+                         run.replicated)
+  soft = SoftTokens(int(sc.soft_tokens), t5.cfg.d_model)
+  params = {"t5": init_params(run, key),
+            "soft": soft.init(jax.random.fold_in(key, 1), feats[:1])}
+  total = tc.epochs * steps_per_epoch
+  if tc.max_steps:
+    total = min(total, tc.max_steps)
+  tx, lr_at = optimizer_and_schedule(tc.lr, tc.weight_decay, total, int(tc.warmup_frac * total),
+                                     tc.clip, tc.schedule)
+  state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
+                         run.replicated)
+  n_align = int(round(sc.align_ratio * tc.batch_size))
+  fn = jax.jit(functools.partial(train_step, t5=t5, soft=soft, tx=tx, tau=tc.tau,
+                                 n_align=n_align),
+               donate_argnums=0, out_shardings=run.replicated,
+               compiler_options=compiler_options("train"))
+  step = lambda state, batch, codes, k: fn(state, batch, codes, k, feats)
+  sizes = run.table.sizes
+
+  def refine(state, epoch, run):
+    done = epoch + 1
+    if not sc.rounds or done % sc.refine_every or done // sc.refine_every > sc.rounds:
+      return None, None
+    before = evaluate_split(run, state.params["t5"], "valid")
+    current = np.asarray(run.codes)
+    cands, scores = [], []
+    for s in range(0, run.dataset.n_items, tc.eval_batch_size):
+      c, sc_ = decode_items(state.params, feats[s:s + tc.eval_batch_size], t5=t5, soft=soft,
+                            beam=int(sc.beam))
+      cands.append(np.asarray(c))
+      scores.append(np.asarray(sc_))
+    new, collisions = greedy_assign(np.concatenate(cands), np.concatenate(scores), current,
+                                    sizes, int(sc.capacity), float(sc.usage_penalty))
+    health = codes_lib.health_dict(new, sizes)
+    record = {"round": done // sc.refine_every,
+              "ids_changed": round(float(np.mean(np.any(new != current, axis=1))), 5),
+              "changed_per_level": [round(float(x), 5) for x in np.mean(new != current, axis=0)],
+              "best_candidate_collisions": collisions, "used": health["used"],
+              "perplexity": health["perplexity"], "distinct_ids": health["distinct_ids"],
+              "valid_before": {k: before[k] for k in ("recall@10", "ndcg@10")}}
+    set_codes(run, jnp.asarray(new))
+    after = evaluate_split(run, state.params["t5"], "valid")
+    record["valid_after"] = {k: after[k] for k in ("recall@10", "ndcg@10")}
+    return run.codes, record
+
+  stage = Stage("train", tc.epochs, lambda epoch: step, tc.eval_every, tc.patience,
+                after_epoch=refine)
+  return Plan(state, [stage], rec_params=lambda s: s.params["t5"],
+              best_extra=lambda s: {"soft": s.params["soft"]},
+              global_step=lambda s: int(s.step), lr_at=lambda s, i: float(lr_at(i)),
+              n_params=sum(int(x.size) for x in jax.tree.leaves(params)),
+              dynamic_codes=True, finish=save_final_codes)
