@@ -218,7 +218,11 @@ def test_letter_and_etegrec_run_on_interactions_only(tmp_path):
 
 
 def test_missing_feature_is_one_clear_error(tmp_path):
+  from jaxrec.data import DataError
   cfg = letter.get_config("tiny")
-  cfg.tokenizer.feature = "text"
-  with pytest.raises(ConfigError, match="item feature 'text' is needed.*data.features.*'cf'"):
+  cfg.tokenizer.feature = "image"
+  with pytest.raises(ConfigError, match="item feature 'image' is needed.*data.features.*'cf'"):
+    trainer.train_and_evaluate(cfg, str(tmp_path / "w"), log=lambda m: None)
+  cfg.tokenizer.feature = "text"            # derivable, but the synthetic set has no text
+  with pytest.raises(DataError, match="synthetic: the data set has no item text"):
     trainer.train_and_evaluate(cfg, str(tmp_path / "w"), log=lambda m: None)
