@@ -92,10 +92,16 @@ def _check_config(cfg, workdir):
       raise ConfigMismatchError(
           f"{path}: this workdir holds a run with a different config (differs in "
           f"{', '.join(diff[:8])}); use another --workdir or the same config to resume")
-  else:
+
+def _write_config(cfg, workdir):
+  """config.json, written once setup has validated the config and the data, so that a
+  run that fails before can be corrected on the same workdir."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
     os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-      f.write(text)
+    with open(path + ".tmp", "w") as f:
+      f.write(config_to_json(cfg))
+    os.replace(path + ".tmp", path)
 
 
 def _diff_keys(a, b, prefix=""):
@@ -128,6 +134,7 @@ def setup(cfg, workdir: str, log=print) -> Run:
     method.setup_model(run)
   else:
     _setup_generative(run, method, log)
+  _write_config(cfg, workdir)
   return run
 
 
@@ -138,7 +145,8 @@ def _setup_generative(run: Run, method, log) -> None:
   table, tokenizer = build_code_table(cfg, ds, method, workdir,
                                       lambda r: log(f"tokenizer {json.dumps(r)}"),
                                       run.mesh.devices.size)
-  if not os.path.exists(os.path.join(workdir, "codes.npz")):
+  if (not os.path.exists(os.path.join(workdir, "codes.npz"))
+      or CodeTable.load(workdir).fingerprint != table.fingerprint):  # left by a failed setup
     write_outputs(table, workdir, ds, f"{cfg.method} on {ds.name}")
     log(f"code table {table.codes_NxC.shape} in {time.time() - t0:.1f}s: "
         f"{json.dumps(table.stats['final'])}")
