@@ -11,7 +11,8 @@ A run is `method:variant` with optional per-run overrides after commas
 trains in `<workdir>/<method>-<variant>[-<name>]` through `jaxrec.trainer` (a finished run
 is reused, an interrupted one resumes). The table goes to stdout and, with the rows as JSON,
 to `bench/results/quality-<name or platform>.{md,json}`. `--seeds N` runs every row with
-seeds 0..N-1 (workdirs `...-seed<k>`) and reports each metric's mean +- std (ddof 1).
+seeds 0..N-1 (workdirs `...-seed<k>`, so `--seeds 1` now and `--seeds 3` later reuse seed 0)
+and reports each metric's mean +- std (ddof 1; 0 with one seed).
 """
 from __future__ import annotations
 
@@ -157,14 +158,15 @@ def main():
   p.add_argument("runs", nargs="+", help="method:variant[,key=value...]")
   p.add_argument("--set", action="append", default=[], help="key=value for every run")
   p.add_argument("--name", default="", help="suffix of the workdirs and the result files")
-  p.add_argument("--seeds", type=int, default=1,
-                 help="runs per row with seeds 0..N-1 (N > 1: mean +- std in the table)")
+  p.add_argument("--seeds", type=int, default=None,
+                 help="runs per row with seeds 0..N-1 in workdirs ...-seed<k> (mean +- std in "
+                      "the table); a later call with a larger N reuses the finished seeds")
   p.add_argument("--workdir", default="runs/quality")
   p.add_argument("--out", default=None, help="output stem (default bench/results/quality-<name|platform>)")
   args = p.parse_args()
   import jax
   common = [parse_override(s) for s in args.set]
-  if args.seeds > 1:
+  if args.seeds:
     rows = [aggregate([run_one(spec, common, args.workdir, args.name, seed)
                        for seed in range(args.seeds)]) for spec in args.runs]
   else:
