@@ -159,15 +159,9 @@ def train_config(variant: str) -> ml_collections.ConfigDict:
   t.log_every = 50                 # steps between metrics.jsonl lines
   t.save_every = 500               # steps between resumable checkpoints
   t.max_steps = 0                  # stop after this many steps (0: no limit); for budgets
-  if variant == "scientific":
+  if variant in ("default", "scientific"):
     t.lr = 2e-3
-    t.epochs = 40
-    t.eval_every = 3
-    t.patience = 3
-    t.log_every = 20
-  if variant == "default":
-    t.lr = 2e-3
-    t.epochs = 15
+    t.epochs = 15 if variant == "default" else 40
     t.eval_every = 3
     t.patience = 3
     t.log_every = 20
