@@ -93,6 +93,7 @@ def _check_config(cfg, workdir):
           f"{path}: this workdir holds a run with a different config (differs in "
           f"{', '.join(diff[:8])}); use another --workdir or the same config to resume")
 
+
 def _write_config(cfg, workdir):
   """config.json, written once setup has validated the config and the data, so that a
   run that fails before can be corrected on the same workdir."""
@@ -185,6 +186,9 @@ def recommend(run: Run, params, users, k: int = 10):
   """Next-item recommendations after each user's whole sequence (its last data.max_len
   items), by constrained beam search of width train.beam: (items [U, k], log-probability
   scores [U, k], the items' IDs [U, k, C]); -1 where the beam found fewer than k items."""
+  if run.codes is None:
+    raise ValueError(f"recommend() decodes semantic IDs; {run.cfg.method} ranks item ids "
+                     "(jaxrec.recommender.sasrec.scores gives its scores)")
   users = np.atleast_1d(np.asarray(users))
   ds, max_len = run.dataset, run.cfg.data.max_len
   seqs = [ds.items_I[ds.offsets_U1[u]:ds.offsets_U1[u + 1]][-max_len:] for u in users]
