@@ -39,7 +39,6 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaxrec.optim import TrainState, optimizer_and_schedule

@@ -35,7 +35,6 @@ from __future__ import annotations
 import functools
 import os
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -233,7 +232,7 @@ def training_plan(run, key, steps_per_epoch: int):
   from jaxrec.trainer import (Plan, Stage, evaluate_split, init_params, save_final_codes,
                               set_codes)
   from jaxrec.xla import compiler_options
-  cfg, sc, tc = run.cfg, run.cfg.siit, run.cfg.train
+  sc, tc = run.cfg.siit, run.cfg.train
   if sc.rounds < 0 or sc.refine_every < 1 or sc.beam < 1 or not 0 <= sc.align_ratio <= 4:
     raise ConfigError(f"siit: rounds={sc.rounds} (>= 0), refine_every={sc.refine_every} (>= 1), "
                       f"beam={sc.beam} (>= 1), align_ratio={sc.align_ratio} (0..4)")

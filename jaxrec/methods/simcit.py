@@ -55,9 +55,8 @@ import optax
 from jaxrec.config import ConfigError
 from jaxrec.optim import TrainState
 from jaxrec.tokenizer import codes as codes_lib
-from jaxrec.tokenizer.kmeans import kmeans
 from jaxrec.tokenizer.rq import residual_quantize
-from jaxrec.tokenizer.train import epoch_batches
+from jaxrec.tokenizer.train import check_finite_loss, epoch_batches, kmeans_codebooks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,8 +231,11 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
   k_init, k_km, k_train = jax.random.split(key, 3)
   views_dev = [jnp.asarray(v) for v in views]
   params = flax.core.unfreeze(model.init(k_init, [v[:2] for v in views_dev], False))
-  if s.codebook_init == "kmeans":
-    params = _kmeans_init(params, model, views_dev, k_km, t.kmeans_iters)
+  if s.codebook_init == "kmeans":     # on the fused vectors' residuals, as the RQ-VAE's
+    fused, _, _ = model.apply(params, views_dev, method=SimCIT.encode)
+    params["params"]["codebooks"] = kmeans_codebooks(k_km, fused, model.cfg.levels,
+                                                     model.cfg.codebook_size, t.kmeans_iters,
+                                                     "kmeans++")
   elif s.codebook_init != "uniform":
     raise ConfigError(f"tokenizer.simcit.codebook_init must be 'uniform' or 'kmeans', got "
                       f"{s.codebook_init!r}")
@@ -253,7 +255,7 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
     state, metrics = train_epoch(state, views_dev, idx, jax.random.fold_in(k_train, 1 << 20),
                                  **common)
     if pending is not None:
-      _check_finite(*pending)
+      check_finite_loss(*pending, what="SimCIT tokenizer")
     pending = (epoch, metrics["loss"])
     if (epoch + 1) % t.log_every == 0 or epoch == t.epochs - 1:
       enc = encode_catalogue(state.params, views_dev, model=model)
@@ -264,7 +266,7 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
       history.append(record)
       log(record)
   if pending is not None:
-    _check_finite(*pending)
+    check_finite_loss(*pending, what="SimCIT tokenizer")
   table = assign_catalogue(cfg, model, state.params, views_dev, fp,
                            {"source": "simcit", "fit_seconds": round(time.time() - t0, 2),
                             "history": history[-1] if history else {}})
@@ -274,26 +276,6 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
       f.write(flax.serialization.to_bytes(state.params))
     os.replace(path + ".tmp", path)
   return table, (model, state.params)
-
-
-def _check_finite(epoch, loss):
-  loss = float(loss)
-  if not np.isfinite(loss):
-    raise FloatingPointError(f"SimCIT tokenizer loss is {loss} at epoch {epoch + 1} (stage "
-                             "tokenizer): lower tokenizer.lr; no code table was written")
-
-
-def _kmeans_init(params, model, views, key, iters):
-  """Each level's codebook from k-means on that level's residuals of the fused vectors."""
-  fused, _, _ = model.apply(params, views, method=SimCIT.encode)
-  books, residual = [], fused
-  for level in range(model.cfg.levels):
-    cents, assign, _ = kmeans(jax.random.fold_in(key, level), residual, model.cfg.codebook_size,
-                              iters, "kmeans++")
-    books.append(cents)
-    residual = residual - cents[assign]
-  params["params"]["codebooks"] = jnp.stack(books)
-  return params
 
 
 def assign_catalogue(cfg, model, params, views, fp, stats):

@@ -91,16 +91,20 @@ def kmeans_init(params, feats_NxF, key, model: RQVAE, iters: int, init: str):
   catalogue (level by level, each on what the previous levels left)."""
   cfg = model.cfg
   z = model.apply(params, feats_NxF, method=RQVAE.encode)
-  books = []
-  residual = z
-  for level in range(cfg.levels):
-    cents, assign, _ = kmeans(jax.random.fold_in(key, level), residual, cfg.codebook_size,
-                              iters, init)
+  params = flax.core.unfreeze(params)
+  params["params"]["codebooks"] = kmeans_codebooks(key, z, cfg.levels, cfg.codebook_size,
+                                                   iters, init)
+  return params
+
+
+def kmeans_codebooks(key, z_NxD, levels: int, size: int, iters: int, init: str):
+  """Codebooks [C, K, D] by k-means level by level, each on what the previous levels left."""
+  books, residual = [], z_NxD
+  for level in range(levels):
+    cents, assign, _ = kmeans(jax.random.fold_in(key, level), residual, size, iters, init)
     books.append(cents)
     residual = residual - cents[assign]
-  params = flax.core.unfreeze(params)
-  params["params"]["codebooks"] = jnp.stack(books)
-  return params
+  return jnp.stack(books)
 
 
 def epoch_batches(key, n_items: int, batch_size: int):
@@ -139,7 +143,7 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[
     state, metrics = train_epoch(state, feats, idx, k_train, extra_data, model=model, tx=tx,
                                  extra_loss=extra_fn)
     if pending is not None:       # the previous epoch's loss, fetched once this one is queued
-      _check_finite_loss(*pending)
+      check_finite_loss(*pending)
     pending = (epoch, metrics["loss"])
     last = epoch == tok_cfg.epochs - 1
     reseed = tok_cfg.reseed_every and (epoch + 1) % tok_cfg.reseed_every == 0 and not last
@@ -155,15 +159,16 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[
       history.append(record)
       log(record)
   if pending is not None:
-    _check_finite_loss(*pending)
+    check_finite_loss(*pending)
   return model, state.params, history
 
 
-def _check_finite_loss(epoch: int, loss) -> None:
+def check_finite_loss(epoch: int, loss, what: str = "tokenizer") -> None:
+  """Stops a tokenizer fit on a NaN / Inf epoch loss, before anything is written."""
   loss = float(loss)
   if not np.isfinite(loss):
     raise FloatingPointError(
-        f"tokenizer loss is {loss} at epoch {epoch + 1} (stage tokenizer): lower tokenizer.lr "
+        f"{what} loss is {loss} at epoch {epoch + 1} (stage tokenizer): lower tokenizer.lr "
         "or check the item features' scale; no code table was written")
 
 
