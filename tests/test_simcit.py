@@ -54,6 +54,22 @@ def test_soft_assignment_tends_to_the_hard_one():
   assert float(jnp.min(jnp.abs(warm.quantized_BxD - cb[0][codes]).max(1))) > 1.0
 
 
+def test_gumbel_scale_zero_is_the_plain_softmax_mixture():
+  rng = np.random.default_rng(3)
+  cb = jnp.asarray(rng.normal(size=(1, 8, 4)), jnp.float32)
+  z = jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)
+  run = functools.partial(residual_quantize, z, cb, modes=("gumbel",), train=True,
+                          residual_grad="through", gumbel_tau=0.2)
+  d = np.square(np.asarray(z)[:, None] - np.asarray(cb[0])[None]).sum(-1)
+  w = np.exp(-(d - d.min(1, keepdims=True)) / 0.2)
+  want = (w / w.sum(1, keepdims=True)) @ np.asarray(cb[0])
+  for key in (0, 1):      # no noise: the key does not matter
+    got = run(key=jax.random.key(key), gumbel_scale=0.0).quantized_BxD
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  noisy = run(key=jax.random.key(0), gumbel_scale=1.0).quantized_BxD
+  assert float(jnp.max(jnp.abs(noisy - want))) > 1e-2
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("simcit"))

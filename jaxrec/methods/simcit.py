@@ -10,7 +10,10 @@ The tokenizer, following the official code (alibaba/SimCIT, generate_sid/models/
   fusion     one shared attention: score_v = w . tanh(W h_v + b), softmax over views,
              fused = sum_v weight_v h_v
   quantizer  `rq.residual_quantize` in "gumbel" mode at every level: in training the soft
-             codeword softmax((-||r - c||^2 + Gumbel) / 0.2) @ codebook (no straight-through),
+             codeword softmax((-||r - c||^2 + s * Gumbel) / 0.2) @ codebook (no straight-through;
+             s = `gumbel_scale`: 1 in the official code, 0 by default here, see
+             configs/simcit.py: unit noise swamps the small initial distances and nothing
+             is learnt within short budgets),
              the next residual subtracts it (gradients flow: residual_grad="through"); the
              hard argmin at inference. Quantized vector = sum of the levels' codewords;
              distances on unnormalised codebooks, initialised by k-means on the fused
@@ -67,6 +70,7 @@ class SimCITConfig:
   levels: int = 3
   codebook_size: int = 256
   gumbel_tau: float = 0.2
+  gumbel_scale: float = 1.0
 
 
 class MLP(nn.Module):
@@ -106,7 +110,8 @@ class SimCIT(nn.Module):
     fused, h, _ = self.encode(views)
     cfg = self.cfg
     rq = residual_quantize(fused, self.codebooks, modes=("gumbel",) * cfg.levels, train=train,
-                           gumbel_tau=cfg.gumbel_tau, residual_grad="through", key=key)
+                           gumbel_tau=cfg.gumbel_tau, gumbel_scale=cfg.gumbel_scale,
+                           residual_grad="through", key=key)
     return rq, self.proj(rq.quantized_BxD), self.proj(h)
 
 
@@ -201,7 +206,8 @@ def model_for(cfg, views) -> SimCIT:
   return SimCIT(SimCITConfig(view_dims=tuple(int(v.shape[1]) for v in views),
                              hidden=tuple(t.simcit.hidden), dim=int(t.simcit.dim),
                              levels=int(t.levels), codebook_size=int(t.codebook_size),
-                             gumbel_tau=float(t.simcit.gumbel_tau)))
+                             gumbel_tau=float(t.simcit.gumbel_tau),
+                             gumbel_scale=float(t.simcit.get("gumbel_scale", 1.0))))
 
 
 def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int = 1):

@@ -85,6 +85,7 @@ def masked_mean(x_B, mask_B=None):
 def residual_quantize(z_BxD, codebooks_CxKxD, *, modes: Sequence[str], train: bool,
                       beta: float = 0.25, level_reduce: str = "mean",
                       residual_grad: str = "stop", gumbel_tau: float = 1.0,
+                      gumbel_scale: float = 1.0,
                       sinkhorn_eps: float = 0.003, sinkhorn_iters: int = 50,
                       key: Optional[jax.Array] = None, mask_B=None) -> RQOutput:
   """Quantizes z level by level against `codebooks`; see the module docstring for modes.
@@ -114,7 +115,8 @@ def residual_quantize(z_BxD, codebooks_CxKxD, *, modes: Sequence[str], train: bo
     if soft:
       if key is None:
         raise ValueError("gumbel assignment in training needs a PRNG key")
-      g = jax.random.gumbel(jax.random.fold_in(key, level), dist.shape, dist.dtype)
+      g = gumbel_scale * jax.random.gumbel(jax.random.fold_in(key, level), dist.shape,
+                                           dist.dtype)
       weights = jax.nn.softmax((-dist + g) / gumbel_tau, axis=-1)
       vec = weights @ cb
       soft_sum = soft_sum + vec
