@@ -42,7 +42,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   cfg.method = "siit"
   cfg.siit = ml_collections.ConfigDict(dict(
       init_codes="", feature=cfg.tokenizer.feature, soft_tokens=4, align_ratio=0.25,
-      refine_every=4, rounds=3, beam=10, usage_penalty=0.5, capacity=0))
+      refine_every=4, rounds=3, beam=10, usage_penalty=0.5, capacity=0,
+      keep_margin=-1.0))
   if variant == "tiny":
     cfg.siit.refine_every = 1
     cfg.siit.rounds = 1

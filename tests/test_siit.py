@@ -41,6 +41,27 @@ def test_refinement_keeps_ids_when_the_model_returns_them():
   np.testing.assert_array_equal(codes, current)        # churn 0
 
 
+
+def test_keep_margin_moves_only_confident_items_and_never_onto_another_items_id():
+  current = np.array([[0, 0, 0], [0, 0, 1], [1, 0, 0], [2, 0, 0]], np.int32)
+  # item 0's best candidate is item 1's ID, far above its own; item 1 prefers a free ID
+  # but only slightly; item 2 prefers a free ID by a wide margin; item 3 returns its own.
+  cand = np.array([[[0, 0, 1], [3, 3, 3]],
+                   [[1, 1, 1], [0, 0, 1]],
+                   [[2, 2, 2], [1, 0, 0]],
+                   [[2, 0, 0], [3, 0, 0]]], np.int32)
+  score = np.array([[-0.1, -0.2], [-1.0, -1.2], [-0.5, -4.0], [-0.3, -3.0]])
+  current_score = np.array([-6.0, -1.2, -4.0, -0.3])
+  codes, _ = siit.greedy_assign(cand, score, current, SIZES, current_score_N=current_score,
+                                keep_margin=1.0)
+  np.testing.assert_array_equal(codes, [[3, 3, 3],      # moves, but not onto item 1's ID
+                                        [0, 0, 1],      # gain 0.2 <= 1: keeps
+                                        [2, 2, 2],      # gain 3.5: moves
+                                        [2, 0, 0]])     # its own ID: keeps
+  # without the margin, item 0 keeps nothing reserved: item 1 moves off, item 0 takes its ID
+  free, _ = siit.greedy_assign(cand, score, current, SIZES)
+  np.testing.assert_array_equal(free[0], [0, 0, 1])
+
 def _checksum(workdir):
   from jaxrec.checkpoint import Checkpoints
   import orbax.checkpoint as ocp
@@ -85,3 +106,25 @@ def test_resume_across_a_refinement_round_is_exact(tmp_path, monkeypatch):
   assert rounds(workdir) == rounds(str(tmp_path / "full")) and len(rounds(workdir)) == 1
   np.testing.assert_array_equal(np.load(os.path.join(workdir, "codes_final.npz"))["codes"],
                                 np.load(os.path.join(str(tmp_path / "full"), "codes_final.npz"))["codes"])
+
+
+def test_task_a_scores_of_the_beams_candidates_equal_the_beam_scores():
+  import jax
+  import jax.numpy as jnp
+  from jaxrec.recommender import steps
+  from jaxrec.recommender.t5 import T5, T5Config
+  cfg = T5Config(level_sizes=(6, 5, 4), d_model=16, d_ff=32, heads=2, head_dim=8, enc_layers=1,
+                 dec_layers=2, dropout=0.0, rel_buckets=8, rel_max_distance=16, user_buckets=0)
+  t5, soft = T5(cfg), siit.SoftTokens(3, cfg.d_model)
+  feats = jnp.asarray(np.random.default_rng(0).normal(size=(5, 7)), jnp.float32)
+  codes = jnp.zeros((5, 3), jnp.int32)
+  tok, m = steps.history_tokens(codes, np.zeros((5, 2), np.int32), np.ones((5, 2), bool),
+                                cfg.offsets)
+  dec_in, _ = steps.decoder_io(codes, jnp.arange(5), cfg.offsets, cfg.bos)
+  params = {"t5": t5.init(jax.random.key(0), tok, m, None, dec_in),
+            "soft": soft.init(jax.random.key(1), feats)}
+  cand, score = siit.decode_items(params, feats, t5=t5, soft=soft, beam=4)
+  for w in range(4):
+    got = siit.score_ids(params, feats, cand[:, w], t5=t5, soft=soft)
+    np.testing.assert_allclose(got, score[:, w], rtol=1e-5, atol=1e-5)
+  assert (np.diff(np.asarray(score), axis=1) <= 1e-6).all()           # best first

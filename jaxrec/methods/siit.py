@@ -174,13 +174,31 @@ def decode_items(params, feats_BxF, *, t5: T5, soft: SoftTokens, beam: int):
   return jax.vmap(one)(cross, enc_mask)
 
 
+@functools.partial(jax.jit, static_argnames=("t5", "soft"))
+def score_ids(params, feats_BxF, codes_BxC, *, t5: T5, soft: SoftTokens):
+  """Task-A log-probability of the given IDs (teacher-forced; the beam's scores)."""
+  enc, enc_mask = align_encode(params, soft, t5, feats_BxF, False)
+  dec_in, labels = steps.decoder_io(codes_BxC, jnp.arange(codes_BxC.shape[0]), t5.cfg.offsets,
+                                    t5.cfg.bos)
+  hidden = t5.apply(params["t5"], enc, enc_mask, dec_in, False, method=T5.decode)
+  logp = jax.nn.log_softmax(t5.apply(params["t5"], hidden, method=T5.logits), axis=-1)
+  return jnp.sum(jnp.take_along_axis(logp, labels[..., None], -1)[..., 0], axis=-1)
+
+
 def greedy_assign(cand_NxWxC, score_NxW, current_NxC, sizes, capacity: int = 0,
-                  usage_penalty: float = 0.0):
+                  usage_penalty: float = 0.0, current_score_N=None, keep_margin=None):
   """Collision-free IDs from ranked candidates (host, NumPy): see the module docstring.
+  With `keep_margin` (and the current IDs' own task-A scores `current_score_N`), an item
+  keeps its ID unless its best candidate scores more than `keep_margin` above it, and every
+  current ID stays reserved for its item (a moving item never takes another's ID).
   Returns (codes [N, C], collisions among the best candidates before assignment)."""
   cand = np.asarray(cand_NxWxC)
   score = np.asarray(score_NxW, np.float64).copy()
   n, w, c = cand.shape
+  current_NxC = np.asarray(current_NxC)
+  keep = np.zeros(n, bool)
+  if keep_margin is not None:
+    keep = score[:, 0] - np.asarray(current_score_N, np.float64) <= keep_margin
   best_first = cand[:, 0, 0]
   first_use = np.bincount(best_first, minlength=sizes[0])
   score -= usage_penalty * np.log1p(first_use[cand[:, :, 0]])
@@ -198,6 +216,10 @@ def greedy_assign(cand_NxWxC, score_NxW, current_NxC, sizes, capacity: int = 0,
     for l in range(c):
       use[l][code[l]] += 1
 
+  for i in np.flatnonzero(keep):
+    take(i, current_NxC[i])
+  if keep_margin is not None:             # the movers' own IDs stay theirs to fall back on
+    taken.update(tuple(x) for x in current_NxC[~keep])
   order = np.argsort(-score, axis=None, kind="stable")
   for flat in order:
     i, r = divmod(int(flat), w)
@@ -217,6 +239,9 @@ def greedy_assign(cand_NxWxC, score_NxW, current_NxC, sizes, capacity: int = 0,
     return search([], 0)
 
   for i in np.flatnonzero(out[:, 0] < 0):      # no free candidate within capacity
+    if keep_margin is not None:
+      take(i, current_NxC[i])             # reserved above
+      continue
     code = current_NxC[i] if fits(current_NxC[i]) else nearest_free(list(cand[i, 0]))
     if code is None:
       raise RuntimeError(f"item {i}: no free ID within capacity {cap}: raise siit.capacity")
@@ -272,8 +297,16 @@ def training_plan(run, key, steps_per_epoch: int):
                             beam=int(sc.beam))
       cands.append(np.asarray(c))
       scores.append(np.asarray(sc_))
+    margin = sc.get("keep_margin", -1.0)
+    margin = None if margin < 0 else float(margin)
+    current_score = None
+    if margin is not None:
+      current_score = np.concatenate([np.asarray(score_ids(
+          state.params, feats[s:s + tc.eval_batch_size], run.codes[s:s + tc.eval_batch_size],
+          t5=t5, soft=soft)) for s in range(0, run.dataset.n_items, tc.eval_batch_size)])
     new, collisions = greedy_assign(np.concatenate(cands), np.concatenate(scores), current,
-                                    sizes, int(sc.capacity), float(sc.usage_penalty))
+                                    sizes, int(sc.capacity), float(sc.usage_penalty),
+                                    current_score, margin)
     health = codes_lib.health_dict(new, sizes)
     record = {"round": done // sc.refine_every,
               "ids_changed": round(float(np.mean(np.any(new != current, axis=1))), 5),
