@@ -22,8 +22,13 @@ ours and is a config value (`config.siit`):
              assigned greedily, best score first, so that no two items share an ID and no
              code at any level holds more than `capacity` items (0: no cap); an item left
              without a free candidate keeps its ID if that fits, else takes the free ID
-             nearest its best candidate (deepest levels varied first). The table is swapped on device (the T5 keeps its
-             weights) and training continues.
+             nearest its best candidate (deepest levels varied first). With `keep_margin`
+             (default 1.0) an item keeps its ID unless its best candidate's task-A
+             log-probability beats its current ID's (`score_ids`, teacher-forced) by more
+             than the margin, and current IDs stay reserved for their items: a weak task-A
+             model otherwise scatters items over free IDs (most best candidates collide)
+             and the recommender loses what it learnt. The table is swapped on device (the
+             T5 keeps its weights) and training continues.
   logged     per round: fraction of items whose ID changed (per level), collisions among the
              best candidates before the greedy assignment, codes used and perplexity per
              level, valid metrics before and after.
