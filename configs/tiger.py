@@ -90,6 +90,7 @@ def tokenizer_config(variant: str) -> ml_collections.ConfigDict:
   t.schedule = "constant"          # constant (LETTER/TIGER scripts) | cosine
   t.clip = 1.0
   t.log_every = 50                 # epochs between health logs
+  t.save_every = 100               # epochs between resumable tokenizer checkpoints (0: none)
   t.collision = "suffix"           # suffix (TIGER) | sinkhorn (LETTER) | none
   t.suffix_size = 256              # size of the appended collision level
   t.sinkhorn_rounds = 20
@@ -104,12 +105,15 @@ def tokenizer_config(variant: str) -> ml_collections.ConfigDict:
     t.suffix_size = 32
     t.epochs = 20
     t.log_every = 10
+    t.save_every = 10
   if variant == "instruments":
     t.feature = "sasrec32"
     t.epochs = 2000
     t.log_every = 200
   if variant == "letter_ids":
     t.source = "given"
+    t.levels = 4                   # LETTER's published IDs are 4 levels deep
+    t.modes = ("hard",) * 4
   if variant == "scientific":
     t.feature = "text"             # MiniLM text embeddings: python -m jaxrec.embed first
     t.codebook_size = 256          # 3 x 256 as the publisher's IDs
@@ -171,7 +175,7 @@ def train_config(variant: str) -> ml_collections.ConfigDict:
     t.epochs = 2
     t.eval_every = 1
     t.eval_batch_size = 64
-    t.beam = 5
+    t.beam = 10
     t.log_every = 5
     t.save_every = 10
   return t

@@ -32,11 +32,18 @@ def _is_key(x):
   return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
+class CheckpointError(RuntimeError):
+  """No usable checkpoint where one is needed; the message names the directory and the fix."""
+
+
 class Checkpoints:
-  """One directory of numbered checkpoints (`max_to_keep` newest kept)."""
+  """One directory of numbered checkpoints (`max_to_keep` newest kept). `partial` lists the
+  saves an interruption left unfinished (orbax's `*tmp*` folders), removed on opening."""
 
   def __init__(self, directory: str, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
+    self.partial = sorted(n for n in (os.listdir(self.directory) if os.path.isdir(self.directory)
+                                      else []) if "tmp" in n)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=False,
                                            cleanup_tmp_directories=True)
@@ -73,7 +80,8 @@ class Checkpoints:
                       type(e).__name__, str(e).splitlines()[0] if str(e) else "",
                       "trying the previous one" if s != candidates[-1] else "no older one left")
         print(f"WARNING: checkpoint {self.directory}/{s} could not be restored "
-              f"({type(e).__name__}); falling back to an older one", flush=True)
+              f"({type(e).__name__}); " + ("falling back to an older one" if s != candidates[-1]
+                                           else "no older one is left"), flush=True)
     return None
 
   def close(self):

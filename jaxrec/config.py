@@ -19,6 +19,25 @@ def default_config_path() -> str:
   return os.path.join(_REPO_ROOT, "configs", "tiger.py")
 
 
+# Keys that change when and how often a run logs or saves, never its results: a resumed run
+# may change them, and tokenizer fingerprints leave them out.
+RESULT_NEUTRAL = (("tokenizer", "save_every"), ("tokenizer", "log_every"),
+                  ("train", "save_every"), ("train", "log_every"))
+
+
+def without_neutral(d: dict, section: str = None) -> dict:
+  """A config dict without the RESULT_NEUTRAL keys; with `section`, that section's dict
+  without `save_every`, for tokenizer fingerprints (`log_every` stays in them so that the
+  IDs of runs made before this rule keep their fingerprints)."""
+  if section is not None:
+    return {k: v for k, v in d.items() if k != "save_every"}
+  out = dict(d)
+  for sec, key in RESULT_NEUTRAL:
+    if isinstance(out.get(sec), dict):
+      out[sec] = {k: v for k, v in out[sec].items() if k != key}
+  return out
+
+
 def config_to_json(cfg: ml_collections.ConfigDict) -> str:
   return json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=str)
 
@@ -46,3 +65,110 @@ def get_config(method: str = "tiger", variant: str = "default") -> ml_collection
     methods = sorted(f[:-3] for f in os.listdir(os.path.dirname(path)) if f.endswith(".py"))
     raise FileNotFoundError(f"{path}: no such config (methods: {methods})")
   return load_config_module(path).get_config(variant)
+
+
+# --------------------------------------------------------------------- validation
+# (section, key) -> (check, what it must be). Keys absent from a config are skipped: every
+# method's config has the sections it uses.
+def _int_at_least(lo):
+  return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo,
+          f"an integer >= {lo}")
+
+
+def _number_above(lo, hi=None, closed_hi=False):
+  def ok(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > lo:
+      return False
+    return hi is None or (v <= hi if closed_hi else v < hi)
+  return ok, f"a number > {lo}" + (f" and {'<=' if closed_hi else '<'} {hi}" if hi else "")
+
+
+def _number_in(lo, hi):
+  return (lambda v: not isinstance(v, bool) and isinstance(v, (int, float)) and lo <= v < hi,
+          f"a number in [{lo}, {hi})")
+
+
+def _one_of(*options):
+  return (lambda v: v in options, "one of " + ", ".join(repr(o) for o in options))
+
+
+DOMAINS = {
+    ("data", "max_len"): _int_at_least(1),
+    ("data", "min_len"): _int_at_least(3),
+    ("data", "short_users"): _one_of("drop", "error"),
+    ("data", "source"): _one_of("synthetic", "letter", "etegrec", "recbole"),
+    ("tokenizer", "source"): _one_of("rqvae", "given", "random", "simcit"),
+    ("tokenizer", "levels"): _int_at_least(1),
+    ("tokenizer", "codebook_size"): _int_at_least(2),
+    ("tokenizer", "code_dim"): _int_at_least(1),
+    ("tokenizer", "epochs"): _int_at_least(0),
+    ("tokenizer", "batch_size"): _int_at_least(1),
+    ("tokenizer", "lr"): _number_above(0),
+    ("tokenizer", "weight_decay"): _number_in(0, float("inf")),
+    ("tokenizer", "dropout"): _number_in(0, 1),
+    ("tokenizer", "beta"): _number_in(0, float("inf")),
+    ("tokenizer", "gumbel_tau"): _number_above(0),
+    ("tokenizer", "log_every"): _int_at_least(1),
+    ("tokenizer", "reseed_every"): _int_at_least(0),
+    ("tokenizer", "kmeans_iters"): _int_at_least(1),
+    ("tokenizer", "schedule"): _one_of("constant", "cosine"),
+    ("tokenizer", "level_reduce"): _one_of("mean", "sum"),
+    ("tokenizer", "residual_grad"): _one_of("stop", "through"),
+    ("tokenizer", "collision"): _one_of("suffix", "sinkhorn", "none"),
+    ("tokenizer", "suffix_size"): _int_at_least(2),
+    ("model", "dropout"): _number_in(0, 1),
+    ("train", "batch_size"): _int_at_least(1),
+    ("train", "eval_batch_size"): _int_at_least(1),
+    ("train", "epochs"): _int_at_least(1),
+    ("train", "lr"): _number_above(0),
+    ("train", "weight_decay"): _number_in(0, float("inf")),
+    ("train", "warmup_frac"): _number_in(0, 1),
+    ("train", "schedule"): _one_of("constant", "cosine"),
+    ("train", "clip"): _number_in(0, float("inf")),
+    ("train", "eval_every"): _int_at_least(1),
+    ("train", "patience"): _int_at_least(0),
+    ("train", "beam"): _int_at_least(1),
+    ("train", "tau"): _number_above(0),
+    ("train", "log_every"): _int_at_least(1),
+    ("train", "save_every"): _int_at_least(1),
+    ("train", "max_steps"): _int_at_least(0),
+}
+SELECTION_K = 10          # checkpoints are selected by valid NDCG@10
+
+
+def config_problems(cfg: ml_collections.ConfigDict) -> list[str]:
+  """Every out-of-domain value of `cfg`, one line each (empty when valid)."""
+  problems = []
+  for (section, key), (ok, want) in DOMAINS.items():
+    node = cfg.get(section)
+    if node is None or key not in node:
+      continue
+    value = node[key]
+    if not ok(value):
+      problems.append(f"{section}.{key}={value!r}: must be {want}")
+  t = cfg.get("tokenizer")
+  if t is not None and "modes" in t and "levels" in t and isinstance(t.levels, int):
+    modes = tuple(t.modes)
+    if t.source == "rqvae" and len(modes) != t.levels:
+      problems.append(f"tokenizer.modes has {len(modes)} entries for tokenizer.levels="
+                      f"{t.levels}: give one mode per level")
+    bad = [m for m in modes if m not in ("hard", "gumbel", "sinkhorn")]
+    if bad:
+      problems.append(f"tokenizer.modes={modes!r}: {bad[0]!r} is not one of 'hard', "
+                      "'gumbel', 'sinkhorn'")
+  tr = cfg.get("train")
+  generative = cfg.get("method") not in ("sasrec",)
+  if (generative and tr is not None and isinstance(tr.get("beam"), int)
+      and 1 <= tr.beam < SELECTION_K):
+    problems.append(f"train.beam={tr.beam}: the beam must be >= {SELECTION_K} (checkpoints are "
+                    f"selected by NDCG@{SELECTION_K}, and a beam of {tr.beam} returns only "
+                    f"{tr.beam} items per user)")
+  return problems
+
+
+def validate_config(cfg: ml_collections.ConfigDict) -> None:
+  """Raises one ConfigError listing every problem of `config_problems`."""
+  problems = config_problems(cfg)
+  if problems:
+    raise ConfigError("invalid config:\n  " + "\n  ".join(problems) if len(problems) > 1
+                      else problems[0])

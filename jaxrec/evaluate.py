@@ -2,9 +2,10 @@
 validation and test users and print and write (DIR/eval.json) their metrics."""
 import json
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
+
+from jaxrec import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by jaxrec.train.", required=True)
 _SPLITS = flags.DEFINE_list("splits", ["valid", "test"], "Splits to evaluate.")
@@ -17,15 +18,14 @@ def main(argv):
   workdir = _WORKDIR.value
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    print(f"error: {path}: not found (is {workdir} a jaxrec.train workdir?)", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(f"{path}: not found (is {workdir} a jaxrec.train workdir?)")
   with open(path) as f:
     cfg = config_from_json(f.read())
   run = setup(cfg, workdir, log=lambda m: None)
   restored = restore_best(run)
   if restored is None:
-    print(f"error: {workdir}/checkpoints/best: no usable checkpoint", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(f"{workdir}/checkpoints/best: no usable checkpoint (train first: python -m "
+             f"jaxrec.train --workdir {workdir})")
   if "codes" in restored[1]:             # the IDs the checkpoint was trained with
     set_codes(run, restored[1]["codes"])
   out = {"step": restored[0]}
@@ -41,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

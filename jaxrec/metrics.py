@@ -22,7 +22,10 @@ def _names(ks, ndcg_ks):
 def rank_metric_sums(ranked_UxR, target_U, weight_U, ks: Sequence[int] = KS,
                      ndcg_ks: Sequence[int] = NDCG_KS):
   """Sums (not means) of each metric over users weighted by `weight_U` (0 for padding);
-  jit-friendly. Ranked entries of -1 (no valid item) never match."""
+  jit-friendly. Ranked entries of -1 (no valid item) never match. A K above the list
+  length R (a beam narrower than K) is not reported: it would repeat the metric at R."""
+  r = ranked_UxR.shape[1]
+  ks, ndcg_ks = [k for k in ks if k <= r], [k for k in ndcg_ks if k <= r]
   hit = (ranked_UxR == target_U[:, None]) & (target_U[:, None] >= 0)
   found = jnp.any(hit, axis=1)
   rank = jnp.where(found, jnp.argmax(hit, axis=1), jnp.iinfo(jnp.int32).max)  # miss: never < k

@@ -6,11 +6,11 @@ codes.npz + codes.json (the code table, its fingerprint and statistics),
 """
 import json
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from jaxrec import cli
 from jaxrec.config import default_config_path
 
 _CONFIG = config_flags.DEFINE_config_file("config", default_config_path(), "Config file[:variant].")
@@ -19,15 +19,9 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdir/tokenize", "Output directory.
 
 def main(argv):
   del argv
-  from jaxrec.config import ConfigError
-  from jaxrec.data import DataError
   from jaxrec.tokenizer.build import write_outputs
   cfg, workdir = _CONFIG.value, _WORKDIR.value
-  try:
-    table, ds = _tokenize(cfg, workdir)
-  except (DataError, ConfigError, FloatingPointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  table, ds = _tokenize(cfg, workdir)
   index_path = write_outputs(table, workdir, ds, f"{cfg.method} on {ds.name}")
   before, final = table.stats.get("before_resolution", {}), table.stats["final"]
   print(f"items {table.n_items}, depth {table.depth}, sizes {list(table.sizes)}")
@@ -40,8 +34,10 @@ def main(argv):
 
 
 def _tokenize(cfg, workdir):
+  from jaxrec.config import validate_config
   from jaxrec.data import load_dataset
   from jaxrec.features import ensure_features
+  validate_config(cfg)
   from jaxrec.methods import build_code_table, get_method
   method = get_method(cfg.method)
   ds = ensure_features(cfg, load_dataset(cfg.data), method, log=print)
@@ -56,4 +52,4 @@ def _tokenize(cfg, workdir):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

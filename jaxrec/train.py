@@ -2,11 +2,10 @@
 
 With no flags: TIGER on the built-in synthetic data set. A workdir with a checkpoint
 resumes. Overrides: `--config.train.epochs=5`."""
-import sys
-
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
+from jaxrec import cli
 from jaxrec.config import default_config_path
 
 _CONFIG = config_flags.DEFINE_config_file("config", default_config_path(), "Config file[:variant].")
@@ -15,19 +14,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: workdir
 
 def main(argv):
   del argv
-  from jaxrec.config import ConfigError
-  from jaxrec.data import DataError
-  from jaxrec.trainer import ConfigMismatchError, train_and_evaluate
+  from jaxrec.trainer import train_and_evaluate
   cfg = _CONFIG.value
   workdir = _WORKDIR.value or f"workdir/{cfg.method}-{cfg.get('variant', 'default')}"
-  logging.set_verbosity(logging.WARNING)
-  try:
-    train_and_evaluate(cfg, workdir)
-  except (DataError, ConfigError, ConfigMismatchError, FloatingPointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  train_and_evaluate(cfg, workdir)
   print(f"results in {workdir}/results.json")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -26,8 +26,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from jaxrec import decode, metrics
-from jaxrec.checkpoint import Checkpoints
-from jaxrec.config import config_to_json
+from jaxrec.checkpoint import CheckpointError, Checkpoints
+from jaxrec.config import ConfigError, config_to_json, validate_config, without_neutral
 from jaxrec.data import (BatchIterator, Dataset, bucket_lengths, eval_batches, gather_batch,
                          leave_one_out, load_dataset)
 from jaxrec.features import ensure_features
@@ -87,6 +87,7 @@ def _check_config(cfg, workdir):
     with open(path) as f:
       old = json.load(f)
     new = json.loads(text)
+    old, new = without_neutral(old), without_neutral(new)
     if old != new:
       diff = sorted(_diff_keys(old, new))
       raise ConfigMismatchError(
@@ -121,12 +122,14 @@ def make_mesh() -> Mesh:
 def setup(cfg, workdir: str, log=print) -> Run:
   """Loads data (deriving the features the method needs), then the method's model: for
   generative methods the code table (built or reused), the T5 and the decoder tables."""
+  validate_config(cfg)
   _check_config(cfg, workdir)
   mesh = make_mesh()
   n_dev = mesh.devices.size
   for name in ("batch_size", "eval_batch_size"):
     if cfg.train[name] % n_dev:
-      raise ValueError(f"train.{name}={cfg.train[name]} must be divisible by the {n_dev} devices")
+      raise ConfigError(f"train.{name}={cfg.train[name]} must be divisible by the {n_dev} "
+                        "devices")
   method = get_method(cfg.method)
   ds = ensure_features(cfg, load_dataset(cfg.data), method, log)
   run = Run(cfg, workdir, ds, leave_one_out(ds, cfg.data.max_len),
@@ -313,7 +316,10 @@ def save_final_codes(run: Run, best) -> dict:
 
 def restore_best(run: Run):
   """The best checkpoint as saved: (step, {"params", "codes"[, "extra"]}, meta) or None."""
-  best = Checkpoints(os.path.join(run.workdir, "checkpoints", "best"), max_to_keep=1)
+  path = os.path.join(run.workdir, "checkpoints", "best")
+  if not os.path.isdir(path):        # nothing to restore (and no empty folder left behind)
+    return None
+  best = Checkpoints(path, max_to_keep=1)
   try:
     return best.restore(None)
   finally:
@@ -335,7 +341,7 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
   ckpt_dir = os.path.join(workdir, "checkpoints")
   ckpt = Checkpoints(os.path.join(ckpt_dir, "train"), max_to_keep=2)
   best_ckpt = Checkpoints(os.path.join(ckpt_dir, "best"), max_to_keep=1)
-  state, meta = _resume(run, plan, ckpt, train_it, log)
+  state, meta = _resume(run, plan, ckpt, best_ckpt, train_it, log)
   log(f"{cfg.method}: {run.dataset.n_items} items, {len(run.splits['train'])} train samples, "
       f"{steps_per_epoch} steps/epoch, {plan.n_params:,} parameters, {run.mesh.devices.size} "
       f"device(s) [{jax.devices()[0].platform}], buckets {run.buckets}")
@@ -448,7 +454,8 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
   restored = best_ckpt.restore(None)
   best_ckpt.close()
   if restored is None:
-    raise RuntimeError(f"{best_ckpt.directory}: no usable best checkpoint")
+    raise CheckpointError(f"{best_ckpt.directory}: no usable best checkpoint (every one is "
+                          "damaged or missing): start over in a new --workdir")
   return _finish(run, plan, restored[1], meta, step, t_start, log)
 
 
@@ -457,17 +464,26 @@ def _ckpt_tree(run: Run, state):
   return {"train": state} if run.codes is None else {"train": state, "codes": run.codes}
 
 
-def _resume(run: Run, plan: Plan, ckpt: Checkpoints, train_it, log):
+def _resume(run: Run, plan: Plan, ckpt: Checkpoints, best_ckpt: Checkpoints, train_it, log):
   """(state, meta) from the newest intact checkpoint, or the plan's fresh state."""
   meta = {"evals": [], "best": None, "bad_evals": 0, "done": False, "train_seconds": 0.0,
           "train_samples": 0, "stage": 0, "stage_start": 0}
+  for name in ckpt.partial:
+    log(f"{ckpt.directory}/{name}: a save interrupted by the last run's end was removed")
   if not ckpt.steps():
+    if ckpt.partial:
+      log("no complete checkpoint is left: training starts from step 0")
     return plan.state, meta
   restored = ckpt.restore(_ckpt_tree(run, plan.state))
   if restored is None:
-    raise RuntimeError(f"{ckpt.directory}: checkpoints exist but none could be restored; "
-                       "move them away to start over")
+    raise CheckpointError(f"{ckpt.directory}: checkpoints exist but none could be restored; "
+                          "move them away (or use a new --workdir) to start over")
   step0, tree, meta = restored
+  if meta.get("best") is not None and not best_ckpt.steps():
+    raise CheckpointError(
+        f"{best_ckpt.directory}: the best checkpoint (step {meta['best']['step']}) this run "
+        "recorded is missing, so its result could not be reported; restore the folder or "
+        "start over in a new --workdir")
   meta.setdefault("stage", 0)        # checkpoints written before training plans had stages
   meta.setdefault("stage_start", 0)
   if plan.dynamic_codes:

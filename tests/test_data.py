@@ -128,6 +128,13 @@ def test_recbole_sorts_by_timestamp_and_maps_items(tmp_path):
     ("user_id:token\titem_id:token\ttimestamp:float\na\tx\tyesterday\n", None, "R.inter: line 2: timestamp 'yesterday' is not a number"),
     ("user_id:token\titem_id:token\na\tq\n", "item_id:token\nx\n", "R.inter: line 2: item 'q' is not in R.item"),
     ("user_id\titem_id:token\n", None, "R.inter: line 1: header column 1 'user_id' is not of the form name:type"),
+    ("user_id:token\titem_id:tokn\n", None, "R.inter: line 1: header column 2 'item_id:tokn': type "
+     "'tokn' is not one of RecBole's token, token_seq, float, float_seq"),
+    ("user_id:token\titem_id:float\n", None, "R.inter: line 1: column 'item_id' has type 'float': "
+     "an id column must be 'item_id:token'"),
+    ("user_id:token\titem_id:token\na\tx\nb\t \n", None, "R.inter: line 3: the item_id field is empty"),
+    ("user_id:token\titem_id:token\na\tx\n", "item_id:token\ttitle:token_seq\nx\tA\n\tB\n",
+     "R.item: line 3: the item_id field is empty"),
 ])
 def test_recbole_bad_inputs(tmp_path, inter, item, needle):
   write(tmp_path / "R.inter", inter)
@@ -262,5 +269,28 @@ def test_instruments_statistics_and_corrupted_copy(tmp_path):
 def test_feature_rows_define_catalogue_without_item_file(tmp_path):
   write(tmp_path / "T.inter.json", json.dumps({"u1": [0, 1, 2], "u2": [1, 5]}))
   np.save(tmp_path / "T.emb.npy", np.zeros((3, 2), np.float32))
-  with pytest.raises(DataError, match=r"T\.inter\.json: user 'u2' position 1: item id 5 is out of range \(0\.\.2\)"):
+  # fewer rows than the ids used: the feature file is named, with the interaction
+  with pytest.raises(DataError, match=r"T\.emb\.npy: has 3 rows but .*T\.inter\.json uses item "
+                     r"id 5 \(user 'u2'\): row i must be item i"):
     readers.read_letter(str(tmp_path), "T", features=("emb",))
+
+
+def test_more_feature_rows_than_items_used_is_a_warning(tmp_path, caplog):
+  write(tmp_path / "T.inter.json", json.dumps({"u1": [0, 1, 2]}))
+  np.save(tmp_path / "T.emb.npy", np.zeros((5, 2), np.float32))
+  ds = readers.read_letter(str(tmp_path), "T", features=("emb",))
+  assert ds.n_items == 5
+  assert "T.emb.npy: 5 rows, the interactions use item ids up to 2: the 2 items" in caplog.text
+
+
+def test_complex_and_float32_overflowing_features_are_named(tmp_path):
+  write(tmp_path / "T.inter.json", json.dumps({"u1": [0, 1, 2]}))
+  np.save(tmp_path / "T.cx.npy", np.ones((3, 2), np.complex64))
+  with pytest.raises(DataError, match=r"T\.cx\.npy: feature 'cx' has dtype complex64: expected real"):
+    readers.read_letter(str(tmp_path), "T", features=("cx",))
+  big = np.zeros((3, 2))
+  big[2, 1] = 1e300
+  np.save(tmp_path / "T.big.npy", big)
+  with pytest.raises(DataError, match=r"T\.big\.npy: row 2: feature 'big' has the value 1e\+300 at "
+                     r"column 1, beyond float32's range"):
+    readers.read_letter(str(tmp_path), "T", features=("big",))

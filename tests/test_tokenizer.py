@@ -216,3 +216,46 @@ def test_tiger_instruments_config_is_the_tiger_preset():
   tok = tiger.get_config("instruments").tokenizer
   for k, v in PRESETS["tiger"].items():
     assert (tuple(tok[k]) if isinstance(v, tuple) else tok[k]) == v, k
+
+
+def test_killed_tokenizer_fit_resumes_exactly(tmp_path, monkeypatch):
+  """A fit killed after its epoch-4 checkpoint resumes there and ends with the same
+  parameters and IDs as an uninterrupted fit; its checkpoints are removed at the end."""
+  import os
+  from jaxrec.tokenizer import train as tok_train
+  feats = np.asarray(jax.random.normal(jax.random.key(0), (50, 6)), np.float32)
+  ds = from_sequences("t", [[0, 1, 2]], 50, features={"f": feats})
+  cfg = _tiny_tok_cfg(epochs=8, save_every=2)
+  full, (_, full_params) = build_code_table(cfg, ds, jax.random.key(1), seed=1,
+                                            workdir=str(tmp_path / "full"))
+  real = tok_train.FitCheckpoints.save
+
+  def killed(self, epochs_done, *a):
+    real(self, epochs_done, *a)
+    if epochs_done == 4:
+      raise KeyboardInterrupt("simulated kill")
+
+  monkeypatch.setattr(tok_train.FitCheckpoints, "save", killed)
+  with pytest.raises(KeyboardInterrupt):
+    build_code_table(cfg, ds, jax.random.key(1), seed=1, workdir=str(tmp_path / "w"))
+  monkeypatch.setattr(tok_train.FitCheckpoints, "save", real)
+  lines = []
+  resumed, (_, params) = build_code_table(cfg, ds, jax.random.key(1), seed=1,
+                                          workdir=str(tmp_path / "w"), log=lines.append)
+  assert any("resumed from" in str(l) and "(epoch 4)" in str(l) for l in lines), lines
+  assert [r["epoch"] for r in lines if "epoch" in r] == [6, 8]      # epochs 5..8 only
+  np.testing.assert_array_equal(resumed.codes_NxC, full.codes_NxC)
+  chex.assert_trees_all_equal(params, full_params)
+  assert not os.path.exists(tmp_path / "w" / "checkpoints" / f"tokenizer-{full.fingerprint[:16]}")
+
+
+def test_given_ids_of_another_depth_than_the_config_are_refused():
+  from jaxrec.config import ConfigError
+  codes = np.array([[0, 1], [1, 0], [1, 1]], np.int32)
+  ds = from_sequences("t", [[0, 1, 2]], 3, codes_NxC=codes, code_sizes=(2, 2))
+  with pytest.raises(ConfigError, match=r"tokenizer.levels=3 but the data set's given IDs "
+                     r"\(t.index.json\) have 2 levels: set tokenizer.levels=2"):
+    build_code_table(_tiny_tok_cfg(source="given", levels=3), ds, jax.random.key(0), seed=0)
+  table, _ = build_code_table(_tiny_tok_cfg(source="given", levels=2, collision="suffix"), ds,
+                              jax.random.key(0), seed=0)
+  np.testing.assert_array_equal(table.codes_NxC[:, :2], codes)

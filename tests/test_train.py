@@ -196,3 +196,96 @@ def test_non_finite_tokenizer_loss_stops_the_fit(tmp_path):
   with pytest.raises(FloatingPointError, match=r"tokenizer loss is (nan|inf) at epoch \d+"):
     trainer.train_and_evaluate(cfg, str(tmp_path / "tok"), log=lambda m: None)
   assert not os.path.exists(tmp_path / "tok" / "codes.npz")
+
+
+def test_every_checkpoint_damaged_says_none_is_left(tmp_path, capsys):
+  c = Checkpoints(str(tmp_path / "ck"), max_to_keep=2)
+  tree = {"w": jnp.arange(4.0)}
+  c.save(1, tree, {})
+  for root, _, files in os.walk(tmp_path / "ck" / "1" / "state"):
+    for f in files:
+      with open(os.path.join(root, f), "wb") as fh:
+        fh.write(b"garbage")
+  assert c.restore(tree) is None
+  out = capsys.readouterr().out
+  assert "no older one is left" in out and "falling back" not in out
+
+
+def test_missing_best_and_partial_saves_are_reported(uninterrupted, tmp_path):
+  import shutil
+  from jaxrec.checkpoint import CheckpointError
+  full_dir, _ = uninterrupted
+  workdir = str(tmp_path / "w")
+  shutil.copytree(full_dir, workdir)
+  # evaluate with no best/: one line, and no empty best/ folder is created
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "best"))
+  out = subprocess.run([sys.executable, "-m", "jaxrec.evaluate", "--workdir", workdir], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+      f"error: {workdir}/checkpoints/best: no usable checkpoint (train first: python -m "
+      f"jaxrec.train --workdir {workdir})"], out.stderr[-2000:]
+  assert not os.path.exists(os.path.join(workdir, "checkpoints", "best"))
+  # train on a workdir whose best/ is gone: refused at resume, before any work
+  with pytest.raises(CheckpointError, match=r"checkpoints/best: the best checkpoint \(step \d+\) "
+                     "this run recorded is missing"):
+    trainer.train_and_evaluate(tiny_config(), workdir, log=lambda m: None)
+  # an interrupted save (orbax's tmp folder) is named when the run resumes
+  shutil.rmtree(workdir)
+  shutil.copytree(full_dir, workdir)
+  train_dir = os.path.join(workdir, "checkpoints", "train")
+  last = max(int(n) for n in os.listdir(train_dir) if n.isdigit())
+  os.rename(os.path.join(train_dir, str(last)),
+            os.path.join(train_dir, f"{last + 1}.orbax-checkpoint-tmp-1234"))
+  logs = []
+  trainer.train_and_evaluate(tiny_config(), workdir, log=logs.append)
+  assert any(f"{last + 1}.orbax-checkpoint-tmp-1234: a save interrupted" in l for l in logs), logs
+
+
+def test_sigkill_at_every_phase_resumes_to_the_same_result(uninterrupted, tmp_path):
+  """`kill -9` of `python -m jaxrec.train` during the tokenizer fit, training, validation
+  and the final test, each followed by a restart: the end result equals the uninterrupted
+  run bit for bit (test metrics, and the final train state's checksum)."""
+  import glob
+  import random
+  import signal
+  import time
+  full_dir, full = uninterrupted
+  workdir = str(tmp_path / "killed")
+  metrics = os.path.join(workdir, "metrics.jsonl")
+
+  def n_valid():
+    if not os.path.exists(metrics):
+      return 0
+    return sum('"split": "valid"' in l for l in open(metrics))
+
+  phases = [  # (what, the marker that the process is in that phase)
+      ("tokenizer fit", lambda: glob.glob(os.path.join(workdir, "checkpoints", "tokenizer-*", "10"))
+       or os.path.exists(os.path.join(workdir, "codes.npz"))),   # (or the fit was too quick)
+      ("training", lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "train", "10"))),
+      ("validation", lambda: n_valid() >= 1),
+      ("final test", lambda: n_valid() >= 2),
+  ]
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or "")
+  cmd = [sys.executable, "-m", "jaxrec.train", "--config", "configs/tiger.py:tiny",
+         "--workdir", workdir]
+  rng = random.Random(0)
+  killed = []
+  for what, marker in phases:
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while proc.poll() is None and not marker() and time.time() < deadline:
+      time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 0.2))                  # a random moment inside the phase
+    if proc.poll() is None:
+      proc.send_signal(signal.SIGKILL)
+      killed.append(what)
+    proc.wait()
+  assert len(killed) >= 3, killed                      # most phases were hit while running
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  for split in ("valid", "test"):
+    assert {k: v for k, v in results[split].items() if k != "decode_s"} == {
+        k: v for k, v in full[split].items() if k != "decode_s"}
+  assert _final_state_checksum(workdir) == _final_state_checksum(full_dir)

@@ -37,4 +37,10 @@ def load_dataset(cfg) -> Dataset:
       where = os.path.join(directory, f"{cfg.name}.inter")
     else:
       raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
-  return drop_short_users(ds, cfg.min_len, cfg.short_users, where)
+  if ds.n_users == 0:
+    raise DataError(where, None, "has no users: the interactions file is empty")
+  ds = drop_short_users(ds, cfg.min_len, cfg.short_users, where)
+  if ds.n_users == 0:
+    raise DataError(where, None, f"no user has the {cfg.min_len} interactions the leave-one-out "
+                    "protocol needs (data.min_len): nothing to train or evaluate on")
+  return ds

@@ -1,9 +1,8 @@
 """`python -m jaxrec.data --config configs/tiger.py:instruments`: load a data set through the
 normal path and print its statistics."""
 import json
-import sys
 
-from absl import app
+from jaxrec import cli
 from ml_collections import config_flags
 
 from jaxrec.config import default_config_path
@@ -13,13 +12,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", default_config_path(), "Conf
 
 def main(argv):
   del argv
-  from jaxrec.data import DataError, leave_one_out, load_dataset
+  from jaxrec.data import leave_one_out, load_dataset
   cfg = _CONFIG.value
-  try:
-    ds = load_dataset(cfg.data)
-  except DataError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  ds = load_dataset(cfg.data)
   stats = ds.stats()
   splits = leave_one_out(ds, cfg.data.max_len)
   stats["samples"] = {k: len(v) for k, v in splits.items()}
@@ -37,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -94,14 +94,23 @@ def validate_features(path, name, matrix, n_items) -> np.ndarray:
   if matrix.shape[0] != n_items:
     raise DataError(path, None, f"feature '{name}' has {matrix.shape[0]} rows but the data set "
                     f"has {n_items} items (row i must be item i)")
-  if not np.issubdtype(matrix.dtype, np.number):
-    raise DataError(path, None, f"feature '{name}' has non-numeric dtype {matrix.dtype}")
-  matrix = np.asarray(matrix, np.float32)
-  bad = ~np.isfinite(matrix)
+  if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(matrix.dtype, np.complexfloating):
+    raise DataError(path, None, f"feature '{name}' has dtype {matrix.dtype}: expected real "
+                    "numbers (float or integer)")
+  original = np.asarray(matrix)
+  bad = ~np.isfinite(original)
   if bad.any():
     row, col = np.argwhere(bad)[0]
     raise DataError(path, f"row {row}", f"feature '{name}' has a non-finite value "
-                    f"({matrix[row, col]}) at column {col} ({int(bad.any(1).sum())} bad rows in all)")
+                    f"({original[row, col]}) at column {col} ({int(bad.any(1).sum())} bad rows in all)")
+  with np.errstate(over="ignore"):           # reported below, with the value
+    matrix = original.astype(np.float32)
+  big = ~np.isfinite(matrix)
+  if big.any():
+    row, col = np.argwhere(big)[0]
+    raise DataError(path, f"row {row}", f"feature '{name}' has the value {original[row, col]} at "
+                    f"column {col}, beyond float32's range (3.4e38), in which jaxrec computes: "
+                    "rescale the feature")
   return matrix
 
 

@@ -26,6 +26,20 @@ def _require(path):
     raise DataError(path, None, "file not found")
 
 
+def open_text(path):
+  """The file as a text stream (UTF-8, universal newlines), or a DataError naming the line
+  of the first byte that is not UTF-8."""
+  import io
+  _require(path)
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    return io.StringIO(data.decode("utf-8"), newline=None)
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b"\n") + 1
+    raise DataError(path, f"line {line}", f"not UTF-8 text (byte {e.start})") from None
+
+
 def read_json(path):
   """json.load with errors that say file, line and column."""
   _require(path)
@@ -38,13 +52,20 @@ def read_json(path):
     raise DataError(path, f"byte {e.start}", "not UTF-8 text") from None
 
 
+MAX_ITEM_ID = 2**31 - 1      # item ids are int32 on device
+MAX_CODE = 2**20             # far beyond any codebook; the decoder's tables are dense
+
+
 def _as_item_id(path, record, value, n_items: Optional[int]) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, str)):
     raise DataError(path, record, f"item id {value!r} is not an integer")
   if isinstance(value, str):
-    if not value.strip().lstrip("-").isdigit():
+    if re.fullmatch(r"\s*-?[0-9]+\s*", value) is None:     # ASCII digits only: not "²", "--5"
       raise DataError(path, record, f"item id {value!r} is not an integer")
     value = int(value)
+  if value >= MAX_ITEM_ID:
+    raise DataError(path, record, f"item id {value} is too large (ids must be below "
+                    f"{MAX_ITEM_ID:,}: number the items 0..N-1)")
   if value < 0 or (n_items is not None and value >= n_items):
     bound = f"0..{n_items - 1}" if n_items is not None else ">= 0"
     raise DataError(path, record, f"item id {value} is out of range ({bound})")
@@ -95,7 +116,11 @@ def read_index_json(path, n_items: int):
       elif m.group(1) != prefixes[level]:
         raise DataError(path, record, f"code {tok!r} at level {level}: expected prefix "
                         f"<{prefixes[level]}_...> like the other items")
-      codes[item, level] = int(m.group(2))
+      value = int(m.group(2))
+      if value >= MAX_CODE:
+        raise DataError(path, record, f"code {tok!r} at level {level}: {value} is beyond any "
+                        f"codebook (codes must be below {MAX_CODE:,})")
+      codes[item, level] = value
   if depth is None:
     raise DataError(path, None, "no items")
   missing = np.flatnonzero(codes[:, 0] < 0)
@@ -129,15 +154,6 @@ def read_letter(directory, name, features=(), index=False) -> Dataset:
     item_text = [None] * n_items
     for k, attrs in meta.items():
       item_text[int(k)] = _item_text(item_path, f"item {k!r}", attrs)
-  if n_items is None and features:
-    # Without an item file the feature matrices define the catalogue (row i = item i), so
-    # an id past their rows is reported at the interaction that uses it.
-    first = os.path.join(directory, f"{name}.{features[0]}.npy")
-    try:
-      shape = np.load(first, mmap_mode="r", allow_pickle=False).shape
-      n_items = int(shape[0]) if len(shape) == 2 else None
-    except Exception:  # unreadable: read_features reports it below
-      n_items = None
   seqs, users = [], []
   for user, items in raw.items():
     if not isinstance(items, list):
@@ -145,8 +161,27 @@ def read_letter(directory, name, features=(), index=False) -> Dataset:
     seqs.append([_as_item_id(inter_path, f"user {user!r} position {p}", it, n_items)
                  for p, it in enumerate(items)])
     users.append(str(user))
+  used = 1 + max((max(s) for s in seqs if s), default=-1)
+  if n_items is None and features:
+    # Without an item file the feature matrices define the catalogue (row i = item i).
+    first = os.path.join(directory, f"{name}.{features[0]}.npy")
+    try:
+      shape = np.load(first, mmap_mode="r", allow_pickle=False).shape
+      n_items = int(shape[0]) if len(shape) == 2 else None
+    except Exception:  # unreadable: read_features reports it below
+      n_items = None
+    if n_items is not None and n_items < used:
+      u = next(i for i, s in enumerate(seqs) if s and max(s) == used - 1)
+      raise DataError(first, None, f"has {n_items} rows but {inter_path} uses item id "
+                      f"{used - 1} (user {users[u]!r}): row i must be item i for every item "
+                      "id the interactions use")
+    if n_items is not None and n_items > used:
+      import logging
+      logging.warning("%s: %d rows, the interactions use item ids up to %d: the %d items after "
+                      "them, which no one interacted with, are in the catalogue (recommendable, "
+                      "never a target)", first, n_items, used - 1, n_items - used)
   if n_items is None:
-    n_items = 1 + max((max(s) for s in seqs if s), default=-1)
+    n_items = used
   feats = read_features(directory, name, features, n_items)
   codes = sizes = None
   if index:
@@ -197,8 +232,7 @@ def read_etegrec(directory, name, features=()) -> Dataset:
   seqs = {}
   for split in ("train", "valid", "test"):
     path = os.path.join(directory, f"{name}.{split}.jsonl")
-    _require(path)
-    with open(path, "r", encoding="utf-8") as f:
+    with open_text(path) as f:
       for lineno, line in enumerate(f, 1):
         if not line.strip():
           continue
@@ -247,19 +281,29 @@ def read_etegrec(directory, name, features=()) -> Dataset:
                         user_keys=list(seqs.keys()), item_keys=id_to_key)
 
 
+RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
 def _read_atomic(path, required):
   """Reads a RecBole atomic file: a `name:type` header and tab-separated rows."""
-  _require(path)
-  with open(path, "r", encoding="utf-8") as f:
+  with open_text(path) as f:
     header = f.readline().rstrip("\n").rstrip("\r").split("\t")
-    fields = []
+    fields, types = [], []
     for col, h in enumerate(header):
       if ":" not in h:
         raise DataError(path, "line 1", f"header column {col + 1} {h!r} is not of the form name:type")
-      fields.append(h.split(":", 1)[0])
+      field, kind = h.split(":", 1)
+      if kind not in RECBOLE_TYPES:
+        raise DataError(path, "line 1", f"header column {col + 1} {h!r}: type {kind!r} is not "
+                        f"one of RecBole's {', '.join(RECBOLE_TYPES)}")
+      fields.append(field)
+      types.append(kind)
     for req in required:
       if req not in fields:
         raise DataError(path, "line 1", f"missing required column '{req}' (header has {fields})")
+      if types[fields.index(req)] != "token":
+        raise DataError(path, "line 1", f"column '{req}' has type "
+                        f"{types[fields.index(req)]!r}: an id column must be '{req}:token'")
     rows = []
     for lineno, line in enumerate(f, 2):
       line = line.rstrip("\n").rstrip("\r")
@@ -289,6 +333,8 @@ def read_recbole(directory, name, features=(), user_field="user_id", item_field=
     ifields, irows = _read_atomic(item_path, [item_field])
     col = ifields.index(item_field)
     for lineno, r in enumerate(irows, 2):
+      if not r[col].strip():
+        raise DataError(item_path, f"line {lineno}", f"the {item_field} field is empty")
       if r[col] in item_ids:
         raise DataError(item_path, f"line {lineno}", f"item {r[col]!r} is listed twice")
       item_ids[r[col]] = len(item_ids)
@@ -298,6 +344,9 @@ def read_recbole(directory, name, features=(), user_field="user_id", item_field=
   per_user = {}
   for lineno, r in enumerate(rows, 2):
     item = r[ii]
+    for f, v in ((user_field, r[ui]), (item_field, item)):
+      if not v.strip():
+        raise DataError(inter_path, f"line {lineno}", f"the {f} field is empty")
     if item not in item_ids:
       if from_item_file:
         raise DataError(inter_path, f"line {lineno}", f"item {item!r} is not in {name}.item")

@@ -55,11 +55,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrec.config import ConfigError
+from jaxrec.config import ConfigError, without_neutral
 from jaxrec.optim import TrainState
 from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.tokenizer.rq import residual_quantize
-from jaxrec.tokenizer.train import check_finite_loss, epoch_batches, kmeans_codebooks
+from jaxrec.tokenizer.train import (FitCheckpoints, check_finite_loss, epoch_batches,
+                                    kmeans_codebooks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +217,8 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
   t, s = cfg.tokenizer, cfg.tokenizer.simcit
   views = load_views(cfg, dataset)
   model = model_for(cfg, views)
-  fp = codes_lib.fingerprint("simcit", *views, t.to_dict(), cfg.seed, jax.__version__,
+  fp = codes_lib.fingerprint("simcit", *views, without_neutral(t.to_dict(), "tokenizer"),
+                            cfg.seed, jax.__version__,
                              n_devices if s.negatives == "local" else 1)
   path = os.path.join(workdir, "tokenizer.msgpack") if workdir else None
   if workdir and os.path.exists(os.path.join(workdir, "codes.npz")):
@@ -255,8 +257,12 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
   sizes = (t.codebook_size,) * t.levels
   common = dict(model=model, tx=tx, temperature=float(s.temperature), w_div=float(s.w_div),
                 w_commit=float(s.w_commit), groups=groups)
-  t0, history, pending = time.time(), [], None
-  for epoch in range(t.epochs):
+  checkpoints = FitCheckpoints(
+      os.path.join(workdir, "checkpoints", f"tokenizer-{fp[:16]}") if workdir else None,
+      t.get("save_every", 0), log=lambda m: log({"message": m}))
+  state, start, history = checkpoints.restore(state)
+  t0, pending = time.time(), None
+  for epoch in range(start, t.epochs):
     idx = epoch_batches(jax.random.fold_in(k_train, epoch), n, batch_size)
     state, metrics = train_epoch(state, views_dev, idx, jax.random.fold_in(k_train, 1 << 20),
                                  **common)
@@ -271,6 +277,7 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
                 **codes_lib.health_dict(enc["codes_NxC"], sizes)}
       history.append(record)
       log(record)
+    checkpoints.save(epoch + 1, state, history, metrics["loss"], epoch == t.epochs - 1)
   if pending is not None:
     check_finite_loss(*pending, what="SimCIT tokenizer")
   table = assign_catalogue(cfg, model, state.params, views_dev, fp,
@@ -281,6 +288,7 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
     with open(path + ".tmp", "wb") as f:
       f.write(flax.serialization.to_bytes(state.params))
     os.replace(path + ".tmp", path)
+  checkpoints.remove()
   return table, (model, state.params)
 
 

@@ -10,7 +10,7 @@ import flax
 import jax
 import numpy as np
 
-from jaxrec.config import ConfigError
+from jaxrec.config import ConfigError, without_neutral
 from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.tokenizer import train as tok_train
 from jaxrec.tokenizer.rqvae import RQVAE, rqvae_config
@@ -19,13 +19,14 @@ from jaxrec.tokenizer.rqvae import RQVAE, rqvae_config
 def tokenizer_fingerprint(tok_cfg, dataset, seed: int, extra=None) -> str:
   """Same features (and the method's extra arrays) + same tokenizer config + same seed ->
   same IDs (and the same print)."""
+  t = without_neutral(tok_cfg.to_dict(), "tokenizer")
   if tok_cfg.source == "given":
-    return codes_lib.fingerprint("given", dataset.codes_NxC, tok_cfg.to_dict())
+    return codes_lib.fingerprint("given", dataset.codes_NxC, t)
   if tok_cfg.source == "random":
-    return codes_lib.fingerprint("random", dataset.n_items, tok_cfg.to_dict(), seed)
+    return codes_lib.fingerprint("random", dataset.n_items, t, seed)
   extra_parts = [np.asarray(a) for a in jax.tree.leaves(extra.data)] if extra else []
-  return codes_lib.fingerprint(dataset.features[tok_cfg.feature], tok_cfg.to_dict(), seed,
-                               jax.__version__, *extra_parts)
+  return codes_lib.fingerprint(dataset.features[tok_cfg.feature], t, seed, jax.__version__,
+                               *extra_parts)
 
 
 def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = None,
@@ -48,8 +49,12 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
       return table, _load_tokenizer(tok_cfg, dataset, workdir)
   if tok_cfg.source == "given":
     if dataset.codes_NxC is None:
-      raise ValueError("tokenizer.source='given' but the data set has no codes "
-                       "(set data.index=True for a <name>.index.json)")
+      raise ConfigError("tokenizer.source='given' but the data set has no codes "
+                        "(set data.index=True for a <name>.index.json)")
+    if dataset.codes_NxC.shape[1] != tok_cfg.levels:
+      raise ConfigError(f"tokenizer.levels={tok_cfg.levels} but the data set's given IDs "
+                        f"({dataset.name}.index.json) have {dataset.codes_NxC.shape[1]} levels: "
+                        f"set tokenizer.levels={dataset.codes_NxC.shape[1]}")
     sizes = tuple(max(int(s), int(tok_cfg.codebook_size)) for s in dataset.code_sizes)
     stats = {"source": "given"}
     table = codes_lib.finalize_codes(dataset.codes_NxC, sizes, tok_cfg.collision,
@@ -70,7 +75,11 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
   feats = dataset.features[tok_cfg.feature]
   arch = rqvae_config(tok_cfg, feats.shape[1])
   t0 = time.time()
-  model, params, history = tok_train.fit(tok_cfg, arch, feats, key, extra=extra, log=log)
+  checkpoints = tok_train.FitCheckpoints(
+      os.path.join(workdir, "checkpoints", f"tokenizer-{fp[:16]}") if workdir else None,
+      tok_cfg.get("save_every", 0), log=_line(log))
+  model, params, history = tok_train.fit(tok_cfg, arch, feats, key, extra=extra, log=log,
+                                         checkpoints=checkpoints)
   fit_s = time.time() - t0
   table = assign_catalogue(tok_cfg, model, params, feats, fp,
                            {"source": "rqvae", "fit_seconds": round(fit_s, 2),
@@ -81,7 +90,13 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
     with open(tmp, "wb") as f:
       f.write(flax.serialization.to_bytes(params))
     os.replace(tmp, os.path.join(workdir, "tokenizer.msgpack"))
+  checkpoints.remove()
   return table, (model, params)
+
+
+def _line(log):
+  """The fit's record logger, for one-line messages (printed when there is no logger)."""
+  return (lambda m: log({"message": m})) if log is not None else print
 
 
 def _load_tokenizer(tok_cfg, dataset, workdir):

@@ -82,8 +82,10 @@ def append_suffix(codes_NxC, suffix_size: int) -> np.ndarray:
   suffix = np.asarray(suffix_level(jnp.asarray(codes_NxC)))
   largest = int(suffix.max()) + 1 if len(suffix) else 0
   if largest > suffix_size:
-    raise ValueError(f"{largest} items share one semantic ID, more than the collision level's "
-                     f"size {suffix_size}: raise tokenizer.suffix_size or train a better tokenizer")
+    from jaxrec.config import ConfigError
+    raise ConfigError(f"{largest} items share one semantic ID, more than the collision level's "
+                      f"size {suffix_size}: raise tokenizer.suffix_size (to at least {largest}) "
+                      "or train a better tokenizer")
   return np.concatenate([np.asarray(codes_NxC), suffix[:, None]], axis=1).astype(np.int32)
 
 

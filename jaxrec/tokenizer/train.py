@@ -116,9 +116,50 @@ def epoch_batches(key, n_items: int, batch_size: int):
   return jnp.concatenate([perm, perm[:total - n_items]]).reshape(steps, batch_size)
 
 
+class FitCheckpoints:
+  """A tokenizer fit that survives a kill: every `every` epochs (0: never) the train state,
+  the epochs done and the health history go to `directory` (orbax, checksummed, the two
+  newest kept); a rerun with the same fingerprint (the directory's name carries it) resumes
+  after the newest intact one, bit for bit. Removed once the code table is built."""
+
+  def __init__(self, directory: Optional[str], every: int, log: Callable[[str], None] = print):
+    self.directory, self.every, self.log = directory, int(every or 0), log
+    self._ckpt = None
+    if directory and self.every:
+      from jaxrec.checkpoint import Checkpoints
+      self._ckpt = Checkpoints(directory, max_to_keep=2)
+      for name in self._ckpt.partial:
+        log(f"{directory}/{name}: a tokenizer save interrupted by the last run was removed")
+
+  def restore(self, state):
+    """(state, epochs done, history): the newest intact checkpoint's, or (state, 0, [])."""
+    if self._ckpt is None or not self._ckpt.steps():
+      return state, 0, []
+    restored = self._ckpt.restore(state)
+    if restored is None:
+      self.log(f"{self.directory}: no intact tokenizer checkpoint; the fit starts over")
+      return state, 0, []
+    epoch, state, meta = restored
+    self.log(f"tokenizer fit resumed from {self.directory}/{epoch} (epoch {epoch})")
+    return state, epoch, list(meta["history"])
+
+  def save(self, epochs_done: int, state, history, loss, last: bool) -> None:
+    if self._ckpt is None or last or epochs_done % self.every:
+      return
+    check_finite_loss(epochs_done - 1, loss)           # never save a diverged fit
+    self._ckpt.save(epochs_done, state, {"history": history})
+
+  def remove(self) -> None:
+    if self._ckpt is not None:
+      import shutil
+      self._ckpt.close()
+      shutil.rmtree(self.directory, ignore_errors=True)
+
+
 def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[Extra] = None,
-        log: Callable[[dict], None] = None):
-  """Trains the tokenizer for `tok_cfg.epochs`; returns (model, params, history)."""
+        log: Callable[[dict], None] = None, checkpoints: Optional[FitCheckpoints] = None):
+  """Trains the tokenizer for `tok_cfg.epochs` (resuming from `checkpoints` when they hold
+  a partial fit); returns (model, params, history)."""
   log = log or (lambda m: logging.info("tokenizer %s", m))
   model = RQVAE(arch)
   feats = jnp.asarray(feats_NxF, jnp.float32)
@@ -134,11 +175,12 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[
   state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
   extra_fn = extra.fn if extra is not None else None
   extra_data = jax.device_put(extra.data) if extra is not None else None
-  history = []
+  checkpoints = checkpoints or FitCheckpoints(None, 0)
+  state, start, history = checkpoints.restore(state)
   t0 = time.time()
   sizes = (arch.codebook_size,) * arch.levels
   pending = None
-  for epoch in range(tok_cfg.epochs):
+  for epoch in range(start, tok_cfg.epochs):
     idx = epoch_batches(jax.random.fold_in(k_train, epoch), n, batch_size)
     state, metrics = train_epoch(state, feats, idx, k_train, extra_data, model=model, tx=tx,
                                  extra_loss=extra_fn)
@@ -158,6 +200,7 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[
         record["revived"] = revived
       history.append(record)
       log(record)
+    checkpoints.save(epoch + 1, state, history, metrics["loss"], last)
   if pending is not None:
     check_finite_loss(*pending)
   return model, state.params, history

@@ -1,0 +1,104 @@
+"""What every command (`train`, `evaluate`, `tokenize`, `data`, `embed`) shares: flags whose
+mistakes are one line, and one line with exit code 2 for any expected failure (bad data,
+bad config, a non-finite loss, ...); an unexpected failure keeps its traceback and says it
+is a bug.
+
+  if __name__ == "__main__":
+    cli.run(main)
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+
+from absl import app, flags, logging
+
+
+def _expected():
+  from jaxrec.checkpoint import CheckpointError
+  from jaxrec.config import ConfigError
+  from jaxrec.data.dataset import DataError
+  from jaxrec.text.bert import ModelFolderError
+  from jaxrec.trainer import ConfigMismatchError
+  return (DataError, ConfigError, ConfigMismatchError, FloatingPointError, ModelFolderError,
+          CheckpointError)
+
+
+def fail(message: str, code: int = 2):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def _config_arg(argv):
+  """The --config value (path[:variant]) of argv, or None."""
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      return a.split("=", 1)[1]
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def unknown_override(argv, cfg) -> str | None:
+  """The first `--config.a.b=...` of argv naming a key `cfg` does not have, as a message."""
+  for a in argv:
+    if not a.startswith("--config."):
+      continue
+    path = a[len("--config."):].split("=", 1)[0].split(".")
+    node, walked = cfg, []
+    for key in path:
+      if not hasattr(node, "keys") or key not in node:
+        where = ".".join(walked) or "the config"
+        have = sorted(node.keys()) if hasattr(node, "keys") else []
+        hint = f" ({where} has: {', '.join(have)})" if have else ""
+        return f"{a.split('=', 1)[0]}: unknown config key {key!r}{hint}"
+      node, walked = node[key], walked + [key]
+  return None
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with one-line errors for a bad flag, a missing config file or an
+  override of a key the config does not have."""
+  try:
+    rest = flags.FLAGS(argv)
+    if "config" in flags.FLAGS:
+      getattr(flags.FLAGS.config, "keys")            # config_flags defers a load failure
+    return rest
+  except Exception as e:                               # noqa: BLE001 - reported in one line
+    spec = _config_arg(argv[1:])
+    if spec is not None:
+      from jaxrec.config import load_config_module
+      import os
+      path, _, variant = spec.partition(":")
+      if not os.path.exists(path):
+        fail(f"--config={spec}: no such config file {path!r}")
+      try:
+        cfg = load_config_module(path).get_config(*([variant] if variant else []))
+      except Exception as e2:                          # noqa: BLE001
+        fail(f"--config={spec}: {e2}")
+      message = unknown_override(argv[1:], cfg)
+      if message:
+        fail(message)
+    text = str(e).strip().splitlines()
+    fail(text[-1] if text else type(e).__name__)
+
+
+def guarded(main):
+  """main(argv) with expected failures as one line (exit 2) and unexpected ones marked."""
+  def wrapper(argv):
+    logging.set_verbosity(logging.WARNING)         # not jax's backend probing at INFO
+    try:
+      return main(argv)
+    except _expected() as e:
+      fail(str(e))
+    except (KeyboardInterrupt, SystemExit):
+      raise
+    except Exception:                                  # noqa: BLE001
+      traceback.print_exc()
+      fail("the failure above was not expected: it is a bug in jaxrec; please report it with "
+           "the command and the traceback", code=1)
+  return wrapper
+
+
+def run(main):
+  app.run(guarded(main), flags_parser=parse_flags)

@@ -1,0 +1,79 @@
+"""Config validation up front and one-line command errors (issue 16)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tiger
+from jaxrec import cli
+from jaxrec.config import ConfigError, config_problems, get_config, validate_config
+from jaxrec.data import DataError, load_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("method", ["tiger", "letter", "etegrec", "sasrec", "simcit", "siit"])
+@pytest.mark.parametrize("variant", ["default", "tiny"])
+def test_shipped_configs_are_valid(method, variant):
+  assert config_problems(get_config(method, variant)) == []
+
+
+@pytest.mark.parametrize("key,value,first_line", [
+    ("tokenizer.levels", 0, "tokenizer.levels=0: must be an integer >= 1"),
+    ("train.beam", 0, "train.beam=0: must be an integer >= 1"),
+    ("train.batch_size", 0, "train.batch_size=0: must be an integer >= 1"),
+    ("train.lr", -1.0, "train.lr=-1.0: must be a number > 0"),
+    ("train.schedule", "linear", "train.schedule='linear': must be one of 'constant', 'cosine'"),
+    ("tokenizer.collision", "drop", "tokenizer.collision='drop': must be one of 'suffix', "
+     "'sinkhorn', 'none'"),
+    ("train.beam", 5, "train.beam=5: the beam must be >= 10"),
+    ("model.dropout", 1.5, "model.dropout=1.5: must be a number in [0, 1)"),
+])
+def test_out_of_domain_values_are_named(key, value, first_line):
+  cfg = tiger.get_config("tiny")
+  section, name = key.split(".")
+  cfg[section][name] = value
+  with pytest.raises(ConfigError) as e:
+    validate_config(cfg)
+  assert first_line in str(e.value)
+
+
+def test_every_problem_is_listed_at_once():
+  cfg = tiger.get_config("tiny")
+  cfg.train.batch_size, cfg.train.epochs = 0, 0
+  assert len(config_problems(cfg)) == 2
+
+
+def test_unknown_override_names_the_key_and_what_exists():
+  cfg = tiger.get_config("tiny")
+  msg = cli.unknown_override(["--config.train.foo=1"], cfg)
+  assert msg.startswith("--config.train.foo: unknown config key 'foo' (train has: batch_size,")
+  assert cli.unknown_override(["--config.trian.lr=1"], cfg).startswith(
+      "--config.trian.lr: unknown config key 'trian' (the config has: ")
+  assert cli.unknown_override(["--config.train.lr=1", "--workdir=x"], cfg) is None
+
+
+def test_empty_and_all_short_data_sets_are_one_data_error(tmp_path):
+  cfg = tiger.get_config("tiny").data
+  cfg.source, cfg.dir, cfg.name, cfg.features = "letter", str(tmp_path), "E", ()
+  (tmp_path / "E.inter.json").write_text("{}")
+  with pytest.raises(DataError, match="E.inter.json: has no users"):
+    load_dataset(cfg)
+  (tmp_path / "E.inter.json").write_text('{"1": [1, 2]}')
+  with pytest.raises(DataError, match="no user has the 3 interactions"):
+    load_dataset(cfg)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.train.foo=1"], "error: --config.train.foo: unknown config key 'foo'"),
+    (["--config.train.beam=0"], "error: train.beam=0: must be an integer >= 1"),
+])
+def test_train_command_fails_in_one_line_before_any_work(tmp_path, args, message):
+  out = subprocess.run([sys.executable, "-m", "jaxrec.train", "--config", "configs/tiger.py:tiny",
+                        "--workdir", str(tmp_path / "w"), *args], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [out.stderr.strip().splitlines()[0]]
+  assert out.stderr.startswith(message)
+  assert not os.path.exists(tmp_path / "w" / "config.json")
