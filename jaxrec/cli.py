@@ -8,6 +8,7 @@ is a bug.
 """
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 
@@ -68,7 +69,6 @@ def parse_flags(argv):
     spec = _config_arg(argv[1:])
     if spec is not None:
       from jaxrec.config import load_config_module
-      import os
       path, _, variant = spec.partition(":")
       if not os.path.exists(path):
         fail(f"--config={spec}: no such config file {path!r}")

@@ -19,23 +19,26 @@ def default_config_path() -> str:
   return os.path.join(_REPO_ROOT, "configs", "tiger.py")
 
 
-# Keys that change when and how often a run logs or saves, never its results: a resumed run
-# may change them, and tokenizer fingerprints leave them out.
+# Keys that change when and how often a run logs or saves, never its results: a run may be
+# resumed with other values of them.
 RESULT_NEUTRAL = (("tokenizer", "save_every"), ("tokenizer", "log_every"),
                   ("train", "save_every"), ("train", "log_every"))
 
 
-def without_neutral(d: dict, section: str = None) -> dict:
-  """A config dict without the RESULT_NEUTRAL keys; with `section`, that section's dict
-  without `save_every`, for tokenizer fingerprints (`log_every` stays in them so that the
-  IDs of runs made before this rule keep their fingerprints)."""
-  if section is not None:
-    return {k: v for k, v in d.items() if k != "save_every"}
+def without_neutral(d: dict) -> dict:
+  """A config dict without the RESULT_NEUTRAL keys (what must match to resume a run)."""
   out = dict(d)
   for sec, key in RESULT_NEUTRAL:
     if isinstance(out.get(sec), dict):
       out[sec] = {k: v for k, v in out[sec].items() if k != key}
   return out
+
+
+def tokenizer_fingerprint_dict(tok_cfg) -> dict:
+  """The tokenizer config as its IDs' fingerprint sees it: without `save_every` (the
+  checkpoint cadence). `log_every` stays in, so that the IDs of runs made before tokenizer
+  checkpoints existed keep their fingerprints."""
+  return {k: v for k, v in tok_cfg.to_dict().items() if k != "save_every"}
 
 
 def config_to_json(cfg: ml_collections.ConfigDict) -> str:

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrec.config import ConfigError, without_neutral
+from jaxrec.config import ConfigError, tokenizer_fingerprint_dict
 from jaxrec.optim import TrainState
 from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.tokenizer.rq import residual_quantize
@@ -217,7 +217,7 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
   t, s = cfg.tokenizer, cfg.tokenizer.simcit
   views = load_views(cfg, dataset)
   model = model_for(cfg, views)
-  fp = codes_lib.fingerprint("simcit", *views, without_neutral(t.to_dict(), "tokenizer"),
+  fp = codes_lib.fingerprint("simcit", *views, tokenizer_fingerprint_dict(t),
                             cfg.seed, jax.__version__,
                              n_devices if s.negatives == "local" else 1)
   path = os.path.join(workdir, "tokenizer.msgpack") if workdir else None

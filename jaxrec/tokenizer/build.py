@@ -10,7 +10,7 @@ import flax
 import jax
 import numpy as np
 
-from jaxrec.config import ConfigError, without_neutral
+from jaxrec.config import ConfigError, tokenizer_fingerprint_dict
 from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.tokenizer import train as tok_train
 from jaxrec.tokenizer.rqvae import RQVAE, rqvae_config
@@ -19,7 +19,7 @@ from jaxrec.tokenizer.rqvae import RQVAE, rqvae_config
 def tokenizer_fingerprint(tok_cfg, dataset, seed: int, extra=None) -> str:
   """Same features (and the method's extra arrays) + same tokenizer config + same seed ->
   same IDs (and the same print)."""
-  t = without_neutral(tok_cfg.to_dict(), "tokenizer")
+  t = tokenizer_fingerprint_dict(tok_cfg)
   if tok_cfg.source == "given":
     return codes_lib.fingerprint("given", dataset.codes_NxC, t)
   if tok_cfg.source == "random":
