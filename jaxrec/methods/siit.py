@@ -296,19 +296,18 @@ def training_plan(run, key, steps_per_epoch: int):
       return None, None
     before = evaluate_split(run, state.params["t5"], "valid")
     current = np.asarray(run.codes)
-    cands, scores = [], []
-    for s in range(0, run.dataset.n_items, tc.eval_batch_size):
-      c, sc_ = decode_items(state.params, feats[s:s + tc.eval_batch_size], t5=t5, soft=soft,
-                            beam=int(sc.beam))
-      cands.append(np.asarray(c))
-      scores.append(np.asarray(sc_))
     margin = sc.get("keep_margin", -1.0)
     margin = None if margin < 0 else float(margin)
-    current_score = None
-    if margin is not None:
-      current_score = np.concatenate([np.asarray(score_ids(
-          state.params, feats[s:s + tc.eval_batch_size], run.codes[s:s + tc.eval_batch_size],
-          t5=t5, soft=soft)) for s in range(0, run.dataset.n_items, tc.eval_batch_size)])
+    cands, scores, own = [], [], []
+    for s in range(0, run.dataset.n_items, tc.eval_batch_size):
+      rows = slice(s, s + tc.eval_batch_size)
+      c, sc_ = decode_items(state.params, feats[rows], t5=t5, soft=soft, beam=int(sc.beam))
+      cands.append(np.asarray(c))
+      scores.append(np.asarray(sc_))
+      if margin is not None:          # the current IDs' own task-A scores
+        own.append(np.asarray(score_ids(state.params, feats[rows], run.codes[rows], t5=t5,
+                                        soft=soft)))
+    current_score = np.concatenate(own) if own else None
     new, collisions = greedy_assign(np.concatenate(cands), np.concatenate(scores), current,
                                     sizes, int(sc.capacity), float(sc.usage_penalty),
                                     current_score, margin)
