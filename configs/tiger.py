@@ -93,6 +93,8 @@ def tokenizer_config(variant: str) -> ml_collections.ConfigDict:
   t.save_every = 100               # epochs between resumable tokenizer checkpoints (0: none)
   t.collision = "suffix"           # suffix (TIGER) | sinkhorn (LETTER) | none
   t.suffix_size = 256              # size of the appended collision level
+  t.shared_ids = False             # True: collisions left after sinkhorn / none stay shared
+                                   # IDs, and decoding the target's ID is a hit (LETTER's code)
   t.sinkhorn_rounds = 20
   if variant in ("default", "tiny"):
     t.codebook_size = 64           # 2,000 items: 3 x 64 codes is already 262k IDs
@@ -154,11 +156,17 @@ def train_config(variant: str) -> ml_collections.ConfigDict:
   t.warmup_frac = 0.01             # of all steps
   t.schedule = "cosine"
   t.clip = 1.0
+  t.accumulate = 1                 # steps whose gradients make one update (effective batch =
+                                   # batch_size x accumulate; LETTER's official 1,024 = 256 x 4)
   t.epochs = 200
   t.eval_every = 5                 # epochs between validation decodes
   t.patience = 4                   # evaluations without improvement before stopping
+  t.select = "ndcg@10"             # the checkpoint kept: best valid NDCG@10 (decoded) | "loss":
+                                   # lowest teacher-forced valid loss (LETTER's official trainer)
   t.eval_batch_size = 256
   t.beam = 20
+  t.decode = "constrained"         # | "free": over the whole code space, IDs no item has count
+                                   # as misses (ETEGRec's official test decoding)
   t.tau = 1.0                      # logits / tau in the code loss (LETTER's ranking loss)
   t.log_every = 50                 # steps between metrics.jsonl lines
   t.save_every = 500               # steps between resumable checkpoints

@@ -9,6 +9,7 @@ reported and the previous one is used, never silently trained over.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from typing import Any, Optional
@@ -16,6 +17,27 @@ from typing import Any, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+
+def write_atomic(path: str, data) -> None:
+  """Writes `path` whole or not at all (str or bytes): a kill mid-write leaves the previous
+  file, or none, never a torn one that a resumed run would fail to read."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def read_jsonl(path: str) -> list:
+  """The records of a JSON-lines log, without a line torn by a kill mid-write."""
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return records
 
 
 def tree_checksum(tree) -> str:

@@ -25,6 +25,40 @@ RESULT_NEUTRAL = (("tokenizer", "save_every"), ("tokenizer", "log_every"),
                   ("train", "save_every"), ("train", "log_every"))
 
 
+# Keys added after runs were recorded, with the value that does what those runs did: a saved
+# config without the key reads as having it, and a key at that value is left out of config
+# comparisons and fingerprints, so that those runs (and cached features) are still theirs.
+ADDED_KEYS = {("train", "accumulate"): 1, ("cf", "train", "accumulate"): 1,
+              ("train", "decode"): "constrained", ("cf", "train", "decode"): "constrained",
+              ("tokenizer", "shared_ids"): False, ("train", "select"): "ndcg@10",
+              ("cf", "train", "select"): "ndcg@10"}
+
+
+def _edit_added(d: dict, edit) -> dict:
+  out = dict(d)
+  for path, value in ADDED_KEYS.items():
+    node = out
+    for sec in path[:-1]:
+      if not isinstance(node.get(sec), dict):
+        break
+      node[sec] = dict(node[sec])
+      node = node[sec]
+    else:
+      edit(node, path[-1], value)
+  return out
+
+
+def with_added_keys(d: dict) -> dict:
+  """A saved config dict completed with ADDED_KEYS' values where it lacks them."""
+  return _edit_added(d, lambda node, key, value: node.setdefault(key, value))
+
+
+def without_added_defaults(d: dict) -> dict:
+  """A config dict without the ADDED_KEYS that hold their value (what older runs did)."""
+  return _edit_added(d, lambda node, key, value: node.pop(key) if node.get(key, value) == value
+                     and key in node else None)
+
+
 def without_neutral(d: dict) -> dict:
   """A config dict without the RESULT_NEUTRAL keys (what must match to resume a run)."""
   out = dict(d)
@@ -37,8 +71,9 @@ def without_neutral(d: dict) -> dict:
 def tokenizer_fingerprint_dict(tok_cfg) -> dict:
   """The tokenizer config as its IDs' fingerprint sees it: without `save_every` (the
   checkpoint cadence). `log_every` stays in, so that the IDs of runs made before tokenizer
-  checkpoints existed keep their fingerprints."""
-  return {k: v for k, v in tok_cfg.to_dict().items() if k != "save_every"}
+  checkpoints existed keep their fingerprints (nor the ADDED_KEYS at their old value)."""
+  d = without_added_defaults({"tokenizer": tok_cfg.to_dict()})["tokenizer"]
+  return {k: v for k, v in d.items() if k != "save_every"}
 
 
 def config_to_json(cfg: ml_collections.ConfigDict) -> str:
@@ -46,7 +81,7 @@ def config_to_json(cfg: ml_collections.ConfigDict) -> str:
 
 
 def config_from_json(text: str) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(json.loads(text))
+  return ml_collections.ConfigDict(with_added_keys(json.loads(text)))
 
 
 def load_config_module(path: str):
@@ -121,12 +156,15 @@ DOMAINS = {
     ("tokenizer", "suffix_size"): _int_at_least(2),
     ("model", "dropout"): _number_in(0, 1),
     ("train", "batch_size"): _int_at_least(1),
+    ("train", "accumulate"): _int_at_least(1),
     ("train", "eval_batch_size"): _int_at_least(1),
     ("train", "epochs"): _int_at_least(1),
     ("train", "lr"): _number_above(0),
     ("train", "weight_decay"): _number_in(0, float("inf")),
     ("train", "warmup_frac"): _number_in(0, 1),
     ("train", "schedule"): _one_of("constant", "cosine"),
+    ("train", "decode"): _one_of("constrained", "free"),
+    ("train", "select"): _one_of("ndcg@10", "loss"),
     ("train", "clip"): _number_in(0, float("inf")),
     ("train", "eval_every"): _int_at_least(1),
     ("train", "patience"): _int_at_least(0),
@@ -166,6 +204,9 @@ def config_problems(cfg: ml_collections.ConfigDict) -> list[str]:
     problems.append(f"train.beam={tr.beam}: the beam must be >= {SELECTION_K} (checkpoints are "
                     f"selected by NDCG@{SELECTION_K}, and a beam of {tr.beam} returns only "
                     f"{tr.beam} items per user)")
+  if not generative and tr is not None and tr.get("select") == "loss":
+    problems.append(f"train.select='loss': {cfg.method} has no teacher-forced code loss to "
+                    "select by; use train.select='ndcg@10'")
   return problems
 
 

@@ -30,11 +30,16 @@ class PrefixTables:
   child_start_CxN1: children of depth-l node n are depth-(l+1) nodes
                     child_start[l, n] .. child_start[l, n + 1] - 1
   child_code_CxN:   level-l code of depth-(l+1) node m
-  leaf_item_N:      item whose full ID is depth-C node m
+  leaf_item_N:      item whose full ID is depth-C node m (with shared IDs: the first item
+                    that has it)
+  rep_item_N:       each item's representative, the item a search returns for its ID: the
+                    item itself when IDs are unique (evaluation compares representatives,
+                    so that a shared ID is a hit for every item that has it)
   """
   child_start_CxN1: jax.Array
   child_code_CxN: jax.Array
   leaf_item_N: jax.Array
+  rep_item_N: jax.Array
 
 
 @jax.jit
@@ -57,26 +62,38 @@ def build_prefix_tables(codes_NxC) -> PrefixTables:
     child_codes.append(jnp.zeros(n, jnp.int32).at[node].set(s[:, l]))
     node_prev = node
   leaf = jnp.zeros(n, jnp.int32).at[node_prev].set(order.astype(jnp.int32))
-  return PrefixTables(jnp.stack(starts), jnp.stack(child_codes), leaf)
+  return PrefixTables(jnp.stack(starts), jnp.stack(child_codes), leaf, jnp.arange(n, dtype=jnp.int32))
 
 
-def prefix_tables(codes_NxC) -> PrefixTables:
-  """Host entry point: checks that IDs are unique, then builds the tables."""
+def prefix_tables(codes_NxC, shared: bool = False) -> PrefixTables:
+  """Host entry point: checks that IDs are unique (or, `shared`, builds the trie over the
+  distinct IDs, each standing for the first item that has it), then builds the tables."""
   codes = np.asarray(codes_NxC)
-  if len(np.unique(codes, axis=0)) != len(codes):
-    raise ValueError("constrained decoding needs unique item IDs: resolve collisions first")
-  return build_prefix_tables(jnp.asarray(codes))
+  uniq, first, inverse = np.unique(codes, axis=0, return_index=True, return_inverse=True)
+  if len(uniq) == len(codes):
+    return build_prefix_tables(jnp.asarray(codes))
+  if not shared:
+    raise ValueError("constrained decoding needs unique item IDs: resolve collisions first "
+                     "(or tokenizer.shared_ids=True)")
+  t = build_prefix_tables(jnp.asarray(codes[first]))
+  first = jnp.asarray(first, jnp.int32)
+  return PrefixTables(t.child_start_CxN1, t.child_code_CxN, first[t.leaf_item_N],
+                      first[jnp.asarray(inverse.reshape(-1), jnp.int32)])
 
 
 def beam_search(step_fn, state, tables: PrefixTables, level_sizes, offsets, bos: int,
-                beam: int):
-  """Constrained beam search for one user.
+                beam: int, constrained: bool = True):
+  """Beam search for one user, constrained to the catalogue's IDs (or not).
 
   step_fn(state, tokens_W, level) -> (logits [W, K], state): the model's next-code logits
   for W beams fed `tokens_W` (embedding rows: BOS, then offset + code) at `level`; every
   leaf of `state` has a leading beam axis and is reordered as beams are selected.
   Scores are sums of log-softmax over each level's codes, masked to valid children.
-  Returns (items [W], scores [W]) best first; -1 / -inf where fewer than W IDs exist."""
+  Returns (items [W], scores [W]) best first; -1 / -inf where fewer than W IDs exist.
+
+  `constrained=False` (ETEGRec's official test decoding): every code of a level may follow
+  any prefix; the trie is only walked to name the item of each finished ID, and an ID that
+  no item has comes back as item -1 (a miss) with its finite score."""
   c, w = len(level_sizes), beam
   k = max(level_sizes)
   n = tables.leaf_item_N.shape[0]
@@ -85,25 +102,27 @@ def beam_search(step_fn, state, tables: PrefixTables, level_sizes, offsets, bos:
   j = jnp.arange(k)
 
   def step(carry, level):
-    tokens, scores, node, state = carry
+    tokens, scores, node, state = carry   # node -1: a prefix no item has (unconstrained)
     live = tokens.shape[0]  # 1 at the root, W afterwards
     logits, state = step_fn(state, tokens, level)
-    logp = jax.nn.log_softmax(jnp.where(j < sizes[level], logits, -jnp.inf), axis=-1)
+    in_level = j < sizes[level]
+    logp = jax.nn.log_softmax(jnp.where(in_level, logits, -jnp.inf), axis=-1)
     # valid children of each beam's prefix: a masked scatter of at most K codes
-    start = tables.child_start_CxN1[level, node]
-    degree = tables.child_start_CxN1[level, node + 1] - start
+    start = tables.child_start_CxN1[level, jnp.maximum(node, 0)]
+    degree = jnp.where(node >= 0, tables.child_start_CxN1[level, jnp.maximum(node, 0) + 1] - start, 0)
     idx = start[:, None] + j[None, :]
     ok = j[None, :] < degree[:, None]
     code = jnp.where(ok, tables.child_code_CxN[level, jnp.clip(idx, 0, n - 1)], k)
     child = jnp.full((live, k), -1, jnp.int32).at[jnp.arange(live)[:, None], code].set(
         idx, mode="drop")
-    cand = jnp.where(child >= 0, scores[:, None] + logp, -jnp.inf).reshape(-1)
+    allowed = child >= 0 if constrained else jnp.broadcast_to(in_level, (live, k))
+    cand = jnp.where(allowed, scores[:, None] + logp, -jnp.inf).reshape(-1)
     if cand.shape[0] < w:  # fewer candidates than beams (tiny codebooks): pad with -inf
       cand = jnp.pad(cand, (0, w - cand.shape[0]), constant_values=-jnp.inf)
     top_s, top_i = jax.lax.top_k(cand, w)
     top_i = jnp.minimum(top_i, live * k - 1)
     parent, chosen = top_i // k, top_i % k
-    new_node = jnp.maximum(child[parent, chosen], 0)
+    new_node = child[parent, chosen]
     # reorder each state leaf by parent beam as whole contiguous rows (much faster than
     # an element-wise gather on the [W, C, H, E] cache)
     state = jax.tree.map(lambda a: a.reshape(live, -1)[parent].reshape((w,) + a.shape[1:]), state)
@@ -117,12 +136,12 @@ def beam_search(step_fn, state, tables: PrefixTables, level_sizes, offsets, bos:
   # Unrolled: with C static and small, each level gets constant positions, so cache writes
   # are static slices instead of dynamic updates over the whole cache (faster on CPU).
   (_, scores, node, _), _ = jax.lax.scan(step, carry, jnp.arange(1, c), unroll=True)
-  items = jnp.where(jnp.isfinite(scores), tables.leaf_item_N[node], -1)
+  items = jnp.where(jnp.isfinite(scores) & (node >= 0), tables.leaf_item_N[jnp.maximum(node, 0)], -1)
   return items, scores
 
 
 def _t5_beam_search_one(model: T5, params, out_tables_CxKxD, cross_kv, enc_mask_T,
-                        tables: PrefixTables, beam: int):
+                        tables: PrefixTables, beam: int, constrained: bool):
   """T5 decoding for one user: the state is the decoder's key/value cache."""
   cfg = model.cfg
   shape = (beam, cfg.levels, cfg.heads, cfg.head_dim)
@@ -133,14 +152,18 @@ def _t5_beam_search_one(model: T5, params, out_tables_CxKxD, cross_kv, enc_mask_
                                 method=T5.decode_step)
     return (hidden * cfg.d_model ** -0.5) @ out_tables_CxKxD[level].T, cache
 
-  return beam_search(step_fn, cache, tables, cfg.level_sizes, cfg.offsets, cfg.bos, beam)
+  return beam_search(step_fn, cache, tables, cfg.level_sizes, cfg.offsets, cfg.bos, beam,
+                     constrained)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "beam"))
-def generate(params, tokens_BxT, mask_BxT, user_B, tables: PrefixTables, *, model: T5, beam: int):
-  """Encodes a batch once and beam-searches every user: (items [B, W], scores [B, W])."""
+@functools.partial(jax.jit, static_argnames=("model", "beam", "constrained"))
+def generate(params, tokens_BxT, mask_BxT, user_B, tables: PrefixTables, *, model: T5, beam: int,
+             constrained: bool = True):
+  """Encodes a batch once and beam-searches every user: (items [B, W], scores [B, W]);
+  `constrained=False`: over the whole code space, item -1 for IDs no item has."""
   enc, enc_mask = model.apply(params, tokens_BxT, mask_BxT, user_B, False, method=T5.encode)
   cross = model.apply(params, enc, True, method=T5.cross_kv)  # once per user, for all beams
   out_tables = model.apply(params, method=T5.level_tables)
-  one = functools.partial(_t5_beam_search_one, model, params, out_tables, tables=tables, beam=beam)
+  one = functools.partial(_t5_beam_search_one, model, params, out_tables, tables=tables, beam=beam,
+                          constrained=constrained)
   return jax.vmap(one)(cross, enc_mask)

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from jaxrec.checkpoint import write_atomic
 from jaxrec.data.dataset import DataError
 
 # Padded lengths (one compiled shape each): steps of 8 up to 64, 16 up to 256, 32 beyond.
@@ -116,9 +117,7 @@ def embed_dataset(cfg, ds, folder: str, out_dir: str, log=print) -> str:
           "items": len(texts), "dim": enc.dim, "max_seq_length": enc.cfg.max_seq_length,
           "seconds": round(seconds, 2), "items_per_s": round(len(texts) / max(seconds, 1e-9), 1)}
   os.replace(tmp, path)
-  with open(path[:-4] + ".json.tmp", "w") as f:
-    json.dump(meta, f, indent=2)
-  os.replace(path[:-4] + ".json.tmp", path[:-4] + ".json")
+  write_atomic(path[:-4] + ".json", json.dumps(meta, indent=2))
   log(f"embedded {len(texts)} items with {folder} in {seconds:.1f}s "
       f"({meta['items_per_s']:.0f} items/s): {path}")
   return path

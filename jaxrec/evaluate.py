@@ -36,8 +36,8 @@ def main(argv):
     m = out[split]
     print(f"{split}: " + ", ".join(f"{k} {m[k]:.4f}" for k in sorted(m) if "@" in k) +
           f" ({m['users']} users, {m['decode_s']}s)")
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(out, f, indent=2)
+  from jaxrec.checkpoint import write_atomic
+  write_atomic(os.path.join(workdir, "eval.json"), json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import os
 import ml_collections
 import numpy as np
 
-from jaxrec.config import ConfigError
+from jaxrec.config import ConfigError, without_added_defaults
 from jaxrec.data.dataset import Dataset, validate_features
 from jaxrec.tokenizer.codes import fingerprint
 
@@ -110,7 +110,7 @@ def cf_embeddings(cfg, ds: Dataset, log=print) -> np.ndarray:
   """Trains (or reuses) the SASRec of `cfg.cf` on `ds`'s interactions: float32 [N, d]."""
   from jaxrec import trainer
   scfg = sasrec_run_config(cfg)
-  settings = {k: scfg[k].to_dict() for k in ("model", "train")}
+  settings = without_added_defaults({k: scfg[k].to_dict() for k in ("model", "train")})
   fp = fingerprint(ds.offsets_U1, ds.items_I, ds.n_items, settings, scfg.seed,
                    scfg.data.max_len, list(scfg.data.buckets))
   workdir = os.path.join(cache_root(cfg), f"sasrec-{ds.name}-{fp[:16]}")

@@ -31,12 +31,22 @@ def learning_rate_schedule(lr: float, total_steps: int, warmup_steps: int,
 
 
 def optimizer_and_schedule(lr: float, weight_decay: float, total_steps: int, warmup_steps: int,
-                           clip: float, schedule: str = "cosine"):
+                           clip: float, schedule: str = "cosine", accumulate: int = 1):
   """AdamW on the schedule above, after global-norm clipping (clip <= 0: none); returns
-  (optimizer, schedule) so that callers can log the learning rate of a step."""
-  sched = learning_rate_schedule(lr, total_steps, warmup_steps, schedule)
+  (optimizer, schedule of the step) so that callers can log the learning rate of a step.
+
+  `accumulate` > 1: gradient accumulation (`optax.MultiSteps`): the gradients of that many
+  consecutive steps are averaged, clipped and applied as one AdamW update on the last of
+  them (the others leave the parameters as they are), as HF Trainer's
+  `gradient_accumulation_steps`; `total_steps` and `warmup_steps` count steps (micro-batches),
+  the schedule advances once per update."""
+  k = max(int(accumulate), 1)
+  sched = learning_rate_schedule(lr, -(-int(total_steps) // k), int(warmup_steps) // k, schedule)
   chain = [optax.clip_by_global_norm(clip)] if clip and clip > 0 else []
-  return optax.chain(*chain, optax.adamw(sched, weight_decay=weight_decay)), sched
+  tx = optax.chain(*chain, optax.adamw(sched, weight_decay=weight_decay))
+  if k == 1:
+    return tx, sched
+  return optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation(), lambda s: sched(s // k)
 
 
 def make_optimizer(lr: float, weight_decay: float, total_steps: int, warmup_steps: int,

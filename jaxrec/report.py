@@ -1,10 +1,11 @@
 """report.png: training loss, validation metrics over time, code usage per level."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
+
+from jaxrec.checkpoint import read_jsonl
 
 
 def write_report(workdir: str, table=None) -> str:
@@ -15,22 +16,21 @@ def write_report(workdir: str, table=None) -> str:
   train, valid = [], []
   path = os.path.join(workdir, "metrics.jsonl")
   if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        r = json.loads(line)
-        if r.get("split") == "valid":
-          valid.append(r)
-        elif "loss" in r:
-          train.append(r)
+    for r in read_jsonl(path):
+      if r.get("split") == "valid":
+        valid.append(r)
+      elif "loss" in r:
+        train.append(r)
   fig, ax = plt.subplots(1, 3 if table is not None else 2,
                          figsize=(13 if table is not None else 8.7, 3.4))
   if train:
     ax[0].plot([r["step"] for r in train], [r["loss"] for r in train])
   ax[0].set_title("training loss")
   ax[0].set_xlabel("step")
-  for key in ("recall@10", "ndcg@10"):
-    if valid:
-      ax[1].plot([r["epoch"] for r in valid], [r[key] for r in valid], marker="o", label=key)
+  for key in ("recall@10", "ndcg@10", "valid_loss"):   # (train.select='loss' records the loss)
+    points = [(r["epoch"], r[key]) for r in valid if key in r]
+    if points:
+      ax[1].plot(*zip(*points), marker="o", label=key)
   ax[1].set_title("validation")
   ax[1].set_xlabel("epoch")
   ax[1].legend(fontsize=8)

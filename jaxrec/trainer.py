@@ -26,8 +26,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from jaxrec import decode, metrics
-from jaxrec.checkpoint import CheckpointError, Checkpoints
-from jaxrec.config import ConfigError, config_to_json, validate_config, without_neutral
+from jaxrec.checkpoint import CheckpointError, Checkpoints, read_jsonl, write_atomic
+from jaxrec.config import (ConfigError, config_to_json, validate_config,
+                           without_added_defaults, without_neutral)
 from jaxrec.data import (BatchIterator, Dataset, bucket_lengths, eval_batches, gather_batch,
                          leave_one_out, load_dataset)
 from jaxrec.features import ensure_features
@@ -35,7 +36,7 @@ from jaxrec.methods import build_code_table, get_method
 from jaxrec.optim import TrainState, optimizer_and_schedule
 from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5, model_config
-from jaxrec.tokenizer.build import write_outputs
+from jaxrec.tokenizer.build import remove_fit_checkpoints, write_outputs
 from jaxrec.tokenizer.codes import CodeTable, health_dict
 from jaxrec.xla import compiler_options
 
@@ -57,6 +58,8 @@ class Run:
   mesh: Mesh
   model: Any = None
   eval_fn: Any = None       # jitted: (params, batch, *code_args) -> (metric sums, items)
+  loss_fn: Any = None       # jitted: (params, batch, *code_args) -> (loss sum, samples); for
+                            # train.select='loss' (None: the model has no such loss)
   table: Optional[CodeTable] = None
   codes: Optional[jax.Array] = None         # [N, C] on device, replicated
   tables: Optional[decode.PrefixTables] = None
@@ -87,7 +90,7 @@ def _check_config(cfg, workdir):
     with open(path) as f:
       old = json.load(f)
     new = json.loads(text)
-    old, new = without_neutral(old), without_neutral(new)
+    old, new = (without_neutral(without_added_defaults(c)) for c in (old, new))
     if old != new:
       diff = sorted(_diff_keys(old, new))
       raise ConfigMismatchError(
@@ -101,9 +104,7 @@ def _write_config(cfg, workdir):
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     os.makedirs(workdir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-      f.write(config_to_json(cfg))
-    os.replace(path + ".tmp", path)
+    write_atomic(path, config_to_json(cfg))
 
 
 def _diff_keys(a, b, prefix=""):
@@ -154,12 +155,16 @@ def _setup_generative(run: Run, method, log) -> None:
     write_outputs(table, workdir, ds, f"{cfg.method} on {ds.name}")
     log(f"code table {table.codes_NxC.shape} in {time.time() - t0:.1f}s: "
         f"{json.dumps(table.stats['final'])}")
+  remove_fit_checkpoints(workdir)  # (also when a kill came between codes.npz and this)
   run.table, run.tokenizer = table, tokenizer
   run.model = T5(model_config(cfg.model, table.sizes))
   run.codes = jax.device_put(jnp.asarray(table.codes_NxC), run.replicated)
-  run.tables = jax.device_put(decode.prefix_tables(table.codes_NxC), run.replicated)
-  run.eval_fn = jax.jit(functools.partial(steps.eval_step, model=run.model, beam=cfg.train.beam),
+  run.tables = jax.device_put(decode.prefix_tables(table.codes_NxC, cfg.tokenizer.shared_ids),
+                              run.replicated)
+  run.eval_fn = jax.jit(functools.partial(steps.eval_step, model=run.model, beam=cfg.train.beam,
+                                          constrained=cfg.train.decode == "constrained"),
                         compiler_options=compiler_options("decode"))
+  run.loss_fn = jax.jit(functools.partial(steps.loss_sums, model=run.model))
 
 
 def init_params(run: Run, key):
@@ -185,9 +190,20 @@ def evaluate_split(run: Run, params, split_name: str) -> dict:
   return out
 
 
+def valid_loss(run: Run, params) -> float:
+  """The teacher-forced code loss on the validation split (mean over users; no dropout):
+  what train.select='loss' selects by (LETTER's official trainer)."""
+  total, count = 0.0, 0.0
+  for batch in eval_batches(run.dataset, run.splits["valid"], run.cfg.train.eval_batch_size,
+                            run.buckets):
+    s, c = run.loss_fn(params, run.shard(batch), *run.code_args)
+    total, count = total + float(s), count + float(c)
+  return total / max(count, 1.0)
+
+
 def recommend(run: Run, params, users, k: int = 10):
   """Next-item recommendations after each user's whole sequence (its last data.max_len
-  items), by constrained beam search of width train.beam: (items [U, k], log-probability
+  items), by beam search of width train.beam (train.decode): (items [U, k], log-probability
   scores [U, k], the items' IDs [U, k, C]); -1 where the beam found fewer than k items."""
   if run.codes is None:
     raise ValueError(f"recommend() decodes semantic IDs; {run.cfg.method} ranks item ids "
@@ -203,7 +219,8 @@ def recommend(run: Run, params, users, k: int = 10):
   tokens, tok_mask = steps.history_tokens(run.codes, jnp.asarray(hist), jnp.asarray(mask),
                                           run.model.cfg.offsets)
   items, scores = decode.generate(params, tokens, tok_mask, jnp.asarray(users, jnp.int32),
-                                  run.tables, model=run.model, beam=run.cfg.train.beam)
+                                  run.tables, model=run.model, beam=run.cfg.train.beam,
+                                  constrained=run.cfg.train.decode == "constrained")
   items, scores = np.asarray(items)[:, :k], np.asarray(scores)[:, :k]
   ids = np.where(items[..., None] >= 0, np.asarray(run.codes)[np.maximum(items, 0)], -1)
   return items, scores, ids
@@ -227,13 +244,12 @@ def popularity_baseline(run: Run) -> dict:
 
 
 def _truncate_jsonl(path, max_step):
-  """Drops log lines written after the checkpoint a run resumes from."""
+  """Drops log lines written after the checkpoint a run resumes from (and a last line
+  torn by a kill mid-write)."""
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= max_step]
-  with open(path, "w") as f:
-    f.writelines(lines)
+  write_atomic(path, "".join(json.dumps(r) + "\n" for r in read_jsonl(path)
+                             if r.get("step", 0) <= max_step))
 
 
 @dataclasses.dataclass
@@ -280,7 +296,7 @@ def single_stage_plan(run: Run, params, make_step: Callable, steps_per_epoch: in
     total_steps = min(total_steps, tc.max_steps)
   warmup = int(tc.warmup_frac * total_steps)
   tx, lr_at = optimizer_and_schedule(tc.lr, tc.weight_decay, total_steps, warmup, tc.clip,
-                                     tc.schedule)
+                                     tc.schedule, tc.accumulate)
   state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
                          run.replicated)
   train_fn = jax.jit(make_step(tx), donate_argnums=0, out_shardings=run.replicated,
@@ -367,6 +383,7 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
     _check_finite(tree, plan.stages[meta["stage"]].name, step, "the best parameters")
     best_ckpt.save(step, tree, {"epoch": epoch, "stage": meta["stage"]})
 
+  by_loss = tc.select == "loss"
   step = plan.global_step(state)
   while not meta["done"]:
     stage = plan.stages[meta["stage"]]
@@ -430,23 +447,29 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
     stage_epochs_done = train_it.epoch - meta["stage_start"]
     finished = (stage_epochs_done >= stage.epochs) or bool(tc.max_steps and step >= tc.max_steps)
     if (epoch_done and stage_epochs_done % stage.eval_every == 0) or finished:
-      valid = evaluate_split(run, plan.rec_params(state), "valid")
+      # the selection score: valid NDCG@10 (decoded), or minus the teacher-forced valid loss
+      if by_loss:
+        valid = {"valid_loss": valid_loss(run, plan.rec_params(state))}
+      else:
+        valid = evaluate_split(run, plan.rec_params(state), "valid")
       record = {"step": step, "epoch": train_it.epoch if epoch_done else epoch + 1,
                 "split": "valid", "stage": stage.name, **valid}
       write(record)
       meta["evals"].append(record)
-      log(f"epoch {record['epoch']} step {step} ({stage.name}): valid " + _fmt(valid))
+      log(f"epoch {record['epoch']} step {step} ({stage.name}): valid " + (
+          f"loss {valid['valid_loss']:.5f}" if by_loss else _fmt(valid)))
       best = meta["best"]
-      if best is None or valid["ndcg@10"] > best["ndcg@10"]:
-        meta["best"] = {"step": step, "epoch": record["epoch"], "ndcg@10": valid["ndcg@10"],
-                        "stage": stage.name}
+      if best is None or (valid["valid_loss"] < best["valid_loss"] if by_loss
+                          else valid["ndcg@10"] > best["ndcg@10"]):
+        meta["best"] = {"step": step, "epoch": record["epoch"], "stage": stage.name,
+                        **{k: valid[k] for k in ("valid_loss" if by_loss else "ndcg@10",)}}
         meta["bad_evals"] = 0
         save_best(step, record["epoch"])
       else:
         meta["bad_evals"] += 1
         if meta["bad_evals"] >= stage.patience:
-          log(f"early stop ({stage.name}): no validation NDCG@10 gain in {stage.patience} "
-              "evaluations")
+          log(f"early stop ({stage.name}): no validation "
+              f"{'loss decrease' if by_loss else 'NDCG@10 gain'} in {stage.patience} evaluations")
           meta["stage_over"] = True
     save(step)
   metrics_f.close()
@@ -520,8 +543,7 @@ def _finish(run: Run, plan: Plan, best_tree, meta, step, t_start, log) -> dict:
       "wall_seconds_this_invocation": round(time.time() - t_start, 1),
       **extra,
   }
-  with open(os.path.join(run.workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  write_atomic(os.path.join(run.workdir, "results.json"), json.dumps(results, indent=2))
   log("test " + _fmt(results["test"]))
   log("most-popular test " + _fmt(results["popularity"]["test"]))
   from jaxrec.report import write_report
@@ -549,7 +571,7 @@ def _best_valid(meta):
   the same parameters again would give the same numbers)."""
   best = meta.get("best")
   for r in meta.get("evals", []):
-    if best and r["step"] == best["step"]:
+    if best and r["step"] == best["step"] and "ndcg@10" in r:   # (not a loss-only record)
       return {k: v for k, v in r.items() if k not in ("step", "epoch", "split", "stage")}
   return None
 

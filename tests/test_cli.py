@@ -48,7 +48,7 @@ def test_every_problem_is_listed_at_once():
 def test_unknown_override_names_the_key_and_what_exists():
   cfg = tiger.get_config("tiny")
   msg = cli.unknown_override(["--config.train.foo=1"], cfg)
-  assert msg.startswith("--config.train.foo: unknown config key 'foo' (train has: batch_size,")
+  assert msg.startswith("--config.train.foo: unknown config key 'foo' (train has: accumulate, batch_size,")
   assert cli.unknown_override(["--config.trian.lr=1"], cfg).startswith(
       "--config.trian.lr: unknown config key 'trian' (the config has: ")
   assert cli.unknown_override(["--config.train.lr=1", "--workdir=x"], cfg) is None

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxrec.tokenizer import codes as codes_lib
-from jaxrec.tokenizer.build import build_code_table
+from jaxrec.tokenizer.build import build_code_table, write_outputs
 from jaxrec.tokenizer.kmeans import inertia, kmeans, reseed_dead_codes
 from jaxrec.tokenizer.rq import residual_quantize, sinkhorn_log
 from jaxrec.data import from_sequences
@@ -220,7 +220,8 @@ def test_tiger_instruments_config_is_the_tiger_preset():
 
 def test_killed_tokenizer_fit_resumes_exactly(tmp_path, monkeypatch):
   """A fit killed after its epoch-4 checkpoint resumes there and ends with the same
-  parameters and IDs as an uninterrupted fit; its checkpoints are removed at the end."""
+  parameters and IDs as an uninterrupted fit; its checkpoints are removed once the code
+  table is written."""
   import os
   from jaxrec.tokenizer import train as tok_train
   feats = np.asarray(jax.random.normal(jax.random.key(0), (50, 6)), np.float32)
@@ -242,11 +243,14 @@ def test_killed_tokenizer_fit_resumes_exactly(tmp_path, monkeypatch):
   lines = []
   resumed, (_, params) = build_code_table(cfg, ds, jax.random.key(1), seed=1,
                                           workdir=str(tmp_path / "w"), log=lines.append)
+  ckpt_dir = tmp_path / "w" / "checkpoints" / f"tokenizer-{full.fingerprint[:16]}"
+  assert os.path.exists(ckpt_dir)                  # kept until the code table is saved
+  write_outputs(resumed, str(tmp_path / "w"), ds, "t")
   assert any("resumed from" in str(l) and "(epoch 4)" in str(l) for l in lines), lines
   assert [r["epoch"] for r in lines if "epoch" in r] == [6, 8]      # epochs 5..8 only
   np.testing.assert_array_equal(resumed.codes_NxC, full.codes_NxC)
   chex.assert_trees_all_equal(params, full_params)
-  assert not os.path.exists(tmp_path / "w" / "checkpoints" / f"tokenizer-{full.fingerprint[:16]}")
+  assert not os.path.exists(ckpt_dir)
 
 
 def test_given_ids_of_another_depth_than_the_config_are_refused():
@@ -259,3 +263,14 @@ def test_given_ids_of_another_depth_than_the_config_are_refused():
   table, _ = build_code_table(_tiny_tok_cfg(source="given", levels=2, collision="suffix"), ds,
                               jax.random.key(0), seed=0)
   np.testing.assert_array_equal(table.codes_NxC[:, :2], codes)
+
+
+def test_fit_streams_differ_per_epoch_and_step():
+  """The epoch permutations and the per-step noise never draw the same bits (they did when
+  both were fold_in(key, n) of one key: epoch n's permutation = step n's noise key)."""
+  from jaxrec.tokenizer.train import fit_streams
+  k_perm, k_step = fit_streams(jax.random.key(0))
+  bits = lambda k, n: tuple(np.asarray(jax.random.key_data(jax.random.fold_in(k, n))).tolist())
+  perm = {bits(k_perm, n) for n in range(64)}
+  step = {bits(k_step, n) for n in range(64)}
+  assert len(perm) == 64 and len(step) == 64 and not perm & step

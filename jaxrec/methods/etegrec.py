@@ -210,7 +210,7 @@ def training_plan(run, key, steps_per_epoch: int):
   n_rec = tc.epochs - n_tok
   def adamw(lr, epochs, warmup):
     return optimizer_and_schedule(lr, tc.weight_decay, max(epochs, 1) * steps_per_epoch, warmup,
-                                  tc.clip, "cosine")
+                                  tc.clip, "cosine", tc.accumulate)
 
   tx_rec, rec_sched = adamw(tc.lr, n_rec, ec.rec_warmup_steps)
   tx_tok, tok_sched = adamw(ec.tok_lr, n_tok, ec.tok_warmup_steps)

@@ -279,7 +279,7 @@ def training_plan(run, key, steps_per_epoch: int):
   if tc.max_steps:
     total = min(total, tc.max_steps)
   tx, lr_at = optimizer_and_schedule(tc.lr, tc.weight_decay, total, int(tc.warmup_frac * total),
-                                     tc.clip, tc.schedule)
+                                     tc.clip, tc.schedule, tc.accumulate)
   state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
                          run.replicated)
   n_align = int(round(sc.align_ratio * tc.batch_size))

@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxrec.checkpoint import write_atomic
 from jaxrec.config import ConfigError, tokenizer_fingerprint_dict
 from jaxrec.optim import TrainState
 from jaxrec.tokenizer import codes as codes_lib
@@ -278,6 +279,7 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
       history.append(record)
       log(record)
     checkpoints.save(epoch + 1, state, history, metrics["loss"], epoch == t.epochs - 1)
+  checkpoints.close()
   if pending is not None:
     check_finite_loss(*pending, what="SimCIT tokenizer")
   table = assign_catalogue(cfg, model, state.params, views_dev, fp,
@@ -285,10 +287,7 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
                             "history": history[-1] if history else {}})
   if workdir:
     os.makedirs(workdir, exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-      f.write(flax.serialization.to_bytes(state.params))
-    os.replace(path + ".tmp", path)
-  checkpoints.remove()
+    write_atomic(path, flax.serialization.to_bytes(state.params))
   return table, (model, state.params)
 
 
@@ -303,4 +302,5 @@ def assign_catalogue(cfg, model, params, views, fp, stats):
                               rounds=t.sinkhorn_rounds, eps=t.sinkhorn_eps, iters=t.sinkhorn_iters)
   stats = dict(stats, fusion_weights=[round(float(w), 4) for w in enc["fusion_NxV"].mean(0)])
   return codes_lib.finalize_codes(np.asarray(enc["codes_NxC"]), (t.codebook_size,) * t.levels,
-                                  t.collision, t.suffix_size, stats, fp, resolve_fn=resolve)
+                                  t.collision, t.suffix_size, stats, fp, resolve_fn=resolve,
+                                  shared_ids=t.shared_ids)

@@ -70,10 +70,22 @@ def train_step(state: TrainState, batch, codes_NxC, key, *, model: T5, tx, tau: 
   return TrainState(state.step + 1, params, opt_state), out
 
 
-def eval_step(params, batch, codes_NxC, tables, *, model: T5, beam: int):
-  """Constrained decoding of a batch and the metric sums: (sums, items [B, W])."""
+def loss_sums(params, batch, codes_NxC, tables, *, model: T5):
+  """Teacher-forced cross-entropy of a batch in inference mode: (sum over real samples of
+  their mean over levels, number of real samples)."""
+  del tables
+  logits, labels = forward(params, model, batch, codes_NxC, False)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(-1)
+  return jnp.sum(ce * batch["weight_B"]), jnp.sum(batch["weight_B"])
+
+
+def eval_step(params, batch, codes_NxC, tables, *, model: T5, beam: int, constrained: bool = True):
+  """Decoding of a batch (constrained to the catalogue, or not: then IDs no item has are
+  misses) and the metric sums: (sums, items [B, W])."""
   tokens, mask = history_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"],
                                 model.cfg.offsets)
-  items, _ = decode.generate(params, tokens, mask, batch["user_B"], tables, model=model, beam=beam)
-  sums = metrics.rank_metric_sums(items, batch["target_B"], batch["weight_B"])
+  items, _ = decode.generate(params, tokens, mask, batch["user_B"], tables, model=model, beam=beam,
+                             constrained=constrained)
+  # the target's representative: itself, or with shared IDs the item its ID decodes to
+  sums = metrics.rank_metric_sums(items, tables.rep_item_N[batch["target_B"]], batch["weight_B"])
   return sums, items

@@ -10,6 +10,7 @@ import flax
 import jax
 import numpy as np
 
+from jaxrec.checkpoint import write_atomic
 from jaxrec.config import ConfigError, tokenizer_fingerprint_dict
 from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.tokenizer import train as tok_train
@@ -59,7 +60,8 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
     stats = {"source": "given"}
     table = codes_lib.finalize_codes(dataset.codes_NxC, sizes, tok_cfg.collision,
                                      tok_cfg.suffix_size, stats, fp, resolve_fn=None
-                                     if tok_cfg.collision != "sinkhorn" else _no_residuals)
+                                     if tok_cfg.collision != "sinkhorn" else _no_residuals,
+                                     shared_ids=tok_cfg.shared_ids)
     return table, None
   if tok_cfg.source == "random":
     # What semantic IDs buy: the same shape, no semantics. Uniform codes per level from the
@@ -68,7 +70,7 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
     codes = rng.integers(0, tok_cfg.codebook_size, (dataset.n_items, tok_cfg.levels))
     return codes_lib.finalize_codes(codes.astype(np.int32), (tok_cfg.codebook_size,) * tok_cfg.levels,
                                     tok_cfg.collision, tok_cfg.suffix_size, {"source": "random"},
-                                    fp, resolve_fn=_no_residuals), None
+                                    fp, resolve_fn=_no_residuals, shared_ids=tok_cfg.shared_ids), None
   if tok_cfg.source != "rqvae":
     raise ConfigError(f"tokenizer.source must be 'rqvae', 'given' or 'random', got "
                       f"{tok_cfg.source!r}")
@@ -80,17 +82,14 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
       tok_cfg.get("save_every", 0), log=_line(log))
   model, params, history = tok_train.fit(tok_cfg, arch, feats, key, extra=extra, log=log,
                                          checkpoints=checkpoints)
+  checkpoints.close()
   fit_s = time.time() - t0
   table = assign_catalogue(tok_cfg, model, params, feats, fp,
                            {"source": "rqvae", "fit_seconds": round(fit_s, 2),
                             "history": history[-1] if history else {}})
   if workdir:
     os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, "tokenizer.msgpack.tmp")
-    with open(tmp, "wb") as f:
-      f.write(flax.serialization.to_bytes(params))
-    os.replace(tmp, os.path.join(workdir, "tokenizer.msgpack"))
-  checkpoints.remove()
+    write_atomic(os.path.join(workdir, "tokenizer.msgpack"), flax.serialization.to_bytes(params))
   return table, (model, params)
 
 
@@ -128,16 +127,27 @@ def assign_catalogue(tok_cfg, model: RQVAE, params, feats_NxF, fp: str, stats: d
   stats = dict(stats, catalogue_recon=float(enc["recon"]))
   return codes_lib.finalize_codes(np.asarray(enc["codes_NxC"]), (cfg.codebook_size,) * cfg.levels,
                                   tok_cfg.collision, tok_cfg.suffix_size, stats, fp,
-                                  resolve_fn=resolve)
+                                  resolve_fn=resolve, shared_ids=tok_cfg.shared_ids)
 
 
 def write_outputs(table: codes_lib.CodeTable, workdir: str, dataset, title: str) -> str:
-  """codes.npz + codes.json, <name>.index.json (LETTER's format) and code_usage.png."""
+  """codes.npz + codes.json, <name>.index.json (LETTER's format) and code_usage.png; then
+  the tokenizer fit's checkpoints, no longer needed, are removed."""
   table.save(workdir)
   index_path = os.path.join(workdir, f"{dataset.name}.index.json")
   table.write_index_json(index_path, dataset.item_keys)
   plot_usage(table, os.path.join(workdir, "code_usage.png"), title)
+  remove_fit_checkpoints(workdir)
   return index_path
+
+
+def remove_fit_checkpoints(workdir: str) -> None:
+  """Removes `checkpoints/tokenizer-*`: called once codes.npz is written, never before, so
+  that a kill between the end of a fit and the code table's save costs no epoch."""
+  import glob
+  import shutil
+  for path in glob.glob(os.path.join(workdir, "checkpoints", "tokenizer-*")):
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def plot_usage(table: codes_lib.CodeTable, path: str, title: str = ""):

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrec.checkpoint import write_atomic
 from jaxrec.tokenizer.rq import sinkhorn_log, squared_distances
 
 
@@ -140,16 +141,17 @@ class CodeTable:
     return self.codes_NxC.shape[1]
 
   def save(self, directory: str, name: str = "codes") -> str:
-    """Writes `<name>.npz` (codes, sizes, fingerprint) and `<name>.json` (statistics)."""
+    """Writes `<name>.json` (statistics), then `<name>.npz` (codes, sizes, fingerprint), each
+    whole or not at all: the .npz, last, is what a rerun reuses."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"{name}.npz")
+    write_atomic(os.path.join(directory, f"{name}.json"), json.dumps(
+        {"fingerprint": self.fingerprint, "sizes": list(self.sizes),
+         "shape": list(self.codes_NxC.shape), "stats": self.stats}, indent=2))
     tmp = path + ".tmp.npz"
     np.savez(tmp, codes=self.codes_NxC, sizes=np.asarray(self.sizes, np.int64),
              fingerprint=np.asarray(self.fingerprint))
     os.replace(tmp, path)
-    with open(os.path.join(directory, f"{name}.json"), "w") as f:
-      json.dump({"fingerprint": self.fingerprint, "sizes": list(self.sizes),
-                 "shape": list(self.codes_NxC.shape), "stats": self.stats}, f, indent=2)
     return path
 
   @classmethod
@@ -161,7 +163,9 @@ class CodeTable:
     meta = os.path.join(directory, f"{name}.json")
     if os.path.exists(meta):
       with open(meta) as f:
-        stats = json.load(f).get("stats", {})
+        saved = json.load(f)
+      if saved.get("fingerprint") == fp:        # (not the statistics of another table)
+        stats = saved.get("stats", {})
     return cls(codes, sizes, stats, fp)
 
   def write_index_json(self, path: str, item_keys: Optional[Sequence[str]] = None):
@@ -170,8 +174,7 @@ class CodeTable:
     keys = item_keys if item_keys is not None else [str(i) for i in range(self.n_items)]
     out = {keys[i]: [f"<{letters[l]}_{int(c)}>" for l, c in enumerate(row)]
            for i, row in enumerate(self.codes_NxC)}
-    with open(path, "w") as f:
-      json.dump(out, f)
+    write_atomic(path, json.dumps(out))
 
 
 def fingerprint(*parts) -> str:
@@ -187,13 +190,16 @@ def fingerprint(*parts) -> str:
 
 
 def finalize_codes(codes_NxC, sizes, collision: str, suffix_size: int, stats: dict,
-                   fp: str, resolve_fn=None) -> CodeTable:
+                   fp: str, resolve_fn=None, shared_ids: bool = False) -> CodeTable:
   """Resolves collisions by `collision` and builds the CodeTable.
 
   collision: "suffix"   always append the dedup level (TIGER, ETEGRec);
              "sinkhorn" re-assign colliding groups' last level with `resolve_fn`
                         (LETTER), then append the dedup level only if collisions remain;
-             "none"     keep as is; collisions are an error (the decoder needs unique IDs)."""
+             "none"     keep as is; collisions are an error (the decoder needs unique IDs).
+  shared_ids: collisions left after "sinkhorn" or "none" stay (no dedup level): items keep a
+             shared ID, and evaluation counts the target's ID as a hit (LETTER's official
+             code and test script)."""
   codes = np.asarray(codes_NxC, np.int32)
   sizes = tuple(int(s) for s in sizes)
   before = health_dict(codes, sizes)
@@ -205,12 +211,12 @@ def finalize_codes(codes_NxC, sizes, collision: str, suffix_size: int, stats: di
     stats["sinkhorn_rounds"] = rounds
     stats["after_sinkhorn"] = health_dict(codes, sizes)
   remaining = health_dict(codes, sizes)["colliding_items"]
-  if collision == "suffix" or (collision == "sinkhorn" and remaining):
+  if collision == "suffix" or (collision == "sinkhorn" and remaining and not shared_ids):
     codes = append_suffix(codes, suffix_size)
     sizes = sizes + (int(suffix_size),)
-  elif remaining:
+  elif remaining and not shared_ids:
     raise ValueError(f"{remaining} items share a semantic ID and tokenizer.collision='none': "
-                     "use 'suffix' or 'sinkhorn'")
+                     "use 'suffix' or 'sinkhorn', or tokenizer.shared_ids=True")
   elif collision not in ("none", "sinkhorn"):
     raise ValueError(f"tokenizer.collision must be suffix|sinkhorn|none, got {collision!r}")
   stats["final"] = health_dict(codes, sizes)

@@ -107,6 +107,14 @@ def kmeans_codebooks(key, z_NxD, levels: int, size: int, iters: int, init: str):
   return jnp.stack(books)
 
 
+def fit_streams(key):
+  """(epoch permutations' key, per-step noise key): two independent streams. (Until
+  2026-11 both were `fold_in(key, n)`, so epoch n's permutation and step n's dropout and
+  assignment noise drew the same bits; code tables cached from then keep their IDs.)"""
+  k_perm, k_step = jax.random.split(key)
+  return k_perm, k_step
+
+
 def epoch_batches(key, n_items: int, batch_size: int):
   """A permutation of the items as [S, B] batches; the last batch wraps around to the
   permutation's start so every step has the same shape and every item is seen."""
@@ -120,7 +128,7 @@ class FitCheckpoints:
   """A tokenizer fit that survives a kill: every `every` epochs (0: never) the train state,
   the epochs done and the health history go to `directory` (orbax, checksummed, the two
   newest kept); a rerun with the same fingerprint (the directory's name carries it) resumes
-  after the newest intact one, bit for bit. Removed once the code table is built."""
+  after the newest intact one, bit for bit. Removed once the code table is saved."""
 
   def __init__(self, directory: Optional[str], every: int, log: Callable[[str], None] = print):
     self.directory, self.every, self.log = directory, int(every or 0), log
@@ -149,11 +157,11 @@ class FitCheckpoints:
     check_finite_loss(epochs_done - 1, loss)           # never save a diverged fit
     self._ckpt.save(epochs_done, state, {"history": history})
 
-  def remove(self) -> None:
+  def close(self) -> None:
+    """Waits for the last save; the folder stays until codes.npz is written
+    (`build.remove_fit_checkpoints`)."""
     if self._ckpt is not None:
-      import shutil
       self._ckpt.close()
-      shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[Extra] = None,
@@ -180,9 +188,10 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[
   t0 = time.time()
   sizes = (arch.codebook_size,) * arch.levels
   pending = None
+  k_perm, k_step = fit_streams(k_train)
   for epoch in range(start, tok_cfg.epochs):
-    idx = epoch_batches(jax.random.fold_in(k_train, epoch), n, batch_size)
-    state, metrics = train_epoch(state, feats, idx, k_train, extra_data, model=model, tx=tx,
+    idx = epoch_batches(jax.random.fold_in(k_perm, epoch), n, batch_size)
+    state, metrics = train_epoch(state, feats, idx, k_step, extra_data, model=model, tx=tx,
                                  extra_loss=extra_fn)
     if pending is not None:       # the previous epoch's loss, fetched once this one is queued
       check_finite_loss(*pending)

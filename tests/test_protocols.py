@@ -1,0 +1,152 @@
+"""The paper-protocol options (issue 18): gradient accumulation, shared-ID hits,
+unconstrained decoding."""
+import functools
+import itertools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrec.optim import TrainState, optimizer_and_schedule
+from jaxrec.recommender import steps
+from jaxrec.recommender.t5 import T5, T5Config
+
+TINY = T5Config(level_sizes=(6, 5, 4), d_model=16, d_ff=32, heads=2, head_dim=8, enc_layers=1,
+                dec_layers=1, dropout=0.0, rel_buckets=8, rel_max_distance=16, user_buckets=7)
+
+
+def _batch(rng, n_items, b, length=5):
+  return {"history_BxL": rng.integers(0, n_items, (b, length)).astype(np.int32),
+          "mask_BxL": np.ones((b, length), bool),
+          "user_B": rng.integers(0, 50, b).astype(np.int32),
+          "target_B": rng.integers(0, n_items, b).astype(np.int32),
+          "weight_B": np.ones(b, np.float32)}
+
+
+def test_accumulating_4_steps_of_4_equals_one_step_of_16():
+  """optax.MultiSteps under train.accumulate: four micro-batches make the same AdamW update
+  (clipping and weight decay included) as their union in one batch; the first three leave
+  the parameters unchanged; the schedule advances once per update."""
+  rng = np.random.default_rng(0)
+  codes = jnp.asarray(np.array(list(itertools.product(range(6), range(5), range(4))),
+                               np.int32)[rng.choice(120, 30, replace=False)])
+  model = T5(TINY)
+  batch = _batch(rng, 30, 16)
+  tok, m = steps.history_tokens(codes, batch["history_BxL"], batch["mask_BxL"], TINY.offsets)
+  dec_in, _ = steps.decoder_io(codes, batch["target_B"], TINY.offsets, TINY.bos)
+  params = model.init(jax.random.key(0), tok, m, batch["user_B"], dec_in)
+  key = jax.random.key(1)
+
+  def run(accumulate, batches):
+    tx, lr_at = optimizer_and_schedule(1e-2, 0.1, 8 * accumulate, 0, clip=1.0,
+                                       accumulate=accumulate)
+    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx))
+    state, seen = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), []
+    for b in batches:
+      state, _ = step(state, b, codes, key)
+      seen.append(state.params)
+    return state, seen, lr_at
+
+  whole, _, lr1 = run(1, [batch])
+  micro = [jax.tree.map(lambda x, i=i: x[4 * i:4 * (i + 1)], batch) for i in range(4)]
+  acc, seen, lr4 = run(4, micro)
+  for p in seen[:3]:
+    chex.assert_trees_all_equal(p, params)
+  chex.assert_trees_all_close(acc.params, whole.params, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(jax.tree.leaves(whole.params)[0], jax.tree.leaves(params)[0])
+  assert [float(lr4(s)) for s in range(8)] == [float(lr1(s // 4)) for s in range(8)]
+
+
+def test_unconstrained_decoding_is_exact_over_the_code_space_and_names_invalid_ids():
+  """`constrained=False` with a beam as wide as all depth-2 prefixes is exhaustive: its W
+  best equal the brute-force W best of all K^C sequences; IDs no item has come back as
+  item -1 (a miss); the constrained search on the same logits returns catalogue items only."""
+  from jaxrec import decode
+  k, c, w = 4, 3, 16
+  rng = np.random.default_rng(3)
+  all_ids = np.array(list(itertools.product(range(k), repeat=c)), np.int32)
+  codes = all_ids[rng.choice(len(all_ids), 20, replace=False)]
+  a0, a1, a2 = (rng.normal(size=(k,)), rng.normal(size=(k, k)), rng.normal(size=(k, k, k)))
+  offsets = (0, k, 2 * k)
+
+  def step_fn(prefix, tokens, level):
+    prev = jnp.maximum(level - 1, 0)
+    code = tokens - jnp.asarray(offsets)[prev]
+    prefix = jnp.where(level > 0, prefix.at[:, prev].set(code), prefix)
+    logits = jnp.stack([jnp.broadcast_to(jnp.asarray(a0), (prefix.shape[0], k)),
+                        jnp.asarray(a1)[prefix[:, 0]],
+                        jnp.asarray(a2)[prefix[:, 0], prefix[:, 1]]])[level]
+    return logits.astype(jnp.float32), prefix
+
+  tables = decode.prefix_tables(codes)
+  run = lambda constrained: decode.beam_search(step_fn, jnp.zeros((w, c), jnp.int32), tables,
+                                               (k,) * c, offsets, 3 * k, w, constrained)
+  lsm = lambda x: x - np.log(np.exp(x).sum(-1, keepdims=True))
+  l0, l1, l2 = lsm(a0), lsm(a1), lsm(a2)
+  total = np.array([l0[x] + l1[x, y] + l2[x, y, z] for x, y, z in all_ids])
+  item_of = {tuple(r): i for i, r in enumerate(codes.tolist())}
+
+  items, scores = run(False)
+  best = np.argsort(-total, kind="stable")[:w]
+  np.testing.assert_allclose(np.asarray(scores), total[best], rtol=1e-5)
+  want = [item_of.get(tuple(all_ids[b].tolist()), -1) for b in best]
+  assert np.asarray(items).tolist() == want and -1 in want
+  items, scores = run(True)
+  valid = np.array([all_ids.tolist().index(r) for r in codes.tolist()])
+  best = valid[np.argsort(-total[valid], kind="stable")[:w]]
+  assert np.asarray(items).tolist() == [item_of[tuple(all_ids[b].tolist())] for b in best]
+  np.testing.assert_allclose(np.asarray(scores), total[best], rtol=1e-5)
+
+
+def test_shared_ids_count_the_target_id_as_a_hit():
+  """Items 1 and 3 share the ID (1, 0); the search returns that ID once, as item 1 (its first
+  item); for target 3 it is a hit at rank 1 (LETTER's test script), and the other IDs rank
+  after it; without `shared` the tables refuse the table."""
+  import pytest
+  from jaxrec import decode, metrics
+  codes = np.array([[0, 0], [1, 0], [0, 1], [1, 0], [1, 1]], np.int32)
+  with pytest.raises(ValueError, match="unique item IDs"):
+    decode.prefix_tables(codes)
+  tables = decode.prefix_tables(codes, shared=True)
+  assert np.asarray(tables.rep_item_N).tolist() == [0, 1, 2, 1, 4]
+  a0 = jnp.array([0.0, 2.0])                           # level 1 prefers code 1
+  a1 = jnp.array([[0.0, 1.0], [3.0, 0.0]])             # after 1: code 0
+
+  def step_fn(prefix, tokens, level):
+    first = jnp.where(level > 0, tokens, 0)              # (offset of level 1 is 0)
+    return jnp.where(level == 0, jnp.broadcast_to(a0, (tokens.shape[0], 2)), a1[first]), prefix
+
+  items, _ = decode.beam_search(step_fn, jnp.zeros((4, 1)), tables, (2, 2), (0, 2), 4, 4)
+  assert np.asarray(items).tolist() == [1, 2, 4, 0]     # log-probs -.18, -2.44, -3.18, -3.44
+  for target, hit_at_1 in ((3, 1.0), (1, 1.0), (4, 0.0)):
+    sums = metrics.rank_metric_sums(items[None], tables.rep_item_N[jnp.array([target])],
+                                    jnp.ones(1))
+    assert float(sums["recall@1"]) == hit_at_1, target
+
+
+def test_loss_selection_keeps_the_lowest_valid_loss(tmp_path):
+  """train.select='loss' (LETTER's trainer): each evaluation records the teacher-forced valid
+  loss instead of decoding; the kept checkpoint is the one of the lowest; the results still
+  carry its decoded valid and test metrics. A model without that loss is refused."""
+  import json
+  import os
+  import pytest
+  import tiger
+  from jaxrec import trainer
+  from jaxrec.config import ConfigError
+  cfg = tiger.get_config("tiny")
+  cfg.train.select = "loss"
+  cfg.train.epochs = 3
+  res = trainer.train_and_evaluate(cfg, str(tmp_path / "w"), log=lambda m: None)
+  evals = [json.loads(l) for l in open(tmp_path / "w" / "metrics.jsonl") if '"valid"' in l]
+  assert len(evals) == 3 and all("valid_loss" in r and "ndcg@10" not in r for r in evals)
+  best = min(evals, key=lambda r: r["valid_loss"])
+  assert res["best"]["step"] == best["step"] and res["best"]["valid_loss"] == best["valid_loss"]
+  assert 0 <= res["valid"]["ndcg@10"] <= 1 and 0 <= res["test"]["ndcg@10"] <= 1
+  import sasrec
+  scfg = sasrec.get_config("tiny")
+  scfg.train.select = "loss"
+  with pytest.raises(ConfigError, match="train.select='loss'"):
+    trainer.train_and_evaluate(scfg, str(tmp_path / "s"), log=lambda m: None)
+  assert not os.path.exists(tmp_path / "s" / "checkpoints" / "best")
