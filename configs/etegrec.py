@@ -20,6 +20,15 @@ Variants (anything not listed is configs/tiger.py's same variant):
                fine-tuning lr 5e-4 for up to 100 epochs (patience 10).
                Paper (Amazon 2023 Instrument, a different set): R@5 .0402, R@10 .0624,
                N@5 .0260, N@10 .0331.
+  instruments_paper  instruments with the official code's protocol (BishopLiu/ETEGRec
+               58d9736; docs/protocols.md cites each line): tokenizer pre-trained on a 256-d
+               SASRec trained in-run (10,000 epochs, linear decay after 50 warm-up epochs,
+               no dead-code re-seeding); batch 2,048 = 512 x 4 accumulated, i.i.d. batches,
+               history up to 50; every weight N(0, 0.02), unscaled logits; SIA's softmax
+               over +distance (the code); the recommender's cosine ends at 0.53 x peak (its
+               scheduler only advances in recommender epochs); test decoding unconstrained
+               (beam 20, top 10 scored). Not matched: the official 4-process data-parallel
+               in-batch PSA negatives (here the global batch).
   tiny         seconds; tests.
 
 etegrec:
@@ -48,8 +57,9 @@ def _tiger():
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   variant = variant or "default"
-  if variant not in ("default", "tiny", "instruments"):
+  if variant not in ("default", "tiny", "instruments", "instruments_paper"):
     raise ValueError(f"unknown etegrec variant {variant!r}")
+  paper, variant = variant.endswith("_paper"), variant.removesuffix("_paper")
   cfg = _tiger().get_config(variant)
   cfg.method = "etegrec"
   t, m, tr = cfg.tokenizer, cfg.model, cfg.train
@@ -96,4 +106,19 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     e.rec_warmup_steps = 2
     e.tok_warmup_steps = 1
     e.finetune_epochs = 2
+  if paper:
+    cfg.variant = variant + "_paper"
+    cfg.data.features = ()                 # `cf` derived in-run: SASRec, d 256
+    cfg.data.max_len = 50
+    cfg.data.buckets = (2, 4, 6, 8, 12, 16, 20, 30, 40, 50)
+    cfg.data.batching = "iid"
+    t.feature = "cf"
+    t.epochs, t.schedule, t.warmup_epochs, t.reseed_every = 10000, "linear", 50, 0
+    t.lr, t.weight_decay, t.batch_size, t.clip = 1e-3, 1e-4, 1024, 1.0
+    t.log_every, t.save_every = 500, 500
+    tr.batch_size, tr.accumulate = 512, 4  # 512 per process x 4 processes
+    tr.lr_end = 0.53
+    tr.decode, tr.beam = "free", 20
+    m.init_std, m.logit_scale = 0.02, False
+    e.sia_sign = "positive"
   return cfg

@@ -17,6 +17,14 @@ Variants (everything not listed is configs/tiger.py's same variant):
                4 x 256 codes, code dim 32, halving encoder, alpha 0.01, beta 1e-4
                (the official Instruments script). Published LETTER-TIGER: R@5 .0909,
                R@10 .1122, N@5 .0763, N@10 .0831.
+  instruments_paper  instruments with the official protocols of both halves (docs/
+               protocols.md): the tokenizer for 10,000 epochs (the released IDs come from
+               the epoch-9,999 checkpoint of a 20,000-epoch run) at a constant lr 1e-3, no
+               warm-up, no gradient clipping, no dead-code re-seeding; collisions left
+               after 20 Sinkhorn rounds stay shared IDs; the recommender as
+               tiger:letter_ids_paper (batch 1,024, loss selection, i.i.d. batches, ...).
+               Not matched: constrained k-means initialisation (here k-means++) and LLaMA
+               text embeddings as input (not shipped; the 32-d SASRec ones instead).
   scientific   Amazon Industrial & Scientific 2018: the tokenizer on the MiniLM text
                embeddings (python -m jaxrec.embed first), L_cf towards a 32-d SASRec trained
                in-run on the interactions (`cf`); 3 x 256 codes, Sinkhorn on level 3.
@@ -48,8 +56,9 @@ def _tiger():
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   variant = variant or "default"
-  if variant not in ("default", "tiny", "instruments", "scientific"):
+  if variant not in ("default", "tiny", "instruments", "instruments_paper", "scientific"):
     raise ValueError(f"unknown letter variant {variant!r}")
+  paper, variant = variant.endswith("_paper"), variant.removesuffix("_paper")
   cfg = _tiger().get_config(variant)
   cfg.method = "letter"
   t = cfg.tokenizer
@@ -76,4 +85,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     t.levels = 4
     t.modes = ("hard", "hard", "hard", "sinkhorn")
     t.letter.cf_feature = "sasrec32"
+  if paper:
+    cfg.variant = variant + "_paper"
+    t.epochs, t.schedule, t.warmup_epochs, t.clip = 10000, "constant", 0, 0.0
+    t.batch_size, t.lr, t.weight_decay = 1024, 1e-3, 1e-4
+    t.log_every, t.save_every = 500, 500
+    _tiger().letter_tiger_paper(cfg)
   return cfg

@@ -12,6 +12,10 @@ Variants (everything not listed is configs/tiger.py's same variant):
                embedding (a single-view SimCIT); 3 x 256 codes.
   scientific   Amazon Industrial & Scientific 2018: views `text` (MiniLM, `python -m
                jaxrec.embed` first) and `cf` (a 32-d SASRec trained in-run); 3 x 256 codes.
+  instruments_paper  instruments with the released tokenizer setting (alibaba/SimCIT):
+               unit Gumbel noise, codebooks uniform in [0, 1), L = 2 x K = 128, 15,000
+               epochs, each device's batch its own negatives; collisions still resolved by
+               the appended level (the official code leaves them).
   tiny         seconds; tests.
 
 tokenizer.simcit (official values from alibaba/SimCIT's config and train script):
@@ -54,8 +58,9 @@ def _tiger():
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   variant = variant or "default"
-  if variant not in ("default", "tiny", "instruments", "scientific"):
+  if variant not in ("default", "tiny", "instruments", "instruments_paper", "scientific"):
     raise ValueError(f"unknown simcit variant {variant!r}")
+  paper, variant = variant.endswith("_paper"), variant.removesuffix("_paper")
   cfg = _tiger().get_config(variant)
   cfg.method = "simcit"
   t = cfg.tokenizer
@@ -79,4 +84,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     t.epochs = 300
   if variant == "scientific":
     t.simcit.views = ("text", "cf")
+  if paper:
+    cfg.variant = variant + "_paper"
+    t.simcit.update(gumbel_scale=1.0, codebook_init="uniform", negatives="local")
+    t.levels, t.codebook_size, t.epochs = 2, 128, 15000
+    t.modes = ("hard",) * 2
+    t.log_every, t.save_every = 500, 500
   return cfg

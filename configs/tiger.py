@@ -14,6 +14,11 @@ Variants:
   letter_ids   as instruments, but the recommender reads LETTER's published
                Instruments.index.json IDs: a direct check of recommender and decoder
                against LETTER-TIGER's R@5 .0909, R@10 .1122, N@5 .0763, N@10 .0831.
+  letter_ids_paper  letter_ids with LETTER-TIGER's official training protocol
+               (`letter_tiger_paper` below; every setting with its source line in
+               docs/protocols.md): effective batch 1,024 = 256 x 4 accumulated, i.i.d.
+               batches, 200 epochs, checkpoint by valid loss every epoch (patience 20),
+               no user token, no decay on norms and relative bias, shared IDs kept.
   scientific   Amazon Industrial & Scientific 2018 ($JAXREC_DATA_DIR/scientific: 3,541
                items with text), the RQ-VAE (3 x 256) on MiniLM text embeddings
                (`python -m jaxrec.embed --config configs/tiger.py:scientific --model PATH`
@@ -40,6 +45,8 @@ def data_config(variant: str) -> ml_collections.ConfigDict:
   d.short_users = "drop"           # drop (with a counted warning) | error
   d.max_len = 20                   # history cap, in items
   d.buckets = (4, 8, 12, 20)       # history-length buckets (items); each one compiled shape
+  d.batching = "buckets"           # every batch of one bucket | "iid": batches of any lengths,
+                                   # padded to the bucket of their longest (the official codes)
   d.synthetic = ml_collections.ConfigDict(dict(
       n_users=3000, n_items=2000, n_topics=8, n_subtopics=6, n_successors=3,
       preferred_topics=2, noise=0.15, mean_length=9.0, min_length=5, max_length=60,
@@ -87,7 +94,7 @@ def tokenizer_config(variant: str) -> ml_collections.ConfigDict:
   t.lr = 1e-3
   t.weight_decay = 1e-4
   t.warmup_epochs = 5
-  t.schedule = "constant"          # constant (LETTER/TIGER scripts) | cosine
+  t.schedule = "constant"          # constant (LETTER/TIGER scripts) | cosine | linear
   t.clip = 1.0
   t.log_every = 50                 # epochs between health logs
   t.save_every = 100               # epochs between resumable tokenizer checkpoints (0: none)
@@ -135,6 +142,8 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   m.rel_buckets = 32               # T5 relative-position buckets
   m.rel_max_distance = 128
   m.user_buckets = 2000            # hashed user token (TIGER); 0: none
+  m.logit_scale = True             # logits of the tied output scaled by d^-0.5; False: unscaled
+  m.init_std = 0.0                 # 0: T5's init; > 0: every weight N(0, init_std) (ETEGRec)
   if variant in ("default", "scientific"):
     m.d_model, m.d_ff, m.heads, m.head_dim = 64, 256, 4, 16
     m.enc_layers = m.dec_layers = 2
@@ -155,6 +164,9 @@ def train_config(variant: str) -> ml_collections.ConfigDict:
   t.weight_decay = 0.01
   t.warmup_frac = 0.01             # of all steps
   t.schedule = "cosine"
+  t.lr_end = 0.0                   # where the cosine ends, as a fraction of lr
+  t.decay = "all"                  # weight decay on all parameters | "matrices": not on norm
+                                   # scales, biases, relative-attention bias (HF Trainer's rule)
   t.clip = 1.0
   t.accumulate = 1                 # steps whose gradients make one update (effective batch =
                                    # batch_size x accumulate; LETTER's official 1,024 = 256 x 4)
@@ -199,23 +211,44 @@ def embed_config(variant: str) -> ml_collections.ConfigDict:
   return e
 
 
+def letter_tiger_paper(cfg: ml_collections.ConfigDict) -> None:
+  """LETTER-TIGER's recommender protocol (HonghuiBao2000/LETTER 8d0154e, LETTER-TIGER/;
+  docs/protocols.md cites each line). Not matched: targets end with EOS and the softmax
+  runs over the whole vocabulary (here: per level, no EOS)."""
+  tr, m = cfg.train, cfg.model
+  tr.batch_size, tr.accumulate = 256, 4    # 256 per GPU x 2 GPUs x 2 accumulation steps
+  tr.lr, tr.weight_decay, tr.decay = 5e-4, 0.01, "matrices"   # HF Trainer's exemptions
+  tr.warmup_frac, tr.schedule, tr.lr_end, tr.clip = 0.01, "cosine", 0.0, 1.0
+  tr.epochs, tr.eval_every, tr.patience, tr.select = 200, 1, 20, "loss"
+  tr.beam, tr.decode = 20, "constrained"
+  m.user_buckets = 0                       # no user token (data.py:158 commented out)
+  cfg.data.batching = "iid"
+  cfg.data.max_len = 20
+  cfg.tokenizer.shared_ids = True          # collided items keep one ID; a hit is that ID
+
+
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   variant = variant or "default"
-  if variant not in ("default", "tiny", "instruments", "letter_ids", "scientific"):
+  if variant not in ("default", "tiny", "instruments", "letter_ids", "letter_ids_paper",
+                     "scientific"):
     raise ValueError(f"unknown tiger variant {variant!r}")
+  base = variant.removesuffix("_paper")
   cfg = ml_collections.ConfigDict()
   cfg.method = "tiger"
   cfg.variant = variant
   cfg.seed = 0
-  cfg.data = data_config(variant)
-  cfg.tokenizer = tokenizer_config(variant)
-  cfg.model = model_config(variant)
-  cfg.train = train_config(variant)
+  cfg.data = data_config(base)
+  cfg.tokenizer = tokenizer_config(base)
+  cfg.model = model_config(base)
+  cfg.train = train_config(base)
   # A missing `cf` feature (tokenizer.feature='cf' or LETTER's cf_feature) is derived by
   # training this SASRec on the interactions first (jaxrec/features.py).
   cfg.embed = embed_config(variant)
   sasrec = load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "sasrec.py"))
   cfg.cf = sasrec.cf_config(variant if variant == "tiny" else "default", d=cfg.tokenizer.code_dim)
+  if variant == "letter_ids_paper":
+    letter_tiger_paper(cfg)
+    cfg.tokenizer.collision = "none"       # the published IDs as they are (48 items collide)
   if variant == "tiny":
     cfg.data.synthetic.update(n_users=200, n_items=120, n_topics=3, n_subtopics=3)
     cfg.data.max_len = 8

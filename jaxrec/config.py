@@ -31,7 +31,10 @@ RESULT_NEUTRAL = (("tokenizer", "save_every"), ("tokenizer", "log_every"),
 ADDED_KEYS = {("train", "accumulate"): 1, ("cf", "train", "accumulate"): 1,
               ("train", "decode"): "constrained", ("cf", "train", "decode"): "constrained",
               ("tokenizer", "shared_ids"): False, ("train", "select"): "ndcg@10",
-              ("cf", "train", "select"): "ndcg@10"}
+              ("cf", "train", "select"): "ndcg@10", ("data", "batching"): "buckets",
+              ("train", "lr_end"): 0.0, ("cf", "train", "lr_end"): 0.0,
+              ("train", "decay"): "all", ("cf", "train", "decay"): "all",
+              ("model", "logit_scale"): True, ("model", "init_std"): 0.0}
 
 
 def _edit_added(d: dict, edit) -> dict:
@@ -49,8 +52,12 @@ def _edit_added(d: dict, edit) -> dict:
 
 
 def with_added_keys(d: dict) -> dict:
-  """A saved config dict completed with ADDED_KEYS' values where it lacks them."""
-  return _edit_added(d, lambda node, key, value: node.setdefault(key, value))
+  """A saved config dict completed with ADDED_KEYS' values where it lacks them (not the
+  `model` ones: T5Config's defaults are those values, and SASRec's model has no such keys)."""
+  def fill(node, key, value):
+    if key not in ("logit_scale", "init_std"):
+      node.setdefault(key, value)
+  return _edit_added(d, fill)
 
 
 def without_added_defaults(d: dict) -> dict:
@@ -149,7 +156,7 @@ DOMAINS = {
     ("tokenizer", "log_every"): _int_at_least(1),
     ("tokenizer", "reseed_every"): _int_at_least(0),
     ("tokenizer", "kmeans_iters"): _int_at_least(1),
-    ("tokenizer", "schedule"): _one_of("constant", "cosine"),
+    ("tokenizer", "schedule"): _one_of("constant", "cosine", "linear"),
     ("tokenizer", "level_reduce"): _one_of("mean", "sum"),
     ("tokenizer", "residual_grad"): _one_of("stop", "through"),
     ("tokenizer", "collision"): _one_of("suffix", "sinkhorn", "none"),
@@ -162,9 +169,12 @@ DOMAINS = {
     ("train", "lr"): _number_above(0),
     ("train", "weight_decay"): _number_in(0, float("inf")),
     ("train", "warmup_frac"): _number_in(0, 1),
-    ("train", "schedule"): _one_of("constant", "cosine"),
+    ("train", "schedule"): _one_of("constant", "cosine", "linear"),
     ("train", "decode"): _one_of("constrained", "free"),
     ("train", "select"): _one_of("ndcg@10", "loss"),
+    ("data", "batching"): _one_of("buckets", "iid"),
+    ("train", "decay"): _one_of("all", "matrices"),
+    ("train", "lr_end"): _number_in(0, 1),
     ("train", "clip"): _number_in(0, float("inf")),
     ("train", "eval_every"): _int_at_least(1),
     ("train", "patience"): _int_at_least(0),

@@ -150,7 +150,7 @@ def _t5_beam_search_one(model: T5, params, out_tables_CxKxD, cross_kv, enc_mask_
   def step_fn(cache, tokens, level):
     hidden, cache = model.apply(params, tokens, level, cache, cross_kv, enc_mask_T,
                                 method=T5.decode_step)
-    return (hidden * cfg.d_model ** -0.5) @ out_tables_CxKxD[level].T, cache
+    return (hidden * cfg.logit_mult) @ out_tables_CxKxD[level].T, cache
 
   return beam_search(step_fn, cache, tables, cfg.level_sizes, cfg.offsets, cfg.bos, beam,
                      constrained)

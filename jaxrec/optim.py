@@ -15,25 +15,50 @@ class TrainState:
 
 
 def learning_rate_schedule(lr: float, total_steps: int, warmup_steps: int,
-                           schedule: str = "cosine") -> optax.Schedule:
-  """Linear warm-up, then cosine decay to 0 or constant."""
+                           schedule: str = "cosine", end_frac: float = 0.0) -> optax.Schedule:
+  """Linear warm-up, then cosine or linear decay to `end_frac` x lr (0 by default), or
+  constant."""
   total_steps = max(int(total_steps), 1)
   warmup_steps = max(0, min(int(warmup_steps), total_steps - 1))
   if schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0 if warmup_steps else lr, lr, warmup_steps,
-                                              max(total_steps, warmup_steps + 1), end_value=0.0)
+                                              max(total_steps, warmup_steps + 1),
+                                              end_value=float(end_frac) * lr)
+  if schedule == "linear":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0 if warmup_steps else lr, lr, warmup_steps),
+         optax.linear_schedule(lr, float(end_frac) * lr, max(total_steps - warmup_steps, 1))],
+        [warmup_steps])
   if schedule == "constant":
     if not warmup_steps:
       return optax.constant_schedule(lr)
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps),
                                  optax.constant_schedule(lr)], [warmup_steps])
-  raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+  raise ValueError(f"schedule must be 'cosine', 'linear' or 'constant', got {schedule!r}")
+
+
+def decay_mask(rule: str):
+  """Which parameters weight decay reaches: "all", or "matrices": not the normalisation
+  scales, biases and relative-attention bias tables (HF Trainer's rule: no decay for
+  LayerNorm weights and for every parameter named `bias`, T5's relative_attention_bias
+  included)."""
+  if rule == "all":
+    return None
+  if rule != "matrices":
+    raise ValueError(f"train.decay must be 'all' or 'matrices', got {rule!r}")
+
+  def decayed(path, _):
+    name = str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
+    return not (name == "scale" or "bias" in name or name.endswith("_rel"))
+  return lambda params: jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def optimizer_and_schedule(lr: float, weight_decay: float, total_steps: int, warmup_steps: int,
-                           clip: float, schedule: str = "cosine", accumulate: int = 1):
+                           clip: float, schedule: str = "cosine", accumulate: int = 1,
+                           decay: str = "all", end_frac: float = 0.0):
   """AdamW on the schedule above, after global-norm clipping (clip <= 0: none); returns
   (optimizer, schedule of the step) so that callers can log the learning rate of a step.
+  `decay`: `decay_mask`'s rule; `end_frac`: where the cosine ends, as a fraction of lr.
 
   `accumulate` > 1: gradient accumulation (`optax.MultiSteps`): the gradients of that many
   consecutive steps are averaged, clipped and applied as one AdamW update on the last of
@@ -41,9 +66,10 @@ def optimizer_and_schedule(lr: float, weight_decay: float, total_steps: int, war
   `gradient_accumulation_steps`; `total_steps` and `warmup_steps` count steps (micro-batches),
   the schedule advances once per update."""
   k = max(int(accumulate), 1)
-  sched = learning_rate_schedule(lr, -(-int(total_steps) // k), int(warmup_steps) // k, schedule)
+  sched = learning_rate_schedule(lr, -(-int(total_steps) // k), int(warmup_steps) // k, schedule,
+                                 end_frac)
   chain = [optax.clip_by_global_norm(clip)] if clip and clip > 0 else []
-  tx = optax.chain(*chain, optax.adamw(sched, weight_decay=weight_decay))
+  tx = optax.chain(*chain, optax.adamw(sched, weight_decay=weight_decay, mask=decay_mask(decay)))
   if k == 1:
     return tx, sched
   return optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation(), lambda s: sched(s // k)

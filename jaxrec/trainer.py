@@ -296,7 +296,7 @@ def single_stage_plan(run: Run, params, make_step: Callable, steps_per_epoch: in
     total_steps = min(total_steps, tc.max_steps)
   warmup = int(tc.warmup_frac * total_steps)
   tx, lr_at = optimizer_and_schedule(tc.lr, tc.weight_decay, total_steps, warmup, tc.clip,
-                                     tc.schedule, tc.accumulate)
+                                     tc.schedule, tc.accumulate, tc.decay, tc.lr_end)
   state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
                          run.replicated)
   train_fn = jax.jit(make_step(tx), donate_argnums=0, out_shardings=run.replicated,
@@ -350,7 +350,7 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
   root = jax.random.key(cfg.seed)
   k_init, k_train = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
   train_it = BatchIterator(run.dataset, run.splits["train"], tc.batch_size, run.buckets,
-                           shuffle=True, seed=cfg.seed)
+                           shuffle=True, seed=cfg.seed, iid=cfg.data.batching == "iid")
   steps_per_epoch = len(train_it)
   method = get_method(cfg.method)
   plan = getattr(method, "training_plan", default_plan)(run, k_init, steps_per_epoch)

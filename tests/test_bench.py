@@ -50,3 +50,20 @@ def test_run_specs_split_outside_brackets():
       "simcit:scientific", "tokenizer.simcit.views=('text', 'cf')", "seed=1"]
   assert quality.parse_override("tokenizer.simcit.views=('text',)") == (
       "tokenizer.simcit.views", ("text",))
+
+
+def test_reproduce_queue_budget_caps_every_schedule():
+  """bench/reproduce.py: the queue names each method's paper variant; a budget caps the
+  recommender's, the tokenizer's, the derived SASRec's and ETEGRec's fine-tuning epochs
+  (never raising them) and the recommender's steps; no budget, no override."""
+  import reproduce
+  from jaxrec.config import get_config
+  for spec in reproduce.QUEUE:
+    method, variant = spec.split(":")
+    assert variant.endswith("_paper") and get_config(method, variant).variant == variant
+  assert reproduce.budget_overrides("tiger", "letter_ids_paper", 0, 0) == []
+  got = dict(reproduce.budget_overrides("etegrec", "instruments_paper", 1, 20))
+  assert got == {"train.epochs": 1, "cf.train.epochs": 1, "tokenizer.epochs": 1,
+                 "tokenizer.save_every": 0, "etegrec.finetune_epochs": 1, "train.max_steps": 20}
+  got = dict(reproduce.budget_overrides("tiger", "letter_ids_paper", 500, 0))
+  assert got == {"train.epochs": 200, "cf.train.epochs": get_config("tiger", "letter_ids_paper").cf.train.epochs}

@@ -24,7 +24,7 @@ def test_shipped_configs_are_valid(method, variant):
     ("train.beam", 0, "train.beam=0: must be an integer >= 1"),
     ("train.batch_size", 0, "train.batch_size=0: must be an integer >= 1"),
     ("train.lr", -1.0, "train.lr=-1.0: must be a number > 0"),
-    ("train.schedule", "linear", "train.schedule='linear': must be one of 'constant', 'cosine'"),
+    ("train.schedule", "step", "train.schedule='step': must be one of 'constant', 'cosine', 'linear'"),
     ("tokenizer.collision", "drop", "tokenizer.collision='drop': must be one of 'suffix', "
      "'sinkhorn', 'none'"),
     ("train.beam", 5, "train.beam=5: the beam must be >= 10"),

@@ -294,3 +294,32 @@ def test_complex_and_float32_overflowing_features_are_named(tmp_path):
   with pytest.raises(DataError, match=r"T\.big\.npy: row 2: feature 'big' has the value 1e\+300 at "
                      r"column 1, beyond float32's range"):
     readers.read_letter(str(tmp_path), "T", features=("big",))
+
+
+def test_iid_batches_mix_lengths_and_cover_every_sample_once():
+  """data.batching='iid': every sample once per epoch, batches of mixed history lengths each
+  padded to the bucket of its longest, only the last batch padded; the order depends on
+  (seed, epoch) only; the resumed iterator yields the same batches."""
+  ds, splits = _toy()
+  split = splits["train"]
+  plan = plan_batches(split, 8, (3, 5, 8), True, 0, 0, iid=True)
+  idx = np.concatenate([p[1] for p in plan])
+  real = idx[idx >= 0]
+  assert sorted(real.tolist()) == list(range(len(split)))
+  assert (idx[:-8] >= 0).all() and len(plan) == -(-len(split) // 8)
+  lens = split.hist_len_S
+  for length, chunk in plan:
+    chunk = chunk[chunk >= 0]
+    assert length == min(b for b in (3, 5, 8) if b >= lens[chunk].max())
+  assert any(len(set(np.searchsorted((3, 5, 8), lens[c[c >= 0]]))) > 1 for _, c in plan)
+  again = plan_batches(split, 8, (3, 5, 8), True, 0, 0, iid=True)
+  assert all(np.array_equal(a[1], b[1]) for a, b in zip(plan, again))
+  assert not np.array_equal(plan[0][1], plan_batches(split, 8, (3, 5, 8), True, 0, 1, iid=True)[0][1])
+  it = BatchIterator(ds, split, 8, (3, 5, 8), shuffle=True, seed=0, iid=True)
+  gen = it.epoch_batches()
+  next(gen)
+  state = json.loads(json.dumps(it.get_state()))
+  rest = [b["target_B"] for b in gen]
+  it2 = BatchIterator(ds, split, 8, (3, 5, 8), shuffle=True, seed=0, iid=True)
+  it2.set_state(state)
+  assert all(np.array_equal(a, b["target_B"]) for a, b in zip(rest, it2.epoch_batches()))

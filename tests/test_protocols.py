@@ -7,6 +7,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxrec.optim import TrainState, optimizer_and_schedule
 from jaxrec.recommender import steps
@@ -103,7 +104,6 @@ def test_shared_ids_count_the_target_id_as_a_hit():
   """Items 1 and 3 share the ID (1, 0); the search returns that ID once, as item 1 (its first
   item); for target 3 it is a hit at rank 1 (LETTER's test script), and the other IDs rank
   after it; without `shared` the tables refuse the table."""
-  import pytest
   from jaxrec import decode, metrics
   codes = np.array([[0, 0], [1, 0], [0, 1], [1, 0], [1, 1]], np.int32)
   with pytest.raises(ValueError, match="unique item IDs"):
@@ -131,7 +131,6 @@ def test_loss_selection_keeps_the_lowest_valid_loss(tmp_path):
   carry its decoded valid and test metrics. A model without that loss is refused."""
   import json
   import os
-  import pytest
   import tiger
   from jaxrec import trainer
   from jaxrec.config import ConfigError
@@ -150,3 +149,82 @@ def test_loss_selection_keeps_the_lowest_valid_loss(tmp_path):
   with pytest.raises(ConfigError, match="train.select='loss'"):
     trainer.train_and_evaluate(scfg, str(tmp_path / "s"), log=lambda m: None)
   assert not os.path.exists(tmp_path / "s" / "checkpoints" / "best")
+
+
+def test_matrices_decay_rule_spares_norms_and_relative_bias():
+  """train.decay='matrices' (HF Trainer's rule): with zero gradients an AdamW step changes
+  exactly the decayed leaves, by -lr x wd x value; RMSNorm scales and the relative-attention
+  bias tables stay; the cosine ends at lr_end x lr."""
+  rng = np.random.default_rng(0)
+  codes = jnp.asarray(np.array(list(itertools.product(range(6), range(5), range(4))),
+                               np.int32)[:30])
+  batch = _batch(rng, 30, 4)
+  tok, m = steps.history_tokens(codes, batch["history_BxL"], batch["mask_BxL"], TINY.offsets)
+  dec_in, _ = steps.decoder_io(codes, batch["target_B"], TINY.offsets, TINY.bos)
+  params = T5(TINY).init(jax.random.key(0), tok, m, batch["user_B"], dec_in)
+  tx, sched = optimizer_and_schedule(0.1, 0.5, 10, 0, clip=0, decay="matrices", end_frac=0.25)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  flat = jax.tree_util.tree_flatten_with_path(updates)[0]
+  spared = {jax.tree_util.keystr(p) for p, u in flat if not np.any(np.asarray(u))}
+  assert spared and all("scale" in s or "_rel" in s for s in spared)
+  assert any("enc_rel" in s for s in spared) and any("scale" in s for s in spared)
+  for (path, u), x in zip(flat, jax.tree.leaves(params)):
+    if jax.tree_util.keystr(path) not in spared:
+      np.testing.assert_allclose(np.asarray(u), -0.1 * 0.5 * np.asarray(x), rtol=1e-5, atol=1e-7)
+  assert float(sched(10)) == pytest.approx(0.025)
+
+
+def test_etegrec_init_and_unscaled_logits():
+  """model.init_std=0.02: every weight but the norm scales drawn N(0, 0.02); logit_scale
+  False: the same hidden states give logits sqrt(d) times the scaled ones."""
+  import dataclasses
+  rng = np.random.default_rng(0)
+  codes = jnp.asarray(np.array(list(itertools.product(range(6), range(5), range(4))),
+                               np.int32)[:30])
+  batch = _batch(rng, 30, 4)
+  tok, m = steps.history_tokens(codes, batch["history_BxL"], batch["mask_BxL"], TINY.offsets)
+  dec_in, _ = steps.decoder_io(codes, batch["target_B"], TINY.offsets, TINY.bos)
+  cfg = dataclasses.replace(TINY, init_std=0.02, d_model=64, d_ff=128)
+  params = T5(cfg).init(jax.random.key(0), tok, m, batch["user_B"], dec_in)
+  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    name = jax.tree_util.keystr(path)
+    if "scale" in name:
+      assert np.all(np.asarray(x) == 1.0), name
+    elif x.size >= 256:
+      assert abs(float(np.std(np.asarray(x))) - 0.02) < 0.004, name
+  hidden = T5(cfg).apply(params, tok, m, batch["user_B"], dec_in)
+  scaled = T5(cfg).apply(params, hidden, method=T5.logits)
+  raw = T5(dataclasses.replace(cfg, logit_scale=False)).apply(params, hidden, method=T5.logits)
+  valid = np.asarray(scaled) > -1e8
+  np.testing.assert_allclose(np.asarray(raw)[valid], np.asarray(scaled)[valid] * 8.0, rtol=1e-5)
+
+
+def test_protocols_doc_matches_the_configs():
+  """docs/protocols.md: every row whose `paper` column starts with a backticked literal and
+  whose key column names a config key holds that value in the section's paper variant."""
+  import ast
+  import os
+  import re
+  from jaxrec.config import get_config, validate_config
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                      "protocols.md")
+  variant, checked = None, 0
+  for line in open(path):
+    head = re.match(r"## .*?`(\w+):(\w+_paper)`", line)
+    if head:
+      variant = head.groups()
+      cfg = get_config(*variant)
+      validate_config(cfg)
+      continue
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if variant is None or len(cells) != 6:
+      continue
+    value, key = re.match(r"`([^`]+)`", cells[4]), re.fullmatch(r"`([\w.]+)`", cells[5])
+    if not (value and key):
+      continue
+    node = cfg
+    for part in key.group(1).split("."):
+      node = node[part]
+    assert node == ast.literal_eval(value.group(1)), (variant, key.group(1), node)
+    checked += 1
+  assert checked >= 40, checked

@@ -181,7 +181,7 @@ def _tiny_tok_cfg(**kw):
               kmeans_init=True, kmeans_method="kmeans++", kmeans_iters=5, reseed_every=2,
               epochs=4, batch_size=32, lr=1e-3, weight_decay=1e-4, warmup_epochs=1,
               schedule="constant", clip=1.0, log_every=2, collision="sinkhorn", suffix_size=8,
-              sinkhorn_rounds=5)
+              sinkhorn_rounds=5, shared_ids=False)
   base.update(kw)
   return ml_collections.ConfigDict(base)
 

@@ -85,17 +85,29 @@ def bucket_lengths(buckets: Sequence[int], max_len: int) -> tuple[int, ...]:
 
 
 def plan_batches(split: Split, batch_size: int, buckets: Sequence[int], shuffle: bool,
-                 seed: int, epoch: int) -> list[tuple[int, np.ndarray]]:
+                 seed: int, epoch: int, iid: bool = False) -> list[tuple[int, np.ndarray]]:
   """Groups samples by history-length bucket into fixed-size batches.
 
   Returns (bucket length, sample indices [batch_size], -1 for padding) per batch. With
-  `shuffle`, samples and batch order are permuted by (seed, epoch)."""
+  `shuffle`, samples and batch order are permuted by (seed, epoch).
+
+  `iid` (the official codes' batches, `data.batching='iid'`): consecutive runs of the
+  (permuted) samples, whatever their lengths, each padded to the smallest bucket that holds
+  its longest history; only the last batch has padding rows."""
   lens = split.hist_len_S
   bucket_of = np.searchsorted(np.asarray(buckets), lens, side="left")
   order = np.arange(len(split))
   rng = np.random.default_rng([seed, epoch])
   if shuffle:
     order = rng.permutation(order)
+  if iid:
+    plan = []
+    for s in range(0, len(order), batch_size):
+      chunk = order[s:s + batch_size]
+      length = int(buckets[int(bucket_of[chunk].max())])
+      plan.append((length, np.concatenate([chunk, np.full(batch_size - len(chunk), -1,
+                                                           chunk.dtype)])))
+    return plan
   order = order[np.argsort(bucket_of[order], kind="stable")]
   counts = np.bincount(bucket_of, minlength=len(buckets))
   plan, pos = [], 0
@@ -137,14 +149,14 @@ class BatchIterator:
   the batches the original would have yielded next."""
 
   def __init__(self, ds: Dataset, split: Split, batch_size: int, buckets: Sequence[int],
-               shuffle: bool, seed: int, epoch: int = 0):
-    self._args = (ds, split, batch_size, tuple(buckets), shuffle, seed)
+               shuffle: bool, seed: int, epoch: int = 0, iid: bool = False):
+    self._args = (ds, split, batch_size, tuple(buckets), shuffle, seed, iid)
     self.epoch = epoch
     self._start_epoch(epoch)
 
   def _dataset(self, epoch):
-    ds, split, batch_size, buckets, shuffle, seed = self._args
-    plan = plan_batches(split, batch_size, buckets, shuffle, seed, epoch)
+    ds, split, batch_size, buckets, shuffle, seed, iid = self._args
+    plan = plan_batches(split, batch_size, buckets, shuffle, seed, epoch, iid)
     return grain.MapDataset.source(plan).map(lambda p: gather_batch(ds, split, p[0], p[1]))
 
   def _start_epoch(self, epoch):

@@ -208,11 +208,11 @@ def training_plan(run, key, steps_per_epoch: int):
 
   n_tok = -(-tc.epochs // ec.cycle)          # epochs 0, cycle, 2 * cycle, ... train the tokenizer
   n_rec = tc.epochs - n_tok
-  def adamw(lr, epochs, warmup):
+  def adamw(lr, epochs, warmup, end_frac=0.0):
     return optimizer_and_schedule(lr, tc.weight_decay, max(epochs, 1) * steps_per_epoch, warmup,
-                                  tc.clip, "cosine", tc.accumulate)
+                                  tc.clip, "cosine", tc.accumulate, tc.decay, end_frac)
 
-  tx_rec, rec_sched = adamw(tc.lr, n_rec, ec.rec_warmup_steps)
+  tx_rec, rec_sched = adamw(tc.lr, n_rec, ec.rec_warmup_steps, tc.lr_end)
   tx_tok, tok_sched = adamw(ec.tok_lr, n_tok, ec.tok_warmup_steps)
   tx_ft, ft_sched = adamw(ec.finetune_lr, ec.finetune_epochs, 0)
   state = EteState(jnp.zeros((), jnp.int32),

@@ -172,7 +172,7 @@ def decode_items(params, feats_BxF, *, t5: T5, soft: SoftTokens, beam: int):
     def step_fn(cache, tokens, level):
       hidden, cache = t5.apply(params["t5"], tokens, level, cache, cross_kv, enc_mask_T,
                                method=T5.decode_step)
-      return (hidden * cfg.d_model ** -0.5) @ out_tables[level].T, cache
+      return (hidden * cfg.logit_mult) @ out_tables[level].T, cache
 
     return full_space_beam(step_fn, cache, cfg.level_sizes, cfg.offsets, cfg.bos, beam)
 
@@ -279,7 +279,7 @@ def training_plan(run, key, steps_per_epoch: int):
   if tc.max_steps:
     total = min(total, tc.max_steps)
   tx, lr_at = optimizer_and_schedule(tc.lr, tc.weight_decay, total, int(tc.warmup_frac * total),
-                                     tc.clip, tc.schedule, tc.accumulate)
+                                     tc.clip, tc.schedule, tc.accumulate, tc.decay, tc.lr_end)
   state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
                          run.replicated)
   n_align = int(round(sc.align_ratio * tc.batch_size))

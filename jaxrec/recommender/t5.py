@@ -34,6 +34,17 @@ class T5Config:
   rel_buckets: int = 32
   rel_max_distance: int = 128
   user_buckets: int = 0            # hashed user token prepended to the encoder input; 0: none
+  logit_scale: bool = True         # logits = (h x d^-0.5) . e (tied T5); False: h . e (ETEGRec)
+  init_std: float = 0.0            # 0: T5's init (fan-scaled matrices, unit embeddings and
+                                   # relative bias); > 0: every weight N(0, init_std) (ETEGRec 0.02)
+
+  @property
+  def logit_mult(self) -> float:
+    return self.d_model ** -0.5 if self.logit_scale else 1.0
+
+  def init(self, std: float):
+    """The initialiser of a weight whose T5 init has standard deviation `std`."""
+    return nn.initializers.normal(self.init_std or std)
 
   @property
   def levels(self) -> int:
@@ -135,7 +146,7 @@ class Attention(nn.Module):
   def setup(self):
     c = self.cfg
     inner = c.heads * c.head_dim
-    init = lambda fan: nn.initializers.normal(stddev=fan ** -0.5)  # T5's init
+    init = lambda fan: c.init(fan ** -0.5)  # T5's init
     self.q = nn.Dense(inner, use_bias=False, kernel_init=init(c.d_model * c.head_dim))
     self.k = nn.Dense(inner, use_bias=False, kernel_init=init(c.d_model))
     self.v = nn.Dense(inner, use_bias=False, kernel_init=init(c.d_model))
@@ -175,10 +186,10 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     c = self.cfg
-    h = nn.Dense(c.d_ff, use_bias=False, kernel_init=nn.initializers.normal(c.d_model ** -0.5),
+    h = nn.Dense(c.d_ff, use_bias=False, kernel_init=c.init(c.d_model ** -0.5),
                  name="wi")(x)
     h = Dropout(c.dropout)(nn.relu(h), deterministic=not train)
-    return nn.Dense(c.d_model, use_bias=False, kernel_init=nn.initializers.normal(c.d_ff ** -0.5),
+    return nn.Dense(c.d_model, use_bias=False, kernel_init=c.init(c.d_ff ** -0.5),
                     name="wo")(h)
 
 
@@ -237,12 +248,11 @@ class T5(nn.Module):
 
   def setup(self):
     c = self.cfg
-    self.embed = self.param("embed", nn.initializers.normal(1.0), (c.bos + 1, c.d_model))
+    self.embed = self.param("embed", c.init(1.0), (c.bos + 1, c.d_model))
     if c.user_buckets:
-      self.user_embed = self.param("user_embed", nn.initializers.normal(1.0),
-                                   (c.user_buckets, c.d_model))
-    self.enc_rel = self.param("enc_rel", nn.initializers.normal(1.0), (c.rel_buckets, c.heads))
-    self.dec_rel = self.param("dec_rel", nn.initializers.normal(1.0), (c.rel_buckets, c.heads))
+      self.user_embed = self.param("user_embed", c.init(1.0), (c.user_buckets, c.d_model))
+    self.enc_rel = self.param("enc_rel", c.init(1.0), (c.rel_buckets, c.heads))
+    self.dec_rel = self.param("dec_rel", c.init(1.0), (c.rel_buckets, c.heads))
     self.encoder = [EncoderLayer(c) for _ in range(c.enc_layers)]
     self.decoder = [DecoderLayer(c) for _ in range(c.dec_layers)]
     self.enc_norm, self.dec_norm = RMSNorm(), RMSNorm()
@@ -268,7 +278,7 @@ class T5(nn.Module):
   def logits(self, hidden_BxCxD):
     """Training logits [B, C, K]: position l against level l's codes; padding codes get NEG."""
     c = self.cfg
-    logits = jnp.einsum("bcd,ckd->bck", hidden_BxCxD, self.level_tables()) * c.d_model ** -0.5
+    logits = jnp.einsum("bcd,ckd->bck", hidden_BxCxD, self.level_tables()) * c.logit_mult
     valid = np.arange(c.k_max)[None, :] < np.asarray(c.level_sizes)[:, None]
     return jnp.where(valid[None], logits, NEG)
 
