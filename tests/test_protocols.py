@@ -25,18 +25,24 @@ def _batch(rng, n_items, b, length=5):
           "weight_B": np.ones(b, np.float32)}
 
 
+def _tiny_t5(b, cfg=TINY, seed=0):
+  """(codes, batch of b, T5 params of `cfg`) on 30 random 3-level IDs."""
+  rng = np.random.default_rng(seed)
+  codes = jnp.asarray(np.array(list(itertools.product(range(6), range(5), range(4))),
+                               np.int32)[rng.choice(120, 30, replace=False)])
+  batch = _batch(rng, 30, b)
+  tok, m = steps.history_tokens(codes, batch["history_BxL"], batch["mask_BxL"], cfg.offsets)
+  dec_in, _ = steps.decoder_io(codes, batch["target_B"], cfg.offsets, cfg.bos)
+  params = T5(cfg).init(jax.random.key(0), tok, m, batch["user_B"], dec_in)
+  return codes, batch, params, (tok, m, batch["user_B"], dec_in)
+
+
 def test_accumulating_4_steps_of_4_equals_one_step_of_16():
   """optax.MultiSteps under train.accumulate: four micro-batches make the same AdamW update
   (clipping and weight decay included) as their union in one batch; the first three leave
   the parameters unchanged; the schedule advances once per update."""
-  rng = np.random.default_rng(0)
-  codes = jnp.asarray(np.array(list(itertools.product(range(6), range(5), range(4))),
-                               np.int32)[rng.choice(120, 30, replace=False)])
+  codes, batch, params, _ = _tiny_t5(16)
   model = T5(TINY)
-  batch = _batch(rng, 30, 16)
-  tok, m = steps.history_tokens(codes, batch["history_BxL"], batch["mask_BxL"], TINY.offsets)
-  dec_in, _ = steps.decoder_io(codes, batch["target_B"], TINY.offsets, TINY.bos)
-  params = model.init(jax.random.key(0), tok, m, batch["user_B"], dec_in)
   key = jax.random.key(1)
 
   def run(accumulate, batches):
@@ -155,13 +161,7 @@ def test_matrices_decay_rule_spares_norms_and_relative_bias():
   """train.decay='matrices' (HF Trainer's rule): with zero gradients an AdamW step changes
   exactly the decayed leaves, by -lr x wd x value; RMSNorm scales and the relative-attention
   bias tables stay; the cosine ends at lr_end x lr."""
-  rng = np.random.default_rng(0)
-  codes = jnp.asarray(np.array(list(itertools.product(range(6), range(5), range(4))),
-                               np.int32)[:30])
-  batch = _batch(rng, 30, 4)
-  tok, m = steps.history_tokens(codes, batch["history_BxL"], batch["mask_BxL"], TINY.offsets)
-  dec_in, _ = steps.decoder_io(codes, batch["target_B"], TINY.offsets, TINY.bos)
-  params = T5(TINY).init(jax.random.key(0), tok, m, batch["user_B"], dec_in)
+  _, _, params, _ = _tiny_t5(4)
   tx, sched = optimizer_and_schedule(0.1, 0.5, 10, 0, clip=0, decay="matrices", end_frac=0.25)
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
   flat = jax.tree_util.tree_flatten_with_path(updates)[0]
@@ -178,21 +178,15 @@ def test_etegrec_init_and_unscaled_logits():
   """model.init_std=0.02: every weight but the norm scales drawn N(0, 0.02); logit_scale
   False: the same hidden states give logits sqrt(d) times the scaled ones."""
   import dataclasses
-  rng = np.random.default_rng(0)
-  codes = jnp.asarray(np.array(list(itertools.product(range(6), range(5), range(4))),
-                               np.int32)[:30])
-  batch = _batch(rng, 30, 4)
-  tok, m = steps.history_tokens(codes, batch["history_BxL"], batch["mask_BxL"], TINY.offsets)
-  dec_in, _ = steps.decoder_io(codes, batch["target_B"], TINY.offsets, TINY.bos)
   cfg = dataclasses.replace(TINY, init_std=0.02, d_model=64, d_ff=128)
-  params = T5(cfg).init(jax.random.key(0), tok, m, batch["user_B"], dec_in)
+  _, _, params, inputs = _tiny_t5(4, cfg)
   for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
     name = jax.tree_util.keystr(path)
     if "scale" in name:
       assert np.all(np.asarray(x) == 1.0), name
     elif x.size >= 256:
       assert abs(float(np.std(np.asarray(x))) - 0.02) < 0.004, name
-  hidden = T5(cfg).apply(params, tok, m, batch["user_B"], dec_in)
+  hidden = T5(cfg).apply(params, *inputs)
   scaled = T5(cfg).apply(params, hidden, method=T5.logits)
   raw = T5(dataclasses.replace(cfg, logit_scale=False)).apply(params, hidden, method=T5.logits)
   valid = np.asarray(scaled) > -1e8
