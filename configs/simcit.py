@@ -41,6 +41,9 @@ tokenizer.simcit (official values from alibaba/SimCIT's config and train script)
                   2 distinct IDs for 120 items; k-means: 16 / 16 / 15, 115 distinct)
   warmup_frac     100 / 15,000 of all steps (the released 100 warm-up epochs of 15,000)
   negatives       global (the whole batch) | local (each device's share, as the code)
+  prefix_loss     False (the released forward) | True: each view's InfoNCE averaged over the
+                  prefixes of the levels (1, 2, ..., L codewords summed), the alternative
+                  left commented out in the official forward (ssid_rq.py:165-166, 172)
 tokenizer: AdamW lr 2e-4, weight decay 1e-3, batch 256 (released script); jaxrec's defaults
 L = 3 levels of K = 256 (released: L = 2, K = 128; the code's defaults L = 3, K = 512);
 collisions resolved by the appended level (the official code does not resolve them).
@@ -68,7 +71,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   t.simcit = ml_collections.ConfigDict(dict(
       views=("content", "cf"), hidden=(512, 384, 256), dim=128, gumbel_tau=0.2, gumbel_scale=0.0,
       temperature=0.07, w_div=1.0, w_commit=0.0, codebook_init="kmeans",
-      warmup_frac=100 / 15000, negatives="global"))
+      warmup_frac=100 / 15000, negatives="global", prefix_loss=False))
   t.lr = 2e-4
   t.weight_decay = 1e-3
   t.batch_size = 256

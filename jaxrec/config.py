@@ -34,7 +34,8 @@ ADDED_KEYS = {("train", "accumulate"): 1, ("cf", "train", "accumulate"): 1,
               ("cf", "train", "select"): "ndcg@10", ("data", "batching"): "buckets",
               ("train", "lr_end"): 0.0, ("cf", "train", "lr_end"): 0.0,
               ("train", "decay"): "all", ("cf", "train", "decay"): "all",
-              ("model", "logit_scale"): True, ("model", "init_std"): 0.0}
+              ("model", "logit_scale"): True, ("model", "init_std"): 0.0,
+              ("tokenizer", "simcit", "prefix_loss"): False}
 
 
 def _edit_added(d: dict, edit) -> dict:

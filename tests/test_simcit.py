@@ -113,3 +113,23 @@ def test_one_view_fuses_to_its_own_encoding():
   fused, h, weights = model.apply(params, x, method=simcit.SimCIT.encode)
   np.testing.assert_array_equal(np.asarray(weights), 1.0)
   chex.assert_trees_all_close(fused, h[0], atol=1e-7)
+
+
+def test_prefix_loss_averages_the_levels_prefixes():
+  """prefix_loss (the official forward's commented-out alternative): with 2 levels a view's
+  term is the mean of the InfoNCE of the first codeword's projection and of the full
+  quantized vector's, each against the projected view; off, the latter alone."""
+  model = simcit.SimCIT(simcit.SimCITConfig(view_dims=(6,), hidden=(8,), dim=4, levels=2,
+                                            codebook_size=3, gumbel_tau=0.2, gumbel_scale=0.0))
+  views = [jnp.asarray(np.random.default_rng(0).normal(size=(5, 6)), jnp.float32)]
+  params = model.init(jax.random.key(0), views, True, jax.random.key(1))
+  loss = functools.partial(simcit.loss_fn, params, views, jax.random.key(2), model=model,
+                           temperature=0.07, w_div=0.0, w_commit=0.0, groups=1)
+  rq, q, p = model.apply(params, views, True, jax.random.key(2))
+  first = model.apply(params, rq.residuals_BxCxD[:, 0] - rq.residuals_BxCxD[:, 1],
+                      method=simcit.SimCIT.project)
+  full, part = simcit.grace_nce(q, p[0], 0.07), simcit.grace_nce(first, p[0], 0.07)
+  assert float(loss(prefix_loss=False)[1]["nce_view0"]) == pytest.approx(float(full), rel=1e-5)
+  assert float(loss(prefix_loss=True)[1]["nce_view0"]) == pytest.approx(
+      float(full + part) / 2, rel=1e-5)
+  assert abs(float(full) - float(part)) > 1e-3

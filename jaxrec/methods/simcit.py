@@ -116,6 +116,9 @@ class SimCIT(nn.Module):
                            residual_grad="through", key=key)
     return rq, self.proj(rq.quantized_BxD), self.proj(h)
 
+  def project(self, x_BxD):
+    return self.proj(x_BxD)
+
 
 def _normalize(x, axis=-1):
   return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
@@ -139,15 +142,25 @@ def gram_penalty(codebooks_CxKxD):
 
 
 def loss_fn(params, views, key, *, model: SimCIT, temperature: float, w_div: float,
-            w_commit: float, groups: int):
+            w_commit: float, groups: int, prefix_loss: bool = False):
   """SimCIT's loss over a batch of items ([V] views of [B, F_v]). `groups` > 1 splits the
-  batch into that many equal parts (one per device) for 'local' negatives."""
+  batch into that many equal parts (one per device) for 'local' negatives. `prefix_loss`:
+  each view's InfoNCE is the mean over the prefixes of the levels (the sum of the first
+  1, 2, ..., C soft codewords, each projected, as anchor): the alternative left commented
+  out in the official forward (ssid_rq.py:165-166, 172), which asks every prefix of an ID
+  to tell the item apart, so that the first levels carry the coarse structure."""
   rq, q, p_VxBxD = model.apply(params, views, True, key)
+  anchors = [q]
+  if prefix_loss:          # prefix i = z - (the residual entering level i)
+    z = rq.residuals_BxCxD[:, 0]
+    anchors = [model.apply(params, z - rq.residuals_BxCxD[:, i], method=SimCIT.project)
+               for i in range(1, rq.residuals_BxCxD.shape[1])] + [q]
+  nce_fn = jax.vmap(functools.partial(grace_nce, temperature=temperature))
   metrics = {}
   nce = 0.0
   for v, p in enumerate(p_VxBxD):
-    term = jnp.mean(jax.vmap(functools.partial(grace_nce, temperature=temperature))(
-        q.reshape(groups, -1, q.shape[-1]), p.reshape(groups, -1, p.shape[-1])))
+    term = sum(jnp.mean(nce_fn(a.reshape(groups, -1, a.shape[-1]),
+                               p.reshape(groups, -1, p.shape[-1]))) for a in anchors) / len(anchors)
     metrics[f"nce_view{v}"] = term
     nce = nce + term
   div = gram_penalty(params["params"]["codebooks"])
@@ -157,16 +170,16 @@ def loss_fn(params, views, key, *, model: SimCIT, temperature: float, w_div: flo
 
 
 @functools.partial(jax.jit, static_argnames=("model", "tx", "temperature", "w_div", "w_commit",
-                                             "groups"), donate_argnums=0)
+                                             "groups", "prefix_loss"), donate_argnums=0)
 def train_epoch(state: TrainState, views, idx_SxB, key, *, model, tx, temperature, w_div,
-                w_commit, groups):
+                w_commit, groups, prefix_loss=False):
   """One epoch: a scan of steps over the planned item batches; key = fold_in(key, step)."""
   def step(state, idx_B):
     k = jax.random.fold_in(key, state.step)
     batch = [x[idx_B] for x in views]
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, batch, k, model=model, temperature=temperature, w_div=w_div,
-        w_commit=w_commit, groups=groups)
+        w_commit=w_commit, groups=groups, prefix_loss=prefix_loss)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     metrics["grad_norm"] = optax.tree.norm(grads)
     return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), metrics
@@ -257,7 +270,7 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
   state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
   sizes = (t.codebook_size,) * t.levels
   common = dict(model=model, tx=tx, temperature=float(s.temperature), w_div=float(s.w_div),
-                w_commit=float(s.w_commit), groups=groups)
+                w_commit=float(s.w_commit), groups=groups, prefix_loss=bool(s.prefix_loss))
   checkpoints = FitCheckpoints(
       os.path.join(workdir, "checkpoints", f"tokenizer-{fp[:16]}") if workdir else None,
       t.get("save_every", 0), log=lambda m: log({"message": m}))
