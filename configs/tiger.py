@@ -168,6 +168,8 @@ def train_config(variant: str) -> ml_collections.ConfigDict:
   t.decay = "all"                  # weight decay on all parameters | "matrices": not on norm
                                    # scales, biases, relative-attention bias (HF Trainer's rule)
   t.clip = 1.0
+  t.dtype = "float32"              # compute dtype: "bfloat16" on accelerators (float32 params,
+                                   # optimizer state, softmaxes and logits); decoding the same
   t.accumulate = 1                 # steps whose gradients make one update (effective batch =
                                    # batch_size x accumulate; LETTER's official 1,024 = 256 x 4)
   t.epochs = 200

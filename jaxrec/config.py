@@ -35,7 +35,8 @@ ADDED_KEYS = {("train", "accumulate"): 1, ("cf", "train", "accumulate"): 1,
               ("train", "lr_end"): 0.0, ("cf", "train", "lr_end"): 0.0,
               ("train", "decay"): "all", ("cf", "train", "decay"): "all",
               ("model", "logit_scale"): True, ("model", "init_std"): 0.0,
-              ("tokenizer", "simcit", "prefix_loss"): False}
+              ("tokenizer", "simcit", "prefix_loss"): False, ("train", "dtype"): "float32",
+              ("cf", "train", "dtype"): "float32"}
 
 
 def _edit_added(d: dict, edit) -> dict:
@@ -176,6 +177,7 @@ DOMAINS = {
     ("data", "batching"): _one_of("buckets", "iid"),
     ("train", "decay"): _one_of("all", "matrices"),
     ("train", "lr_end"): _number_in(0, 1),
+    ("train", "dtype"): _one_of("float32", "bfloat16"),
     ("train", "clip"): _number_in(0, float("inf")),
     ("train", "eval_every"): _int_at_least(1),
     ("train", "patience"): _int_at_least(0),
@@ -215,6 +217,9 @@ def config_problems(cfg: ml_collections.ConfigDict) -> list[str]:
     problems.append(f"train.beam={tr.beam}: the beam must be >= {SELECTION_K} (checkpoints are "
                     f"selected by NDCG@{SELECTION_K}, and a beam of {tr.beam} returns only "
                     f"{tr.beam} items per user)")
+  if not generative and tr is not None and tr.get("dtype", "float32") != "float32":
+    problems.append(f"train.dtype={tr.dtype!r}: {cfg.method} computes in float32 only "
+                    "(the T5 of the generative methods has the bfloat16 option)")
   if not generative and tr is not None and tr.get("select") == "loss":
     problems.append(f"train.select='loss': {cfg.method} has no teacher-forced code loss to "
                     "select by; use train.select='ndcg@10'")

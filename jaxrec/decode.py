@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.recommender.t5 import T5
+from jaxrec.recommender.t5 import T5, empty_cache, step_logits
 
 
 @flax.struct.dataclass
@@ -144,15 +144,13 @@ def _t5_beam_search_one(model: T5, params, out_tables_CxKxD, cross_kv, enc_mask_
                         tables: PrefixTables, beam: int, constrained: bool):
   """T5 decoding for one user: the state is the decoder's key/value cache."""
   cfg = model.cfg
-  shape = (beam, cfg.levels, cfg.heads, cfg.head_dim)
-  cache = [(jnp.zeros(shape), jnp.zeros(shape)) for _ in range(cfg.dec_layers)]
 
   def step_fn(cache, tokens, level):
     hidden, cache = model.apply(params, tokens, level, cache, cross_kv, enc_mask_T,
                                 method=T5.decode_step)
-    return (hidden * cfg.logit_mult) @ out_tables_CxKxD[level].T, cache
+    return step_logits(cfg, hidden, out_tables_CxKxD[level]), cache
 
-  return beam_search(step_fn, cache, tables, cfg.level_sizes, cfg.offsets, cfg.bos, beam,
+  return beam_search(step_fn, empty_cache(cfg, beam), tables, cfg.level_sizes, cfg.offsets, cfg.bos, beam,
                      constrained)
 
 

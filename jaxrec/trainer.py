@@ -157,7 +157,7 @@ def _setup_generative(run: Run, method, log) -> None:
         f"{json.dumps(table.stats['final'])}")
   remove_fit_checkpoints(workdir)  # (also when a kill came between codes.npz and this)
   run.table, run.tokenizer = table, tokenizer
-  run.model = T5(model_config(cfg.model, table.sizes))
+  run.model = T5(model_config(cfg.model, table.sizes, cfg.train.dtype))
   run.codes = jax.device_put(jnp.asarray(table.codes_NxC), run.replicated)
   run.tables = jax.device_put(decode.prefix_tables(table.codes_NxC, cfg.tokenizer.shared_ids),
                               run.replicated)

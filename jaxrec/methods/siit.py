@@ -49,7 +49,7 @@ import optax
 from jaxrec.config import ConfigError
 from jaxrec.optim import TrainState
 from jaxrec.recommender import steps
-from jaxrec.recommender.t5 import T5
+from jaxrec.recommender.t5 import T5, empty_cache, step_logits
 from jaxrec.tokenizer import codes as codes_lib
 
 
@@ -166,15 +166,12 @@ def decode_items(params, feats_BxF, *, t5: T5, soft: SoftTokens, beam: int):
   cfg = t5.cfg
 
   def one(cross_kv, enc_mask_T):
-    shape = (beam, cfg.levels, cfg.heads, cfg.head_dim)
-    cache = [(jnp.zeros(shape), jnp.zeros(shape)) for _ in range(cfg.dec_layers)]
-
     def step_fn(cache, tokens, level):
       hidden, cache = t5.apply(params["t5"], tokens, level, cache, cross_kv, enc_mask_T,
                                method=T5.decode_step)
-      return (hidden * cfg.logit_mult) @ out_tables[level].T, cache
+      return step_logits(cfg, hidden, out_tables[level]), cache
 
-    return full_space_beam(step_fn, cache, cfg.level_sizes, cfg.offsets, cfg.bos, beam)
+    return full_space_beam(step_fn, empty_cache(cfg, beam), cfg.level_sizes, cfg.offsets, cfg.bos, beam)
 
   return jax.vmap(one)(cross, enc_mask)
 

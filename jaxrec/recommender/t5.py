@@ -37,6 +37,12 @@ class T5Config:
   logit_scale: bool = True         # logits = (h x d^-0.5) . e (tied T5); False: h . e (ETEGRec)
   init_std: float = 0.0            # 0: T5's init (fan-scaled matrices, unit embeddings and
                                    # relative bias); > 0: every weight N(0, init_std) (ETEGRec 0.02)
+  dtype: str = "float32"           # compute dtype (train.dtype): "bfloat16" computes in bf16 with
+                                   # float32 parameters; softmaxes, norms and logits in float32
+
+  @property
+  def compute(self):
+    return jnp.dtype(self.dtype)
 
   @property
   def logit_mult(self) -> float:
@@ -63,9 +69,23 @@ class T5Config:
     return max(self.level_sizes)
 
 
-def model_config(model_cfg, level_sizes) -> T5Config:
-  """Frozen architecture from a `config.model` ConfigDict and the code table's level sizes."""
-  return T5Config(level_sizes=tuple(int(s) for s in level_sizes), **model_cfg.to_dict())
+def model_config(model_cfg, level_sizes, dtype: str = "float32") -> T5Config:
+  """Frozen architecture from a `config.model` ConfigDict, the code table's level sizes and
+  the compute dtype (`train.dtype`)."""
+  return T5Config(level_sizes=tuple(int(s) for s in level_sizes), dtype=dtype,
+                  **model_cfg.to_dict())
+
+
+def empty_cache(cfg: T5Config, beam: int):
+  """The decoder's key/value cache for `beam` beams of one user, in the compute dtype."""
+  shape = (beam, cfg.levels, cfg.heads, cfg.head_dim)
+  return [(jnp.zeros(shape, cfg.compute), jnp.zeros(shape, cfg.compute))
+          for _ in range(cfg.dec_layers)]
+
+
+def step_logits(cfg: T5Config, hidden_WxD, table_KxD):
+  """One decoding step's logits [W, K] (float32) against a level's output table."""
+  return ((hidden_WxD * cfg.logit_mult) @ table_KxD.T).astype(jnp.float32)
 
 
 def relative_buckets(rel_pos, bidirectional: bool, num_buckets: int, max_distance: int):
@@ -130,7 +150,7 @@ class RMSNorm(nn.Module):
   def __call__(self, x):
     scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
     var = jnp.mean(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True)
-    return (x * jax.lax.rsqrt(var + self.eps)).astype(x.dtype) * scale
+    return (x * jax.lax.rsqrt(var + self.eps)).astype(x.dtype) * scale.astype(x.dtype)
 
 
 def attend(q_BxQxHxE, k_BxKxHxE, v_BxKxHxE, bias_BxHxQxK, dropout_fn):
@@ -147,10 +167,11 @@ class Attention(nn.Module):
     c = self.cfg
     inner = c.heads * c.head_dim
     init = lambda fan: c.init(fan ** -0.5)  # T5's init
-    self.q = nn.Dense(inner, use_bias=False, kernel_init=init(c.d_model * c.head_dim))
-    self.k = nn.Dense(inner, use_bias=False, kernel_init=init(c.d_model))
-    self.v = nn.Dense(inner, use_bias=False, kernel_init=init(c.d_model))
-    self.o = nn.Dense(c.d_model, use_bias=False, kernel_init=init(inner))
+    dense = lambda n, fan: nn.Dense(n, use_bias=False, kernel_init=init(fan), dtype=c.compute)
+    self.q = dense(inner, c.d_model * c.head_dim)
+    self.k = dense(inner, c.d_model)
+    self.v = dense(inner, c.d_model)
+    self.o = dense(c.d_model, inner)
     self.drop = Dropout(c.dropout)
 
   def split(self, x):
@@ -186,10 +207,10 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     c = self.cfg
-    h = nn.Dense(c.d_ff, use_bias=False, kernel_init=c.init(c.d_model ** -0.5),
+    h = nn.Dense(c.d_ff, use_bias=False, kernel_init=c.init(c.d_model ** -0.5), dtype=c.compute,
                  name="wi")(x)
     h = Dropout(c.dropout)(nn.relu(h), deterministic=not train)
-    return nn.Dense(c.d_model, use_bias=False, kernel_init=c.init(c.d_ff ** -0.5),
+    return nn.Dense(c.d_model, use_bias=False, kernel_init=c.init(c.d_ff ** -0.5), dtype=c.compute,
                     name="wo")(h)
 
 
@@ -271,14 +292,15 @@ class T5(nn.Module):
     c = self.cfg
     rows = []
     for off, k in zip(c.offsets, c.level_sizes):
-      t = self.embed[off:off + k]
+      t = self.embed[off:off + k].astype(c.compute)
       rows.append(jnp.pad(t, ((0, c.k_max - k), (0, 0))))
     return jnp.stack(rows)
 
   def logits(self, hidden_BxCxD):
     """Training logits [B, C, K]: position l against level l's codes; padding codes get NEG."""
     c = self.cfg
-    logits = jnp.einsum("bcd,ckd->bck", hidden_BxCxD, self.level_tables()) * c.logit_mult
+    logits = (jnp.einsum("bcd,ckd->bck", hidden_BxCxD, self.level_tables())
+              * c.logit_mult).astype(jnp.float32)
     valid = np.arange(c.k_max)[None, :] < np.asarray(c.level_sizes)[:, None]
     return jnp.where(valid[None], logits, NEG)
 
@@ -287,13 +309,16 @@ class T5(nn.Module):
     """Encoder states [B, T(+1), D] and their mask (the user token, if any, comes first)."""
     return self.encode_inputs(self.embed[tokens_BxT], mask_BxT, user_B, train)
 
+  def _cast(self, x):
+    return x.astype(self.cfg.compute)
+
   def encode_inputs(self, x_BxTxD, mask_BxT, user_B=None, train: bool = False):
     """`encode` from input vectors (code embeddings, or SIIT's soft item tokens); no user
     token when `user_B` is None."""
     c = self.cfg
-    x = x_BxTxD
+    x = self._cast(x_BxTxD)
     if c.user_buckets and user_B is not None:
-      u = self.user_embed[jnp.mod(user_B, c.user_buckets)][:, None, :]
+      u = self._cast(self.user_embed[jnp.mod(user_B, c.user_buckets)][:, None, :])
       x = jnp.concatenate([u, x], axis=1)
       mask_BxT = jnp.concatenate([jnp.ones_like(mask_BxT[:, :1]), mask_BxT], axis=1)
     t = x.shape[1]
@@ -317,7 +342,7 @@ class T5(nn.Module):
     causal = jnp.where(pos[None, :] <= pos[:, None], 0.0, NEG)
     self_bias = (self._rel_bias(self.dec_rel, pos, pos, False) + causal)[None]
     cross_bias = jnp.where(enc_mask_BxT[:, None, None, :], 0.0, NEG)
-    x = self.drop(self.embed[dec_tokens_BxC], deterministic=not train)
+    x = self.drop(self._cast(self.embed[dec_tokens_BxC]), deterministic=not train)
     for layer, kv in zip(self.decoder, self.cross_kv(enc_BxTxD)):
       x, _ = layer(x, lambda k, v: (k, v), self_bias, kv, cross_bias, train)
     return self.drop(self.dec_norm(x), deterministic=not train)
@@ -335,7 +360,7 @@ class T5(nn.Module):
     bias = self._rel_bias(self.dec_rel, pos[None], k_pos, False)            # [H, 1, C]
     self_bias = (bias + jnp.where(k_pos <= pos, 0.0, NEG)[None, None, :])[None]
     cross_bias = jnp.where(enc_mask_T, 0.0, NEG)[None, None, :]             # [1, 1, T]
-    x = self.embed[tokens_W][:, None, :]                                      # [W, 1, D]
+    x = self._cast(self.embed[tokens_W])[:, None, :]                          # [W, 1, D]
     new_cache = []
     for layer, (ck, cv), (xk, xv) in zip(self.decoder, cache, cross_kv):
       def write(k, v, ck=ck, cv=cv):
