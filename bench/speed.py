@@ -143,6 +143,24 @@ def bench_decode(model, params, ds, splits, codes_np, args, beams, catalogues, l
   return rows
 
 
+def bench_input(ds, splits, buckets, batch_sizes, n_batches: int):
+  """The input pipeline alone: the training iterator (grain, planned bucketed batches
+  gathered on its prefetch threads: 16 by default) drained for `n_batches` from its
+  creation (planning and the threads' start included), no step."""
+  from jaxrec.data import BatchIterator
+  out = {}
+  for b in batch_sizes:
+    t = time.perf_counter()
+    it = BatchIterator(ds, splits["train"], b, buckets, shuffle=True, seed=0)
+    gen = it.epoch_batches()
+    n = min(n_batches, len(it))
+    samples = sum(float(next(gen)["weight_B"].sum()) for _ in range(n))
+    dt = time.perf_counter() - t
+    out[str(b)] = {"batches_per_s": round(n / dt, 1), "samples_per_s": round(samples / dt, 1),
+                   "batches": n}
+  return out
+
+
 def bench_decode_split(model, params, ds, splits, codes_np, args, buckets):
   """Users/s over the real test split (its bucket mix), beam 20."""
   tables = decode.prefix_tables(codes_np)
@@ -269,7 +287,8 @@ def main():
   p.add_argument("--catalogues", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
   p.add_argument("--grid_history", type=int, default=8, help="history bucket for the beam x catalogue grid")
   p.add_argument("--quick", action="store_true", help="fewer steps and a smaller grid")
-  p.add_argument("--skip", nargs="*", default=[], choices=["train", "tokenizer", "decode", "grid", "sasrec"])
+  p.add_argument("--skip", nargs="*", default=[],
+                 choices=["train", "tokenizer", "decode", "grid", "sasrec", "input"])
   p.add_argument("--out", default=None)
   args = p.parse_args()
   if args.quick:
@@ -294,6 +313,12 @@ def main():
           f"{r['achieved_gflops']:.1f} GFLOP/s; full-ranking eval of {r['eval_users']} test users: "
           f"{r['eval_s']:.1f} s = {r['eval_users_per_s']:.0f} users/s, "
           f"{r['eval_achieved_gflops']:.1f} GFLOP/s", flush=True)
+  if "input" not in args.skip:
+    result["input"] = r = bench_input(ds, splits, bucket_lengths(cfg.data.buckets, cfg.data.max_len),
+                                      (256, 1024), 40 if args.quick else 200)
+    print("input pipeline alone: " + ", ".join(
+        f"batch {b}: {v['batches_per_s']:.1f} batches/s = {v['samples_per_s']:.0f} samples/s"
+        for b, v in r.items()), flush=True)
   model, params = None, None
   if "train" not in args.skip:
     result["train"], model, params = bench_train(cfg, ds, splits, codes_np, args)
