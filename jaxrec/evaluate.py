@@ -24,8 +24,12 @@ def main(argv):
   run = setup(cfg, workdir, log=lambda m: None)
   restored = restore_best(run)
   if restored is None:
-    cli.fail(f"{workdir}/checkpoints/best: no usable checkpoint (train first: python -m "
-             f"jaxrec.train --workdir {workdir})")
+    best = os.path.join(workdir, "checkpoints", "best")
+    saved = os.path.isdir(best) and any(n.isdigit() for n in os.listdir(best))
+    cli.fail(f"{best}: " + ("every checkpoint is damaged (see the warnings above); train again "
+                            "in a new workdir: python -m jaxrec.train --workdir NEW_DIR"
+                            if saved else "no usable checkpoint (train first: python -m "
+                            f"jaxrec.train --workdir {workdir})"))
   if "codes" in restored[1]:             # the IDs the checkpoint was trained with
     set_codes(run, restored[1]["codes"])
   out = {"step": restored[0]}

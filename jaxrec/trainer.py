@@ -513,7 +513,8 @@ def _resume(run: Run, plan: Plan, ckpt: Checkpoints, best_ckpt: Checkpoints, tra
     set_codes(run, tree["codes"])
   elif run.codes is not None and not np.array_equal(np.asarray(tree["codes"]),
                                                      run.table.codes_NxC):
-    raise RuntimeError(f"{run.workdir}: the checkpoint's code table differs from codes.npz")
+    raise CheckpointError(f"{run.workdir}: the checkpoint's code table differs from codes.npz "
+                          "(was codes.npz replaced?): restore it or start over in a new --workdir")
   train_it.set_state(meta["iterator"])
   log(f"resumed from {ckpt.directory}/{step0} (epoch {train_it.epoch}, step {step0}, "
       f"stage {plan.stages[meta['stage']].name})")

@@ -225,6 +225,19 @@ def test_missing_best_and_partial_saves_are_reported(uninterrupted, tmp_path):
       f"error: {workdir}/checkpoints/best: no usable checkpoint (train first: python -m "
       f"jaxrec.train --workdir {workdir})"], out.stderr[-2000:]
   assert not os.path.exists(os.path.join(workdir, "checkpoints", "best"))
+  # evaluate with every best checkpoint damaged: said so, not "train first"
+  damaged = str(tmp_path / "damaged")
+  shutil.copytree(full_dir, damaged)
+  for root, _, files in os.walk(os.path.join(damaged, "checkpoints", "best")):
+    for f in files:
+      if "state" in root:
+        with open(os.path.join(root, f), "wb") as fh:
+          fh.write(b"garbage")
+  out = subprocess.run([sys.executable, "-m", "jaxrec.evaluate", "--workdir", damaged], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == (
+      f"error: {damaged}/checkpoints/best: every checkpoint is damaged (see the warnings above); "
+      "train again in a new workdir: python -m jaxrec.train --workdir NEW_DIR"), out.stderr[-2000:]
   # train on a workdir whose best/ is gone: refused at resume, before any work
   with pytest.raises(CheckpointError, match=r"checkpoints/best: the best checkpoint \(step \d+\) "
                      "this run recorded is missing"):

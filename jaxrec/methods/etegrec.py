@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxrec.checkpoint import CheckpointError
+from jaxrec.config import ConfigError
 from jaxrec.optim import TrainState, optimizer_and_schedule
 from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5
@@ -186,15 +188,15 @@ def training_plan(run, key, steps_per_epoch: int):
   from jaxrec.trainer import Plan, Stage, init_params, save_final_codes
   cfg, ec, tc = run.cfg, run.cfg.etegrec, run.cfg.train
   if cfg.tokenizer.source != "rqvae":
-    raise ValueError("ETEGRec trains its tokenizer: tokenizer.source must be 'rqvae'")
+    raise ConfigError("ETEGRec trains its tokenizer: tokenizer.source must be 'rqvae'")
   if run.tokenizer is None:
-    raise ValueError(f"{run.workdir}: codes.npz is there but not the tokenizer it came from "
+    raise CheckpointError(f"{run.workdir}: codes.npz is there but not the tokenizer it came from "
                      "(tokenizer.msgpack); remove codes.npz to train the tokenizer again")
   if cfg.tokenizer.collision != "suffix":
-    raise ValueError("ETEGRec re-codes items during training with the collision level: "
+    raise ConfigError("ETEGRec re-codes items during training with the collision level: "
                      "tokenizer.collision must be 'suffix'")
   if ec.sia_sign not in ("negative", "positive"):
-    raise ValueError(f"etegrec.sia_sign must be 'negative' or 'positive', got {ec.sia_sign!r}")
+    raise ConfigError(f"etegrec.sia_sign must be 'negative' or 'positive', got {ec.sia_sign!r}")
   tok_model, tok_params = run.tokenizer
   t5 = run.model
   feats = jax.device_put(jnp.asarray(run.dataset.features[cfg.tokenizer.feature], jnp.float32),
@@ -242,7 +244,7 @@ def training_plan(run, key, steps_per_epoch: int):
     codes, changed, largest = recode(state.tok.params, feats, run.codes, model=tok_model)
     largest = int(largest)
     if largest > sizes[-1]:
-      raise RuntimeError(f"after {epoch_label}, {largest} items share one semantic ID, more "
+      raise ConfigError(f"after {epoch_label}, {largest} items share one semantic ID, more "
                          f"than the collision level's {sizes[-1]} codes: raise "
                          "tokenizer.suffix_size (the previous checkpoint is intact)")
     return codes, float(changed)

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxrec.config import ConfigError
 from jaxrec.tokenizer.kmeans import balanced_kmeans
 from jaxrec.tokenizer.rq import masked_mean
 from jaxrec.tokenizer.train import Extra
@@ -149,11 +150,11 @@ def tokenizer_loss(cfg, dataset):
   data = None
   if lc.alpha:
     if lc.cf_feature not in dataset.features:
-      raise ValueError(f"tokenizer.letter.cf_feature={lc.cf_feature!r} but the data set has "
+      raise ConfigError(f"tokenizer.letter.cf_feature={lc.cf_feature!r} but the data set has "
                        f"features {sorted(dataset.features)} (add it to data.features)")
     cf = dataset.features[lc.cf_feature]
     if cf.shape[1] != tok.code_dim:
-      raise ValueError(f"LETTER's L_cf compares the {tok.code_dim}-d quantized latent with the "
+      raise ConfigError(f"LETTER's L_cf compares the {tok.code_dim}-d quantized latent with the "
                        f"collaborative embedding {lc.cf_feature!r}, which is {cf.shape[1]}-d: set "
                        f"tokenizer.code_dim={cf.shape[1]} or use a {tok.code_dim}-d embedding")
     data = {"cf_NxD": jnp.asarray(cf, jnp.float32)}

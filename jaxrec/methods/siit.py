@@ -246,7 +246,7 @@ def greedy_assign(cand_NxWxC, score_NxW, current_NxC, sizes, capacity: int = 0,
       continue
     code = current_NxC[i] if fits(current_NxC[i]) else nearest_free(list(cand[i, 0]))
     if code is None:
-      raise RuntimeError(f"item {i}: no free ID within capacity {cap}: raise siit.capacity")
+      raise ConfigError(f"item {i}: no free ID within capacity {cap}: raise siit.capacity")
     take(i, np.asarray(code))
   return out.astype(np.int32), int(collisions)
 

@@ -110,7 +110,7 @@ def _load_tokenizer(tok_cfg, dataset, workdir):
 
 
 def _no_residuals(codes):
-  raise ValueError("collision='sinkhorn' needs a trained tokenizer; given codes can only use "
+  raise ConfigError("tokenizer.collision='sinkhorn' needs a trained tokenizer; given codes can only use "
                    "'suffix' or 'none'")
 
 

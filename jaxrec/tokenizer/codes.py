@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.checkpoint import write_atomic
+from jaxrec.config import ConfigError
 from jaxrec.tokenizer.rq import sinkhorn_log, squared_distances
 
 
@@ -83,7 +84,6 @@ def append_suffix(codes_NxC, suffix_size: int) -> np.ndarray:
   suffix = np.asarray(suffix_level(jnp.asarray(codes_NxC)))
   largest = int(suffix.max()) + 1 if len(suffix) else 0
   if largest > suffix_size:
-    from jaxrec.config import ConfigError
     raise ConfigError(f"{largest} items share one semantic ID, more than the collision level's "
                       f"size {suffix_size}: raise tokenizer.suffix_size (to at least {largest}) "
                       "or train a better tokenizer")
@@ -215,9 +215,9 @@ def finalize_codes(codes_NxC, sizes, collision: str, suffix_size: int, stats: di
     codes = append_suffix(codes, suffix_size)
     sizes = sizes + (int(suffix_size),)
   elif remaining and not shared_ids:
-    raise ValueError(f"{remaining} items share a semantic ID and tokenizer.collision='none': "
+    raise ConfigError(f"{remaining} items share a semantic ID and tokenizer.collision='none': "
                      "use 'suffix' or 'sinkhorn', or tokenizer.shared_ids=True")
   elif collision not in ("none", "sinkhorn"):
-    raise ValueError(f"tokenizer.collision must be suffix|sinkhorn|none, got {collision!r}")
+    raise ConfigError(f"tokenizer.collision must be suffix|sinkhorn|none, got {collision!r}")
   stats["final"] = health_dict(codes, sizes)
   return CodeTable(codes, sizes, stats, fp)
