@@ -62,13 +62,24 @@ class Checkpoints:
   """One directory of numbered checkpoints (`max_to_keep` newest kept). `partial` lists the
   saves an interruption left unfinished (orbax's `*tmp*` folders), removed on opening."""
 
-  def __init__(self, directory: str, max_to_keep: int = 2):
+  def __init__(self, directory: str, max_to_keep: int = 2, local: bool = False):
+    """`local`: only this process saves and restores (arrays on its own devices: the
+    tokenizer fit, which process 0 runs alone in a multi-process run)."""
     self.directory = os.path.abspath(directory)
     self.partial = sorted(n for n in (os.listdir(self.directory) if os.path.isdir(self.directory)
                                       else []) if "tmp" in n)
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+    me, alone = jax.process_index(), local and jax.process_count() > 1
+    multiprocessing = (ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"local-{me}")
+                       if alone else ocp.options.MultiprocessingOptions())
+    if alone:                          # (orbax creates the folder only for all processes)
+      os.makedirs(self.directory, exist_ok=True)
+    self._host = alone                 # saved as host arrays (orbax refuses one process's
+                                       # device arrays in a multi-process run)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not alone,
                                            enable_async_checkpointing=False,
-                                           cleanup_tmp_directories=True)
+                                           cleanup_tmp_directories=True,
+                                           multiprocessing_options=multiprocessing)
     self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
   def steps(self):
@@ -80,6 +91,8 @@ class Checkpoints:
     if step in self._mgr.all_steps():
       self._mgr.delete(step)
     meta = dict(meta, checksum=tree_checksum(state))
+    if self._host:
+      state = jax.device_get(state)
     self._mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                  meta=ocp.args.JsonSave(meta)))
     self._mgr.wait_until_finished()
@@ -91,8 +104,11 @@ class Checkpoints:
     for s in candidates:
       try:
         out = self._mgr.restore(s, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(jax.device_get(abstract_state) if self._host
+                                           else abstract_state), meta=ocp.args.JsonRestore()))
         state, meta = out["state"], dict(out["meta"])
+        if self._host:
+          state = jax.tree.map(jax.numpy.asarray, state)
         expected = meta.pop("checksum", None)
         if expected is not None and expected != tree_checksum(state):
           raise ValueError("checksum mismatch: the saved arrays were altered")

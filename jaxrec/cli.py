@@ -83,10 +83,32 @@ def parse_flags(argv):
     fail(text[-1] if text else type(e).__name__)
 
 
+def define_distributed_flags():
+  """--coordinator / --num_processes / --process_id of a multi-process run (jaxrec/distributed.py);
+  on TPU pods, SLURM and Open MPI they are detected and need not be given."""
+  flags.DEFINE_string("coordinator", None, "Multi-process runs: process 0's host:port.")
+  flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many processes.")
+  flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index (0 writes).")
+
+
+def _initialize_distributed():
+  if "num_processes" not in flags.FLAGS:
+    return
+  from jaxrec import distributed
+  f = flags.FLAGS
+  try:
+    distributed.initialize(f.coordinator, f.num_processes, f.process_id)
+  except Exception as e:                               # noqa: BLE001 - reported in one line
+    fail(f"jax.distributed could not start (--coordinator={f.coordinator} "
+         f"--num_processes={f.num_processes} --process_id={f.process_id}): "
+         f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
+
+
 def guarded(main):
   """main(argv) with expected failures as one line (exit 2) and unexpected ones marked."""
   def wrapper(argv):
     logging.set_verbosity(logging.WARNING)         # not jax's backend probing at INFO
+    _initialize_distributed()
     try:
       return main(argv)
     except _expected() as e:

@@ -9,6 +9,7 @@ from jaxrec import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by jaxrec.train.", required=True)
 _SPLITS = flags.DEFINE_list("splits", ["valid", "test"], "Splits to evaluate.")
+cli.define_distributed_flags()
 
 
 def main(argv):
@@ -36,6 +37,9 @@ def main(argv):
   for split in _SPLITS.value:
     out[split] = evaluate_split(run, restored[1]["params"], split)
   out["popularity"] = popularity_baseline(run)
+  import jax
+  if jax.process_index():              # a multi-process run: process 0 prints and writes
+    return
   for split in _SPLITS.value:
     m = out[split]
     print(f"{split}: " + ", ".join(f"{k} {m[k]:.4f}" for k in sorted(m) if "@" in k) +

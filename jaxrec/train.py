@@ -10,6 +10,7 @@ from jaxrec.config import default_config_path
 
 _CONFIG = config_flags.DEFINE_config_file("config", default_config_path(), "Config file[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: workdir/<method>-<variant>).")
+cli.define_distributed_flags()
 
 
 def main(argv):
@@ -18,7 +19,9 @@ def main(argv):
   cfg = _CONFIG.value
   workdir = _WORKDIR.value or f"workdir/{cfg.method}-{cfg.get('variant', 'default')}"
   train_and_evaluate(cfg, workdir)
-  print(f"results in {workdir}/results.json")
+  import jax
+  if jax.process_index() == 0:
+    print(f"results in {workdir}/results.json")
 
 
 if __name__ == "__main__":

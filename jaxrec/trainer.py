@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from jaxrec import decode, metrics
+from jaxrec import decode, distributed, metrics
 from jaxrec.checkpoint import CheckpointError, Checkpoints, read_jsonl, write_atomic
 from jaxrec.config import (ConfigError, config_to_json, validate_config,
                            without_added_defaults, without_neutral)
@@ -79,8 +79,14 @@ class Run:
     tables (generative methods), nothing for models over item ids."""
     return () if self.codes is None else (self.codes, self.tables)
 
+  def rows(self, batch_size: int) -> slice:
+    """This process's rows of every batch of `batch_size` (all of them with one process)."""
+    return distributed.process_rows(self.batch_sharding, batch_size)
+
   def shard(self, batch):
-    return jax.device_put(batch, self.batch_sharding)
+    """A batch (this process's rows of it) as global arrays sharded over the mesh."""
+    n = len(batch["weight_B"]) * jax.process_count()
+    return distributed.global_batch(batch, self.batch_sharding, n)
 
 
 def _check_config(cfg, workdir):
@@ -102,7 +108,7 @@ def _write_config(cfg, workdir):
   """config.json, written once setup has validated the config and the data, so that a
   run that fails before can be corrected on the same workdir."""
   path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  if not os.path.exists(path) and distributed.is_primary():
     os.makedirs(workdir, exist_ok=True)
     write_atomic(path, config_to_json(cfg))
 
@@ -116,8 +122,8 @@ def _diff_keys(a, b, prefix=""):
 
 
 def make_mesh() -> Mesh:
-  """A 1-D data-parallel mesh over every local device (CPU, GPUs or TPU cores)."""
-  return Mesh(np.array(jax.devices()), ("data",))
+  """A 1-D data-parallel mesh over every device of every process (CPU, GPUs or TPU cores)."""
+  return Mesh(distributed.mesh_devices(), ("data",))
 
 
 def setup(cfg, workdir: str, log=print) -> Run:
@@ -147,20 +153,25 @@ def _setup_generative(run: Run, method, log) -> None:
   """Code table (trained or reused), T5 over its codes, prefix tables, the decoding step."""
   cfg, ds, workdir = run.cfg, run.dataset, run.workdir
   t0 = time.time()
+  primary = distributed.is_primary()
+  if not primary:                  # process 0 fits the tokenizer; the others read its table
+    distributed.barrier("code table")
   table, tokenizer = build_code_table(cfg, ds, method, workdir,
                                       lambda r: log(f"tokenizer {json.dumps(r)}"),
                                       run.mesh.devices.size)
-  if (not os.path.exists(os.path.join(workdir, "codes.npz"))
-      or CodeTable.load(workdir).fingerprint != table.fingerprint):  # left by a failed setup
-    write_outputs(table, workdir, ds, f"{cfg.method} on {ds.name}")
-    log(f"code table {table.codes_NxC.shape} in {time.time() - t0:.1f}s: "
-        f"{json.dumps(table.stats['final'])}")
-  remove_fit_checkpoints(workdir)  # (also when a kill came between codes.npz and this)
+  if primary:
+    if (not os.path.exists(os.path.join(workdir, "codes.npz"))
+        or CodeTable.load(workdir).fingerprint != table.fingerprint):  # left by a failed setup
+      write_outputs(table, workdir, ds, f"{cfg.method} on {ds.name}")
+      log(f"code table {table.codes_NxC.shape} in {time.time() - t0:.1f}s: "
+          f"{json.dumps(table.stats['final'])}")
+    remove_fit_checkpoints(workdir)  # (also when a kill came between codes.npz and this)
+    distributed.barrier("code table")
   run.table, run.tokenizer = table, tokenizer
   run.model = T5(model_config(cfg.model, table.sizes, cfg.train.dtype))
-  run.codes = jax.device_put(jnp.asarray(table.codes_NxC), run.replicated)
-  run.tables = jax.device_put(decode.prefix_tables(table.codes_NxC, cfg.tokenizer.shared_ids),
-                              run.replicated)
+  run.codes = distributed.replicate(jnp.asarray(table.codes_NxC), run.replicated)
+  run.tables = distributed.replicate(
+      decode.prefix_tables(table.codes_NxC, cfg.tokenizer.shared_ids), run.replicated)
   run.eval_fn = jax.jit(functools.partial(steps.eval_step, model=run.model, beam=cfg.train.beam,
                                           constrained=cfg.train.decode == "constrained"),
                         compiler_options=compiler_options("decode"))
@@ -180,8 +191,8 @@ def evaluate_split(run: Run, params, split_name: str) -> dict:
   """Constrained decoding over a split: metrics over the full catalogue, plus timing."""
   t0 = time.time()
   total = None
-  for batch in eval_batches(run.dataset, run.splits[split_name], run.cfg.train.eval_batch_size,
-                            run.buckets):
+  bs = run.cfg.train.eval_batch_size
+  for batch in eval_batches(run.dataset, run.splits[split_name], bs, run.buckets, run.rows(bs)):
     sums, _ = run.eval_fn(params, run.shard(batch), *run.code_args)
     total = metrics.accumulate(total, sums)
   out = metrics.finalize(total)
@@ -194,8 +205,8 @@ def valid_loss(run: Run, params) -> float:
   """The teacher-forced code loss on the validation split (mean over users; no dropout):
   what train.select='loss' selects by (LETTER's official trainer)."""
   total, count = 0.0, 0.0
-  for batch in eval_batches(run.dataset, run.splits["valid"], run.cfg.train.eval_batch_size,
-                            run.buckets):
+  bs = run.cfg.train.eval_batch_size
+  for batch in eval_batches(run.dataset, run.splits["valid"], bs, run.buckets, run.rows(bs)):
     s, c = run.loss_fn(params, run.shard(batch), *run.code_args)
     total, count = total + float(s), count + float(c)
   return total / max(count, 1.0)
@@ -297,8 +308,8 @@ def single_stage_plan(run: Run, params, make_step: Callable, steps_per_epoch: in
   warmup = int(tc.warmup_frac * total_steps)
   tx, lr_at = optimizer_and_schedule(tc.lr, tc.weight_decay, total_steps, warmup, tc.clip,
                                      tc.schedule, tc.accumulate, tc.decay, tc.lr_end)
-  state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
-                         run.replicated)
+  state = distributed.replicate(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
+                                run.replicated)
   train_fn = jax.jit(make_step(tx), donate_argnums=0, out_shardings=run.replicated,
                      compiler_options=compiler_options("train"))
   stage = Stage("train", tc.epochs, lambda epoch: train_fn, tc.eval_every, tc.patience)
@@ -315,8 +326,8 @@ def default_plan(run: Run, key, steps_per_epoch: int) -> Plan:
 
 def set_codes(run: Run, codes_NxC) -> None:
   """Makes `codes_NxC` (device, [N, C]) the run's code table: decoding tables rebuilt on device."""
-  run.codes = jax.device_put(codes_NxC.astype(jnp.int32), run.replicated)
-  run.tables = jax.device_put(decode.build_prefix_tables(run.codes), run.replicated)
+  run.codes = distributed.replicate(codes_NxC.astype(jnp.int32), run.replicated)
+  run.tables = distributed.replicate(decode.build_prefix_tables(run.codes), run.replicated)
 
 
 def save_final_codes(run: Run, best) -> dict:
@@ -326,7 +337,8 @@ def save_final_codes(run: Run, best) -> dict:
   codes = np.asarray(best["codes"])
   stats = {"final": health_dict(codes, run.table.sizes)}
   run.table = CodeTable(codes, run.table.sizes, stats, run.table.fingerprint + "-trained")
-  run.table.save(run.workdir, "codes_final")
+  if distributed.is_primary():
+    run.table.save(run.workdir, "codes_final")
   return {"final_codes": stats["final"]}
 
 
@@ -345,12 +357,15 @@ def restore_best(run: Run):
 def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
   """The whole run; resumes from workdir's latest intact checkpoint when there is one."""
   t_start = time.time()
+  primary = distributed.is_primary()
+  log = log if primary else (lambda m: None)   # logs and files from process 0 only
   run = setup(cfg, workdir, log)
   tc = cfg.train
   root = jax.random.key(cfg.seed)
   k_init, k_train = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
   train_it = BatchIterator(run.dataset, run.splits["train"], tc.batch_size, run.buckets,
-                           shuffle=True, seed=cfg.seed, iid=cfg.data.batching == "iid")
+                           shuffle=True, seed=cfg.seed, iid=cfg.data.batching == "iid",
+                           rows=run.rows(tc.batch_size))
   steps_per_epoch = len(train_it)
   method = get_method(cfg.method)
   plan = getattr(method, "training_plan", default_plan)(run, k_init, steps_per_epoch)
@@ -362,11 +377,12 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
       f"{steps_per_epoch} steps/epoch, {plan.n_params:,} parameters, {run.mesh.devices.size} "
       f"device(s) [{jax.devices()[0].platform}], buckets {run.buckets}")
 
-  metrics_f = open(os.path.join(workdir, "metrics.jsonl"), "a")
+  metrics_f = open(os.path.join(workdir, "metrics.jsonl"), "a") if primary else None
 
   def write(record):
-    metrics_f.write(json.dumps(record) + "\n")
-    metrics_f.flush()
+    if metrics_f is not None:
+      metrics_f.write(json.dumps(record) + "\n")
+      metrics_f.flush()
 
   def save(step):
     _check_finite(state, plan.stages[meta["stage"]].name, step, "the training state")
@@ -410,11 +426,11 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
     t_epoch, samples, pending = time.time(), 0.0, None
     bar = tqdm(total=steps_per_epoch, initial=train_it.get_state()["grain"].get("next_index", 0),
                desc=f"epoch {epoch + 1} ({stage.name})", leave=False, mininterval=1.0,
-               disable=None)
+               disable=None if primary else True)
     logger = functools.partial(_check_and_log, write=write, bar=bar, tc=tc, plan=plan,
                                stage=stage.name, epoch=epoch)
     for batch in train_it.epoch_batches():
-      n_real = float(batch["weight_B"].sum())
+      n_real = float(batch["weight_B"].sum()) * jax.process_count()  # (this process's rows)
       state, out = step_fn(state, run.shard(batch), run.codes, k_train)
       step += 1
       # Fetch the previous step's metrics only now, so the host never stalls the device.
@@ -426,6 +442,8 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
       bar.update(1)
       if step % tc.save_every == 0:
         t_save = time.time()
+        logger(pending, state=state, samples=samples, t_epoch=t_epoch)  # before the save: a
+        pending = None                     # kill after it must not lose this step's record
         save(step)
         t_epoch += time.time() - t_save  # checkpoint time is not training time
       if tc.max_steps and step >= tc.max_steps:
@@ -472,7 +490,8 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
               f"{'loss decrease' if by_loss else 'NDCG@10 gain'} in {stage.patience} evaluations")
           meta["stage_over"] = True
     save(step)
-  metrics_f.close()
+  if metrics_f is not None:
+    metrics_f.close()
   ckpt.close()
   restored = best_ckpt.restore(None)
   best_ckpt.close()
@@ -518,8 +537,9 @@ def _resume(run: Run, plan: Plan, ckpt: Checkpoints, best_ckpt: Checkpoints, tra
   train_it.set_state(meta["iterator"])
   log(f"resumed from {ckpt.directory}/{step0} (epoch {train_it.epoch}, step {step0}, "
       f"stage {plan.stages[meta['stage']].name})")
-  _truncate_jsonl(os.path.join(run.workdir, "metrics.jsonl"), step0)
-  return jax.device_put(tree["train"], run.replicated), meta
+  if distributed.is_primary():
+    _truncate_jsonl(os.path.join(run.workdir, "metrics.jsonl"), step0)
+  return distributed.replicate(tree["train"], run.replicated), meta
 
 
 def _finish(run: Run, plan: Plan, best_tree, meta, step, t_start, log) -> dict:
@@ -528,7 +548,7 @@ def _finish(run: Run, plan: Plan, best_tree, meta, step, t_start, log) -> dict:
   cfg = run.cfg
   tokenizer_stats = run.table.stats if run.table is not None else None
   extra = plan.finish(run, best_tree) if plan.finish else {}
-  best_params = jax.device_put(best_tree["params"], run.replicated)
+  best_params = distributed.replicate(best_tree["params"], run.replicated)
   results = {
       "method": cfg.method, "variant": cfg.get("variant", ""), "dataset": run.dataset.name,
       "best": meta["best"],
@@ -544,11 +564,13 @@ def _finish(run: Run, plan: Plan, best_tree, meta, step, t_start, log) -> dict:
       "wall_seconds_this_invocation": round(time.time() - t_start, 1),
       **extra,
   }
-  write_atomic(os.path.join(run.workdir, "results.json"), json.dumps(results, indent=2))
-  log("test " + _fmt(results["test"]))
-  log("most-popular test " + _fmt(results["popularity"]["test"]))
-  from jaxrec.report import write_report
-  write_report(run.workdir, run.table)
+  if distributed.is_primary():
+    write_atomic(os.path.join(run.workdir, "results.json"), json.dumps(results, indent=2))
+    log("test " + _fmt(results["test"]))
+    log("most-popular test " + _fmt(results["popularity"]["test"]))
+    from jaxrec.report import write_report
+    write_report(run.workdir, run.table)
+  distributed.barrier("results written")
   return results
 
 

@@ -146,18 +146,23 @@ class BatchIterator:
   """Epoch-aware iterator over a grain MapDataset of planned batches.
 
   Its state ({"epoch", "grain"}) is JSON-serialisable: a restored iterator yields exactly
-  the batches the original would have yielded next."""
+  the batches the original would have yielded next. `rows` (a multi-process run: this
+  process's block of every batch) gathers only those rows of the planned batches, which are
+  the same in every process."""
 
   def __init__(self, ds: Dataset, split: Split, batch_size: int, buckets: Sequence[int],
-               shuffle: bool, seed: int, epoch: int = 0, iid: bool = False):
+               shuffle: bool, seed: int, epoch: int = 0, iid: bool = False,
+               rows: slice = slice(None)):
     self._args = (ds, split, batch_size, tuple(buckets), shuffle, seed, iid)
+    self._rows = rows
     self.epoch = epoch
     self._start_epoch(epoch)
 
   def _dataset(self, epoch):
     ds, split, batch_size, buckets, shuffle, seed, iid = self._args
     plan = plan_batches(split, batch_size, buckets, shuffle, seed, epoch, iid)
-    return grain.MapDataset.source(plan).map(lambda p: gather_batch(ds, split, p[0], p[1]))
+    rows = self._rows
+    return grain.MapDataset.source(plan).map(lambda p: gather_batch(ds, split, p[0], p[1][rows]))
 
   def _start_epoch(self, epoch):
     self.epoch = epoch
@@ -182,7 +187,8 @@ class BatchIterator:
     self._it.set_state(state["grain"])
 
 
-def eval_batches(ds: Dataset, split: Split, batch_size: int, buckets: Sequence[int]):
-  """All batches of an evaluation split, in a fixed order."""
+def eval_batches(ds: Dataset, split: Split, batch_size: int, buckets: Sequence[int],
+                 rows: slice = slice(None)):
+  """All batches of an evaluation split, in a fixed order (`rows` of each: as BatchIterator)."""
   for length, idx in plan_batches(split, batch_size, buckets, shuffle=False, seed=0, epoch=0):
-    yield gather_batch(ds, split, length, idx)
+    yield gather_batch(ds, split, length, idx[rows])

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxrec.checkpoint import CheckpointError
+from jaxrec import distributed
 from jaxrec.config import ConfigError
 from jaxrec.optim import TrainState, optimizer_and_schedule
 from jaxrec.recommender import steps
@@ -199,8 +200,8 @@ def training_plan(run, key, steps_per_epoch: int):
     raise ConfigError(f"etegrec.sia_sign must be 'negative' or 'positive', got {ec.sia_sign!r}")
   tok_model, tok_params = run.tokenizer
   t5 = run.model
-  feats = jax.device_put(jnp.asarray(run.dataset.features[cfg.tokenizer.feature], jnp.float32),
-                         run.replicated)
+  feats = distributed.replicate(jnp.asarray(run.dataset.features[cfg.tokenizer.feature], jnp.float32),
+                                run.replicated)
   k_t5, k_enc, k_dec = jax.random.split(key, 3)
   d, f = t5.cfg.d_model, feats.shape[1]
   rec_params = {"t5": init_params(run, k_t5),
@@ -220,7 +221,7 @@ def training_plan(run, key, steps_per_epoch: int):
   state = EteState(jnp.zeros((), jnp.int32),
                    TrainState(jnp.zeros((), jnp.int32), rec_params, tx_rec.init(rec_params)),
                    TrainState(jnp.zeros((), jnp.int32), tok_params, tx_tok.init(tok_params)))
-  state = jax.device_put(state, run.replicated)
+  state = distributed.replicate(state, run.replicated)
 
   common = dict(t5=t5, tok=tok_model, sia_sign=ec.sia_sign, psa_temperature=ec.psa_temperature)
   jit = functools.partial(jax.jit, donate_argnums=0, out_shardings=run.replicated,
@@ -267,7 +268,7 @@ def training_plan(run, key, steps_per_epoch: int):
     new = EteState(state.step,
                    TrainState(jnp.zeros((), jnp.int32), rec_params, tx_ft.init(rec_params)),
                    state.tok.replace(params=tok_params))
-    new = jax.device_put(new, run.replicated)
+    new = distributed.replicate(new, run.replicated)
     codes, _ = recode_checked(new, "restoring the best checkpoint")
     return new, codes
 

@@ -86,7 +86,8 @@ def export_embeddings(run, best) -> dict:
   """Writes the best checkpoint's item table as <name>.sasrec<d>.npy in the workdir."""
   table = np.asarray(best["params"]["params"]["item_embed"]["embedding"], np.float32)
   path = os.path.join(run.workdir, f"{run.dataset.name}.sasrec{table.shape[1]}.npy")
-  tmp = path + ".tmp.npy"
-  np.save(tmp, table)
-  os.replace(tmp, path)
+  if jax.process_index() == 0:
+    tmp = path + ".tmp.npy"
+    np.save(tmp, table)
+    os.replace(tmp, path)
   return {"cf_embeddings": path}

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxrec import distributed
 from jaxrec.config import ConfigError
 from jaxrec.optim import TrainState
 from jaxrec.recommender import steps
@@ -267,8 +268,8 @@ def training_plan(run, key, steps_per_epoch: int):
     raise ConfigError(f"siit.capacity={sc.capacity}: {min(run.table.sizes)} codes of the "
                       f"smallest level cannot hold {run.dataset.n_items} items")
   t5 = run.model
-  feats = jax.device_put(jnp.asarray(run.dataset.features[sc.feature], jnp.float32),
-                         run.replicated)
+  feats = distributed.replicate(jnp.asarray(run.dataset.features[sc.feature], jnp.float32),
+                                run.replicated)
   soft = SoftTokens(int(sc.soft_tokens), t5.cfg.d_model)
   params = {"t5": init_params(run, key),
             "soft": soft.init(jax.random.fold_in(key, 1), feats[:1])}
@@ -277,8 +278,8 @@ def training_plan(run, key, steps_per_epoch: int):
     total = min(total, tc.max_steps)
   tx, lr_at = optimizer_and_schedule(tc.lr, tc.weight_decay, total, int(tc.warmup_frac * total),
                                      tc.clip, tc.schedule, tc.accumulate, tc.decay, tc.lr_end)
-  state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
-                         run.replicated)
+  state = distributed.replicate(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
+                                run.replicated)
   n_align = int(round(sc.align_ratio * tc.batch_size))
   fn = jax.jit(functools.partial(train_step, t5=t5, soft=soft, tx=tx, tau=tc.tau,
                                  n_align=n_align),

@@ -135,7 +135,7 @@ class FitCheckpoints:
     self._ckpt = None
     if directory and self.every:
       from jaxrec.checkpoint import Checkpoints
-      self._ckpt = Checkpoints(directory, max_to_keep=2)
+      self._ckpt = Checkpoints(directory, max_to_keep=2, local=True)
       for name in self._ckpt.partial:
         log(f"{directory}/{name}: a tokenizer save interrupted by the last run was removed")
 
