@@ -1,0 +1,98 @@
+"""Where the T5 train step's time goes: ms per step at one history bucket for variants of
+the attention (monkeypatched into jaxrec.recommender.t5), TIGER preset (configs/tiger.py:
+instruments, 4 + 4 layers, d 128, 6 heads x 64, user token), batch 256, random codes for
+9,922 items. One variant per process, for a clean compile:
+
+  python bench/attention_ablation.py VARIANT HISTORY_ITEMS [REPS]
+
+VARIANT: base; headsfirst (scores and weighted sum as [B, H, T, E] einsums); hfpad8 /
+hfpad16 (the same with T padded to a multiple of 8 / 16); nodrop (no dropout anywhere);
+nodrop_attn (no dropout on the attention weights); noattn (no scores, softmax or weighted
+sum: what attention costs); threefry (jax.random dropout masks). Prints one JSON line:
+ms per step (median), samples/s, XLA's FLOPs of the step and the achieved GFLOP/s.
+YNN=default|<fusion type> overrides jaxrec/xla.py's training setting.
+"""
+import functools, os, sys, time, json
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT); sys.path.insert(0, os.path.join(ROOT, "configs"))
+import jax, jax.numpy as jnp, numpy as np
+import tiger
+from jaxrec.recommender import t5 as t5lib, steps
+from jaxrec.recommender.t5 import T5, model_config
+from jaxrec.optim import TrainState
+from jaxrec.xla import compiler_options
+import optax
+
+variant = sys.argv[1]; L = int(sys.argv[2]); reps = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+cfg = tiger.get_config("instruments")
+B = 256; C = 4; N = 9922
+rng = np.random.default_rng(0)
+codes = jnp.asarray(np.concatenate([rng.integers(0, 256, (N, 3)), rng.integers(0, 8, (N, 1))], 1).astype(np.int32))
+hist = rng.integers(0, N, (B, L)).astype(np.int32)
+lens = rng.integers(max(1, L // 2), L + 1, B)
+mask = np.arange(L)[None] < lens[:, None]
+batch = {"history_BxL": np.where(mask, hist, 0), "mask_BxL": mask, "target_B": rng.integers(0, N, B).astype(np.int32),
+         "user_B": rng.integers(0, 3000, B).astype(np.int32), "weight_B": np.ones(B, np.float32)}
+
+if variant.startswith("hfpad"):
+  mult = int(variant[5:] or 8)
+  def attend(q, k, v, bias, dropout_fn):
+    qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))   # [B,H,T,E]
+    tq, tk = qh.shape[2], kh.shape[2]
+    pq, pk = -tq % mult, -tk % mult
+    qh = jnp.pad(qh, ((0,0),(0,0),(0,pq),(0,0))); kh = jnp.pad(kh, ((0,0),(0,0),(0,pk),(0,0))); vh = jnp.pad(vh, ((0,0),(0,0),(0,pk),(0,0)))
+    bias = jnp.broadcast_to(bias, bias.shape[:2] + (tq, tk))
+    bias = jnp.pad(bias, ((0,0),(0,0),(0,pq),(0,pk)), constant_values=-1e9)
+    s = jnp.einsum("bhqe,bhke->bhqk", qh, kh) + bias
+    w = dropout_fn(jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(q.dtype))
+    return jnp.swapaxes(jnp.einsum("bhqk,bhke->bhqe", w, vh), 1, 2)[:, :tq]
+  t5lib.attend = attend
+elif variant == "nodrop_attn":
+  orig = t5lib.attend
+  def attend(q, k, v, bias, dropout_fn):
+    return orig(q, k, v, bias, lambda w: w)
+  t5lib.attend = attend
+elif variant == "headsfirst":
+  def attend(q, k, v, bias, dropout_fn):
+    qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))   # [B,H,T,E]
+    s = jnp.einsum("bhqe,bhke->bhqk", qh, kh) + bias
+    w = dropout_fn(jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(q.dtype))
+    return jnp.swapaxes(jnp.einsum("bhqk,bhke->bhqe", w, vh), 1, 2)
+  t5lib.attend = attend
+elif variant == "nodrop":
+  class D(t5lib.Dropout):
+    def __call__(self, x, deterministic): return x
+  t5lib.Dropout = D
+elif variant == "noattn":
+  def attend(q, k, v, bias, dropout_fn):
+    return v[:, :q.shape[1]] if v.shape[1] >= q.shape[1] else jnp.broadcast_to(v.mean(1, keepdims=True), q.shape)
+  t5lib.attend = attend
+elif variant == "threefry":
+  class D(t5lib.Dropout):
+    def __call__(self, x, deterministic):
+      if deterministic or self.rate <= 0: return x
+      keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - self.rate, x.shape)
+      return jnp.where(keep, x / (1 - self.rate), 0.0)
+  t5lib.Dropout = D
+
+model = T5(model_config(cfg.model, [256] * 4))
+tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(5e-4, weight_decay=0.01))
+tok, m = steps.history_tokens(codes, batch["history_BxL"][:2], batch["mask_BxL"][:2], model.cfg.offsets)
+dec_in, _ = steps.decoder_io(codes, batch["target_B"][:2], model.cfg.offsets, model.cfg.bos)
+params = model.init(jax.random.key(0), tok, m, batch["user_B"][:2], dec_in)
+state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+opts = compiler_options("train") if os.environ.get("YNN", "") == "" else ({} if os.environ["YNN"] == "default" else {"xla_cpu_experimental_ynn_fusion_type": os.environ["YNN"]})
+fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx), donate_argnums=0, compiler_options=opts)
+key = jax.random.key(1)
+t = time.perf_counter(); c = fn.lower(state, batch, codes, key).compile(); comp = time.perf_counter() - t
+flops = c.cost_analysis()
+flops = (flops[0] if isinstance(flops, list) else flops).get("flops", 0)
+for _ in range(2):
+  state, out = c(state, batch, codes, key)
+jax.block_until_ready(out)
+ts = []
+for _ in range(reps):
+  t = time.perf_counter(); state, out = c(state, batch, codes, key); jax.block_until_ready(out); ts.append(time.perf_counter() - t)
+ms = 1000 * float(np.median(ts))
+print(json.dumps({"variant": variant, "L": L, "T": 4 * L + 1, "ms": round(ms, 1), "samples_s": round(B / ms * 1000, 1),
+                  "gflops": round(flops / ms / 1e6, 1), "gflop_step": round(flops / 1e9, 2), "compile_s": round(comp, 1), "ynn": opts}))
