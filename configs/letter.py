@@ -89,6 +89,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     cfg.variant = variant + "_paper"
     t.epochs, t.schedule, t.warmup_epochs, t.clip = 10000, "constant", 0, 0.0
     t.batch_size, t.lr, t.weight_decay = 1024, 1e-3, 1e-4
+    t.kmeans_method, t.kmeans_iters = "constrained", 10   # vq.py:50-61
     t.log_every, t.save_every = 500, 500
     _tiger().letter_tiger_paper(cfg)
   return cfg

@@ -86,7 +86,7 @@ def tokenizer_config(variant: str) -> ml_collections.ConfigDict:
   t.sinkhorn_eps = 0.003
   t.sinkhorn_iters = 50
   t.kmeans_init = True
-  t.kmeans_method = "kmeans++"     # kmeans++ | random
+  t.kmeans_method = "kmeans++"     # kmeans++ | random | constrained (LETTER: size-constrained)
   t.kmeans_iters = 25
   t.reseed_every = 20              # epochs between dead-code re-seeding (0: off)
   t.epochs = 300

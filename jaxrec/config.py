@@ -162,6 +162,7 @@ DOMAINS = {
     ("tokenizer", "level_reduce"): _one_of("mean", "sum"),
     ("tokenizer", "residual_grad"): _one_of("stop", "through"),
     ("tokenizer", "collision"): _one_of("suffix", "sinkhorn", "none"),
+    ("tokenizer", "kmeans_method"): _one_of("kmeans++", "random", "constrained"),
     ("tokenizer", "suffix_size"): _int_at_least(2),
     ("model", "dropout"): _number_in(0, 1),
     ("train", "batch_size"): _int_at_least(1),

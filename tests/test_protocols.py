@@ -250,3 +250,23 @@ def test_bfloat16_compute_tracks_float32():
   assert losses["bfloat16"] != losses["float32"]                  # (it did compute in bf16)
   assert losses["float32"][2] < losses["float32"][0]
   np.testing.assert_allclose(losses["bfloat16_scores"], losses["float32_scores"], atol=0.1)
+
+
+def test_constrained_kmeans_keeps_clusters_within_letters_bounds():
+  """tokenizer.kmeans_method='constrained' (LETTER's codebook init): on 1,500 points in a
+  tight blob plus 500 spread ones, plain k-means leaves clusters of 4 and 500+ points; the
+  constrained one keeps every cluster inside LETTER's KMeansConstrained bounds
+  [min(N / 2k, 50), 4x that] and returns the clusters' means as centroids."""
+  from jaxrec.tokenizer.kmeans import kmeans
+  scale = jnp.concatenate([jnp.full((1500, 1), 0.1), jnp.ones((500, 1))])
+  x = jax.random.normal(jax.random.key(0), (2000, 8)) * scale
+  k = 32
+  lo = min(2000 // (2 * k), 50)
+  _, plain, _ = kmeans(jax.random.key(1), x, k, 10, "kmeans++")
+  assert np.bincount(np.asarray(plain), minlength=k).max() > 4 * lo      # the problem
+  cents, assign, inertia = kmeans(jax.random.key(1), x, k, 10, "constrained")
+  counts = np.bincount(np.asarray(assign), minlength=k)
+  assert counts.min() >= lo and counts.max() <= 4 * lo, counts
+  means = np.stack([np.asarray(x)[np.asarray(assign) == c].mean(0) for c in range(k)])
+  np.testing.assert_allclose(np.asarray(cents), means, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(float(inertia), float(jnp.sum((x - cents[assign]) ** 2)), rtol=1e-5)

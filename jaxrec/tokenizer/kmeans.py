@@ -37,7 +37,10 @@ def _kmeans_pp_init(key, x_NxD, k):
 def kmeans(key, x_NxD, k: int, iters: int = 25, init: str = "kmeans++"):
   """Lloyd's k-means. Returns (centroids [K, D], assignment [N], inertia).
 
-  An empty cluster keeps its previous centre (re-seeding handles dead codes later)."""
+  An empty cluster keeps its previous centre (re-seeding handles dead codes later).
+  `init='constrained'`: size-constrained k-means (`constrained_kmeans`)."""
+  if init == "constrained":
+    return constrained_kmeans(key, x_NxD, k, iters)
   if init == "kmeans++":
     cents = _kmeans_pp_init(key, x_NxD, k)
   elif init == "random":
@@ -45,7 +48,7 @@ def kmeans(key, x_NxD, k: int, iters: int = 25, init: str = "kmeans++"):
     idx = jax.random.choice(key, n, (k,), replace=n < k)
     cents = x_NxD[idx]
   else:
-    raise ValueError(f"init must be 'kmeans++' or 'random', got {init!r}")
+    raise ValueError(f"init must be 'kmeans++', 'random' or 'constrained', got {init!r}")
 
   def step(cents, _):
     assign = jnp.argmin(squared_distances(x_NxD, cents), axis=-1)
@@ -101,3 +104,19 @@ def balanced_kmeans(key, x_NxD, groups: int, iters: int = 10, eps: float = 0.003
 
   cents, _ = jax.lax.scan(step, cents, None, length=iters)
   return assign(cents).astype(jnp.int32)
+
+
+def constrained_kmeans(key, x_NxD, k: int, iters: int = 10):
+  """Size-constrained k-means, LETTER's codebook initialisation (RQ-VAE/models/vq.py:50-61:
+  `KMeansConstrained(n_clusters=256, size_min=min(N // 512, 50), size_max=4 * size_min,
+  max_iter=10, n_init=10)` on the level's residuals). Here on device: Lloyd iterations
+  whose assignment step is a balanced Sinkhorn transport (`balanced_kmeans`), so every
+  cluster holds about N / k points, inside LETTER's bounds (N / 2k .. 2N / k) whenever
+  N >= 2k; one k-means++ start instead of 10 restarts. Returns (centroids [K, D] = the
+  means of the final clusters, assignment [N], inertia of the points to their centroids)."""
+  assign = balanced_kmeans(key, x_NxD, k, iters)
+  sums = jax.ops.segment_sum(x_NxD, assign, num_segments=k)
+  counts = jax.ops.segment_sum(jnp.ones(x_NxD.shape[0], x_NxD.dtype), assign, num_segments=k)
+  fallback = x_NxD[jax.random.randint(key, (k,), 0, x_NxD.shape[0])]   # an empty cluster
+  cents = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None], fallback)
+  return cents, assign, jnp.sum(jnp.square(x_NxD - cents[assign]))
