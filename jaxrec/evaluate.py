@@ -14,6 +14,7 @@ cli.define_distributed_flags()
 
 def main(argv):
   del argv
+  from jaxrec import distributed
   from jaxrec.config import config_from_json
   from jaxrec.trainer import evaluate_split, popularity_baseline, restore_best, set_codes, setup
   workdir = _WORKDIR.value
@@ -37,8 +38,7 @@ def main(argv):
   for split in _SPLITS.value:
     out[split] = evaluate_split(run, restored[1]["params"], split)
   out["popularity"] = popularity_baseline(run)
-  import jax
-  if jax.process_index():              # a multi-process run: process 0 prints and writes
+  if not distributed.is_primary():     # a multi-process run: process 0 prints and writes
     return
   for split in _SPLITS.value:
     m = out[split]

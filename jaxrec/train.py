@@ -15,12 +15,12 @@ cli.define_distributed_flags()
 
 def main(argv):
   del argv
+  from jaxrec import distributed
   from jaxrec.trainer import train_and_evaluate
   cfg = _CONFIG.value
   workdir = _WORKDIR.value or f"workdir/{cfg.method}-{cfg.get('variant', 'default')}"
   train_and_evaluate(cfg, workdir)
-  import jax
-  if jax.process_index() == 0:
+  if distributed.is_primary():
     print(f"results in {workdir}/results.json")
 
 

@@ -16,7 +16,7 @@ import os
 import jax
 import numpy as np
 
-from jaxrec import metrics
+from jaxrec import distributed, metrics
 from jaxrec.config import ConfigError
 from jaxrec.data import sequence_windows
 from jaxrec.recommender import sasrec
@@ -86,7 +86,7 @@ def export_embeddings(run, best) -> dict:
   """Writes the best checkpoint's item table as <name>.sasrec<d>.npy in the workdir."""
   table = np.asarray(best["params"]["params"]["item_embed"]["embedding"], np.float32)
   path = os.path.join(run.workdir, f"{run.dataset.name}.sasrec{table.shape[1]}.npy")
-  if jax.process_index() == 0:
+  if distributed.is_primary():
     tmp = path + ".tmp.npy"
     np.save(tmp, table)
     os.replace(tmp, path)
