@@ -68,15 +68,16 @@ class Checkpoints:
     self.directory = os.path.abspath(directory)
     self.partial = sorted(n for n in (os.listdir(self.directory) if os.path.isdir(self.directory)
                                       else []) if "tmp" in n)
-    me, alone = jax.process_index(), local and jax.process_count() > 1
+    # alone in a multi-process run: saved as host arrays (orbax refuses one process's device
+    # arrays there) and the folder made here (orbax creates it only for all processes)
+    self._host = local and jax.process_count() > 1
+    me = jax.process_index()
     multiprocessing = (ocp.options.MultiprocessingOptions(
         primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"local-{me}")
-                       if alone else ocp.options.MultiprocessingOptions())
-    if alone:                          # (orbax creates the folder only for all processes)
+                       if self._host else ocp.options.MultiprocessingOptions())
+    if self._host:
       os.makedirs(self.directory, exist_ok=True)
-    self._host = alone                 # saved as host arrays (orbax refuses one process's
-                                       # device arrays in a multi-process run)
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not alone,
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not self._host,
                                            enable_async_checkpointing=False,
                                            cleanup_tmp_directories=True,
                                            multiprocessing_options=multiprocessing)
