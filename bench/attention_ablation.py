@@ -77,8 +77,8 @@ elif variant == "threefry":
 
 model = T5(model_config(cfg.model, [256] * 4))
 tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(5e-4, weight_decay=0.01))
-tok, m = steps.history_tokens(codes, batch["history_BxL"][:2], batch["mask_BxL"][:2], model.cfg.offsets)
-dec_in, _ = steps.decoder_io(codes, batch["target_B"][:2], model.cfg.offsets, model.cfg.bos)
+tok, m = steps.history_tokens(codes, batch["history_BxL"][:2], batch["mask_BxL"][:2], model.cfg)
+dec_in, _ = steps.decoder_io(codes, batch["target_B"][:2], model.cfg)
 params = model.init(jax.random.key(0), tok, m, batch["user_B"][:2], dec_in)
 state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 opts = compiler_options("train") if os.environ.get("YNN", "") == "" else ({} if os.environ["YNN"] == "default" else {"xla_cpu_experimental_ynn_fusion_type": os.environ["YNN"]})

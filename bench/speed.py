@@ -77,8 +77,8 @@ def bench_train(cfg, ds, splits, codes_np, args):
   codes = jnp.asarray(codes_np)
   tx = make_optimizer(5e-4, 0.01, 10_000, 100, 1.0)
   first = gather_batch(ds, splits["train"], buckets[0], np.arange(args.batch))
-  tok, mask = steps.history_tokens(codes, first["history_BxL"][:2], first["mask_BxL"][:2], model.cfg.offsets)
-  dec_in, _ = steps.decoder_io(codes, first["target_B"][:2], model.cfg.offsets, model.cfg.bos)
+  tok, mask = steps.history_tokens(codes, first["history_BxL"][:2], first["mask_BxL"][:2], model.cfg)
+  dec_in, _ = steps.decoder_io(codes, first["target_B"][:2], model.cfg)
   params = model.init(jax.random.key(0), tok, mask, first["user_B"][:2], dec_in)
   state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
   fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx), donate_argnums=0,
@@ -329,8 +329,8 @@ def main():
   if model is None:
     model = T5(model_config(cfg.model, [256] * codes_np.shape[1]))
     b = gather_batch(ds, splits["train"], 4, np.arange(2))
-    tok, mask = steps.history_tokens(jnp.asarray(codes_np), b["history_BxL"], b["mask_BxL"], model.cfg.offsets)
-    dec_in, _ = steps.decoder_io(jnp.asarray(codes_np), b["target_B"], model.cfg.offsets, model.cfg.bos)
+    tok, mask = steps.history_tokens(jnp.asarray(codes_np), b["history_BxL"], b["mask_BxL"], model.cfg)
+    dec_in, _ = steps.decoder_io(jnp.asarray(codes_np), b["target_B"], model.cfg)
     params = model.init(jax.random.key(0), tok, mask, b["user_B"], dec_in)
   if "decode" not in args.skip:
     result["decode_test_split"] = bench_decode_split(model, params, ds, splits, codes_np, args,

@@ -18,7 +18,9 @@ Variants:
                (`letter_tiger_paper` below; every setting with its source line in
                docs/protocols.md): effective batch 1,024 = 256 x 4 accumulated, i.i.d.
                batches, 200 epochs, checkpoint by valid loss every epoch (patience 20),
-               no user token, no decay on norms and relative bias, shared IDs kept.
+               no user token, no decay on norms and relative bias, shared IDs kept,
+               EOS-terminated targets under one softmax over the whole 33,124-row
+               vocabulary (`model.head='vocab'`).
   scientific   Amazon Industrial & Scientific 2018 ($JAXREC_DATA_DIR/scientific: 3,541
                items with text), the RQ-VAE (3 x 256) on MiniLM text embeddings
                (`python -m jaxrec.embed --config configs/tiger.py:scientific --model PATH`
@@ -144,6 +146,12 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   m.user_buckets = 2000            # hashed user token (TIGER); 0: none
   m.logit_scale = True             # logits of the tied output scaled by d^-0.5; False: unscaled
   m.init_std = 0.0                 # 0: T5's init; > 0: every weight N(0, init_std) (ETEGRec)
+  m.head = "level"                 # "level": a softmax per level over its codes; "vocab": one
+                                   # softmax over the whole tied table, targets ending with EOS,
+                                   # EOS scored in decoding (LETTER-TIGER's HF T5; methods
+                                   # tiger, letter, simcit)
+  m.extra_vocab = 0                # "vocab" head: rows in the softmax that are never inputs or
+                                   # targets (LETTER-TIGER: T5's 32,100 text tokens less pad/EOS)
   if variant in ("default", "scientific"):
     m.d_model, m.d_ff, m.heads, m.head_dim = 64, 256, 4, 16
     m.enc_layers = m.dec_layers = 2
@@ -215,8 +223,7 @@ def embed_config(variant: str) -> ml_collections.ConfigDict:
 
 def letter_tiger_paper(cfg: ml_collections.ConfigDict) -> None:
   """LETTER-TIGER's recommender protocol (HonghuiBao2000/LETTER 8d0154e, LETTER-TIGER/;
-  docs/protocols.md cites each line). Not matched: targets end with EOS and the softmax
-  runs over the whole vocabulary (here: per level, no EOS)."""
+  docs/protocols.md cites each line)."""
   tr, m = cfg.train, cfg.model
   tr.batch_size, tr.accumulate = 256, 4    # 256 per GPU x 2 GPUs x 2 accumulation steps
   tr.lr, tr.weight_decay, tr.decay = 5e-4, 0.01, "matrices"   # HF Trainer's exemptions
@@ -224,6 +231,10 @@ def letter_tiger_paper(cfg: ml_collections.ConfigDict) -> None:
   tr.epochs, tr.eval_every, tr.patience, tr.select = 200, 1, 20, "loss"
   tr.beam, tr.decode = 20, "constrained"
   m.user_buckets = 0                       # no user token (data.py:158 commented out)
+  # HF T5 over the T5 tokenizer plus the code tokens (finetune.py:38-61): targets "codes
+  # </s>", input "history codes </s>", one softmax over all 32,100 + 4 x 256 rows (the
+  # pad row is the decoder start, our BOS; </s> our EOS; the other 32,098 text rows extra)
+  m.head, m.extra_vocab = "vocab", 32_098
   cfg.data.batching = "iid"
   cfg.data.max_len = 20
   cfg.tokenizer.shared_ids = True          # collided items keep one ID; a hit is that ID

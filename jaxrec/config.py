@@ -35,6 +35,7 @@ ADDED_KEYS = {("train", "accumulate"): 1, ("cf", "train", "accumulate"): 1,
               ("train", "lr_end"): 0.0, ("cf", "train", "lr_end"): 0.0,
               ("train", "decay"): "all", ("cf", "train", "decay"): "all",
               ("model", "logit_scale"): True, ("model", "init_std"): 0.0,
+              ("model", "head"): "level", ("model", "extra_vocab"): 0,
               ("tokenizer", "simcit", "prefix_loss"): False, ("train", "dtype"): "float32",
               ("cf", "train", "dtype"): "float32"}
 
@@ -56,8 +57,10 @@ def _edit_added(d: dict, edit) -> dict:
 def with_added_keys(d: dict) -> dict:
   """A saved config dict completed with ADDED_KEYS' values where it lacks them (not the
   `model` ones: T5Config's defaults are those values, and SASRec's model has no such keys)."""
+  model_keys = {path[-1] for path in ADDED_KEYS if path[0] == "model"}
+
   def fill(node, key, value):
-    if key not in ("logit_scale", "init_std"):
+    if key not in model_keys:
       node.setdefault(key, value)
   return _edit_added(d, fill)
 
@@ -165,6 +168,8 @@ DOMAINS = {
     ("tokenizer", "kmeans_method"): _one_of("kmeans++", "random", "constrained"),
     ("tokenizer", "suffix_size"): _int_at_least(2),
     ("model", "dropout"): _number_in(0, 1),
+    ("model", "head"): _one_of("level", "vocab"),
+    ("model", "extra_vocab"): _int_at_least(0),
     ("train", "batch_size"): _int_at_least(1),
     ("train", "accumulate"): _int_at_least(1),
     ("train", "eval_batch_size"): _int_at_least(1),
@@ -189,6 +194,9 @@ DOMAINS = {
     ("train", "max_steps"): _int_at_least(0),
 }
 SELECTION_K = 10          # checkpoints are selected by valid NDCG@10
+# methods whose recommender is the plain code loss (ETEGRec's and SIIT's extra terms are
+# written on per-level logits)
+VOCAB_HEAD_METHODS = ("tiger", "letter", "simcit")
 
 
 def config_problems(cfg: ml_collections.ConfigDict) -> list[str]:
@@ -221,6 +229,10 @@ def config_problems(cfg: ml_collections.ConfigDict) -> list[str]:
   if not generative and tr is not None and tr.get("dtype", "float32") != "float32":
     problems.append(f"train.dtype={tr.dtype!r}: {cfg.method} computes in float32 only "
                     "(the T5 of the generative methods has the bfloat16 option)")
+  m = cfg.get("model")
+  if m is not None and m.get("head") == "vocab" and cfg.get("method") not in VOCAB_HEAD_METHODS:
+    problems.append(f"model.head='vocab': {cfg.method} has no such head (LETTER-TIGER's "
+                    f"protocol; methods {', '.join(VOCAB_HEAD_METHODS)})")
   if not generative and tr is not None and tr.get("select") == "loss":
     problems.append(f"train.select='loss': {cfg.method} has no teacher-forced code loss to "
                     "select by; use train.select='ndcg@10'")

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.recommender.t5 import T5, empty_cache, step_logits
+from jaxrec.recommender.t5 import T5, empty_cache, eos_logp, level_logp
 
 
 @flax.struct.dataclass
@@ -82,13 +82,16 @@ def prefix_tables(codes_NxC, shared: bool = False) -> PrefixTables:
 
 
 def beam_search(step_fn, state, tables: PrefixTables, level_sizes, offsets, bos: int,
-                beam: int, constrained: bool = True):
+                beam: int, constrained: bool = True, final_fn=None):
   """Beam search for one user, constrained to the catalogue's IDs (or not).
 
-  step_fn(state, tokens_W, level) -> (logits [W, K], state): the model's next-code logits
-  for W beams fed `tokens_W` (embedding rows: BOS, then offset + code) at `level`; every
-  leaf of `state` has a leading beam axis and is reordered as beams are selected.
-  Scores are sums of log-softmax over each level's codes, masked to valid children.
+  step_fn(state, tokens_W, level) -> (logp [W, K], state): the model's next-code
+  log-probabilities (-inf on a level's padding codes) for W beams fed `tokens_W` (embedding
+  rows: BOS, then offset + code) at `level`; every leaf of `state` has a leading beam axis
+  and is reordered as beams are selected. Scores are sums of those log-probabilities over
+  the levels, candidates masked to valid children. `final_fn(state, tokens_W) -> [W]`, if
+  given, adds a last term to every finished ID's score (EOS's log-probability: HF's
+  constrained `generate` forces EOS after a full ID) and the IDs are re-ranked by it.
   Returns (items [W], scores [W]) best first; -1 / -inf where fewer than W IDs exist.
 
   `constrained=False` (ETEGRec's official test decoding): every code of a level may follow
@@ -104,9 +107,8 @@ def beam_search(step_fn, state, tables: PrefixTables, level_sizes, offsets, bos:
   def step(carry, level):
     tokens, scores, node, state = carry   # node -1: a prefix no item has (unconstrained)
     live = tokens.shape[0]  # 1 at the root, W afterwards
-    logits, state = step_fn(state, tokens, level)
+    logp, state = step_fn(state, tokens, level)
     in_level = j < sizes[level]
-    logp = jax.nn.log_softmax(jnp.where(in_level, logits, -jnp.inf), axis=-1)
     # valid children of each beam's prefix: a masked scatter of at most K codes
     start = tables.child_start_CxN1[level, jnp.maximum(node, 0)]
     degree = jnp.where(node >= 0, tables.child_start_CxN1[level, jnp.maximum(node, 0) + 1] - start, 0)
@@ -135,23 +137,31 @@ def beam_search(step_fn, state, tables: PrefixTables, level_sizes, offsets, bos:
   carry, _ = step(root, 0)
   # Unrolled: with C static and small, each level gets constant positions, so cache writes
   # are static slices instead of dynamic updates over the whole cache (faster on CPU).
-  (_, scores, node, _), _ = jax.lax.scan(step, carry, jnp.arange(1, c), unroll=True)
+  (tokens, scores, node, state), _ = jax.lax.scan(step, carry, jnp.arange(1, c), unroll=True)
+  if final_fn is not None:
+    scores, order = jax.lax.top_k(scores + final_fn(state, tokens), w)
+    node = node[order]
   items = jnp.where(jnp.isfinite(scores) & (node >= 0), tables.leaf_item_N[jnp.maximum(node, 0)], -1)
   return items, scores
 
 
-def _t5_beam_search_one(model: T5, params, out_tables_CxKxD, cross_kv, enc_mask_T,
-                        tables: PrefixTables, beam: int, constrained: bool):
+def _t5_beam_search_one(model: T5, params, head, cross_kv, enc_mask_T, tables: PrefixTables,
+                        beam: int, constrained: bool):
   """T5 decoding for one user: the state is the decoder's key/value cache."""
   cfg = model.cfg
 
   def step_fn(cache, tokens, level):
     hidden, cache = model.apply(params, tokens, level, cache, cross_kv, enc_mask_T,
                                 method=T5.decode_step)
-    return step_logits(cfg, hidden, out_tables_CxKxD[level]), cache
+    return level_logp(cfg, hidden, head, level), cache
+
+  def eos_fn(cache, tokens):  # the "vocab" head: EOS after the last code, position C
+    hidden, _ = model.apply(params, tokens, cfg.levels, cache, cross_kv, enc_mask_T,
+                            method=T5.decode_step)
+    return eos_logp(cfg, hidden, head)
 
   return beam_search(step_fn, empty_cache(cfg, beam), tables, cfg.level_sizes, cfg.offsets, cfg.bos, beam,
-                     constrained)
+                     constrained, eos_fn if cfg.full_vocab else None)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "beam", "constrained"))
@@ -161,7 +171,7 @@ def generate(params, tokens_BxT, mask_BxT, user_B, tables: PrefixTables, *, mode
   `constrained=False`: over the whole code space, item -1 for IDs no item has."""
   enc, enc_mask = model.apply(params, tokens_BxT, mask_BxT, user_B, False, method=T5.encode)
   cross = model.apply(params, enc, True, method=T5.cross_kv)  # once per user, for all beams
-  out_tables = model.apply(params, method=T5.level_tables)
-  one = functools.partial(_t5_beam_search_one, model, params, out_tables, tables=tables, beam=beam,
+  head = model.apply(params, method=T5.output_head)
+  one = functools.partial(_t5_beam_search_one, model, params, head, tables=tables, beam=beam,
                           constrained=constrained)
   return jax.vmap(one)(cross, enc_mask)

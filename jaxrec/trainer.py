@@ -182,8 +182,8 @@ def init_params(run: Run, key):
   batch = gather_batch(run.dataset, run.splits["train"], run.buckets[0],
                        np.arange(2) % max(len(run.splits["train"]), 1))
   cfg = run.model.cfg
-  tok, mask = steps.history_tokens(run.codes, batch["history_BxL"], batch["mask_BxL"], cfg.offsets)
-  dec_in, _ = steps.decoder_io(run.codes, batch["target_B"], cfg.offsets, cfg.bos)
+  tok, mask = steps.history_tokens(run.codes, batch["history_BxL"], batch["mask_BxL"], cfg)
+  dec_in, _ = steps.decoder_io(run.codes, batch["target_B"], cfg)
   return run.model.init({"params": key}, tok, mask, batch["user_B"], dec_in, False)
 
 
@@ -228,7 +228,7 @@ def recommend(run: Run, params, users, k: int = 10):
   for i, s in enumerate(seqs):
     hist[i, :len(s)], mask[i, :len(s)] = s, True
   tokens, tok_mask = steps.history_tokens(run.codes, jnp.asarray(hist), jnp.asarray(mask),
-                                          run.model.cfg.offsets)
+                                          run.model.cfg)
   items, scores = decode.generate(params, tokens, tok_mask, jnp.asarray(users, jnp.int32),
                                   run.tables, model=run.model, beam=run.cfg.train.beam,
                                   constrained=run.cfg.train.decode == "constrained")

@@ -1,4 +1,5 @@
 """Constrained beam search: known answers, brute force, constraints, KV cache."""
+import dataclasses
 import functools
 import itertools
 
@@ -37,7 +38,7 @@ def _table_step(tables_per_level):
         a1[prefix[:, 0]],
         a2[prefix[:, 0], prefix[:, 1]],
     ])[level]
-    return logits, prefix
+    return jax.nn.log_softmax(logits, axis=-1), prefix
 
   return step_fn
 
@@ -113,23 +114,38 @@ TINY = T5Config(level_sizes=(6, 5, 4), d_model=16, d_ff=32, heads=2, head_dim=8,
                 dec_layers=2, dropout=0.0, rel_buckets=8, rel_max_distance=16, user_buckets=7)
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
+# LETTER-TIGER's head: one softmax over the whole table (5 extra rows), EOS-terminated
+TINY_VOCAB = dataclasses.replace(TINY, head="vocab", extra_vocab=5)
+
+
+@pytest.fixture(scope="module", params=[TINY, TINY_VOCAB], ids=["level", "vocab"])
+def tiny_model(request):
+  cfg = request.param
   rng = np.random.default_rng(1)
   all_ids = np.array(list(itertools.product(range(6), range(5), range(4))), np.int32)
   codes = all_ids[rng.choice(len(all_ids), 30, replace=False)]
-  model = T5(TINY)
+  model = T5(cfg)
   hist = rng.integers(0, 30, (5, 3)).astype(np.int32)
   mask = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]], bool)
-  tok, m = steps.history_tokens(jnp.asarray(codes), hist, mask, TINY.offsets)
-  dec_in, _ = steps.decoder_io(jnp.asarray(codes), jnp.arange(5), TINY.offsets, TINY.bos)
+  tok, m = steps.history_tokens(jnp.asarray(codes), hist, mask, cfg)
+  dec_in, _ = steps.decoder_io(jnp.asarray(codes), jnp.arange(5), cfg)
   params = model.init(jax.random.key(0), tok, m, jnp.arange(5), dec_in)
   return model, params, codes, tok, m
 
 
+def _teacher_forced_scores(model, params, codes, tok, m, users, b, ids):
+  """Sum over decoder positions of log p(label), user b, the IDs of items `ids`."""
+  rep = lambda x: jnp.repeat(x[b:b + 1], len(ids), axis=0)
+  dec_in, labels = steps.decoder_io(jnp.asarray(codes), jnp.asarray(ids), model.cfg)
+  hidden = model.apply(params, rep(tok), rep(m), rep(users), dec_in)
+  logp = jax.nn.log_softmax(model.apply(params, hidden, method=T5.logits), -1)
+  return np.asarray(jnp.take_along_axis(logp, labels[..., None], -1)[..., 0].sum(-1))
+
+
 def test_beam_scores_equal_teacher_forced_log_probs(tiny_model):
   """The KV-cached, beam-folded decoder must score a sequence exactly as the
-  teacher-forced decoder does."""
+  teacher-forced decoder does (with the "vocab" head: every position's softmax over the
+  whole table, EOS's term included)."""
   model, params, codes, tok, m = tiny_model
   users = jnp.arange(5)
   items, scores = decode.generate(params, tok, m, users, decode.prefix_tables(codes),
@@ -138,12 +154,57 @@ def test_beam_scores_equal_teacher_forced_log_probs(tiny_model):
   for b in range(5):
     ids = np.asarray(items[b])
     assert len(set(ids.tolist())) == 8
-    rep = lambda x: jnp.repeat(x[b:b + 1], 8, axis=0)
-    dec_in, labels = steps.decoder_io(jnp.asarray(codes), jnp.asarray(ids), TINY.offsets, TINY.bos)
-    hidden = model.apply(params, rep(tok), rep(m), rep(users), dec_in)
-    logp = jax.nn.log_softmax(model.apply(params, hidden, method=T5.logits), -1)
-    total = jnp.take_along_axis(logp, labels[..., None], -1)[..., 0].sum(-1)
-    np.testing.assert_allclose(np.asarray(scores[b]), np.asarray(total), rtol=1e-4, atol=1e-4)
+    total = _teacher_forced_scores(model, params, codes, tok, m, users, b, ids)
+    np.testing.assert_allclose(np.asarray(scores[b]), total, rtol=1e-4, atol=1e-4)
+
+
+def test_vocab_head_ranks_every_item_by_its_full_score():
+  """With a beam as wide as the catalogue the search is exact: the "vocab" head returns all
+  30 items in the order of their teacher-forced scores, EOS's term included (which is what
+  the final re-ranking is for: without it the order would be the scores less EOS's)."""
+  rng = np.random.default_rng(1)
+  all_ids = np.array(list(itertools.product(range(6), range(5), range(4))), np.int32)
+  codes = all_ids[rng.choice(len(all_ids), 30, replace=False)]
+  model = T5(TINY_VOCAB)
+  hist, mask = np.array([[3, 7, 0]], np.int32), np.array([[1, 1, 0]], bool)
+  tok, m = steps.history_tokens(jnp.asarray(codes), hist, mask, TINY_VOCAB)
+  dec_in, _ = steps.decoder_io(jnp.asarray(codes), jnp.arange(1), TINY_VOCAB)
+  params = model.init(jax.random.key(3), tok, m, jnp.arange(1), dec_in)
+  # scale up the EOS row so that its term reorders the items
+  params = jax.tree.map(lambda x: x, params)
+  params["params"]["embed"] = params["params"]["embed"].at[TINY_VOCAB.eos].mul(4.0)
+  items, scores = decode.generate(params, tok, m, jnp.arange(1), decode.prefix_tables(codes),
+                                  model=model, beam=30)
+  total = _teacher_forced_scores(model, params, codes, tok, m, jnp.arange(1), 0, np.arange(30))
+  order = np.argsort(-total, kind="stable")
+  np.testing.assert_array_equal(np.asarray(items[0]), order)
+  np.testing.assert_allclose(np.asarray(scores[0]), total[order], rtol=1e-4, atol=1e-4)
+  # the EOS term matters here: ranking by the codes' terms alone gives another order
+  dec_in, labels = steps.decoder_io(jnp.asarray(codes), jnp.arange(30), TINY_VOCAB)
+  hidden = model.apply(params, jnp.repeat(tok, 30, 0), jnp.repeat(m, 30, 0), jnp.zeros(30, jnp.int32),
+                       dec_in)
+  logp = jax.nn.log_softmax(model.apply(params, hidden, method=T5.logits), -1)
+  codes_only = np.asarray(jnp.take_along_axis(logp, labels[..., None], -1)[:, :-1, 0].sum(-1))
+  assert not np.array_equal(np.argsort(-codes_only, kind="stable"), order)
+
+
+def test_vocab_head_inputs_end_with_eos():
+  """The "vocab" head: the encoder input is the history's codes then EOS right after the
+  last real code (left-aligned histories), the decoder reads [BOS, c_0 .. c_{C-1}] and the
+  labels are the codes' rows then EOS."""
+  codes = jnp.array([[0, 1, 2], [5, 4, 3], [1, 1, 1]], jnp.int32)
+  off = np.asarray(TINY_VOCAB.offsets)
+  eos, bos = TINY_VOCAB.eos, TINY_VOCAB.bos
+  assert (bos, eos, TINY_VOCAB.vocab_size) == (15, 16, 22)     # 6 + 5 + 4 codes, BOS, EOS, 5
+  tok, m = steps.history_tokens(codes, jnp.array([[1, 2], [2, 0]]), jnp.array([[1, 1], [1, 0]],
+                                                                                bool), TINY_VOCAB)
+  row = lambda i: (np.asarray(codes[i]) + off).tolist()
+  real = np.where(np.asarray(m), np.asarray(tok), -1).tolist()    # padding's rows: -1
+  assert real == [row(1) + row(2) + [eos], row(2) + [eos] + [-1] * 3]
+  assert np.asarray(m).tolist() == [[True] * 7, [True] * 4 + [False] * 3]
+  dec_in, labels = steps.decoder_io(codes, jnp.array([1]), TINY_VOCAB)
+  assert np.asarray(dec_in).tolist() == [[bos] + row(1)]
+  assert np.asarray(labels).tolist() == [row(1) + [eos]]
 
 
 def test_decoder_is_causal(tiny_model):

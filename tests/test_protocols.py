@@ -31,8 +31,8 @@ def _tiny_t5(b, cfg=TINY, seed=0):
   codes = jnp.asarray(np.array(list(itertools.product(range(6), range(5), range(4))),
                                np.int32)[rng.choice(120, 30, replace=False)])
   batch = _batch(rng, 30, b)
-  tok, m = steps.history_tokens(codes, batch["history_BxL"], batch["mask_BxL"], cfg.offsets)
-  dec_in, _ = steps.decoder_io(codes, batch["target_B"], cfg.offsets, cfg.bos)
+  tok, m = steps.history_tokens(codes, batch["history_BxL"], batch["mask_BxL"], cfg)
+  dec_in, _ = steps.decoder_io(codes, batch["target_B"], cfg)
   params = T5(cfg).init(jax.random.key(0), tok, m, batch["user_B"], dec_in)
   return codes, batch, params, (tok, m, batch["user_B"], dec_in)
 
@@ -84,7 +84,7 @@ def test_unconstrained_decoding_is_exact_over_the_code_space_and_names_invalid_i
     logits = jnp.stack([jnp.broadcast_to(jnp.asarray(a0), (prefix.shape[0], k)),
                         jnp.asarray(a1)[prefix[:, 0]],
                         jnp.asarray(a2)[prefix[:, 0], prefix[:, 1]]])[level]
-    return logits.astype(jnp.float32), prefix
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), prefix
 
   tables = decode.prefix_tables(codes)
   run = lambda constrained: decode.beam_search(step_fn, jnp.zeros((w, c), jnp.int32), tables,
@@ -121,7 +121,8 @@ def test_shared_ids_count_the_target_id_as_a_hit():
 
   def step_fn(prefix, tokens, level):
     first = jnp.where(level > 0, tokens, 0)              # (offset of level 1 is 0)
-    return jnp.where(level == 0, jnp.broadcast_to(a0, (tokens.shape[0], 2)), a1[first]), prefix
+    logits = jnp.where(level == 0, jnp.broadcast_to(a0, (tokens.shape[0], 2)), a1[first])
+    return jax.nn.log_softmax(logits, axis=-1), prefix
 
   items, _ = decode.beam_search(step_fn, jnp.zeros((4, 1)), tables, (2, 2), (0, 2), 4, 4)
   assert np.asarray(items).tolist() == [1, 2, 4, 0]     # log-probs -.18, -2.44, -3.18, -3.44
@@ -134,7 +135,9 @@ def test_shared_ids_count_the_target_id_as_a_hit():
 def test_loss_selection_keeps_the_lowest_valid_loss(tmp_path):
   """train.select='loss' (LETTER's trainer): each evaluation records the teacher-forced valid
   loss instead of decoding; the kept checkpoint is the one of the lowest; the results still
-  carry its decoded valid and test metrics. A model without that loss is refused."""
+  carry its decoded valid and test metrics. A model without that loss is refused. The run
+  uses LETTER-TIGER's whole-vocabulary head (EOS-terminated targets, EOS scored in the
+  beam), which ETEGRec refuses."""
   import json
   import os
   import tiger
@@ -143,6 +146,7 @@ def test_loss_selection_keeps_the_lowest_valid_loss(tmp_path):
   cfg = tiger.get_config("tiny")
   cfg.train.select = "loss"
   cfg.train.epochs = 3
+  cfg.model.head, cfg.model.extra_vocab = "vocab", 7
   res = trainer.train_and_evaluate(cfg, str(tmp_path / "w"), log=lambda m: None)
   evals = [json.loads(l) for l in open(tmp_path / "w" / "metrics.jsonl") if '"valid"' in l]
   assert len(evals) == 3 and all("valid_loss" in r and "ndcg@10" not in r for r in evals)
@@ -155,6 +159,11 @@ def test_loss_selection_keeps_the_lowest_valid_loss(tmp_path):
   with pytest.raises(ConfigError, match="train.select='loss'"):
     trainer.train_and_evaluate(scfg, str(tmp_path / "s"), log=lambda m: None)
   assert not os.path.exists(tmp_path / "s" / "checkpoints" / "best")
+  import etegrec
+  ecfg = etegrec.get_config("tiny")
+  ecfg.model.head = "vocab"
+  with pytest.raises(ConfigError, match="model.head='vocab': etegrec"):
+    trainer.train_and_evaluate(ecfg, str(tmp_path / "e"), log=lambda m: None)
 
 
 def test_matrices_decay_rule_spares_norms_and_relative_bias():

@@ -117,9 +117,8 @@ def forward_terms(rec_params, tok_params, batch, codes_NxC, feats_NxF, key, *, t
   """Everything both steps need: code loss, SIA, PSA, the tokenizer's own loss."""
   k_enc, k_dec, k_tok = jax.random.split(key, 3)   # encode and decode are separate applies
   cfg = t5.cfg
-  tokens, mask = steps.history_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"],
-                                      cfg.offsets)
-  dec_in, labels = steps.decoder_io(codes_NxC, batch["target_B"], cfg.offsets, cfg.bos)
+  tokens, mask = steps.history_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"], cfg)
+  dec_in, labels = steps.decoder_io(codes_NxC, batch["target_B"], cfg)
   p = rec_params["t5"]
   enc, enc_mask = t5.apply(p, tokens, mask, batch["user_B"], train_rec, method=T5.encode,
                            rngs={"dropout": k_enc} if train_rec else {})

@@ -50,7 +50,7 @@ from jaxrec import distributed
 from jaxrec.config import ConfigError
 from jaxrec.optim import TrainState
 from jaxrec.recommender import steps
-from jaxrec.recommender.t5 import T5, empty_cache, step_logits
+from jaxrec.recommender.t5 import T5, empty_cache, level_logp
 from jaxrec.tokenizer import codes as codes_lib
 
 
@@ -103,7 +103,7 @@ def align_loss(params, soft, t5, items_B, feats_NxF, codes_NxC, key):
   """Task A: item content -> the item's current ID (teacher-forced cross-entropy)."""
   k_enc, k_dec = jax.random.split(key)
   enc, enc_mask = align_encode(params, soft, t5, feats_NxF[items_B], True, k_enc)
-  dec_in, labels = steps.decoder_io(codes_NxC, items_B, t5.cfg.offsets, t5.cfg.bos)
+  dec_in, labels = steps.decoder_io(codes_NxC, items_B, t5.cfg)
   hidden = t5.apply(params["t5"], enc, enc_mask, dec_in, True, method=T5.decode,
                     rngs={"dropout": k_dec})
   logits = t5.apply(params["t5"], hidden, method=T5.logits)
@@ -136,19 +136,16 @@ def train_step(state: TrainState, batch, codes_NxC, key, feats_NxF, *, t5, soft,
 # ------------------------------------------------------------------------- refinement
 def full_space_beam(step_fn, state, level_sizes, offsets, bos: int, beam: int):
   """Beam search over every code of every level (no catalogue constraint), one example:
-  (codes [W, C], scores [W]) best first."""
+  (codes [W, C], scores [W]) best first. `step_fn` as `decode.beam_search`'s."""
   k = max(level_sizes)
-  sizes = jnp.asarray(level_sizes, jnp.int32)
   offsets = jnp.asarray(offsets, jnp.int32)
-  j = jnp.arange(k)
   tokens = jnp.full((1,), bos, jnp.int32)
   scores = jnp.zeros((1,))
   codes = jnp.zeros((1, 0), jnp.int32)
   state = jax.tree.map(lambda a: a[:1], state)
   for level in range(len(level_sizes)):
     live = tokens.shape[0]
-    logits, state = step_fn(state, tokens, level)
-    logp = jax.nn.log_softmax(jnp.where(j < sizes[level], logits, -jnp.inf), axis=-1)
+    logp, state = step_fn(state, tokens, level)
     top_s, top_i = jax.lax.top_k((scores[:, None] + logp).reshape(-1), min(beam, live * k))
     parent, chosen = top_i // k, top_i % k
     state = jax.tree.map(lambda a: a.reshape(live, -1)[parent].reshape(
@@ -163,14 +160,14 @@ def decode_items(params, feats_BxF, *, t5: T5, soft: SoftTokens, beam: int):
   """Task-A decoding of a batch of items over the full code space: codes [B, W, C], scores."""
   enc, enc_mask = align_encode(params, soft, t5, feats_BxF, False)
   cross = t5.apply(params["t5"], enc, True, method=T5.cross_kv)
-  out_tables = t5.apply(params["t5"], method=T5.level_tables)
+  head = t5.apply(params["t5"], method=T5.output_head)
   cfg = t5.cfg
 
   def one(cross_kv, enc_mask_T):
     def step_fn(cache, tokens, level):
       hidden, cache = t5.apply(params["t5"], tokens, level, cache, cross_kv, enc_mask_T,
                                method=T5.decode_step)
-      return step_logits(cfg, hidden, out_tables[level]), cache
+      return level_logp(cfg, hidden, head, level), cache
 
     return full_space_beam(step_fn, empty_cache(cfg, beam), cfg.level_sizes, cfg.offsets, cfg.bos, beam)
 
@@ -181,8 +178,7 @@ def decode_items(params, feats_BxF, *, t5: T5, soft: SoftTokens, beam: int):
 def score_ids(params, feats_BxF, codes_BxC, *, t5: T5, soft: SoftTokens):
   """Task-A log-probability of the given IDs (teacher-forced; the beam's scores)."""
   enc, enc_mask = align_encode(params, soft, t5, feats_BxF, False)
-  dec_in, labels = steps.decoder_io(codes_BxC, jnp.arange(codes_BxC.shape[0]), t5.cfg.offsets,
-                                    t5.cfg.bos)
+  dec_in, labels = steps.decoder_io(codes_BxC, jnp.arange(codes_BxC.shape[0]), t5.cfg)
   hidden = t5.apply(params["t5"], enc, enc_mask, dec_in, False, method=T5.decode)
   logp = jax.nn.log_softmax(t5.apply(params["t5"], hidden, method=T5.logits), axis=-1)
   return jnp.sum(jnp.take_along_axis(logp, labels[..., None], -1)[..., 0], axis=-1)

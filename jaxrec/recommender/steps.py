@@ -14,31 +14,44 @@ import optax
 
 from jaxrec import decode, metrics
 from jaxrec.optim import TrainState
-from jaxrec.recommender.t5 import T5
+from jaxrec.recommender.t5 import T5, T5Config
 
 
-def history_tokens(codes_NxC, history_BxL, mask_BxL, offsets):
-  """Flattened encoder tokens [B, L*C] (embedding rows) and their mask."""
+def history_tokens(codes_NxC, history_BxL, mask_BxL, cfg: T5Config):
+  """Flattened encoder tokens [B, L*C] (embedding rows) and their mask; with the "vocab"
+  head [B, L*C + 1], EOS right after the last real code (histories are left-aligned), as
+  the T5 tokenizer ends LETTER-TIGER's input text."""
   b, l = history_BxL.shape
   c = codes_NxC.shape[1]
-  tok = codes_NxC[history_BxL] + jnp.asarray(offsets, jnp.int32)
-  mask = jnp.broadcast_to(mask_BxL[:, :, None], (b, l, c))
-  return tok.reshape(b, l * c), mask.reshape(b, l * c)
+  tok = (codes_NxC[history_BxL] + jnp.asarray(cfg.offsets, jnp.int32)).reshape(b, l * c)
+  mask = jnp.broadcast_to(mask_BxL[:, :, None], (b, l, c)).reshape(b, l * c)
+  if cfg.full_vocab:
+    pos = jnp.arange(l * c + 1)[None, :]
+    end = jnp.sum(mask, axis=1, keepdims=True)          # the first padded position
+    tok = jnp.where(pos == end, cfg.eos, jnp.pad(tok, ((0, 0), (0, 1))))
+    mask = pos <= end
+  return tok, mask
 
 
-def decoder_io(codes_NxC, target_B, offsets, bos):
-  """Teacher-forcing inputs [BOS, c_0 .. c_{C-2}] (embedding rows) and labels [B, C]."""
-  labels = codes_NxC[target_B]
-  shifted = labels[:, :-1] + jnp.asarray(offsets[:-1], jnp.int32)
-  inputs = jnp.concatenate([jnp.full((labels.shape[0], 1), bos, jnp.int32), shifted], axis=1)
-  return inputs, labels
+def decoder_io(codes_NxC, target_B, cfg: T5Config):
+  """Teacher-forcing inputs [BOS, c_0 .. c_{C-2}] (embedding rows) and labels [B, C] (level
+  codes); with the "vocab" head inputs [BOS, c_0 .. c_{C-1}] and labels [B, C + 1]: the
+  codes' rows, then EOS."""
+  codes = codes_NxC[target_B]
+  rows = codes + jnp.asarray(cfg.offsets, jnp.int32)
+  bos = jnp.full((codes.shape[0], 1), cfg.bos, jnp.int32)
+  if cfg.full_vocab:
+    eos = jnp.full((codes.shape[0], 1), cfg.eos, jnp.int32)
+    return jnp.concatenate([bos, rows], axis=1), jnp.concatenate([rows, eos], axis=1)
+  return jnp.concatenate([bos, rows[:, :-1]], axis=1), codes
 
 
 def forward(params, model: T5, batch, codes_NxC, train: bool, key=None):
-  """Teacher-forced forward pass: (logits [B, C, K], labels [B, C])."""
+  """Teacher-forced forward pass: (logits [B, C, K], labels [B, C]); with the "vocab" head
+  (logits [B, C + 1, V], labels [B, C + 1])."""
   cfg = model.cfg
-  tokens, mask = history_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"], cfg.offsets)
-  dec_in, labels = decoder_io(codes_NxC, batch["target_B"], cfg.offsets, cfg.bos)
+  tokens, mask = history_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"], cfg)
+  dec_in, labels = decoder_io(codes_NxC, batch["target_B"], cfg)
   rngs = {"dropout": key} if train else {}
   hidden = model.apply(params, tokens, mask, batch["user_B"], dec_in, train, rngs=rngs)
   return model.apply(params, hidden, method=T5.logits), labels
@@ -82,8 +95,7 @@ def loss_sums(params, batch, codes_NxC, tables, *, model: T5):
 def eval_step(params, batch, codes_NxC, tables, *, model: T5, beam: int, constrained: bool = True):
   """Decoding of a batch (constrained to the catalogue, or not: then IDs no item has are
   misses) and the metric sums: (sums, items [B, W])."""
-  tokens, mask = history_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"],
-                                model.cfg.offsets)
+  tokens, mask = history_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"], model.cfg)
   items, _ = decode.generate(params, tokens, mask, batch["user_B"], tables, model=model, beam=beam,
                              constrained=constrained)
   # the target's representative: itself, or with shared IDs the item its ID decodes to

@@ -3,8 +3,13 @@
 Pre-norm RMSNorm, bucketed relative position bias (computed by the first layer's table
 and shared by every layer, as in T5), ReLU feed-forward with dropout, no attention
 scaling (T5 folds it into the query initialisation). One embedding table holds every
-level's codes at per-level offsets plus a BOS row; the logits of decoder position l are
-the dot products with level l's rows only (tied input/output tables, per level).
+level's codes at per-level offsets plus a BOS row. Two output heads (`head`):
+- "level" (default): the logits of decoder position l are the dot products with level l's
+  rows only (tied input/output tables, a softmax per level);
+- "vocab" (LETTER-TIGER's HF T5): one softmax over every row of the tied table (all levels'
+  codes, BOS, an EOS row and `extra_vocab` rows that are never inputs or targets: the
+  T5 tokenizer's text tokens); targets end with EOS, the encoder input ends with EOS as
+  the T5 tokenizer writes it, and decoding adds EOS's log-probability to every finished ID.
 
 Shape letters: B batch, T encoder tokens, C code levels, K codes per level (padded to the
 largest level), D d_model, H heads, E head width, F d_ff, W beams.
@@ -37,6 +42,9 @@ class T5Config:
   logit_scale: bool = True         # logits = (h x d^-0.5) . e (tied T5); False: h . e (ETEGRec)
   init_std: float = 0.0            # 0: T5's init (fan-scaled matrices, unit embeddings and
                                    # relative bias); > 0: every weight N(0, init_std) (ETEGRec 0.02)
+  head: str = "level"              # "level": a softmax per level; "vocab": one softmax over the
+                                   # whole tied table, EOS-terminated targets (LETTER-TIGER)
+  extra_vocab: int = 0             # "vocab" head: rows only in the softmax (LETTER: T5's text)
   dtype: str = "float32"           # compute dtype (train.dtype): "bfloat16" computes in bf16 with
                                    # float32 parameters; softmaxes, norms and logits in float32
 
@@ -68,6 +76,25 @@ class T5Config:
   def k_max(self) -> int:
     return max(self.level_sizes)
 
+  @property
+  def full_vocab(self) -> bool:
+    return self.head == "vocab"
+
+  @property
+  def eos(self) -> int | None:
+    """EOS's row (the "vocab" head), else None."""
+    return self.bos + 1 if self.full_vocab else None
+
+  @property
+  def vocab_size(self) -> int:
+    """Rows of the tied table: codes, BOS, and with the "vocab" head EOS and the extra rows."""
+    return self.bos + 1 + (1 + self.extra_vocab if self.full_vocab else 0)
+
+  @property
+  def dec_len(self) -> int:
+    """Decoder positions: one per level, plus EOS's with the "vocab" head."""
+    return self.levels + int(self.full_vocab)
+
 
 def model_config(model_cfg, level_sizes, dtype: str = "float32") -> T5Config:
   """Frozen architecture from a `config.model` ConfigDict, the code table's level sizes and
@@ -78,14 +105,34 @@ def model_config(model_cfg, level_sizes, dtype: str = "float32") -> T5Config:
 
 def empty_cache(cfg: T5Config, beam: int):
   """The decoder's key/value cache for `beam` beams of one user, in the compute dtype."""
-  shape = (beam, cfg.levels, cfg.heads, cfg.head_dim)
+  shape = (beam, cfg.dec_len, cfg.heads, cfg.head_dim)
   return [(jnp.zeros(shape, cfg.compute), jnp.zeros(shape, cfg.compute))
           for _ in range(cfg.dec_layers)]
 
 
 def step_logits(cfg: T5Config, hidden_WxD, table_KxD):
-  """One decoding step's logits [W, K] (float32) against a level's output table."""
+  """One decoding step's logits [W, K] (float32) against an output table."""
   return ((hidden_WxD * cfg.logit_mult) @ table_KxD.T).astype(jnp.float32)
+
+
+def level_logp(cfg: T5Config, hidden_WxD, head, level):
+  """Log-probabilities [W, K] of level `level`'s codes at a decoding step (-inf on padding
+  codes). `head` is `T5.output_head()`: per-level tables [C, K, D], each level's softmax
+  over its own codes; or, with the "vocab" head, the whole table [V, D], the softmax over
+  every row and the level's codes read out of it."""
+  j = jnp.arange(cfg.k_max)
+  size = jnp.asarray(cfg.level_sizes, jnp.int32)[level]
+  if cfg.full_vocab:
+    logp = jax.nn.log_softmax(step_logits(cfg, hidden_WxD, head), axis=-1)
+    rows = jnp.asarray(cfg.offsets, jnp.int32)[level] + jnp.minimum(j, size - 1)
+    return jnp.where(j < size, logp[:, rows], -jnp.inf)
+  logits = step_logits(cfg, hidden_WxD, head[level])
+  return jax.nn.log_softmax(jnp.where(j < size, logits, -jnp.inf), axis=-1)
+
+
+def eos_logp(cfg: T5Config, hidden_WxD, head):
+  """EOS's log-probability [W] after a full ID ("vocab" head)."""
+  return jax.nn.log_softmax(step_logits(cfg, hidden_WxD, head), axis=-1)[:, cfg.eos]
 
 
 def relative_buckets(rel_pos, bidirectional: bool, num_buckets: int, max_distance: int):
@@ -269,7 +316,7 @@ class T5(nn.Module):
 
   def setup(self):
     c = self.cfg
-    self.embed = self.param("embed", c.init(1.0), (c.bos + 1, c.d_model))
+    self.embed = self.param("embed", c.init(1.0), (c.vocab_size, c.d_model))
     if c.user_buckets:
       self.user_embed = self.param("user_embed", c.init(1.0), (c.user_buckets, c.d_model))
     self.enc_rel = self.param("enc_rel", c.init(1.0), (c.rel_buckets, c.heads))
@@ -296,9 +343,17 @@ class T5(nn.Module):
       rows.append(jnp.pad(t, ((0, c.k_max - k), (0, 0))))
     return jnp.stack(rows)
 
+  def output_head(self):
+    """What `level_logp` scores against: `level_tables()`, or the whole table ("vocab")."""
+    return self.embed.astype(self.cfg.compute) if self.cfg.full_vocab else self.level_tables()
+
   def logits(self, hidden_BxCxD):
-    """Training logits [B, C, K]: position l against level l's codes; padding codes get NEG."""
+    """Training logits [B, C, K]: position l against level l's codes; padding codes get NEG.
+    With the "vocab" head: [B, C + 1, V], every position against every row."""
     c = self.cfg
+    if c.full_vocab:
+      return (jnp.einsum("bcd,vd->bcv", hidden_BxCxD, self.output_head())
+              * c.logit_mult).astype(jnp.float32)
     logits = (jnp.einsum("bcd,ckd->bck", hidden_BxCxD, self.level_tables())
               * c.logit_mult).astype(jnp.float32)
     valid = np.arange(c.k_max)[None, :] < np.asarray(c.level_sizes)[:, None]
@@ -336,7 +391,8 @@ class T5(nn.Module):
     return [layer.cross_kv(enc_BxTxD, heads_first) for layer in self.decoder]
 
   def decode(self, enc_BxTxD, enc_mask_BxT, dec_tokens_BxC, train: bool = False):
-    """Teacher-forced decoder states [B, C, D] for inputs [BOS, c_0, ..., c_{C-2}]."""
+    """Teacher-forced decoder states [B, C, D] for inputs [BOS, c_0, ..., c_{C-2}] (with
+    the "vocab" head [B, C + 1, D] for [BOS, c_0, ..., c_{C-1}])."""
     n = dec_tokens_BxC.shape[1]
     pos = np.arange(n)
     causal = jnp.where(pos[None, :] <= pos[:, None], 0.0, NEG)
