@@ -38,7 +38,7 @@ from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5, model_config
 from jaxrec.tokenizer.build import remove_fit_checkpoints, write_outputs
 from jaxrec.tokenizer.codes import CodeTable, health_dict
-from jaxrec.xla import compiler_options
+from jaxrec.xla import compiler_options, jit_init
 
 
 class ConfigMismatchError(ValueError):
@@ -184,7 +184,7 @@ def init_params(run: Run, key):
   cfg = run.model.cfg
   tok, mask = steps.history_tokens(run.codes, batch["history_BxL"], batch["mask_BxL"], cfg)
   dec_in, _ = steps.decoder_io(run.codes, batch["target_B"], cfg)
-  return run.model.init({"params": key}, tok, mask, batch["user_B"], dec_in, False)
+  return jit_init(run.model, {"params": key}, tok, mask, batch["user_B"], dec_in, train=False)
 
 
 def evaluate_split(run: Run, params, split_name: str) -> dict:

@@ -118,9 +118,9 @@ TINY = T5Config(level_sizes=(6, 5, 4), d_model=16, d_ff=32, heads=2, head_dim=8,
 TINY_VOCAB = dataclasses.replace(TINY, head="vocab", extra_vocab=5)
 
 
-@pytest.fixture(scope="module", params=[TINY, TINY_VOCAB], ids=["level", "vocab"])
-def tiny_model(request):
-  cfg = request.param
+@functools.lru_cache(maxsize=None)
+def _tiny_model(cfg: T5Config):
+  """A tiny T5 of `cfg`, 30 items' IDs, 5 users' histories (built once per config)."""
   rng = np.random.default_rng(1)
   all_ids = np.array(list(itertools.product(range(6), range(5), range(4))), np.int32)
   codes = all_ids[rng.choice(len(all_ids), 30, replace=False)]
@@ -129,24 +129,32 @@ def tiny_model(request):
   mask = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]], bool)
   tok, m = steps.history_tokens(jnp.asarray(codes), hist, mask, cfg)
   dec_in, _ = steps.decoder_io(jnp.asarray(codes), jnp.arange(5), cfg)
-  params = model.init(jax.random.key(0), tok, m, jnp.arange(5), dec_in)
+  params = jax.jit(model.init)(jax.random.key(0), tok, m, jnp.arange(5), dec_in)
   return model, params, codes, tok, m
 
 
-def _teacher_forced_scores(model, params, codes, tok, m, users, b, ids):
-  """Sum over decoder positions of log p(label), user b, the IDs of items `ids`."""
+def _teacher_forced_scores(model, params, codes, tok, m, users, b, ids, positions=False):
+  """Sum over decoder positions of log p(label), user b, the IDs of items `ids` (with
+  `positions`: each position's term, [len(ids), positions])."""
   rep = lambda x: jnp.repeat(x[b:b + 1], len(ids), axis=0)
   dec_in, labels = steps.decoder_io(jnp.asarray(codes), jnp.asarray(ids), model.cfg)
-  hidden = model.apply(params, rep(tok), rep(m), rep(users), dec_in)
-  logp = jax.nn.log_softmax(model.apply(params, hidden, method=T5.logits), -1)
-  return np.asarray(jnp.take_along_axis(logp, labels[..., None], -1)[..., 0].sum(-1))
+
+  @jax.jit
+  def total(params, tok, m, users, dec_in, labels):
+    hidden = model.apply(params, tok, m, users, dec_in)
+    logp = jax.nn.log_softmax(model.apply(params, hidden, method=T5.logits), -1)
+    return jnp.take_along_axis(logp, labels[..., None], -1)[..., 0]
+
+  terms = np.asarray(total(params, rep(tok), rep(m), rep(users), dec_in, labels))
+  return terms if positions else terms.sum(-1)
 
 
-def test_beam_scores_equal_teacher_forced_log_probs(tiny_model):
+@pytest.mark.parametrize("cfg", [TINY, TINY_VOCAB], ids=["level", "vocab"])
+def test_beam_scores_equal_teacher_forced_log_probs(cfg):
   """The KV-cached, beam-folded decoder must score a sequence exactly as the
   teacher-forced decoder does (with the "vocab" head: every position's softmax over the
   whole table, EOS's term included)."""
-  model, params, codes, tok, m = tiny_model
+  model, params, codes, tok, m = _tiny_model(cfg)
   users = jnp.arange(5)
   items, scores = decode.generate(params, tok, m, users, decode.prefix_tables(codes),
                                   model=model, beam=8)
@@ -169,22 +177,19 @@ def test_vocab_head_ranks_every_item_by_its_full_score():
   hist, mask = np.array([[3, 7, 0]], np.int32), np.array([[1, 1, 0]], bool)
   tok, m = steps.history_tokens(jnp.asarray(codes), hist, mask, TINY_VOCAB)
   dec_in, _ = steps.decoder_io(jnp.asarray(codes), jnp.arange(1), TINY_VOCAB)
-  params = model.init(jax.random.key(3), tok, m, jnp.arange(1), dec_in)
+  params = jax.jit(model.init)(jax.random.key(3), tok, m, jnp.arange(1), dec_in)
   # scale up the EOS row so that its term reorders the items
-  params = jax.tree.map(lambda x: x, params)
   params["params"]["embed"] = params["params"]["embed"].at[TINY_VOCAB.eos].mul(4.0)
   items, scores = decode.generate(params, tok, m, jnp.arange(1), decode.prefix_tables(codes),
                                   model=model, beam=30)
-  total = _teacher_forced_scores(model, params, codes, tok, m, jnp.arange(1), 0, np.arange(30))
+  terms = _teacher_forced_scores(model, params, codes, tok, m, jnp.arange(1), 0, np.arange(30),
+                                 positions=True)
+  total = terms.sum(-1)
   order = np.argsort(-total, kind="stable")
   np.testing.assert_array_equal(np.asarray(items[0]), order)
   np.testing.assert_allclose(np.asarray(scores[0]), total[order], rtol=1e-4, atol=1e-4)
   # the EOS term matters here: ranking by the codes' terms alone gives another order
-  dec_in, labels = steps.decoder_io(jnp.asarray(codes), jnp.arange(30), TINY_VOCAB)
-  hidden = model.apply(params, jnp.repeat(tok, 30, 0), jnp.repeat(m, 30, 0), jnp.zeros(30, jnp.int32),
-                       dec_in)
-  logp = jax.nn.log_softmax(model.apply(params, hidden, method=T5.logits), -1)
-  codes_only = np.asarray(jnp.take_along_axis(logp, labels[..., None], -1)[:, :-1, 0].sum(-1))
+  codes_only = terms[:, :-1].sum(-1)
   assert not np.array_equal(np.argsort(-codes_only, kind="stable"), order)
 
 
@@ -207,16 +212,17 @@ def test_vocab_head_inputs_end_with_eos():
   assert np.asarray(labels).tolist() == [row(1) + [eos]]
 
 
-def test_decoder_is_causal(tiny_model):
+def test_decoder_is_causal():
   """Gradient of decoder position t w.r.t. the embeddings fed at later positions is zero."""
-  model, params, codes, tok, m = tiny_model
+  model, params, codes, tok, m = _tiny_model(TINY)
   dec_in = jnp.array([[TINY.bos, 2, 6 + 3]])  # distinct rows, unused by the encoder input below
   enc_tok = jnp.full((1, 3), 20, jnp.int32)
   enc_mask = jnp.ones((1, 3), bool)
+  # d (sum of position t's state) / d embedding rows, every t at once: [3, V, D]
+  jac = jax.jit(jax.jacrev(lambda p: model.apply(p, enc_tok, enc_mask, jnp.zeros(1, jnp.int32),
+                                                 dec_in)[0].sum(-1)))(params)
   for t in range(3):
-    def f(p):
-      return model.apply(p, enc_tok, enc_mask, jnp.zeros(1, jnp.int32), dec_in)[0, t].sum()
-    g = jax.grad(f)(params)["params"]["embed"]
+    g = jac["params"]["embed"][t]
     for later in range(t + 1, 3):
       chex.assert_trees_all_equal(g[dec_in[0, later]], jnp.zeros(TINY.d_model))
     assert float(jnp.abs(g[dec_in[0, t]]).sum()) > 0

@@ -19,6 +19,7 @@ from jaxrec.tokenizer.build import assign_catalogue
 from jaxrec.tokenizer.kmeans import balanced_kmeans
 from jaxrec.tokenizer.rqvae import RQVAE, rqvae_config
 from jaxrec.tokenizer.train import kmeans_init
+from jaxrec.xla import jit_init
 
 
 def _ce(logits, label):
@@ -99,7 +100,7 @@ def tiny_tokenizer():
   arch = rqvae_config(cfg.tokenizer, ds.features["content"].shape[1])
   model = RQVAE(arch)
   x = jnp.asarray(ds.features["content"][:32])
-  params = model.init({"params": jax.random.key(0)}, x, False)
+  params = jit_init(model, {"params": jax.random.key(0)}, x, train=False)
   params = kmeans_init(params, jnp.asarray(ds.features["content"]), jax.random.key(1), model,
                        5, "kmeans++")
   return cfg, ds, model, params, x

@@ -93,7 +93,7 @@ def test_two_processes_equal_one_and_resume_after_a_kill(tmp_path):
   os.makedirs(ref)
   for name in ("codes.npz", "codes.json", "tokenizer.msgpack"):
     shutil.copy(os.path.join(two, name), ref)
-  env = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = dict(ENV, XLA_FLAGS=ENV.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2")
   out = subprocess.run(CMD + ["--workdir", ref], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]

@@ -33,7 +33,7 @@ def _tiny_t5(b, cfg=TINY, seed=0):
   batch = _batch(rng, 30, b)
   tok, m = steps.history_tokens(codes, batch["history_BxL"], batch["mask_BxL"], cfg)
   dec_in, _ = steps.decoder_io(codes, batch["target_B"], cfg)
-  params = T5(cfg).init(jax.random.key(0), tok, m, batch["user_B"], dec_in)
+  params = jax.jit(T5(cfg).init)(jax.random.key(0), tok, m, batch["user_B"], dec_in)
   return codes, batch, params, (tok, m, batch["user_B"], dec_in)
 
 

@@ -19,6 +19,7 @@ from jaxrec.config import ConfigError
 from jaxrec.data import from_sequences, leave_one_out, sequence_windows
 from jaxrec.data.synthetic import SyntheticSpec, generate
 from jaxrec.recommender import sasrec
+from jaxrec.xla import jit_init
 
 N, L, D = 30, 6, 16
 MODEL = sasrec.SASRec(sasrec.SASRecConfig(n_items=N, max_len=L, d=D, blocks=2, heads=2,
@@ -28,7 +29,7 @@ MODEL = sasrec.SASRec(sasrec.SASRecConfig(n_items=N, max_len=L, d=D, blocks=2, h
 @pytest.fixture(scope="module")
 def params():
   items = jnp.zeros((2, L), jnp.int32)
-  return MODEL.init({"params": jax.random.key(0)}, items, jnp.ones((2, L), bool), False)
+  return jit_init(MODEL, {"params": jax.random.key(0)}, items, jnp.ones((2, L), bool), train=False)
 
 
 def _batch(rng, b=8):

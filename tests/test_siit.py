@@ -120,7 +120,7 @@ def test_task_a_scores_of_the_beams_candidates_equal_the_beam_scores():
   codes = jnp.zeros((5, 3), jnp.int32)
   tok, m = steps.history_tokens(codes, np.zeros((5, 2), np.int32), np.ones((5, 2), bool), cfg)
   dec_in, _ = steps.decoder_io(codes, jnp.arange(5), cfg)
-  params = {"t5": t5.init(jax.random.key(0), tok, m, None, dec_in),
+  params = {"t5": jax.jit(t5.init)(jax.random.key(0), tok, m, None, dec_in),
             "soft": soft.init(jax.random.key(1), feats)}
   cand, score = siit.decode_items(params, feats, t5=t5, soft=soft, beam=4)
   for w in range(4):

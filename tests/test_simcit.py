@@ -14,6 +14,7 @@ from jaxrec import trainer
 from jaxrec.data.synthetic import SyntheticSpec, generate
 from jaxrec.methods import simcit
 from jaxrec.tokenizer.rq import residual_quantize
+from jaxrec.xla import jit_init
 
 
 def test_grace_nce_equals_direct_numpy():
@@ -109,7 +110,7 @@ def test_one_view_fuses_to_its_own_encoding():
   model = simcit.SimCIT(simcit.SimCITConfig(view_dims=(6,), hidden=(8,), dim=4, levels=2,
                                             codebook_size=3))
   x = [jnp.asarray(np.random.default_rng(2).normal(size=(5, 6)), jnp.float32)]
-  params = model.init(jax.random.key(0), x, False)
+  params = jit_init(model, jax.random.key(0), x, train=False)
   fused, h, weights = model.apply(params, x, method=simcit.SimCIT.encode)
   np.testing.assert_array_equal(np.asarray(weights), 1.0)
   chex.assert_trees_all_close(fused, h[0], atol=1e-7)
@@ -122,7 +123,7 @@ def test_prefix_loss_averages_the_levels_prefixes():
   model = simcit.SimCIT(simcit.SimCITConfig(view_dims=(6,), hidden=(8,), dim=4, levels=2,
                                             codebook_size=3, gumbel_tau=0.2, gumbel_scale=0.0))
   views = [jnp.asarray(np.random.default_rng(0).normal(size=(5, 6)), jnp.float32)]
-  params = model.init(jax.random.key(0), views, True, jax.random.key(1))
+  params = jit_init(model, jax.random.key(0), views, train=True, key=jax.random.key(1))
   loss = functools.partial(simcit.loss_fn, params, views, jax.random.key(2), model=model,
                            temperature=0.07, w_div=0.0, w_commit=0.0, groups=1)
   rq, q, p = model.apply(params, views, True, jax.random.key(2))

@@ -145,8 +145,8 @@ print("MULTI_OK")
 
 
 def test_multi_device_matches_single_device(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
+  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-c", MULTI, str(tmp_path / "w")], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
   assert "MULTI_OK" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]

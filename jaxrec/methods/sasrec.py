@@ -20,7 +20,7 @@ from jaxrec import distributed, metrics
 from jaxrec.config import ConfigError
 from jaxrec.data import sequence_windows
 from jaxrec.recommender import sasrec
-from jaxrec.xla import compiler_options
+from jaxrec.xla import compiler_options, jit_init
 
 
 def tokenizer_loss(cfg, dataset):
@@ -76,7 +76,8 @@ def training_plan(run, key, steps_per_epoch: int):
   m = run.cfg.model
   batch = {"history_BxL": np.zeros((2, run.buckets[0]), np.int32),
            "mask_BxL": np.ones((2, run.buckets[0]), bool)}
-  params = run.model.init({"params": key}, batch["history_BxL"], batch["mask_BxL"], False)
+  params = jit_init(run.model, {"params": key}, batch["history_BxL"], batch["mask_BxL"],
+                    train=False)
   step = lambda tx: functools.partial(_train_step, model=run.model, tx=tx, loss=m.loss,
                                       negatives=m.negatives)
   return single_stage_plan(run, params, step, steps_per_epoch, finish=export_embeddings)

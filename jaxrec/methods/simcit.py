@@ -62,6 +62,7 @@ from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.tokenizer.rq import residual_quantize
 from jaxrec.tokenizer.train import (FitCheckpoints, check_finite_loss, epoch_batches,
                                     kmeans_codebooks)
+from jaxrec.xla import jit_init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,7 +239,7 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
   if workdir and os.path.exists(os.path.join(workdir, "codes.npz")):
     table = codes_lib.CodeTable.load(workdir)
     if table.fingerprint == fp and os.path.exists(path):
-      params = model.init(jax.random.key(0), [v[:2] for v in views], False)
+      params = jit_init(model, jax.random.key(0), [v[:2] for v in views], train=False)
       with open(path, "rb") as f:
         params = flax.serialization.from_bytes(params, f.read())
       return table, (model, params)
@@ -252,7 +253,7 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
                       f"at least 2 items per group ({groups} group(s), {n} items)")
   k_init, k_km, k_train = jax.random.split(key, 3)
   views_dev = [jnp.asarray(v) for v in views]
-  params = flax.core.unfreeze(model.init(k_init, [v[:2] for v in views_dev], False))
+  params = flax.core.unfreeze(jit_init(model, k_init, [v[:2] for v in views_dev], train=False))
   if s.codebook_init == "kmeans":     # on the fused vectors' residuals, as the RQ-VAE's
     fused, _, _ = model.apply(params, views_dev, method=SimCIT.encode)
     params["params"]["codebooks"] = kmeans_codebooks(k_km, fused, model.cfg.levels,

@@ -29,6 +29,7 @@ from jaxrec.optim import TrainState, make_optimizer
 from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.tokenizer.kmeans import kmeans, reseed_dead_codes
 from jaxrec.tokenizer.rqvae import RQVAE, RQVAEConfig, reconstruction_loss
+from jaxrec.xla import jit_init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +175,7 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[
   n = feats.shape[0]
   batch_size = min(tok_cfg.batch_size, n)
   k_init, k_km, k_train, k_seed = jax.random.split(key, 4)
-  params = model.init({"params": k_init}, feats[:2], False)
+  params = jit_init(model, {"params": k_init}, feats[:2], train=False)
   if tok_cfg.kmeans_init:
     params = kmeans_init(params, feats, k_km, model, tok_cfg.kmeans_iters, tok_cfg.kmeans_method)
   steps = -(-n // batch_size)
