@@ -34,7 +34,7 @@ from jaxrec.recommender.t5 import T5, model_config  # noqa: E402
 from jaxrec.tokenizer import codes as codes_lib  # noqa: E402
 from jaxrec.tokenizer import train as tok_train  # noqa: E402
 from jaxrec.tokenizer.rqvae import RQVAE, rqvae_config  # noqa: E402
-from jaxrec.xla import compiler_options  # noqa: E402
+from jaxrec.xla import compiler_options, jit_init  # noqa: E402
 
 
 def _flops(compiled) -> float:
@@ -167,6 +167,8 @@ def bench_decode_split(model, params, ds, splits, codes_np, args, buckets):
   codes = jnp.asarray(codes_np)
   fn = jax.jit(functools.partial(steps.eval_step, model=model, beam=20), compiler_options=compiler_options("decode"))
   batches = list(eval_batches(ds, splits["test"], args.decode_batch, buckets))
+  if args.decode_batches:   # a fixed sample of the split's batches (every bucket length kept)
+    batches = batches[::max(len(batches) // args.decode_batches, 1)][:args.decode_batches]
   compiled, compile_s, flops = {}, 0.0, {}
   for batch in batches:
     l = batch["history_BxL"].shape[1]
@@ -289,12 +291,18 @@ def main():
   p.add_argument("--quick", action="store_true", help="fewer steps and a smaller grid")
   p.add_argument("--skip", nargs="*", default=[],
                  choices=["train", "tokenizer", "decode", "grid", "sasrec", "input"])
+  p.add_argument("--decode_batches", type=int, default=0,
+                 help="decode this many of the test split's batches, evenly spaced (0: all)")
+  p.add_argument("--head", choices=["level", "vocab"], default="level",
+                 help="the T5's output head (model.head); 'vocab' is LETTER-TIGER's")
+  p.add_argument("--extra_vocab", type=int, default=0, help="model.extra_vocab ('vocab' head)")
   p.add_argument("--out", default=None)
   args = p.parse_args()
   if args.quick:
     args.train_steps, args.decode_reps = 20, 1
     args.beams, args.catalogues = [1, 20], [10_000, 1_000_000]
   cfg, ds, splits, source = load_inputs(args)
+  cfg.model.head, cfg.model.extra_vocab = args.head, args.extra_vocab
   codes_np = random_codes(ds.n_items)
   device = f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform}) x{len(jax.devices())}"
   result = {"device": device, "host": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
@@ -331,7 +339,7 @@ def main():
     b = gather_batch(ds, splits["train"], 4, np.arange(2))
     tok, mask = steps.history_tokens(jnp.asarray(codes_np), b["history_BxL"], b["mask_BxL"], model.cfg)
     dec_in, _ = steps.decoder_io(jnp.asarray(codes_np), b["target_B"], model.cfg)
-    params = model.init(jax.random.key(0), tok, mask, b["user_B"], dec_in)
+    params = jit_init(model, jax.random.key(0), tok, mask, b["user_B"], dec_in)
   if "decode" not in args.skip:
     result["decode_test_split"] = bench_decode_split(model, params, ds, splits, codes_np, args,
                                                      bucket_lengths(cfg.data.buckets, cfg.data.max_len))
