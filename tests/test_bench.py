@@ -67,3 +67,15 @@ def test_reproduce_queue_budget_caps_every_schedule():
                  "tokenizer.save_every": 0, "etegrec.finetune_epochs": 1, "train.max_steps": 20}
   got = dict(reproduce.budget_overrides("tiger", "letter_ids_paper", 500, 0))
   assert got == {"train.epochs": 200, "cf.train.epochs": get_config("tiger", "letter_ids_paper").cf.train.epochs}
+
+
+def test_code_nmi_known_answers():
+  """bench/code_nmi.py's NMI: 1 for a relabelled copy, 0 for independent labelings,
+  sqrt(H(a) / H(b)) = sqrt(2 / 3) when b splits each of a's 4 classes into two equal halves."""
+  import numpy as np
+  import code_nmi
+  a = np.repeat(np.arange(4), 6)
+  assert code_nmi.nmi(a, (a * 7 + 3) % 4) == pytest.approx(1.0)
+  assert code_nmi.nmi(a, np.tile(np.arange(6), 4)) == pytest.approx(0.0, abs=1e-12)
+  halves = a * 2 + np.tile(np.repeat([0, 1], 3), 4)           # 8 classes, two per class of a
+  assert code_nmi.nmi(a, halves) == pytest.approx(np.log(4) / np.sqrt(np.log(4) * np.log(8)))
