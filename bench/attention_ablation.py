@@ -5,14 +5,20 @@ instruments, 4 + 4 layers, d 128, 6 heads x 64, user token), batch 256, random c
 
   python bench/attention_ablation.py VARIANT HISTORY_ITEMS [REPS]
 
+The variants replace `t5.attend`: the encoder's and the decoder's self-attention (the
+teacher-forced cross-attention is `Attention.attend_absorbed`, which they leave as is).
 VARIANT: base; headsfirst (scores and weighted sum as [B, H, T, E] einsums); hfpad8 /
 hfpad16 (the same with T padded to a multiple of 8 / 16); nodrop (no dropout anywhere);
 nodrop_attn (no dropout on the attention weights); noattn (no scores, softmax or weighted
 sum: what attention costs); threefry (jax.random dropout masks). Prints one JSON line:
 ms per step (median), samples/s, XLA's FLOPs of the step and the achieved GFLOP/s.
 YNN=default|<fusion type> overrides jaxrec/xla.py's training setting.
+PROFILE=DIR also traces two steps (jax.profiler, perfetto JSON under DIR) and prints where
+a step's time goes: the ops' summed time by kind (dense dots: projections, feed-forward,
+heads; attention dots: scores and weighted sums; transposes/copies; element-wise and
+reduction fusions), then the TOP (default 15) slowest ops with their HLO.
 """
-import functools, os, sys, time, json
+import collections, functools, glob, gzip, os, re, sys, time, json
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT); sys.path.insert(0, os.path.join(ROOT, "configs"))
 import jax, jax.numpy as jnp, numpy as np
@@ -96,3 +102,38 @@ for _ in range(reps):
 ms = 1000 * float(np.median(ts))
 print(json.dumps({"variant": variant, "L": L, "T": 4 * L + 1, "ms": round(ms, 1), "samples_s": round(B / ms * 1000, 1),
                   "gflops": round(flops / ms / 1e6, 1), "gflop_step": round(flops / 1e9, 2), "compile_s": round(comp, 1), "ynn": opts}))
+
+if os.environ.get("PROFILE"):
+  trace_dir = os.environ["PROFILE"]
+  hlo = {}
+  for line in c.as_text().splitlines():
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\(", line)
+    if m:
+      hlo[m.group(1)] = (m.group(2), m.group(3), line.strip())
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    for _ in range(2):
+      state, out = c(state, batch, codes, key); jax.block_until_ready(out)
+  path = sorted(glob.glob(f"{trace_dir}/**/perfetto_trace.json.gz", recursive=True))[-1]
+  per_op = collections.Counter()
+  for e in json.load(gzip.open(path))["traceEvents"]:
+    if e.get("ph") == "X" and e.get("args", {}).get("hlo_module", "").startswith("jit_train_step"):
+      per_op[e["name"]] += e["dur"] / 2000                      # ms per step
+
+  def kind(name):
+    shape, opcode, _ = hlo.get(name, ("", "", ""))
+    if name.startswith("ynn_fusion") or opcode == "dot":
+      # [B, H, x, y] outputs: the per-head batched dots of attention
+      return "attention dots" if re.match(r"\w+\[\d+,%d,\d+,\d+\]" % cfg.model.heads, shape) else "dense dots"
+    if "transpose" in name or "copy" in name:
+      return "transposes / copies"
+    return "reductions" if "reduce" in name else "element-wise / other"
+
+  kinds, counts = collections.Counter(), collections.Counter()
+  for name, ms in per_op.items():
+    kinds[kind(name)] += ms; counts[kind(name)] += 1
+  total = sum(per_op.values())
+  print(json.dumps({"profile_ms_per_step": round(total, 1), "ops": len(per_op),
+                    "by_kind_ms": {k: round(v, 1) for k, v in kinds.most_common()},
+                    "by_kind_ops": dict(counts)}))
+  for name, ms in per_op.most_common(int(os.environ.get("TOP", 15))):
+    print(f"{ms:8.1f} ms  {kind(name):22s} {hlo.get(name, ('', '', name))[2][:160]}")

@@ -170,7 +170,7 @@ def generate(params, tokens_BxT, mask_BxT, user_B, tables: PrefixTables, *, mode
   """Encodes a batch once and beam-searches every user: (items [B, W], scores [B, W]);
   `constrained=False`: over the whole code space, item -1 for IDs no item has."""
   enc, enc_mask = model.apply(params, tokens_BxT, mask_BxT, user_B, False, method=T5.encode)
-  cross = model.apply(params, enc, True, method=T5.cross_kv)  # once per user, for all beams
+  cross = model.apply(params, enc, method=T5.cross_kv)  # once per user, for all beams
   head = model.apply(params, method=T5.output_head)
   one = functools.partial(_t5_beam_search_one, model, params, head, tables=tables, beam=beam,
                           constrained=constrained)

@@ -226,3 +226,38 @@ def test_decoder_is_causal():
     for later in range(t + 1, 3):
       chex.assert_trees_all_equal(g[dec_in[0, later]], jnp.zeros(TINY.d_model))
     assert float(jnp.abs(g[dec_in[0, t]]).sum()) > 0
+
+
+def test_absorbed_cross_attention_equals_the_cached_form():
+  """The teacher-forced cross-attention (key/value projections moved to the query side)
+  equals attention over projected keys/values: values and every gradient, in training
+  (the same dropout masks) and in evaluation; `matmul`'s weight gradient is autodiff's."""
+  from jaxrec.recommender import t5 as t5lib
+  cfg = dataclasses.replace(TINY, dropout=0.3)
+  attn = t5lib.Attention(cfg)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 4, 16)), jnp.float32)       # [B, Q, D]
+  enc = jnp.asarray(rng.normal(size=(3, 7, 16)), jnp.float32)     # [B, K, D]
+  bias = jnp.where(jnp.arange(7)[None, None, None, :] < jnp.array([7, 5, 2])[:, None, None, None],
+                   0.0, t5lib.NEG)
+  params = jax.jit(lambda k: attn.init(k, x, enc, bias, False, method="attend_absorbed"))(
+      jax.random.key(0))
+
+  @functools.partial(jax.jit, static_argnums=3)
+  def both(params, x, enc, train):
+    rngs = {"dropout": jax.random.key(1)}
+    absorbed = lambda p, x, e: attn.apply(p, x, e, bias, train, rngs=rngs,
+                                          method="attend_absorbed").sum(-1)
+    cached = lambda p, x, e: attn.apply(p, x, attn.apply(p, e, method="kv"), bias, train,
+                                        rngs=rngs).sum(-1)
+    return [(f(params, x, enc), jax.jacrev(lambda *a: f(*a).sum(), (0, 1, 2))(params, x, enc))
+            for f in (absorbed, cached)]
+
+  for train in (False, True):
+    a, c = both(params, x, enc, train)
+    chex.assert_trees_all_close(a, c, rtol=1e-5, atol=1e-5)
+  a_out, _ = both(params, x, enc, True)[0]
+  assert float(jnp.abs(a_out - both(params, x, enc, False)[0][0]).max()) > 1e-3  # dropout acts
+  for xx, w in ((x, rng.normal(size=(16, 5))), (x[..., :3], rng.normal(size=(3, 8)))):  # x wider / narrower than dy
+    grads = lambda mm: jax.grad(lambda a, b: jnp.sum(jnp.sin(mm(a, b))), (0, 1))(xx, jnp.asarray(w, jnp.float32))
+    chex.assert_trees_all_close(grads(t5lib.matmul), grads(jnp.dot), rtol=1e-5, atol=1e-5)

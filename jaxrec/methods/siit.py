@@ -159,7 +159,7 @@ def full_space_beam(step_fn, state, level_sizes, offsets, bos: int, beam: int):
 def decode_items(params, feats_BxF, *, t5: T5, soft: SoftTokens, beam: int):
   """Task-A decoding of a batch of items over the full code space: codes [B, W, C], scores."""
   enc, enc_mask = align_encode(params, soft, t5, feats_BxF, False)
-  cross = t5.apply(params["t5"], enc, True, method=T5.cross_kv)
+  cross = t5.apply(params["t5"], enc, method=T5.cross_kv)
   head = t5.apply(params["t5"], method=T5.output_head)
   cfg = t5.cfg
 
