@@ -2,8 +2,11 @@
 
 Pre-norm RMSNorm, bucketed relative position bias (computed by the first layer's table
 and shared by every layer, as in T5), ReLU feed-forward with dropout, no attention
-scaling (T5 folds it into the query initialisation). One embedding table holds every
-level's codes at per-level offsets plus a BOS row. Two output heads (`head`):
+scaling (T5 folds it into the query initialisation); the teacher-forced cross-attention
+multiplies its few decoder queries into the key and value projections
+(`Attention.attend_absorbed`), decoding attends over cached keys and values, the same
+function either way. One embedding table holds every level's codes at per-level offsets
+plus a BOS row. Two output heads (`head`):
 - "level" (default): the logits of decoder position l are the dot products with level l's
   rows only (tied input/output tables, a softmax per level);
 - "vocab" (LETTER-TIGER's HF T5): one softmax over every row of the tied table (all levels'
