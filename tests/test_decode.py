@@ -12,6 +12,7 @@ import pytest
 from jaxrec import decode
 from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5, T5Config
+from jaxrec.xla import jit_init
 
 K, C = 4, 3
 OFFSETS = (0, K, 2 * K)
@@ -129,7 +130,7 @@ def _tiny_model(cfg: T5Config):
   mask = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]], bool)
   tok, m = steps.history_tokens(jnp.asarray(codes), hist, mask, cfg)
   dec_in, _ = steps.decoder_io(jnp.asarray(codes), jnp.arange(5), cfg)
-  params = jax.jit(model.init)(jax.random.key(0), tok, m, jnp.arange(5), dec_in)
+  params = jit_init(model, jax.random.key(0), tok, m, jnp.arange(5), dec_in)
   return model, params, codes, tok, m
 
 
@@ -177,7 +178,7 @@ def test_vocab_head_ranks_every_item_by_its_full_score():
   hist, mask = np.array([[3, 7, 0]], np.int32), np.array([[1, 1, 0]], bool)
   tok, m = steps.history_tokens(jnp.asarray(codes), hist, mask, TINY_VOCAB)
   dec_in, _ = steps.decoder_io(jnp.asarray(codes), jnp.arange(1), TINY_VOCAB)
-  params = jax.jit(model.init)(jax.random.key(3), tok, m, jnp.arange(1), dec_in)
+  params = jit_init(model, jax.random.key(3), tok, m, jnp.arange(1), dec_in)
   # scale up the EOS row so that its term reorders the items
   params["params"]["embed"] = params["params"]["embed"].at[TINY_VOCAB.eos].mul(4.0)
   items, scores = decode.generate(params, tok, m, jnp.arange(1), decode.prefix_tables(codes),
@@ -240,8 +241,7 @@ def test_absorbed_cross_attention_equals_the_cached_form():
   enc = jnp.asarray(rng.normal(size=(3, 7, 16)), jnp.float32)     # [B, K, D]
   bias = jnp.where(jnp.arange(7)[None, None, None, :] < jnp.array([7, 5, 2])[:, None, None, None],
                    0.0, t5lib.NEG)
-  params = jax.jit(lambda k: attn.init(k, x, enc, bias, False, method="attend_absorbed"))(
-      jax.random.key(0))
+  params = jit_init(attn, jax.random.key(0), x, enc, bias, train=False, method="attend_absorbed")
 
   @functools.partial(jax.jit, static_argnums=3)
   def both(params, x, enc, train):

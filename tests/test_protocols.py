@@ -12,6 +12,7 @@ import pytest
 from jaxrec.optim import TrainState, optimizer_and_schedule
 from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5, T5Config
+from jaxrec.xla import jit_init
 
 TINY = T5Config(level_sizes=(6, 5, 4), d_model=16, d_ff=32, heads=2, head_dim=8, enc_layers=1,
                 dec_layers=1, dropout=0.0, rel_buckets=8, rel_max_distance=16, user_buckets=7)
@@ -33,7 +34,7 @@ def _tiny_t5(b, cfg=TINY, seed=0):
   batch = _batch(rng, 30, b)
   tok, m = steps.history_tokens(codes, batch["history_BxL"], batch["mask_BxL"], cfg)
   dec_in, _ = steps.decoder_io(codes, batch["target_B"], cfg)
-  params = jax.jit(T5(cfg).init)(jax.random.key(0), tok, m, batch["user_B"], dec_in)
+  params = jit_init(T5(cfg), jax.random.key(0), tok, m, batch["user_B"], dec_in)
   return codes, batch, params, (tok, m, batch["user_B"], dec_in)
 
 

@@ -113,6 +113,7 @@ def test_task_a_scores_of_the_beams_candidates_equal_the_beam_scores():
   import jax.numpy as jnp
   from jaxrec.recommender import steps
   from jaxrec.recommender.t5 import T5, T5Config
+  from jaxrec.xla import jit_init
   cfg = T5Config(level_sizes=(6, 5, 4), d_model=16, d_ff=32, heads=2, head_dim=8, enc_layers=1,
                  dec_layers=2, dropout=0.0, rel_buckets=8, rel_max_distance=16, user_buckets=0)
   t5, soft = T5(cfg), siit.SoftTokens(3, cfg.d_model)
@@ -120,7 +121,7 @@ def test_task_a_scores_of_the_beams_candidates_equal_the_beam_scores():
   codes = jnp.zeros((5, 3), jnp.int32)
   tok, m = steps.history_tokens(codes, np.zeros((5, 2), np.int32), np.ones((5, 2), bool), cfg)
   dec_in, _ = steps.decoder_io(codes, jnp.arange(5), cfg)
-  params = {"t5": jax.jit(t5.init)(jax.random.key(0), tok, m, None, dec_in),
+  params = {"t5": jit_init(t5, jax.random.key(0), tok, m, None, dec_in),
             "soft": soft.init(jax.random.key(1), feats)}
   cand, score = siit.decode_items(params, feats, t5=t5, soft=soft, beam=4)
   for w in range(4):
