@@ -6,11 +6,14 @@
 Prints a table and writes JSON (device, jax version, config) to --out. Timings use
 block_until_ready and exclude compilation, which is reported on its own. Histories
 follow the real Instruments length distribution when $JAXREC_DATA_DIR/instruments is
-present, else the synthetic data set's.
+present, else the synthetic data set's. The train step's throughput is that of one whole
+shuffled epoch: every history bucket's compiled step is timed (--train_reps times, the
+buckets in turn) and its median weighted by the bucket's share of the epoch's batches.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import json
 import os
@@ -66,9 +69,17 @@ def load_inputs(args):
   cfg = tiger.get_config("instruments")
   if variant == "default":
     cfg.data = tiger.get_config("default").data
-  cfg.data.buckets = tuple(args.buckets)
+  if args.buckets:
+    cfg.data.buckets = tuple(args.buckets)
   ds = load_dataset(cfg.data)
   return cfg, ds, leave_one_out(ds, cfg.data.max_len), variant
+
+
+def epoch_totals(plan, step_s, flops):
+  """(real samples, seconds, FLOPs) of one epoch's planned batches [(bucket, sample indices,
+  -1 for padding rows)], each batch priced at its bucket's step time and FLOP count."""
+  real = float(sum((idx >= 0).sum() for _, idx in plan))
+  return real, sum(step_s[b] for b, _ in plan), sum(flops[b] for b, _ in plan)
 
 
 def bench_train(cfg, ds, splits, codes_np, args):
@@ -84,30 +95,42 @@ def bench_train(cfg, ds, splits, codes_np, args):
   fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx), donate_argnums=0,
                compiler_options=compiler_options("train"))
   key = jax.random.key(1)
-  compiled, compile_s, flops = {}, {}, {}
+  plan = plan_batches(splits["train"], args.batch, buckets, True, 0, 0)   # one whole epoch
+  first_idx = {}
+  for b, idx in plan:
+    first_idx.setdefault(b, idx)
+  compiled, compile_s, flops, batch_of = {}, {}, {}, {}
   for b in buckets:
-    batch = gather_batch(ds, splits["train"], b, np.arange(args.batch))
+    if b not in first_idx:
+      continue
+    batch_of[b] = gather_batch(ds, splits["train"], b, first_idx[b])
     t = time.perf_counter()
-    compiled[b] = fn.lower(state, batch, codes, key).compile()
+    compiled[b] = fn.lower(state, batch_of[b], codes, key).compile()
     compile_s[b] = time.perf_counter() - t
     flops[b] = _flops(compiled[b])
-  # warm every bucket once, then time a shuffled epoch prefix (the real bucket mix)
-  for b in buckets:
-    state, out = compiled[b](state, gather_batch(ds, splits["train"], b, np.arange(args.batch)), codes, key)
+    state, out = compiled[b](state, batch_of[b], codes, key)   # warm
   jax.block_until_ready(out)
-  plan = plan_batches(splits["train"], args.batch, buckets, True, 0, 0)[:args.train_steps]
-  batches = [(b, gather_batch(ds, splits["train"], b, idx)) for b, idx in plan]
-  real = sum(float(x["weight_B"].sum()) for _, x in batches)
-  total_flops = sum(flops[b] for b, _ in batches)
-  t = time.perf_counter()
-  for b, batch in batches:
-    state, out = compiled[b](state, batch, codes, key)
-  jax.block_until_ready(out)
-  dt = time.perf_counter() - t
+  # Each bucket's step timed `train_reps` times, the buckets taken in turn (the machine's
+  # drift spread over all), then weighted by the epoch's own count of batches per bucket:
+  # the throughput of a whole epoch without running one.
+  times = {b: [] for b in compiled}
+  for _ in range(args.train_reps):
+    for b, c in compiled.items():
+      t = time.perf_counter()
+      state, out = c(state, batch_of[b], codes, key)
+      jax.block_until_ready(out)
+      times[b].append(time.perf_counter() - t)
+  step_s = {b: float(np.median(v)) for b, v in times.items()}
+  count = collections.Counter(b for b, _ in plan)
+  real, dt, total_flops = epoch_totals(plan, step_s, flops)
   n_params = sum(int(x.size) for x in jax.tree.leaves(params))
-  return {"samples_per_s": real / dt, "steps": len(batches), "batch": args.batch,
-          "step_ms": 1000 * dt / len(batches), "gflop_per_sample": total_flops / real / 1e9,
-          "achieved_gflops": total_flops / dt / 1e9, "compile_s": {str(k): round(v, 1) for k, v in compile_s.items()},
+  per_bucket = {str(b): {"batches": count[b], "step_ms": round(1000 * step_s[b], 1),
+                         "gflop": round(flops[b] / 1e9, 2),
+                         "gflops": round(flops[b] / step_s[b] / 1e9, 1)} for b in compiled}
+  return {"samples_per_s": real / dt, "steps": len(plan), "batch": args.batch,
+          "step_ms": 1000 * dt / len(plan), "epoch_s": dt, "reps": args.train_reps,
+          "gflop_per_sample": total_flops / real / 1e9, "achieved_gflops": total_flops / dt / 1e9,
+          "per_bucket": per_bucket, "compile_s": {str(k): round(v, 1) for k, v in compile_s.items()},
           "compile_s_total": round(sum(compile_s.values()), 1), "parameters": n_params,
           "buckets": list(buckets)}, model, state.params
 
@@ -234,7 +257,8 @@ def bench_sasrec(cfg, ds, splits, args):
                                  negatives=scfg.model.negatives), donate_argnums=0,
                compiler_options=compiler_options("train"))
   key = jax.random.key(1)
-  plan = plan_batches(windows, args.batch, buckets, True, 0, 0)[:args.train_steps]
+  plan = plan_batches(windows, args.batch, buckets, True, 0, 0)     # one whole epoch
+  plan = plan[:args.train_steps] if args.train_steps else plan
   batches = [(b, gather_batch(ds, windows, b, idx)) for b, idx in plan]
   compiled, compile_s = {}, 0.0
   for b, batch in batches:
@@ -282,9 +306,14 @@ def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--batch", type=int, default=256)
   p.add_argument("--decode_batch", type=int, default=256)
-  p.add_argument("--train_steps", type=int, default=60)
+  p.add_argument("--train_steps", type=int, default=0,
+                 help="SASRec: time only this many of an epoch's steps (0: the whole epoch)")
+  p.add_argument("--train_reps", type=int, default=3,
+                 help="T5 train step: timed steps per history bucket (the median is weighted by "
+                      "the bucket's batches in a whole epoch)")
   p.add_argument("--decode_reps", type=int, default=2)
-  p.add_argument("--buckets", type=int, nargs="+", default=[2, 4, 6, 8, 12, 16, 20])
+  p.add_argument("--buckets", type=int, nargs="+", default=None,
+                 help="history-length buckets (default: configs/tiger.py:instruments' data.buckets)")
   p.add_argument("--beams", type=int, nargs="+", default=[1, 5, 10, 20, 50])
   p.add_argument("--catalogues", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
   p.add_argument("--grid_history", type=int, default=8, help="history bucket for the beam x catalogue grid")
@@ -299,7 +328,7 @@ def main():
   p.add_argument("--out", default=None)
   args = p.parse_args()
   if args.quick:
-    args.train_steps, args.decode_reps = 20, 1
+    args.train_steps, args.train_reps, args.decode_reps = 20, 1, 1
     args.beams, args.catalogues = [1, 20], [10_000, 1_000_000]
   cfg, ds, splits, source = load_inputs(args)
   cfg.model.head, cfg.model.extra_vocab = args.head, args.extra_vocab

@@ -1,4 +1,5 @@
-"""bench/quality.py: overrides reach the config with its types; the table shows published rows."""
+"""bench/quality.py: overrides reach the config with its types; the table shows published rows.
+bench/speed.py: an epoch's throughput from per-bucket step times."""
 import os
 import sys
 
@@ -6,6 +7,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import quality  # noqa: E402
+import speed  # noqa: E402
 from jaxrec.config import get_config  # noqa: E402
 
 
@@ -79,3 +81,16 @@ def test_code_nmi_known_answers():
   assert code_nmi.nmi(a, np.tile(np.arange(6), 4)) == pytest.approx(0.0, abs=1e-12)
   halves = a * 2 + np.tile(np.repeat([0, 1], 3), 4)           # 8 classes, two per class of a
   assert code_nmi.nmi(a, halves) == pytest.approx(np.log(4) / np.sqrt(np.log(4) * np.log(8)))
+
+
+def test_epoch_totals_price_every_planned_batch_at_its_bucket():
+  import numpy as np
+  from jaxrec.data.pipeline import Split, plan_batches
+  # 5 samples of history 1, 3 of history 4, batches of 2: buckets 2 and 4, the last batch
+  # of each bucket padded with a -1 row
+  lens = np.array([1, 1, 1, 1, 1, 4, 4, 4], np.int32)
+  split = Split("train", np.zeros(8, np.int32), np.zeros(8, np.int64), lens.astype(np.int64))
+  plan = plan_batches(split, 2, (2, 4), True, 0, 0)
+  assert sorted(b for b, _ in plan) == [2, 2, 2, 4, 4]
+  real, seconds, flops = speed.epoch_totals(plan, {2: 0.5, 4: 2.0}, {2: 10.0, 4: 30.0})
+  assert (real, seconds, flops) == (8.0, 3 * 0.5 + 2 * 2.0, 3 * 10.0 + 2 * 30.0)
