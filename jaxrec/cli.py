@@ -109,6 +109,8 @@ def guarded(main):
   def wrapper(argv):
     logging.set_verbosity(logging.WARNING)         # not jax's backend probing at INFO
     _initialize_distributed()
+    from jaxrec.xla import enable_compile_cache
+    enable_compile_cache()
     try:
       return main(argv)
     except _expected() as e:

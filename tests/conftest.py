@@ -16,6 +16,7 @@ import jax  # noqa: E402  (after XLA_FLAGS)
 _CACHE = os.environ.get("JAXREC_TEST_COMPILE_CACHE",
                         os.path.join(tempfile.gettempdir(), "jaxrec-test-xla-cache"))
 jax.config.update("jax_compilation_cache_dir", _CACHE)
+os.environ["JAXREC_COMPILE_CACHE"] = _CACHE    # the commands the tests start share it
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -77,3 +77,28 @@ def test_train_command_fails_in_one_line_before_any_work(tmp_path, args, message
   assert out.stderr.strip().splitlines() == [out.stderr.strip().splitlines()[0]]
   assert out.stderr.startswith(message)
   assert not os.path.exists(tmp_path / "w" / "config.json")
+
+
+def test_commands_keep_compiled_programs_in_the_cache_directory(monkeypatch, tmp_path):
+  import jax
+  from jaxrec import xla
+  monkeypatch.delenv("JAXREC_COMPILE_CACHE", raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  assert xla.compile_cache_dir() == str(tmp_path / "jaxrec" / "xla")
+  for off in ("off", "0", " "):
+    monkeypatch.setenv("JAXREC_COMPILE_CACHE", off)
+    assert xla.compile_cache_dir() is None
+  monkeypatch.setenv("JAXREC_COMPILE_CACHE", str(tmp_path / "c"))
+  assert xla.compile_cache_dir() == str(tmp_path / "c")
+  # a process that set its own cache (these tests: the shared test cache) keeps it
+  assert xla.enable_compile_cache() == jax.config.jax_compilation_cache_dir != str(tmp_path / "c")
+  # a fresh process writes what it compiles there
+  code = ("import jax, jax.numpy as jnp; from jaxrec.xla import enable_compile_cache; "
+          "print(enable_compile_cache()); "
+          "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0); "
+          "jax.block_until_ready(jax.jit(lambda x: x * 2 + 1)(jnp.ones(3)))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == str(tmp_path / "c")
+  assert os.listdir(tmp_path / "c")
