@@ -60,7 +60,7 @@ def data_config(variant: str) -> ml_collections.ConfigDict:
     d.features = ("sasrec32",)
     d.index = variant == "letter_ids"
     # 4 % padded tokens on this set's lengths (12 % with (2, 4, 6, 8, 12, 16, 20), the
-    # buckets before 2026-11-30, 32 % with 4): a train epoch 5 % faster on the 2-core CPU
+    # buckets before 2026-11-30, 32 % with 4): a train epoch 4.4 % faster on the 2-core CPU
     # (bench/README.md), 14 compiled shapes
     d.buckets = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 18, 20)
   if variant == "scientific":
