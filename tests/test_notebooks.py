@@ -43,4 +43,6 @@ def test_tpu_notebook_runs_and_resumes(tmp_path, monkeypatch):
             "OVERRIDES": {"train.epochs": 1}}
   text = _outputs(_execute("tpu_train.ipynb", params, tmp_path, monkeypatch))
   assert "mesh {'data': 1}" in text
+  import jax
+  assert f"compile cache {jax.config.jax_compilation_cache_dir}" in text   # the tests' cache
   assert "results.json, metrics.jsonl" in text
