@@ -41,7 +41,9 @@ def data_config(variant: str) -> ml_collections.ConfigDict:
   d.source = "synthetic"           # synthetic | letter | etegrec | recbole
   d.dir = ""                       # directory of the files (env vars expanded)
   d.name = ""                      # file name stem, e.g. Instruments
-  d.features = ("content",)        # item feature matrices to load (<name>.<feature>.npy)
+  d.features = ("content",)        # item feature matrices to load (<name>.<feature>.npy;
+                                   # synthetic: which of content / cf to keep): a needed
+                                   # `cf` or `text` left out is derived (jaxrec/features.py)
   d.index = False                  # also read <name>.index.json as given codes
   d.min_len = 3                    # users need valid + test targets with a history
   d.short_users = "drop"           # drop (with a counted warning) | error

@@ -218,6 +218,29 @@ def test_letter_and_etegrec_run_on_interactions_only(tmp_path):
   assert np.isfinite(res["test"]["ndcg@10"])
 
 
+def test_synthetic_data_loads_only_the_asked_features_and_derives_cf(monkeypatch):
+  """`data.features` selects the synthetic set's features as it does a reader's files, so a
+  `cf` view left out is derived from the interactions (SASRec) instead of the generator's."""
+  import simcit
+  from jaxrec import features
+  from jaxrec.data import load_dataset
+  from jaxrec.methods import get_method
+  cfg = simcit.get_config("tiny")
+  both = load_dataset(cfg.data)
+  cfg.data.features = ("content",)
+  ds = load_dataset(cfg.data)
+  assert set(both.features) == {"content", "cf"} and set(ds.features) == {"content"}
+  chex.assert_trees_all_equal(ds.features["content"], both.features["content"])
+  derived = np.arange(ds.n_items * 4, dtype=np.float32).reshape(ds.n_items, 4)
+  calls = []
+  monkeypatch.setattr(features, "cf_embeddings",
+                      lambda c, d, log: calls.append((c.cf.model.d, d.n_items)) or derived)
+  out = features.ensure_features(cfg, ds, get_method("simcit"), log=lambda m: None)
+  assert calls == [(cfg.cf.model.d, ds.n_items)]
+  chex.assert_trees_all_equal(out.features["cf"], derived)
+  assert features.ensure_features(cfg, both, get_method("simcit")) is both   # nothing to derive
+
+
 def test_missing_feature_is_one_clear_error(tmp_path):
   from jaxrec.data import DataError
   cfg = letter.get_config("tiny")

@@ -1,6 +1,7 @@
 """Data sets: readers for public formats, the synthetic default, splits and batching."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from jaxrec.data.dataset import DataError, Dataset, drop_short_users, from_sequences
@@ -22,6 +23,9 @@ def load_dataset(cfg) -> Dataset:
     unknown = set(features) - set(ds.features)
     if unknown:
       raise ValueError(f"synthetic data has features {sorted(ds.features)}, not {sorted(unknown)}")
+    # only the features asked for, as the readers load them: a `cf` left out is derived from
+    # the interactions (jaxrec/features.py) instead of taken from the generator
+    ds = dataclasses.replace(ds, features={name: ds.features[name] for name in features})
     where = "synthetic"
   else:
     if not directory or not os.path.isdir(directory):
