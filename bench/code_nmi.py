@@ -4,7 +4,8 @@
   python bench/code_nmi.py /tmp/simcit [--config configs/simcit.py]
 
 Prints the normalised mutual information (sqrt normalisation) between each level's codes
-and the generator's subtopic of every item, the same for the first two levels' prefix, and
+and the generator's subtopic of every item, the same for the first two levels' prefix, the
+first level's NMI with each item's popularity (the quartile of its interaction count), and
 how many items have distinct IDs before the appended collision level. Only for code tables
 fitted on the built-in synthetic data set (the generator is rerun from the config's
 `data.synthetic` settings to recover the subtopics).
@@ -48,7 +49,7 @@ def main():
   if cfg.data.source != "synthetic":
     raise SystemExit(f"error: {args.config}: data.source={cfg.data.source!r}; only the synthetic "
                      "data set has planted subtopics")
-  _, structure = synthetic.generate(synthetic.SyntheticSpec(**cfg.data.synthetic.to_dict()))
+  ds, structure = synthetic.generate(synthetic.SyntheticSpec(**cfg.data.synthetic.to_dict()))
   table = CodeTable.load(args.workdir)
   codes = np.asarray(table.codes_NxC)
   if len(codes) != len(structure.subtopic_N):
@@ -57,7 +58,10 @@ def main():
   own = len(table.stats["before_resolution"]["used"])     # the tokenizer's levels
   levels = [round(nmi(codes[:, l], structure.subtopic_N), 3) for l in range(codes.shape[1])]
   prefix = round(nmi(codes[:, 0] * (codes[:, 1].max() + 1) + codes[:, 1], structure.subtopic_N), 3)
+  counts = np.bincount(ds.items_I, minlength=ds.n_items)
+  quartile = np.digitize(counts, np.quantile(counts, [0.25, 0.5, 0.75]))
   print(f"NMI with the planted subtopics per level {levels}, first two levels {prefix}; "
+        f"level 1 with the items' interaction-count quartile {nmi(codes[:, 0], quartile):.3f}; "
         f"distinct IDs over the tokenizer's {own} levels {len(np.unique(codes[:, :own], axis=0))} "
         f"of {len(codes)}")
 
