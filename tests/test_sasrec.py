@@ -14,10 +14,12 @@ import pytest
 import etegrec
 import letter
 import sasrec as sasrec_config
-from jaxrec import metrics, trainer
+import simcit
+from jaxrec import features, metrics, trainer
 from jaxrec.config import ConfigError
-from jaxrec.data import from_sequences, leave_one_out, sequence_windows
+from jaxrec.data import from_sequences, leave_one_out, load_dataset, sequence_windows
 from jaxrec.data.synthetic import SyntheticSpec, generate
+from jaxrec.methods import get_method
 from jaxrec.recommender import sasrec
 from jaxrec.xla import jit_init
 
@@ -221,10 +223,6 @@ def test_letter_and_etegrec_run_on_interactions_only(tmp_path):
 def test_synthetic_data_loads_only_the_asked_features_and_derives_cf(monkeypatch):
   """`data.features` selects the synthetic set's features as it does a reader's files, so a
   `cf` view left out is derived from the interactions (SASRec) instead of the generator's."""
-  import simcit
-  from jaxrec import features
-  from jaxrec.data import load_dataset
-  from jaxrec.methods import get_method
   cfg = simcit.get_config("tiny")
   both = load_dataset(cfg.data)
   cfg.data.features = ("content",)
