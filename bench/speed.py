@@ -83,14 +83,14 @@ def epoch_totals(plan, step_s, flops):
 
 
 def bench_train(cfg, ds, splits, codes_np, args):
-  model = T5(model_config(cfg.model, [256] * codes_np.shape[1]))
+  model = T5(model_config(cfg.model, [256] * codes_np.shape[1], args.dtype))
   buckets = bucket_lengths(cfg.data.buckets, cfg.data.max_len)
   codes = jnp.asarray(codes_np)
   tx = make_optimizer(5e-4, 0.01, 10_000, 100, 1.0)
   first = gather_batch(ds, splits["train"], buckets[0], np.arange(args.batch))
   tok, mask = steps.history_tokens(codes, first["history_BxL"][:2], first["mask_BxL"][:2], model.cfg)
   dec_in, _ = steps.decoder_io(codes, first["target_B"][:2], model.cfg)
-  params = model.init(jax.random.key(0), tok, mask, first["user_B"][:2], dec_in)
+  params = jit_init(model, jax.random.key(0), tok, mask, first["user_B"][:2], dec_in)
   state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
   fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx), donate_argnums=0,
                compiler_options=compiler_options("train"))
@@ -109,6 +109,7 @@ def bench_train(cfg, ds, splits, codes_np, args):
     compile_s[b] = time.perf_counter() - t
     flops[b] = _flops(compiled[b])
     state, out = compiled[b](state, batch_of[b], codes, key)   # warm
+    print(f"  train bucket {b}: compiled in {compile_s[b]:.1f}s", flush=True)
   jax.block_until_ready(out)
   # Each bucket's step timed `train_reps` times, the buckets taken in turn (the machine's
   # drift spread over all), then weighted by the epoch's own count of batches per bucket:
@@ -325,6 +326,8 @@ def main():
   p.add_argument("--head", choices=["level", "vocab"], default="level",
                  help="the T5's output head (model.head); 'vocab' is LETTER-TIGER's")
   p.add_argument("--extra_vocab", type=int, default=0, help="model.extra_vocab ('vocab' head)")
+  p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                 help="the T5's compute dtype (train.dtype; float32 parameters either way)")
   p.add_argument("--out", default=None)
   args = p.parse_args()
   if args.quick:
@@ -335,7 +338,7 @@ def main():
   codes_np = random_codes(ds.n_items)
   device = f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform}) x{len(jax.devices())}"
   result = {"device": device, "host": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "jax": jax.__version__, "inputs": source, "items": ds.n_items, "max_len": cfg.data.max_len,
+            "jax": jax.__version__, "dtype": args.dtype, "inputs": source, "items": ds.n_items, "max_len": cfg.data.max_len,
             "model": cfg.model.to_dict(), "compiler_options": {k: compiler_options(k) for k in ("train", "decode")}}
   print(f"device {device}, jax {jax.__version__}, inputs {source} ({ds.n_items} items)", flush=True)
   if "tokenizer" not in args.skip:
@@ -364,7 +367,7 @@ def main():
           f"{r['step_ms']:.0f} ms/step, {r['gflop_per_sample']:.3f} GFLOP/sample, "
           f"{r['achieved_gflops']:.1f} GFLOP/s, compile {r['compile_s_total']}s", flush=True)
   if model is None:
-    model = T5(model_config(cfg.model, [256] * codes_np.shape[1]))
+    model = T5(model_config(cfg.model, [256] * codes_np.shape[1], args.dtype))
     b = gather_batch(ds, splits["train"], 4, np.arange(2))
     tok, mask = steps.history_tokens(jnp.asarray(codes_np), b["history_BxL"], b["mask_BxL"], model.cfg)
     dec_in, _ = steps.decoder_io(jnp.asarray(codes_np), b["target_B"], model.cfg)
