@@ -13,7 +13,7 @@ Variants (everything not listed is configs/tiger.py's same variant):
                collaborative embedding, like the released config's 32-d `cf_emb`. Test
                R@10 / N@10, 3 seeds (README), with the released InfoNCE temperature 0.07:
                planted .0866 / .0431, derived .1057 / .0532; with this variant's 0.5 (see
-               temperature below): planted .1797 / .0976 (3.1x / 3.7x most-popular).
+               temperature below): planted .1814 / .0988 (3.2x / 3.7x most-popular).
   instruments  Amazon Instruments 2018: the only view shipped is LETTER's 32-d SASRec
                embedding (a single-view SimCIT); 3 x 256 codes.
   scientific   Amazon Industrial & Scientific 2018: views `text` (MiniLM, `python -m
@@ -47,6 +47,9 @@ tokenizer.simcit (official values from alibaba/SimCIT's config and train script)
                   the shared structure (.831 at 0.5) at the price of more shared IDs (482
                   distinct over 3 levels of 2,000, largest group 40). 0.5 rather than 1.0:
                   1.0's largest group (55) sits near the appended level's 64, and 2.0 fails.
+                  With 0.5 the largest groups are 40 / 49 / 45 (seeds 0-2) on the planted
+                  `cf` and up to 65 on a learnt one, so this variant's appended level has 128
+                  codes (tokenizer.suffix_size; 64 stopped the learnt-cf run of seed 2).
   w_div           1.0, codebook Gram penalty; w_commit 0 (computed with weight 0 in the code)
   codebook_init   kmeans (the code's default; jaxrec's default) | uniform (the released
                   config: codewords uniform in [0, 1)^128 all lie far from the encoder's
@@ -94,6 +97,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     cfg.data.features = ("content", "cf")
   if variant == "default":
     t.simcit.temperature = 0.5     # chosen on the synthetic validation split (docstring)
+    t.suffix_size = 128            # its largest ID groups: 40-49 (planted cf), 65 (learnt cf)
   if variant == "tiny":
     t.simcit.hidden = (32,)
     t.simcit.dim = 16
