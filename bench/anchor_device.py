@@ -31,10 +31,8 @@ def _sync(torch, dev):
     torch.cuda.synchronize()
 
 
-def bench_train(bt, torch, dev, batch, warmup, steps, amp):
+def bench_train(bt, torch, dev, samples, batch, warmup, steps, amp):
   """Forward + backward + AdamW step of the anchor's T5 on `dev`; bf16 autocast if `amp`."""
-  inter = json.load(open(f"{bt.DATA}/Instruments.inter.json"))
-  samples = bt.train_samples(inter, bt.load_codes(f"{bt.DATA}/Instruments.index.json"))
   rng = random.Random(0)
   order = list(range(len(samples)))
   rng.shuffle(order)
@@ -62,12 +60,8 @@ def bench_train(bt, torch, dev, batch, warmup, steps, amp):
           "n_train_samples": len(samples), "loss_first_last": [round(losses[0], 3), round(losses[-1], 3)]}
 
 
-def bench_decode(bd, torch, dev, batch, warmup, n_batches, amp):
+def bench_decode(bd, torch, dev, samples, trie, batch, warmup, n_batches, amp):
   """HF `generate`, beam 20, constrained by the anchor's prefix trie, on `dev`."""
-  inter = json.load(open(f"{bd.DATA}/Instruments.inter.json"))
-  codes = bd.load_codes(f"{bd.DATA}/Instruments.index.json")
-  samples = bd.test_samples(inter, codes)
-  trie = bd.Trie(sorted(set(tuple(c) for c in codes.values())))
   fn = bd.make_prefix_fn(trie, [0])
   torch.manual_seed(0)
   model = bd.build_model().to(dev).eval()
@@ -106,14 +100,19 @@ def main():
   import transformers
   dev = torch.device(args.device)
   bt, bd = _load(args.anchors, "bench_train"), _load(args.anchors, "bench_decode")
+  with open(f"{bt.DATA}/Instruments.inter.json") as f:
+    inter = json.load(f)
+  codes = bt.load_codes(f"{bt.DATA}/Instruments.index.json")   # the anchors' one ID format
+  train, test = bt.train_samples(inter, codes), bd.test_samples(inter, codes)
+  trie = bd.Trie(sorted(set(tuple(c) for c in codes.values())))
   res = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
          "transformers": transformers.__version__, "train": [], "decode": []}
   for amp in ([False, True] if args.amp else [False]):
     for b in args.batch:
-      r = bench_train(bt, torch, dev, b, 5, args.steps, amp)
+      r = bench_train(bt, torch, dev, train, b, 5, args.steps, amp)
       res["train"].append(r)
       print("anchor train", json.dumps(r), flush=True)
-    r = bench_decode(bd, torch, dev, args.decode_batch, 1, args.decode_batches, amp)
+    r = bench_decode(bd, torch, dev, test, trie, args.decode_batch, 1, args.decode_batches, amp)
     res["decode"].append(r)
     print("anchor decode", json.dumps(r), flush=True)
   if args.out:
