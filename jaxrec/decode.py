@@ -3,9 +3,9 @@
 The valid IDs are compiled once per code table into prefix tables (CSR over a trie whose
 nodes are the distinct prefixes in lexicographic order), so each step is a masked top-k:
 no host callbacks, no per-beam loops. The search is written for one user, `jax.vmap`-ed
-over a batch, with `lax.scan` over code levels; the encoder and the cross-attention
-keys/values are computed once per user and a key/value cache carries the decoder's
-self-attention across levels.
+over a batch, with a Python loop over the (few) code levels; the encoder and the
+cross-attention keys/values are computed once per user and a key/value cache carries the
+decoder's self-attention across levels.
 
 Shape letters: B users, N items, C levels, K codes per level (padded), W beams, T encoder
 tokens, D width.
@@ -87,9 +87,10 @@ def beam_search(step_fn, state, tables: PrefixTables, level_sizes, offsets, bos:
 
   step_fn(state, tokens_W, level) -> (logp [W, K], state): the model's next-code
   log-probabilities (-inf on a level's padding codes) for W beams fed `tokens_W` (embedding
-  rows: BOS, then offset + code) at `level`; every leaf of `state` has a leading beam axis
-  and is reordered as beams are selected. Scores are sums of those log-probabilities over
-  the levels, candidates masked to valid children. `final_fn(state, tokens_W) -> [W]`, if
+  rows: BOS, then offset + code) at `level` (a Python int: 1 beam at level 0, W after);
+  every leaf of `state` has a leading beam axis and is reordered as beams are selected
+  (the returned state's structure may change from level to level). Scores are sums of
+  those log-probabilities over the levels, candidates masked to valid children. `final_fn(state, tokens_W) -> [W]`, if
   given, adds a last term to every finished ID's score (EOS's log-probability: HF's
   constrained `generate` forces EOS after a full ID) and the IDs are re-ranked by it.
   Returns (items [W], scores [W]) best first; -1 / -inf where fewer than W IDs exist.
@@ -126,18 +127,19 @@ def beam_search(step_fn, state, tables: PrefixTables, level_sizes, offsets, bos:
     parent, chosen = top_i // k, top_i % k
     new_node = child[parent, chosen]
     # reorder each state leaf by parent beam as whole contiguous rows (much faster than
-    # an element-wise gather on the [W, C, H, E] cache)
+    # an element-wise gather on the cache's [W, H, E] arrays)
     state = jax.tree.map(lambda a: a.reshape(live, -1)[parent].reshape((w,) + a.shape[1:]), state)
-    return (offsets[level] + chosen, top_s, new_node, state), None
+    return offsets[level] + chosen, top_s, new_node, state
 
   # The root has one live beam: expanding it alone (instead of W copies, W-1 of them at
-  # -inf) saves a quarter of the decoder's work at depth 4.
-  root = (jnp.full((1,), bos, jnp.int32), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32),
-          jax.tree.map(lambda a: a[:1], state))
-  carry, _ = step(root, 0)
-  # Unrolled: with C static and small, each level gets constant positions, so cache writes
-  # are static slices instead of dynamic updates over the whole cache (faster on CPU).
-  (tokens, scores, node, state), _ = jax.lax.scan(step, carry, jnp.arange(1, c), unroll=True)
+  # -inf) saves a quarter of the decoder's work at depth 4. The levels are a Python loop
+  # (C is static and small): each level's shapes are its own, so a state may grow
+  # (the decoder's cache gains a position per level) and writes are static.
+  carry = (jnp.full((1,), bos, jnp.int32), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32),
+           jax.tree.map(lambda a: a[:1], state))
+  for level in range(c):
+    carry = step(carry, level)
+  tokens, scores, node, state = carry
   if final_fn is not None:
     scores, order = jax.lax.top_k(scores + final_fn(state, tokens), w)
     node = node[order]
@@ -147,20 +149,31 @@ def beam_search(step_fn, state, tables: PrefixTables, level_sizes, offsets, bos:
 
 def _t5_beam_search_one(model: T5, params, head, cross_kv, enc_mask_T, tables: PrefixTables,
                         beam: int, constrained: bool):
-  """T5 decoding for one user: the state is the decoder's key/value cache."""
+  """T5 decoding for one user: the state is the decoder's key/value cache of the positions
+  after BOS. BOS is the same for every beam, so its position is decoded once, before the
+  search, and its keys/values stay one [1, H, E] row per layer that every beam's
+  attention broadcasts (never copied into, or reordered with, the beams' caches)."""
   cfg = model.cfg
 
+  def run(tokens, cache):
+    return model.apply(params, tokens, cache, cross_kv, enc_mask_T, method=T5.decode_step)
+
+  root_hidden, bos = run(jnp.full((1,), cfg.bos, jnp.int32), empty_cache(cfg))
+  root_logp = level_logp(cfg, root_hidden, head, 0)
+
+  def with_bos(cache):
+    return [(bk + ck, bv + cv) for (bk, bv), (ck, cv) in zip(bos, cache)]
+
   def step_fn(cache, tokens, level):
-    hidden, cache = model.apply(params, tokens, level, cache, cross_kv, enc_mask_T,
-                                method=T5.decode_step)
-    return level_logp(cfg, hidden, head, level), cache
+    if level == 0:
+      return root_logp, cache
+    hidden, cache = run(tokens, with_bos(cache))
+    return level_logp(cfg, hidden, head, level), [(k[1:], v[1:]) for k, v in cache]
 
   def eos_fn(cache, tokens):  # the "vocab" head: EOS after the last code, position C
-    hidden, _ = model.apply(params, tokens, cfg.levels, cache, cross_kv, enc_mask_T,
-                            method=T5.decode_step)
-    return eos_logp(cfg, hidden, head)
+    return eos_logp(cfg, run(tokens, with_bos(cache))[0], head)
 
-  return beam_search(step_fn, empty_cache(cfg, beam), tables, cfg.level_sizes, cfg.offsets, cfg.bos, beam,
+  return beam_search(step_fn, empty_cache(cfg), tables, cfg.level_sizes, cfg.offsets, cfg.bos, beam,
                      constrained, eos_fn if cfg.full_vocab else None)
 
 

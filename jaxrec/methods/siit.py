@@ -165,11 +165,11 @@ def decode_items(params, feats_BxF, *, t5: T5, soft: SoftTokens, beam: int):
 
   def one(cross_kv, enc_mask_T):
     def step_fn(cache, tokens, level):
-      hidden, cache = t5.apply(params["t5"], tokens, level, cache, cross_kv, enc_mask_T,
+      hidden, cache = t5.apply(params["t5"], tokens, cache, cross_kv, enc_mask_T,
                                method=T5.decode_step)
       return level_logp(cfg, hidden, head, level), cache
 
-    return full_space_beam(step_fn, empty_cache(cfg, beam), cfg.level_sizes, cfg.offsets, cfg.bos, beam)
+    return full_space_beam(step_fn, empty_cache(cfg), cfg.level_sizes, cfg.offsets, cfg.bos, beam)
 
   return jax.vmap(one)(cross, enc_mask)
 

@@ -4,8 +4,9 @@ Pre-norm RMSNorm, bucketed relative position bias (computed by the first layer's
 and shared by every layer, as in T5), ReLU feed-forward with dropout, no attention
 scaling (T5 folds it into the query initialisation); the teacher-forced cross-attention
 multiplies its few decoder queries into the key and value projections
-(`Attention.attend_absorbed`), decoding attends over cached keys and values, the same
-function either way. One embedding table holds every level's codes at per-level offsets
+(`Attention.attend_absorbed`); decoding attends over cached keys and values (one array
+per decoded position, `Attention.attend_cached`; the encoder's once per user,
+`Attention.attend_heads_first`). One embedding table holds every level's codes at per-level offsets
 plus a BOS row. Two output heads (`head`):
 - "level" (default): the logits of decoder position l are the dot products with level l's
   rows only (tied input/output tables, a softmax per level);
@@ -93,11 +94,6 @@ class T5Config:
     """Rows of the tied table: codes, BOS, and with the "vocab" head EOS and the extra rows."""
     return self.bos + 1 + (1 + self.extra_vocab if self.full_vocab else 0)
 
-  @property
-  def dec_len(self) -> int:
-    """Decoder positions: one per level, plus EOS's with the "vocab" head."""
-    return self.levels + int(self.full_vocab)
-
 
 def model_config(model_cfg, level_sizes, dtype: str = "float32") -> T5Config:
   """Frozen architecture from a `config.model` ConfigDict, the code table's level sizes and
@@ -106,11 +102,11 @@ def model_config(model_cfg, level_sizes, dtype: str = "float32") -> T5Config:
                   **model_cfg.to_dict())
 
 
-def empty_cache(cfg: T5Config, beam: int):
-  """The decoder's key/value cache for `beam` beams of one user, in the compute dtype."""
-  shape = (beam, cfg.dec_len, cfg.heads, cfg.head_dim)
-  return [(jnp.zeros(shape, cfg.compute), jnp.zeros(shape, cfg.compute))
-          for _ in range(cfg.dec_layers)]
+def empty_cache(cfg: T5Config):
+  """The decoder's key/value cache before any position: per layer a pair (keys, values) of
+  tuples with one [W, H, E] array per decoded position (W beams; 1 for a position every
+  beam shares, broadcast), grown by `T5.decode_step`."""
+  return [((), ()) for _ in range(cfg.dec_layers)]
 
 
 def step_logits(cfg: T5Config, hidden_WxD, table_KxD):
@@ -291,6 +287,20 @@ class Attention(nn.Module):
     out = jnp.swapaxes(jnp.einsum("hqk,hke->hqe", w, v_HxKxE), 0, 1)       # [Q, H, E]
     return self.o(out.reshape(out.shape[0], -1))
 
+  def attend_cached(self, x_WxD, cache, bias_HxP):
+    """Self-attention of one new position of W beams over the cached positions and itself.
+    `cache` is (keys, values), tuples of one [W or 1, H, E] array per earlier position;
+    returns (output [W, D], the cache with this position appended). With a handful of
+    positions the scores and the weighted sum are element-wise products and sums over E
+    and over the positions (no tiny batched dots, no relayout of a [W, P, H, E] cache)."""
+    q = self.split(self.q(x_WxD))                                           # [W, H, E]
+    k, v = self.kv(x_WxD)
+    ks, vs = cache[0] + (k,), cache[1] + (v,)
+    s = jnp.stack([jnp.sum((q * kp).astype(jnp.float32), -1) for kp in ks], -1) + bias_HxP
+    w = jax.nn.softmax(s, axis=-1).astype(q.dtype)                          # [W, H, P]
+    out = sum(w[..., p, None] * vp for p, vp in enumerate(vs))              # [W, H, E]
+    return self.o(out.reshape(out.shape[0], -1)), (ks, vs)
+
   def __call__(self, x_BxQxD, kv, bias, train: bool):
     """Attention of x's queries over precomputed keys/values `kv`."""
     q = self.split(self.q(x_BxQxD))
@@ -356,25 +366,23 @@ class DecoderLayer(nn.Module):
   def cross_kv(self, enc_BxTxD):
     return self.cross_attn.kv_heads_first(enc_BxTxD)
 
-  def __call__(self, x, self_kv_fn, self_bias, cross, cross_bias, train: bool,
-               fold_beams: bool = False):
-    """`self_kv_fn(k, v)` returns the keys/values the queries attend to: the whole
-    sequence in training, the updated cache when decoding one position. Teacher-forced,
-    `cross` is the encoder states [B, T, D] (absorbed cross-attention). With
-    `fold_beams`, x is [W, 1, D] (one position of W beams of one user), `cross` is the
-    user's cached [H, T, E] keys/values and the beams become the queries of one
-    cross-attention over the user's shared encoder states."""
+  def __call__(self, x, self_bias, enc_BxTxD, cross_bias, train: bool):
+    """Teacher-forced: every decoder position at once over the encoder states [B, T, D]
+    (absorbed cross-attention)."""
     d = lambda y: self.drop(y, deterministic=not train)
     h = self.norm1(x)
-    kv = self_kv_fn(*self.self_attn.kv(h))
-    x = x + d(self.self_attn(h, kv, self_bias, train))
-    h = self.norm2(x)
-    if fold_beams:
-      h = self.cross_attn.attend_heads_first(h[:, 0], *cross, cross_bias)[:, None]
-    else:
-      h = self.cross_attn.attend_absorbed(h, cross, cross_bias, train)
-    x = x + d(h)
-    return x + d(self.ff(self.norm3(x), train)), kv
+    x = x + d(self.self_attn(h, self.self_attn.kv(h), self_bias, train))
+    x = x + d(self.cross_attn.attend_absorbed(self.norm2(x), enc_BxTxD, cross_bias, train))
+    return x + d(self.ff(self.norm3(x), train))
+
+  def step(self, x_WxD, cache, self_bias_HxP, cross, cross_bias):
+    """One decoding position of W beams of one user: self-attention over the cache
+    (`Attention.attend_cached`), the beams as the queries of one cross-attention over the
+    user's cached [H, T, E] keys/values `cross`. Returns (x [W, D], updated cache)."""
+    x_out, cache = self.self_attn.attend_cached(self.norm1(x_WxD), cache, self_bias_HxP)
+    x = x_WxD + x_out
+    x = x + self.cross_attn.attend_heads_first(self.norm2(x), *cross, cross_bias)
+    return x + self.ff(self.norm3(x), False), cache
 
 
 class T5(nn.Module):
@@ -467,31 +475,25 @@ class T5(nn.Module):
     cross_bias = jnp.where(enc_mask_BxT[:, None, None, :], 0.0, NEG)
     x = self.drop(self._cast(self.embed[dec_tokens_BxC]), deterministic=not train)
     for layer in self.decoder:
-      x, _ = layer(x, lambda k, v: (k, v), self_bias, enc_BxTxD, cross_bias, train)
+      x = layer(x, self_bias, enc_BxTxD, cross_bias, train)
     return self.drop(self.dec_norm(x), deterministic=not train)
 
-  def decode_step(self, tokens_W, pos, cache, cross_kv, enc_mask_T):
+  def decode_step(self, tokens_W, cache, cross_kv, enc_mask_T):
     """One decoder position for W beams of one user, with a key/value cache.
 
-    tokens_W: embedding rows fed at position `pos`; cache: per layer (k, v) each
-    [W, C, H, E]; cross_kv: per layer (k, v) each [H, T, E] (`cross_kv`), shared
-    by the beams.
-    Returns (hidden [W, D], updated cache)."""
-    pos = jnp.asarray(pos, jnp.int32)
-    n = cache[0][0].shape[1]
-    k_pos = jnp.arange(n)
-    bias = self._rel_bias(self.dec_rel, pos[None], k_pos, False)            # [H, 1, C]
-    self_bias = (bias + jnp.where(k_pos <= pos, 0.0, NEG)[None, None, :])[None]
+    tokens_W: embedding rows fed at the next position, P = the positions cached so far;
+    cache: per layer (keys, values), tuples of P arrays [W or 1, H, E] (`empty_cache`);
+    cross_kv: per layer (k, v) each [H, T, E] (`cross_kv`), shared by the beams.
+    Returns (hidden [W, D], the cache with position P appended)."""
+    pos = len(cache[0][0])
+    self_bias = self._rel_bias(self.dec_rel, np.array([pos]), np.arange(pos + 1), False)[:, 0]
     cross_bias = jnp.where(enc_mask_T, 0.0, NEG)[None, None, :]             # [1, 1, T]
-    x = self._cast(self.embed[tokens_W])[:, None, :]                          # [W, 1, D]
+    x = self._cast(self.embed[tokens_W])                                     # [W, D]
     new_cache = []
-    for layer, (ck, cv), (xk, xv) in zip(self.decoder, cache, cross_kv):
-      def write(k, v, ck=ck, cv=cv):
-        return (jax.lax.dynamic_update_slice_in_dim(ck, k, pos, axis=1),
-                jax.lax.dynamic_update_slice_in_dim(cv, v, pos, axis=1))
-      x, layer_cache = layer(x, write, self_bias, (xk, xv), cross_bias, False, fold_beams=True)
+    for layer, layer_cache, cross in zip(self.decoder, cache, cross_kv):
+      x, layer_cache = layer.step(x, layer_cache, self_bias, cross, cross_bias)
       new_cache.append(layer_cache)
-    return self.dec_norm(x)[:, 0], new_cache
+    return self.dec_norm(x), new_cache
 
   def __call__(self, tokens_BxT, mask_BxT, user_B, dec_tokens_BxC, train: bool = False):
     """Decoder states for teacher forcing (used by init and the training loss)."""
