@@ -154,17 +154,19 @@ def _teacher_forced_scores(model, params, codes, tok, m, users, b, ids, position
 def test_beam_scores_equal_teacher_forced_log_probs(cfg):
   """The KV-cached, beam-folded decoder must score a sequence exactly as the
   teacher-forced decoder does (with the "vocab" head: every position's softmax over the
-  whole table, EOS's term included)."""
+  whole table, EOS's term included). Beam 1 too: there every cached position, BOS's
+  included, has one row."""
   model, params, codes, tok, m = _tiny_model(cfg)
   users = jnp.arange(5)
-  items, scores = decode.generate(params, tok, m, users, decode.prefix_tables(codes),
-                                  model=model, beam=8)
-  assert (np.asarray(items) >= 0).all()
-  for b in range(5):
-    ids = np.asarray(items[b])
-    assert len(set(ids.tolist())) == 8
-    total = _teacher_forced_scores(model, params, codes, tok, m, users, b, ids)
-    np.testing.assert_allclose(np.asarray(scores[b]), total, rtol=1e-4, atol=1e-4)
+  for beam in (8, 1):
+    items, scores = decode.generate(params, tok, m, users, decode.prefix_tables(codes),
+                                    model=model, beam=beam)
+    assert (np.asarray(items) >= 0).all()
+    for b in range(5):
+      ids = np.asarray(items[b])
+      assert len(set(ids.tolist())) == beam
+      total = _teacher_forced_scores(model, params, codes, tok, m, users, b, ids)
+      np.testing.assert_allclose(np.asarray(scores[b]), total, rtol=1e-4, atol=1e-4)
 
 
 def test_vocab_head_ranks_every_item_by_its_full_score():
