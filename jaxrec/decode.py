@@ -147,12 +147,13 @@ def beam_search(step_fn, state, tables: PrefixTables, level_sizes, offsets, bos:
   return items, scores
 
 
-def _t5_beam_search_one(model: T5, params, head, cross_kv, enc_mask_T, tables: PrefixTables,
-                        beam: int, constrained: bool):
-  """T5 decoding for one user: the state is the decoder's key/value cache of the positions
-  after BOS. BOS is the same for every beam, so its position is decoded once, before the
-  search, and its keys/values stay one [1, H, E] row per layer that every beam's
-  attention broadcasts (never copied into, or reordered with, the beams' caches)."""
+def t5_step_fns(model: T5, params, head, cross_kv, enc_mask_T):
+  """The T5's `(step_fn, eos_fn)` for `beam_search` (or any search that starts from
+  `empty_cache` and calls levels 0, 1, ... in order), for one user. The state is the
+  decoder's key/value cache of the positions after BOS: BOS is the same for every beam, so
+  its position is decoded once, here, and its keys/values stay one [1, H, E] row per layer
+  that every beam's attention broadcasts (never copied into, or reordered with, the
+  beams' caches). `eos_fn` is the "vocab" head's EOS term after the last code."""
   cfg = model.cfg
 
   def run(tokens, cache):
@@ -170,9 +171,17 @@ def _t5_beam_search_one(model: T5, params, head, cross_kv, enc_mask_T, tables: P
     hidden, cache = run(tokens, with_bos(cache))
     return level_logp(cfg, hidden, head, level), [(k[1:], v[1:]) for k, v in cache]
 
-  def eos_fn(cache, tokens):  # the "vocab" head: EOS after the last code, position C
+  def eos_fn(cache, tokens):
     return eos_logp(cfg, run(tokens, with_bos(cache))[0], head)
 
+  return step_fn, eos_fn
+
+
+def _t5_beam_search_one(model: T5, params, head, cross_kv, enc_mask_T, tables: PrefixTables,
+                        beam: int, constrained: bool):
+  """T5 decoding for one user (`t5_step_fns`)."""
+  cfg = model.cfg
+  step_fn, eos_fn = t5_step_fns(model, params, head, cross_kv, enc_mask_T)
   return beam_search(step_fn, empty_cache(cfg), tables, cfg.level_sizes, cfg.offsets, cfg.bos, beam,
                      constrained, eos_fn if cfg.full_vocab else None)
 

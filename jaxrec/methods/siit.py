@@ -46,11 +46,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrec import distributed
+from jaxrec import decode, distributed
 from jaxrec.config import ConfigError
 from jaxrec.optim import TrainState
 from jaxrec.recommender import steps
-from jaxrec.recommender.t5 import T5, empty_cache, level_logp
+from jaxrec.recommender.t5 import T5, empty_cache
 from jaxrec.tokenizer import codes as codes_lib
 
 
@@ -164,11 +164,7 @@ def decode_items(params, feats_BxF, *, t5: T5, soft: SoftTokens, beam: int):
   cfg = t5.cfg
 
   def one(cross_kv, enc_mask_T):
-    def step_fn(cache, tokens, level):
-      hidden, cache = t5.apply(params["t5"], tokens, cache, cross_kv, enc_mask_T,
-                               method=T5.decode_step)
-      return level_logp(cfg, hidden, head, level), cache
-
+    step_fn, _ = decode.t5_step_fns(t5, params["t5"], head, cross_kv, enc_mask_T)
     return full_space_beam(step_fn, empty_cache(cfg), cfg.level_sizes, cfg.offsets, cfg.bos, beam)
 
   return jax.vmap(one)(cross, enc_mask)
