@@ -1,0 +1,97 @@
+"""XLA compiler options for the T5 train step, compared bucket by bucket on one machine.
+
+For every history bucket of one whole shuffled epoch (the TIGER preset on the real
+Instruments lengths, as `bench/speed.py`), compiles the step once per option set, times the
+sets alternately (paired: the machine's drift falls on all of them alike), prints each
+bucket's median step per set, and the epoch's time under each set (each bucket's median
+weighted by its batches), and under the best set per bucket.
+
+  JAXREC_DATA_DIR=../shared/data python bench/train_options.py [--reps 3] \
+      [--options '{"ynn_dot": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}, "none": {"xla_cpu_experimental_ynn_fusion_type": ""}}']
+
+(the default compares jaxrec's training setting, YNN dot fusions, with no YNN fusions).
+"""
+import argparse
+import collections
+import functools
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import speed  # noqa: E402
+from jaxrec.data import bucket_lengths, gather_batch, plan_batches  # noqa: E402
+from jaxrec.optim import TrainState, make_optimizer  # noqa: E402
+from jaxrec.recommender import steps  # noqa: E402
+from jaxrec.recommender.t5 import T5, model_config  # noqa: E402
+from jaxrec.xla import jit_init  # noqa: E402
+
+DEFAULT = {"ynn_dot": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+           "none": {"xla_cpu_experimental_ynn_fusion_type": ""}}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--options", type=json.loads, default=DEFAULT, help="{name: compiler options}")
+  p.add_argument("--reps", type=int, default=3, help="timed steps per bucket and option set")
+  p.add_argument("--batch", type=int, default=256)
+  p.add_argument("--out", default=None)
+  args = p.parse_args()
+  cfg, ds, splits, source = speed.load_inputs(argparse.Namespace(buckets=None))
+  codes_np = speed.random_codes(ds.n_items)
+  model = T5(model_config(cfg.model, [256] * codes_np.shape[1]))
+  buckets = bucket_lengths(cfg.data.buckets, cfg.data.max_len)
+  codes = jnp.asarray(codes_np)
+  tx = make_optimizer(5e-4, 0.01, 10_000, 100, 1.0)
+  first = gather_batch(ds, splits["train"], buckets[0], np.arange(2))
+  tok, mask = steps.history_tokens(codes, first["history_BxL"], first["mask_BxL"], model.cfg)
+  dec_in, _ = steps.decoder_io(codes, first["target_B"], model.cfg)
+  params = jit_init(model, jax.random.key(0), tok, mask, first["user_B"], dec_in)
+  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  fns = {name: jax.jit(functools.partial(steps.train_step, model=model, tx=tx), compiler_options=o)
+         for name, o in args.options.items()}
+  key = jax.random.key(1)
+  plan = plan_batches(splits["train"], args.batch, buckets, True, 0, 0)   # one whole epoch
+  count = collections.Counter(b for b, _ in plan)
+  first_idx = {}
+  for b, idx in plan:
+    first_idx.setdefault(b, idx)
+  print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}, inputs {source}, "
+        f"batch {args.batch}, {len(plan)} batches", flush=True)
+  step_s = {}
+  for b in buckets:
+    if b not in first_idx:
+      continue
+    batch = gather_batch(ds, splits["train"], b, first_idx[b])
+    compiled = {name: f.lower(state, batch, codes, key).compile() for name, f in fns.items()}
+    for c in compiled.values():
+      jax.block_until_ready(c(state, batch, codes, key))
+    times = {name: [] for name in compiled}
+    for _ in range(args.reps):
+      for name, c in compiled.items():
+        t = time.perf_counter()
+        jax.block_until_ready(c(state, batch, codes, key))
+        times[name].append(time.perf_counter() - t)
+    step_s[b] = {name: float(np.median(v)) for name, v in times.items()}
+    print(f"  bucket {b:>2} ({count[b]:>3} batches): " + ", ".join(
+        f"{name} {1000 * s:,.0f} ms" for name, s in step_s[b].items()), flush=True)
+  epoch = {name: sum(count[b] * s[name] for b, s in step_s.items()) for name in args.options}
+  best = sum(count[b] * min(s.values()) for b, s in step_s.items())
+  print("epoch: " + ", ".join(f"{name} {s:.1f} s" for name, s in epoch.items())
+        + f"; the best set per bucket {best:.1f} s", flush=True)
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__, "options": args.options,
+                 "reps": args.reps, "batches": {str(b): count[b] for b in step_s},
+                 "step_ms": {str(b): {k: round(1000 * v, 1) for k, v in s.items()} for b, s in step_s.items()},
+                 "epoch_s": {k: round(v, 1) for k, v in epoch.items()}, "best_per_bucket_s": round(best, 1)},
+                f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
