@@ -36,7 +36,8 @@ DEFAULT = {"ynn_dot": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_T
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--options", type=json.loads, default=DEFAULT, help="{name: compiler options}")
   p.add_argument("--reps", type=int, default=3, help="timed steps per bucket and option set")
   p.add_argument("--batch", type=int, default=256)
@@ -86,11 +87,13 @@ def main():
         + f"; the best set per bucket {best:.1f} s", flush=True)
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__, "options": args.options,
-                 "reps": args.reps, "batches": {str(b): count[b] for b in step_s},
-                 "step_ms": {str(b): {k: round(1000 * v, 1) for k, v in s.items()} for b, s in step_s.items()},
-                 "epoch_s": {k: round(v, 1) for k, v in epoch.items()}, "best_per_bucket_s": round(best, 1)},
-                f, indent=1)
+      json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__,
+                 "options": args.options, "reps": args.reps,
+                 "batches": {str(b): count[b] for b in step_s},
+                 "step_ms": {str(b): {k: round(1000 * v, 1) for k, v in s.items()}
+                             for b, s in step_s.items()},
+                 "epoch_s": {k: round(v, 1) for k, v in epoch.items()},
+                 "best_per_bucket_s": round(best, 1)}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -90,9 +90,10 @@ def beam_search(step_fn, state, tables: PrefixTables, level_sizes, offsets, bos:
   rows: BOS, then offset + code) at `level` (a Python int: 1 beam at level 0, W after);
   every leaf of `state` has a leading beam axis and is reordered as beams are selected
   (the returned state's structure may change from level to level). Scores are sums of
-  those log-probabilities over the levels, candidates masked to valid children. `final_fn(state, tokens_W) -> [W]`, if
-  given, adds a last term to every finished ID's score (EOS's log-probability: HF's
-  constrained `generate` forces EOS after a full ID) and the IDs are re-ranked by it.
+  those log-probabilities over the levels, candidates masked to valid children.
+  `final_fn(state, tokens_W) -> [W]`, if given, adds a last term to every finished ID's
+  score (EOS's log-probability: HF's constrained `generate` forces EOS after a full ID)
+  and the IDs are re-ranked by it.
   Returns (items [W], scores [W]) best first; -1 / -inf where fewer than W IDs exist.
 
   `constrained=False` (ETEGRec's official test decoding): every code of a level may follow
@@ -133,8 +134,8 @@ def beam_search(step_fn, state, tables: PrefixTables, level_sizes, offsets, bos:
 
   # The root has one live beam: expanding it alone (instead of W copies, W-1 of them at
   # -inf) saves a quarter of the decoder's work at depth 4. The levels are a Python loop
-  # (C is static and small): each level's shapes are its own, so a state may grow
-  # (the decoder's cache gains a position per level) and writes are static.
+  # (C is static and small): each level's shapes are its own, so a state may grow (the
+  # decoder's cache gains a position per level, appended rather than written in place).
   carry = (jnp.full((1,), bos, jnp.int32), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32),
            jax.tree.map(lambda a: a[:1], state))
   for level in range(c):
