@@ -82,23 +82,32 @@ def epoch_totals(plan, step_s, flops):
   return real, sum(step_s[b] for b, _ in plan), sum(flops[b] for b, _ in plan)
 
 
-def bench_train(cfg, ds, splits, codes_np, args):
-  model = T5(model_config(cfg.model, [256] * codes_np.shape[1], args.dtype))
+def train_setup(cfg, ds, splits, codes_np, batch: int, dtype: str = "float32"):
+  """What a timed T5 train step needs: (model, tx, state, codes on device, buckets, one
+  whole shuffled epoch's plan [(bucket, indices)], each bucket's first batch indices)."""
+  model = T5(model_config(cfg.model, [256] * codes_np.shape[1], dtype))
   buckets = bucket_lengths(cfg.data.buckets, cfg.data.max_len)
   codes = jnp.asarray(codes_np)
   tx = make_optimizer(5e-4, 0.01, 10_000, 100, 1.0)
-  first = gather_batch(ds, splits["train"], buckets[0], np.arange(args.batch))
-  tok, mask = steps.history_tokens(codes, first["history_BxL"][:2], first["mask_BxL"][:2], model.cfg)
-  dec_in, _ = steps.decoder_io(codes, first["target_B"][:2], model.cfg)
-  params = jit_init(model, jax.random.key(0), tok, mask, first["user_B"][:2], dec_in)
+  first = gather_batch(ds, splits["train"], buckets[0], np.arange(2))
+  tok, mask = steps.history_tokens(codes, first["history_BxL"], first["mask_BxL"], model.cfg)
+  dec_in, _ = steps.decoder_io(codes, first["target_B"], model.cfg)
+  params = jit_init(model, jax.random.key(0), tok, mask, first["user_B"], dec_in)
   state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-  fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx), donate_argnums=0,
-               compiler_options=compiler_options("train"))
-  key = jax.random.key(1)
-  plan = plan_batches(splits["train"], args.batch, buckets, True, 0, 0)   # one whole epoch
+  plan = plan_batches(splits["train"], batch, buckets, True, 0, 0)   # one whole epoch
   first_idx = {}
   for b, idx in plan:
     first_idx.setdefault(b, idx)
+  return model, tx, state, codes, buckets, plan, first_idx
+
+
+def bench_train(cfg, ds, splits, codes_np, args):
+  model, tx, state, codes, buckets, plan, first_idx = train_setup(cfg, ds, splits, codes_np,
+                                                                  args.batch, args.dtype)
+  params = state.params
+  fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx), donate_argnums=0,
+               compiler_options=compiler_options("train"))
+  key = jax.random.key(1)
   compiled, compile_s, flops, batch_of = {}, {}, {}, {}
   for b in buckets:
     if b not in first_idx:

@@ -20,16 +20,12 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import speed  # noqa: E402
-from jaxrec.data import bucket_lengths, gather_batch, plan_batches  # noqa: E402
-from jaxrec.optim import TrainState, make_optimizer  # noqa: E402
+from jaxrec.data import gather_batch  # noqa: E402
 from jaxrec.recommender import steps  # noqa: E402
-from jaxrec.recommender.t5 import T5, model_config  # noqa: E402
-from jaxrec.xla import jit_init  # noqa: E402
 
 DEFAULT = {"ynn_dot": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
            "none": {"xla_cpu_experimental_ynn_fusion_type": ""}}
@@ -45,23 +41,12 @@ def main():
   args = p.parse_args()
   cfg, ds, splits, source = speed.load_inputs(argparse.Namespace(buckets=None))
   codes_np = speed.random_codes(ds.n_items)
-  model = T5(model_config(cfg.model, [256] * codes_np.shape[1]))
-  buckets = bucket_lengths(cfg.data.buckets, cfg.data.max_len)
-  codes = jnp.asarray(codes_np)
-  tx = make_optimizer(5e-4, 0.01, 10_000, 100, 1.0)
-  first = gather_batch(ds, splits["train"], buckets[0], np.arange(2))
-  tok, mask = steps.history_tokens(codes, first["history_BxL"], first["mask_BxL"], model.cfg)
-  dec_in, _ = steps.decoder_io(codes, first["target_B"], model.cfg)
-  params = jit_init(model, jax.random.key(0), tok, mask, first["user_B"], dec_in)
-  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  model, tx, state, codes, buckets, plan, first_idx = speed.train_setup(cfg, ds, splits, codes_np,
+                                                                        args.batch)
   fns = {name: jax.jit(functools.partial(steps.train_step, model=model, tx=tx), compiler_options=o)
          for name, o in args.options.items()}
   key = jax.random.key(1)
-  plan = plan_batches(splits["train"], args.batch, buckets, True, 0, 0)   # one whole epoch
   count = collections.Counter(b for b, _ in plan)
-  first_idx = {}
-  for b, idx in plan:
-    first_idx.setdefault(b, idx)
   print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}, inputs {source}, "
         f"batch {args.batch}, {len(plan)} batches", flush=True)
   step_s = {}
