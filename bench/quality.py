@@ -163,8 +163,12 @@ def main():
                       "the table); a later call with a larger N reuses the finished seeds")
   p.add_argument("--workdir", default="runs/quality")
   p.add_argument("--out", default=None, help="output stem (default bench/results/quality-<name|platform>)")
+  p.add_argument("--cpu_devices", type=int, default=None,
+                 help="CPU: devices to split the host into, as jaxrec's commands (default 2)")
   args = p.parse_args()
   import jax
+  from jaxrec.xla import set_cpu_devices
+  set_cpu_devices(args.cpu_devices)
   common = [parse_override(s) for s in args.set]
   if args.seeds:
     rows = [aggregate([run_one(spec, common, args.workdir, args.name, seed)

@@ -60,8 +60,12 @@ def main():
   p.add_argument("--workdir", default="runs/reproduce")
   p.add_argument("--out", default=None,
                  help="output stem (default bench/results/reproduce-<platform>[-budget])")
+  p.add_argument("--cpu_devices", type=int, default=None,
+                 help="CPU: devices to split the host into, as jaxrec's commands (default 2)")
   args = p.parse_args()
   import jax
+  from jaxrec.xla import set_cpu_devices
+  set_cpu_devices(args.cpu_devices)
   budget = "" if not (args.epochs or args.max_steps) else (
       f"budget-e{args.epochs}" + (f"-s{args.max_steps}" if args.max_steps else ""))
   stem = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",

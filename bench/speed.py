@@ -24,6 +24,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 
@@ -37,14 +38,24 @@ from jaxrec.recommender.t5 import T5, model_config  # noqa: E402
 from jaxrec.tokenizer import codes as codes_lib  # noqa: E402
 from jaxrec.tokenizer import train as tok_train  # noqa: E402
 from jaxrec.tokenizer.rqvae import RQVAE, rqvae_config  # noqa: E402
-from jaxrec.xla import compiler_options, jit_init  # noqa: E402
+from jaxrec.xla import DEFAULT_CPU_DEVICES, compiler_options, jit_init, set_cpu_devices  # noqa: E402
 
 
 def _flops(compiled) -> float:
+  """XLA's FLOP count of a compiled step: its count for one device's program (the batch's
+  share) times the devices the step's batch is split over."""
   ca = compiled.cost_analysis()
   if isinstance(ca, (list, tuple)):
     ca = ca[0]
-  return float(ca.get("flops", 0.0)) if ca else 0.0
+  n = max(len(s.device_set) for s in jax.tree.leaves(compiled.input_shardings))
+  return n * float(ca.get("flops", 0.0)) if ca else 0.0
+
+
+def placements():
+  """(replicated, batch-split) shardings over every device, as `jaxrec.train` places its
+  state and batches (on CPU: the --cpu_devices devices)."""
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
 
 def _peak_bytes(compiled) -> int:
@@ -93,7 +104,9 @@ def train_setup(cfg, ds, splits, codes_np, batch: int, dtype: str = "float32"):
   tok, mask = steps.history_tokens(codes, first["history_BxL"], first["mask_BxL"], model.cfg)
   dec_in, _ = steps.decoder_io(codes, first["target_B"], model.cfg)
   params = jit_init(model, jax.random.key(0), tok, mask, first["user_B"], dec_in)
-  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  rep, _ = placements()
+  state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), rep)
+  codes = jax.device_put(codes, rep)
   plan = plan_batches(splits["train"], batch, buckets, True, 0, 0)   # one whole epoch
   first_idx = {}
   for b, idx in plan:
@@ -108,11 +121,12 @@ def bench_train(cfg, ds, splits, codes_np, args):
   fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx), donate_argnums=0,
                compiler_options=compiler_options("train"))
   key = jax.random.key(1)
+  _, split = placements()
   compiled, compile_s, flops, batch_of = {}, {}, {}, {}
   for b in buckets:
     if b not in first_idx:
       continue
-    batch_of[b] = gather_batch(ds, splits["train"], b, first_idx[b])
+    batch_of[b] = jax.device_put(gather_batch(ds, splits["train"], b, first_idx[b]), split)
     t = time.perf_counter()
     compiled[b] = fn.lower(state, batch_of[b], codes, key).compile()
     compile_s[b] = time.perf_counter() - t
@@ -149,11 +163,14 @@ def bench_decode(model, params, ds, splits, codes_np, args, beams, catalogues, l
   """Users/s across beam widths and catalogue sizes at one history bucket."""
   rows = []
   fn_cache = {}
+  rep, split = placements()
+  params = jax.device_put(params, rep)
   for n_items in catalogues:
     codes_n = codes_np if n_items == codes_np.shape[0] else random_codes(n_items, seed=n_items)
-    tables = decode.prefix_tables(codes_n)
-    codes = jnp.asarray(codes_n)
-    batch = gather_batch(ds, splits["test"], length, np.arange(args.decode_batch))
+    tables = jax.device_put(decode.prefix_tables(codes_n), rep)
+    codes = jax.device_put(codes_n, rep)
+    batch = jax.device_put(gather_batch(ds, splits["test"], length, np.arange(args.decode_batch)),
+                           split)
     for beam in beams:
       fn = fn_cache.setdefault(beam, jax.jit(functools.partial(steps.eval_step, model=model, beam=beam),
                                              compiler_options=compiler_options("decode")))
@@ -196,10 +213,13 @@ def bench_input(ds, splits, buckets, batch_sizes, n_batches: int):
 
 def bench_decode_split(model, params, ds, splits, codes_np, args, buckets):
   """Users/s over the real test split (its bucket mix), beam 20."""
-  tables = decode.prefix_tables(codes_np)
-  codes = jnp.asarray(codes_np)
+  rep, split = placements()
+  params = jax.device_put(params, rep)
+  tables = jax.device_put(decode.prefix_tables(codes_np), rep)
+  codes = jax.device_put(codes_np, rep)
   fn = jax.jit(functools.partial(steps.eval_step, model=model, beam=20), compiler_options=compiler_options("decode"))
-  batches = list(eval_batches(ds, splits["test"], args.decode_batch, buckets))
+  batches = [jax.device_put(b, split)
+             for b in eval_batches(ds, splits["test"], args.decode_batch, buckets)]
   if args.decode_batches:   # a fixed sample of the split's batches (every bucket length kept)
     batches = batches[::max(len(batches) // args.decode_batches, 1)][:args.decode_batches]
   compiled, compile_s, flops = {}, 0.0, {}
@@ -262,14 +282,15 @@ def bench_sasrec(cfg, ds, splits, args):
   first = gather_batch(ds, windows, buckets[0], np.arange(2))
   params = model.init(jax.random.key(0), first["history_BxL"], first["mask_BxL"], False)
   tx = make_optimizer(scfg.train.lr, 0.0, 10_000, 0, 0.0, "constant")
-  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  rep, split = placements()
+  state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), rep)
   fn = jax.jit(functools.partial(sasrec.train_step, model=model, tx=tx, loss=scfg.model.loss,
                                  negatives=scfg.model.negatives), donate_argnums=0,
                compiler_options=compiler_options("train"))
   key = jax.random.key(1)
   plan = plan_batches(windows, args.batch, buckets, True, 0, 0)     # one whole epoch
   plan = plan[:args.train_steps] if args.train_steps else plan
-  batches = [(b, gather_batch(ds, windows, b, idx)) for b, idx in plan]
+  batches = [(b, jax.device_put(gather_batch(ds, windows, b, idx), split)) for b, idx in plan]
   compiled, compile_s = {}, 0.0
   for b, batch in batches:
     if b not in compiled:
@@ -288,7 +309,7 @@ def bench_sasrec(cfg, ds, splits, args):
   dt = time.perf_counter() - t
   ev = jax.jit(functools.partial(sasrec.eval_step, model=model, k=20),
                compiler_options=compiler_options("decode"))
-  test = list(eval_batches(ds, splits["test"], args.decode_batch, buckets))
+  test = [jax.device_put(b, split) for b in eval_batches(ds, splits["test"], args.decode_batch, buckets)]
   ev_compiled, ev_compile_s = {}, 0.0
   for batch in test:
     l = batch["history_BxL"].shape[1]
@@ -337,8 +358,12 @@ def main():
   p.add_argument("--extra_vocab", type=int, default=0, help="model.extra_vocab ('vocab' head)")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                  help="the T5's compute dtype (train.dtype; float32 parameters either way)")
+  p.add_argument("--cpu_devices", type=int, default=None,
+                 help="XLA:CPU devices the batch is split over, as jaxrec's commands "
+                      f"(default {DEFAULT_CPU_DEVICES}, or the environment's)")
   p.add_argument("--out", default=None)
   args = p.parse_args()
+  set_cpu_devices(args.cpu_devices)
   if args.quick:
     args.train_steps, args.train_reps, args.decode_reps = 20, 1, 1
     args.beams, args.catalogues = [1, 20], [10_000, 1_000_000]

@@ -37,8 +37,10 @@ def main():
   p.add_argument("--options", type=json.loads, default=DEFAULT, help="{name: compiler options}")
   p.add_argument("--reps", type=int, default=3, help="timed steps per bucket and option set")
   p.add_argument("--batch", type=int, default=256)
+  p.add_argument("--cpu_devices", type=int, default=None, help="as bench/speed.py's")
   p.add_argument("--out", default=None)
   args = p.parse_args()
+  speed.set_cpu_devices(args.cpu_devices)
   cfg, ds, splits, source = speed.load_inputs(argparse.Namespace(buckets=None))
   codes_np = speed.random_codes(ds.n_items)
   model, tx, state, codes, buckets, plan, first_idx = speed.train_setup(cfg, ds, splits, codes_np,
@@ -47,13 +49,13 @@ def main():
          for name, o in args.options.items()}
   key = jax.random.key(1)
   count = collections.Counter(b for b, _ in plan)
-  print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}, inputs {source}, "
+  print(f"device {jax.devices()[0].device_kind} x{len(jax.devices())}, jax {jax.__version__}, inputs {source}, "
         f"batch {args.batch}, {len(plan)} batches", flush=True)
   step_s = {}
   for b in buckets:
     if b not in first_idx:
       continue
-    batch = gather_batch(ds, splits["train"], b, first_idx[b])
+    batch = jax.device_put(gather_batch(ds, splits["train"], b, first_idx[b]), speed.placements()[1])
     compiled = {name: f.lower(state, batch, codes, key).compile() for name, f in fns.items()}
     for c in compiled.values():
       jax.block_until_ready(c(state, batch, codes, key))

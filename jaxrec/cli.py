@@ -85,7 +85,11 @@ def parse_flags(argv):
 
 def define_distributed_flags():
   """--coordinator / --num_processes / --process_id of a multi-process run (jaxrec/distributed.py);
-  on TPU pods, SLURM and Open MPI they are detected and need not be given."""
+  on TPU pods, SLURM and Open MPI they are detected and need not be given. --cpu_devices: the
+  XLA:CPU devices a process splits its host into (`xla.set_cpu_devices`)."""
+  flags.DEFINE_integer("cpu_devices", None, "CPU runs: devices to split the host into, each "
+                       "taking its share of every batch (default 2, or the environment's "
+                       "JAX_NUM_CPU_DEVICES); 1: the whole batch on one.", lower_bound=1)
   flags.DEFINE_string("coordinator", None, "Multi-process runs: process 0's host:port.")
   flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many processes.")
   flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index (0 writes).")
@@ -95,7 +99,9 @@ def _initialize_distributed():
   if "num_processes" not in flags.FLAGS:
     return
   from jaxrec import distributed
+  from jaxrec.xla import set_cpu_devices
   f = flags.FLAGS
+  set_cpu_devices(f.cpu_devices)
   try:
     distributed.initialize(f.coordinator, f.num_processes, f.process_id)
   except Exception as e:                               # noqa: BLE001 - reported in one line

@@ -135,8 +135,9 @@ def setup(cfg, workdir: str, log=print) -> Run:
   n_dev = mesh.devices.size
   for name in ("batch_size", "eval_batch_size"):
     if cfg.train[name] % n_dev:
+      hint = " (on CPU --cpu_devices sets how many)" if jax.default_backend() == "cpu" else ""
       raise ConfigError(f"train.{name}={cfg.train[name]} must be divisible by the {n_dev} "
-                        "devices")
+                        f"devices{hint}")
   method = get_method(cfg.method)
   ds = ensure_features(cfg, load_dataset(cfg.data), method, log)
   run = Run(cfg, workdir, ds, leave_one_out(ds, cfg.data.max_len),
@@ -343,15 +344,21 @@ def save_final_codes(run: Run, best) -> dict:
 
 
 def restore_best(run: Run):
-  """The best checkpoint as saved: (step, {"params", "codes"[, "extra"]}, meta) or None."""
+  """The best checkpoint: (step, {"params", "codes"[, "extra"]} replicated over the run's
+  mesh, meta) or None. The mesh may differ from the one that saved it (another device
+  count, e.g. `--cpu_devices`)."""
   path = os.path.join(run.workdir, "checkpoints", "best")
   if not os.path.isdir(path):        # nothing to restore (and no empty folder left behind)
     return None
   best = Checkpoints(path, max_to_keep=1)
   try:
-    return best.restore(None)
+    restored = best.restore(None)
   finally:
     best.close()
+  if restored is None:
+    return None
+  step, tree, meta = restored
+  return step, distributed.replicate(tree, run.replicated), meta
 
 
 def train_and_evaluate(cfg, workdir: str, log=print) -> dict:

@@ -1,5 +1,5 @@
-"""Per-program XLA compiler options for jaxrec's jitted steps, and the persistent
-compilation cache of jaxrec's commands.
+"""Per-program XLA compiler options for jaxrec's jitted steps, the persistent
+compilation cache of jaxrec's commands, and how many XLA:CPU devices they split a host into.
 
 On CPU, XLA (jax 0.10) hands fusions to YNNPACK; for this workload's shapes that was
 slower for decoding (bench/speed.py on the 2-core dev CPU: 113 users/s with XLA's default
@@ -16,6 +16,7 @@ import os
 import jax
 
 CPU_YNN_FUSION_TYPES = {"train": "LIBRARY_FUSION_TYPE_DOT", "decode": ""}
+DEFAULT_CPU_DEVICES = 2
 
 
 def compiler_options(kind: str = "train") -> dict:
@@ -59,3 +60,29 @@ def enable_compile_cache() -> str | None:
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_compilation_cache_max_size", 4 * 2**30)
   return path
+
+
+def set_cpu_devices(n: int | None = None) -> int | None:
+  """Splits the host into `n` XLA:CPU devices for this process (jaxrec's commands: their
+  --cpu_devices flag); with `n` None, DEFAULT_CPU_DEVICES unless the environment already
+  chose (JAX_NUM_CPU_DEVICES, or --xla_force_host_platform_device_count in XLA_FLAGS).
+  Returns the count set (None: the environment's). Must come before any JAX operation; only the CPU backend is
+  affected (a GPU or TPU run keeps its devices).
+
+  A run is data parallel over the mesh of every device (`trainer.make_mesh`), so on CPU each
+  device takes its share of every batch. XLA:CPU runs a program's small batched dots (the
+  attention's per-head products) and much element-wise work on one thread; two devices run
+  two halves of the batch side by side and fill the idle core. On the 2-core dev CPU
+  (bench/README.md, 2026-11-30 21:00), per history bucket: decoding 13-19 % faster, the
+  train step 0-8 %. The results are one device's up to the rounding of the sums across
+  devices (the gradient, the metric totals); decoded items are the same. Batch sizes must be
+  divisible by the count; SimCIT's 'local' negatives are per device."""
+  if n is None:
+    if (jax.config.jax_num_cpu_devices != -1
+        or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
+      return None
+    n = DEFAULT_CPU_DEVICES
+  if n < 1:
+    raise ValueError(f"--cpu_devices={n}: must be >= 1")
+  jax.config.update("jax_num_cpu_devices", n)
+  return n

@@ -102,3 +102,25 @@ def test_commands_keep_compiled_programs_in_the_cache_directory(monkeypatch, tmp
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip() == str(tmp_path / "c")
   assert os.listdir(tmp_path / "c")
+
+
+@pytest.mark.parametrize("flag,env,devices", [
+    ([], {}, 2),                                      # the default: two CPU devices
+    (["--cpu_devices=3"], {}, 3),
+    ([], {"JAX_NUM_CPU_DEVICES": "3"}, 3),            # the environment's choice is kept
+    ([], {"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}, 3),
+])
+def test_commands_split_the_cpu_into_devices(tmp_path, flag, env, devices):
+  """The batch is split over the CPU devices (`--cpu_devices`): a batch size they do not
+  divide (65: neither 2 nor 3) is one line naming the count and the flag, before anything
+  is written."""
+  clean = {k: v for k, v in os.environ.items() if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS")}
+  out = subprocess.run([sys.executable, "-m", "jaxrec.train", "--config", "configs/tiger.py:tiny",
+                        "--workdir", str(tmp_path / "w"), "--config.train.batch_size=60",
+                        "--config.train.eval_batch_size=65", *flag], cwd=REPO,
+                       env=dict(clean, JAX_PLATFORMS="cpu", **env), capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+      f"error: train.eval_batch_size=65 must be divisible by the {devices} devices (on CPU "
+      "--cpu_devices sets how many)"], out.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "w" / "config.json")

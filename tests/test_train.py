@@ -153,6 +153,8 @@ def test_multi_device_matches_single_device(tmp_path):
 
 
 def test_cli_train_then_evaluate(uninterrupted, tmp_path):
+  """The command evaluates on two CPU devices (its default) what was trained on one: the
+  best checkpoint is restored onto the evaluating run's mesh."""
   workdir, results = uninterrupted
   out = subprocess.run([sys.executable, "-m", "jaxrec.evaluate", "--workdir", workdir], cwd=REPO,
                        capture_output=True, text=True, timeout=600)
@@ -286,7 +288,7 @@ def test_sigkill_at_every_phase_resumes_to_the_same_result(uninterrupted, tmp_pa
   ]
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or "")
   cmd = [sys.executable, "-m", "jaxrec.train", "--config", "configs/tiger.py:tiny",
-         "--workdir", workdir]
+         "--workdir", workdir, "--cpu_devices=1"]    # one device, as the in-process run
   rng = random.Random(0)
   killed = []
   for what, marker in phases:
