@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 
 import tiger  # noqa: E402
-from jaxrec import decode  # noqa: E402
+from jaxrec import decode, distributed  # noqa: E402
 from jaxrec.data import (bucket_lengths, eval_batches, leave_one_out,  # noqa: E402
                          load_dataset, plan_batches, gather_batch)
 from jaxrec.optim import TrainState, make_optimizer  # noqa: E402
@@ -51,11 +51,21 @@ def _flops(compiled) -> float:
   return n * float(ca.get("flops", 0.0)) if ca else 0.0
 
 
+def mesh() -> Mesh:
+  """The data-parallel mesh of every device, as `jaxrec.train`'s (on CPU: --cpu_devices)."""
+  return Mesh(np.array(jax.devices()), ("data",))
+
+
 def placements():
-  """(replicated, batch-split) shardings over every device, as `jaxrec.train` places its
-  state and batches (on CPU: the --cpu_devices devices)."""
-  mesh = Mesh(np.array(jax.devices()), ("data",))
-  return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  """(replicated, batch-split) shardings over `mesh()`, as `jaxrec.train` places its state
+  and batches."""
+  return NamedSharding(mesh(), P()), NamedSharding(mesh(), P("data"))
+
+
+def eval_jit(step, **static):
+  """An evaluation step as `jaxrec.train` compiles it: each device its own rows."""
+  return jax.jit(distributed.per_device_eval(functools.partial(step, **static), mesh()),
+                 compiler_options=compiler_options("decode"))
 
 
 def _peak_bytes(compiled) -> int:
@@ -172,8 +182,7 @@ def bench_decode(model, params, ds, splits, codes_np, args, beams, catalogues, l
     batch = jax.device_put(gather_batch(ds, splits["test"], length, np.arange(args.decode_batch)),
                            split)
     for beam in beams:
-      fn = fn_cache.setdefault(beam, jax.jit(functools.partial(steps.eval_step, model=model, beam=beam),
-                                             compiler_options=compiler_options("decode")))
+      fn = fn_cache.setdefault(beam, eval_jit(steps.eval_step, model=model, beam=beam))
       t = time.perf_counter()
       compiled = fn.lower(params, batch, codes, tables).compile()
       compile_s = time.perf_counter() - t
@@ -182,8 +191,7 @@ def bench_decode(model, params, ds, splits, codes_np, args, beams, catalogues, l
       reps = max(1, args.decode_reps)
       t = time.perf_counter()
       for _ in range(reps):
-        out = compiled(params, batch, codes, tables)
-      jax.block_until_ready(out)
+        jax.device_get(compiled(params, batch, codes, tables)[0])   # as evaluate_split
       dt = (time.perf_counter() - t) / reps
       rows.append({"items": n_items, "beam": beam, "history": length, "users_per_s": args.decode_batch / dt,
                    "batch_ms": 1000 * dt, "compile_s": round(compile_s, 1),
@@ -217,7 +225,7 @@ def bench_decode_split(model, params, ds, splits, codes_np, args, buckets):
   params = jax.device_put(params, rep)
   tables = jax.device_put(decode.prefix_tables(codes_np), rep)
   codes = jax.device_put(codes_np, rep)
-  fn = jax.jit(functools.partial(steps.eval_step, model=model, beam=20), compiler_options=compiler_options("decode"))
+  fn = eval_jit(steps.eval_step, model=model, beam=20)
   batches = [jax.device_put(b, split)
              for b in eval_batches(ds, splits["test"], args.decode_batch, buckets)]
   if args.decode_batches:   # a fixed sample of the split's batches (every bucket length kept)
@@ -233,9 +241,8 @@ def bench_decode_split(model, params, ds, splits, codes_np, args, buckets):
       jax.block_until_ready(compiled[l](params, batch, codes, tables))
   users = sum(float(b["weight_B"].sum()) for b in batches)
   t = time.perf_counter()
-  for batch in batches:
-    out = compiled[batch["history_BxL"].shape[1]](params, batch, codes, tables)
-  jax.block_until_ready(out)
+  for batch in batches:   # each batch's metric sums fetched, as evaluate_split does
+    jax.device_get(compiled[batch["history_BxL"].shape[1]](params, batch, codes, tables)[0])
   dt = time.perf_counter() - t
   total = sum(flops[b["history_BxL"].shape[1]] for b in batches)
   return {"users_per_s": users / dt, "users": int(users), "seconds": dt, "batch": args.decode_batch,
@@ -303,12 +310,15 @@ def bench_sasrec(cfg, ds, splits, args):
   real = sum(float(x["weight_B"].sum()) for _, x in batches)
   positions = sum(float(x["mask_BxL"].sum()) for _, x in batches)
   t = time.perf_counter()
-  for b, batch in batches:
+  pending = None
+  for b, batch in batches:   # the previous step's metrics fetched, as the train loop does
     state, out = compiled[b](state, batch, key)
+    if pending is not None:
+      jax.device_get(pending)
+    pending = out
   jax.block_until_ready(out)
   dt = time.perf_counter() - t
-  ev = jax.jit(functools.partial(sasrec.eval_step, model=model, k=20),
-               compiler_options=compiler_options("decode"))
+  ev = eval_jit(sasrec.eval_step, model=model, k=20)
   test = [jax.device_put(b, split) for b in eval_batches(ds, splits["test"], args.decode_batch, buckets)]
   ev_compiled, ev_compile_s = {}, 0.0
   for batch in test:
@@ -320,8 +330,7 @@ def bench_sasrec(cfg, ds, splits, args):
   ev_flops = sum(_flops(ev_compiled[b["history_BxL"].shape[1]]) for b in test)
   t = time.perf_counter()
   for batch in test:
-    sums, _ = ev_compiled[batch["history_BxL"].shape[1]](state.params, batch)
-  jax.block_until_ready(sums)
+    jax.device_get(ev_compiled[batch["history_BxL"].shape[1]](state.params, batch)[0])
   ev_dt = time.perf_counter() - t
   return {"loss": scfg.model.loss, "d": scfg.model.d, "blocks": scfg.model.blocks,
           "batch": args.batch, "steps": len(batches), "windows_per_s": real / dt,

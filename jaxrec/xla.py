@@ -76,7 +76,13 @@ def set_cpu_devices(n: int | None = None) -> int | None:
   (bench/README.md, 2026-11-30 21:00), per history bucket: decoding 13-19 % faster, the
   train step 0-8 %. The results are one device's up to the rounding of the sums across
   devices (the gradient, the metric totals); decoded items are the same. Batch sizes must be
-  divisible by the count; SimCIT's 'local' negatives are per device."""
+  divisible by the count; SimCIT's 'local' negatives are per device.
+
+  One caution for code of your own on several CPU devices: XLA:CPU (jax 0.10) deadlocks
+  when dozens of programs with a cross-device reduction are dispatched without waiting
+  (60 chained steps of a 2-device gradient step did; its rendezvous then aborts the process
+  after 40 s). jaxrec's loops never have more than two in flight: training fetches each
+  step's metrics when the next is dispatched, evaluation each batch's sums."""
   if n is None:
     if (jax.config.jax_num_cpu_devices != -1
         or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):

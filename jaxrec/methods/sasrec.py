@@ -60,9 +60,9 @@ def setup_model(run) -> None:
   validate(cfg, ds.n_items)
   run.splits = {**run.splits, "train": sequence_windows(ds, cfg.data.max_len)}
   run.model = sasrec.SASRec(sasrec.model_config(cfg.model, ds.n_items, cfg.data.max_len))
-  run.eval_fn = jax.jit(functools.partial(sasrec.eval_step, model=run.model,
-                                          k=min(max(metrics.KS), ds.n_items)),
-                        compiler_options=compiler_options("decode"))
+  run.eval_fn = jax.jit(distributed.per_device_eval(functools.partial(
+      sasrec.eval_step, model=run.model, k=min(max(metrics.KS), ds.n_items)), run.mesh),
+      compiler_options=compiler_options("decode"))
 
 
 def _train_step(state, batch, codes, key, **kw):
