@@ -73,8 +73,9 @@ def set_cpu_devices(n: int | None = None) -> int | None:
   device takes its share of every batch. XLA:CPU runs a program's small batched dots (the
   attention's per-head products) and much element-wise work on one thread; two devices run
   two halves of the batch side by side and fill the idle core. On the 2-core dev CPU
-  (bench/README.md, 2026-11-30 21:00), per history bucket: decoding 13-19 % faster, the
-  train step 0-8 %. The results are one device's up to the rounding of the sums across
+  (bench/README.md, 2026-11-30 evening): the Instruments test split decodes 13-16 % faster,
+  a training epoch runs 11 % faster (8-25 % from 4-item histories up, 18 % slower at one
+  item); 4 devices were slower than 2. The results are one device's up to the rounding of the sums across
   devices (the gradient, the metric totals); decoded items are the same. Batch sizes must be
   divisible by the count; SimCIT's 'local' negatives are per device.
 
