@@ -38,7 +38,8 @@ from jaxrec.recommender.t5 import T5, model_config  # noqa: E402
 from jaxrec.tokenizer import codes as codes_lib  # noqa: E402
 from jaxrec.tokenizer import train as tok_train  # noqa: E402
 from jaxrec.tokenizer.rqvae import RQVAE, rqvae_config  # noqa: E402
-from jaxrec.xla import DEFAULT_CPU_DEVICES, compiler_options, jit_init, set_cpu_devices  # noqa: E402
+from jaxrec.xla import (DEFAULT_CPU_DEVICES, compiler_options, jit_init,  # noqa: E402
+                        set_cpu_devices)
 
 
 def _flops(compiled) -> float:
@@ -319,7 +320,8 @@ def bench_sasrec(cfg, ds, splits, args):
   jax.block_until_ready(out)
   dt = time.perf_counter() - t
   ev = eval_jit(sasrec.eval_step, model=model, k=20)
-  test = [jax.device_put(b, split) for b in eval_batches(ds, splits["test"], args.decode_batch, buckets)]
+  test = [jax.device_put(b, split)
+          for b in eval_batches(ds, splits["test"], args.decode_batch, buckets)]
   ev_compiled, ev_compile_s = {}, 0.0
   for batch in test:
     l = batch["history_BxL"].shape[1]

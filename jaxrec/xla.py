@@ -66,8 +66,9 @@ def set_cpu_devices(n: int | None = None) -> int | None:
   """Splits the host into `n` XLA:CPU devices for this process (jaxrec's commands: their
   --cpu_devices flag); with `n` None, DEFAULT_CPU_DEVICES unless the environment already
   chose (JAX_NUM_CPU_DEVICES, or --xla_force_host_platform_device_count in XLA_FLAGS).
-  Returns the count set (None: the environment's). Must come before any JAX operation; only the CPU backend is
-  affected (a GPU or TPU run keeps its devices).
+  Returns the count set (None: the environment's, or JAX already running). An explicit `n`
+  must come before any JAX operation; only the CPU backend is affected (a GPU or TPU run
+  keeps its devices).
 
   A run is data parallel over the mesh of every device (`trainer.make_mesh`), so on CPU each
   device takes its share of every batch. XLA:CPU runs a program's small batched dots (the
@@ -75,9 +76,9 @@ def set_cpu_devices(n: int | None = None) -> int | None:
   two halves of the batch side by side and fill the idle core. On the 2-core dev CPU
   (bench/README.md, 2026-11-30 evening): the Instruments test split decodes 13-16 % faster,
   a training epoch runs 11 % faster (8-25 % from 4-item histories up, 18 % slower at one
-  item); 4 devices were slower than 2. The results are one device's up to the rounding of the sums across
-  devices (the gradient, the metric totals); decoded items are the same. Batch sizes must be
-  divisible by the count; SimCIT's 'local' negatives are per device.
+  item); 4 devices were slower than 2. The results are one device's up to the rounding of
+  the sums across devices (the gradient, the metric totals); decoded items are the same.
+  Batch sizes must be divisible by the count; SimCIT's 'local' negatives are per device.
 
   One caution for code of your own on several CPU devices: XLA:CPU (jax 0.10) deadlocks
   when dozens of programs with a cross-device reduction are dispatched without waiting
@@ -88,7 +89,11 @@ def set_cpu_devices(n: int | None = None) -> int | None:
     if (jax.config.jax_num_cpu_devices != -1
         or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
       return None
-    n = DEFAULT_CPU_DEVICES
+    try:
+      jax.config.update("jax_num_cpu_devices", DEFAULT_CPU_DEVICES)
+    except RuntimeError:   # JAX already running (a notebook cell run again): its devices stay
+      return None
+    return DEFAULT_CPU_DEVICES
   if n < 1:
     raise ValueError(f"--cpu_devices={n}: must be >= 1")
   jax.config.update("jax_num_cpu_devices", n)

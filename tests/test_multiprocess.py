@@ -36,7 +36,8 @@ def _launch(args, logs, tag):
     f = open(logs / f"{tag}-p{pid}.txt", "w")
     procs.append(subprocess.Popen(
         args + ["--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
-                "--process_id", str(pid), "--cpu_devices=1"], cwd=REPO, env=ENV, stdout=f, stderr=subprocess.STDOUT))
+                "--process_id", str(pid), "--cpu_devices=1"],
+        cwd=REPO, env=ENV, stdout=f, stderr=subprocess.STDOUT))
   return procs
 
 
