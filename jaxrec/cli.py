@@ -95,7 +95,9 @@ def define_distributed_flags():
   flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index (0 writes).")
 
 
-def _initialize_distributed():
+def _initialize_devices():
+  """This process's devices, before any JAX operation: the CPU split (--cpu_devices), then
+  the multi-controller runtime of a multi-process run."""
   if "num_processes" not in flags.FLAGS:
     return
   from jaxrec import distributed
@@ -114,7 +116,7 @@ def guarded(main):
   """main(argv) with expected failures as one line (exit 2) and unexpected ones marked."""
   def wrapper(argv):
     logging.set_verbosity(logging.WARNING)         # not jax's backend probing at INFO
-    _initialize_distributed()
+    _initialize_devices()
     from jaxrec.xla import enable_compile_cache
     enable_compile_cache()
     try:
