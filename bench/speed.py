@@ -65,8 +65,7 @@ def placements():
 
 def eval_jit(step, **static):
   """An evaluation step as `jaxrec.train` compiles it: each device its own rows."""
-  return jax.jit(distributed.per_device_eval(functools.partial(step, **static), mesh()),
-                 compiler_options=compiler_options("decode"))
+  return distributed.per_device_eval(functools.partial(step, **static), mesh())
 
 
 def _peak_bytes(compiled) -> int:

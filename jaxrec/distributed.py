@@ -30,6 +30,8 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from jaxrec.xla import compiler_options
+
 
 def _cluster_detected() -> bool:
   """A multi-process launch JAX can configure itself: a TPU pod slice, SLURM or Open MPI
@@ -116,9 +118,10 @@ def replicate(tree, sharding):
 
 
 def per_device_eval(step, mesh):
-  """`step(params, batch, *rest) -> (metric sums, per-row outputs)` run by every device on
-  its own rows of the batch (`jax.shard_map`; params and `rest` replicated): the sums added
-  across the mesh's "data" axis, the per-row outputs left split as the batch.
+  """`step(params, batch, *rest) -> (metric sums, per-row outputs)` compiled (`jax.jit`,
+  decoding's compiler options) to run on every device over its own rows of the batch
+  (`jax.shard_map`; params and `rest` replicated): the sums added across the mesh's "data"
+  axis, the per-row outputs left split as the batch.
 
   Not left to XLA's sharding propagation: it does not split `lax.top_k` along the batch, so
   every beam-search level (and SASRec's full ranking) all-gathered the whole batch's scores
@@ -130,4 +133,4 @@ def per_device_eval(step, mesh):
   def per_device_step(params, batch, *rest):
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data")) + (P(),) * len(rest),
                          out_specs=(P(), P("data")))(params, batch, *rest)
-  return per_device_step
+  return jax.jit(per_device_step, compiler_options=compiler_options("decode"))

@@ -173,10 +173,9 @@ def _setup_generative(run: Run, method, log) -> None:
   run.codes = distributed.replicate(jnp.asarray(table.codes_NxC), run.replicated)
   run.tables = distributed.replicate(
       decode.prefix_tables(table.codes_NxC, cfg.tokenizer.shared_ids), run.replicated)
-  run.eval_fn = jax.jit(distributed.per_device_eval(functools.partial(
+  run.eval_fn = distributed.per_device_eval(functools.partial(
       steps.eval_step, model=run.model, beam=cfg.train.beam,
-      constrained=cfg.train.decode == "constrained"), run.mesh),
-      compiler_options=compiler_options("decode"))
+      constrained=cfg.train.decode == "constrained"), run.mesh)
   run.loss_fn = jax.jit(functools.partial(steps.loss_sums, model=run.model))
 
 

@@ -149,8 +149,8 @@ decoded = {}
 for n in (1, 4):
   mesh = Mesh(np.array(jax.devices()[:n]), ("data",))
   rep, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  fn = jax.jit(distributed.per_device_eval(functools.partial(
-      steps.eval_step, model=run.model, beam=cfg.train.beam), mesh))
+  fn = distributed.per_device_eval(functools.partial(
+      steps.eval_step, model=run.model, beam=cfg.train.beam), mesh)
   args = (jax.device_put(params, rep), jax.device_put(batch, shard),
           jax.device_put(run.codes, rep), jax.device_put(run.tables, rep))
   decoded[n] = jax.device_get(fn(*args))

@@ -13,14 +13,13 @@ from __future__ import annotations
 import functools
 import os
 
-import jax
 import numpy as np
 
 from jaxrec import distributed, metrics
 from jaxrec.config import ConfigError
 from jaxrec.data import sequence_windows
 from jaxrec.recommender import sasrec
-from jaxrec.xla import compiler_options, jit_init
+from jaxrec.xla import jit_init
 
 
 def tokenizer_loss(cfg, dataset):
@@ -60,9 +59,8 @@ def setup_model(run) -> None:
   validate(cfg, ds.n_items)
   run.splits = {**run.splits, "train": sequence_windows(ds, cfg.data.max_len)}
   run.model = sasrec.SASRec(sasrec.model_config(cfg.model, ds.n_items, cfg.data.max_len))
-  run.eval_fn = jax.jit(distributed.per_device_eval(functools.partial(
-      sasrec.eval_step, model=run.model, k=min(max(metrics.KS), ds.n_items)), run.mesh),
-      compiler_options=compiler_options("decode"))
+  run.eval_fn = distributed.per_device_eval(functools.partial(
+      sasrec.eval_step, model=run.model, k=min(max(metrics.KS), ds.n_items)), run.mesh)
 
 
 def _train_step(state, batch, codes, key, **kw):
