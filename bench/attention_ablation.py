@@ -12,13 +12,18 @@ hfpad16 (the same with T padded to a multiple of 8 / 16); nodrop (no dropout any
 nodrop_attn (no dropout on the attention weights); noattn (no scores, softmax or weighted
 sum: what attention costs); threefry (jax.random dropout masks). Prints one JSON line:
 ms per step (median), samples/s, XLA's FLOPs of the step and the achieved GFLOP/s.
-YNN=default|<fusion type> overrides jaxrec/xla.py's training setting.
+YNN=default|<fusion type> overrides jaxrec/xla.py's training setting; DTYPE=bfloat16 sets the
+T5's compute dtype (train.dtype; fp32 parameters either way); XLA_OPTS='{"option": value}' adds
+XLA compiler options (e.g. xla_cpu_prefer_vector_width).
 PROFILE=DIR also traces two steps (jax.profiler, perfetto JSON under DIR) and prints where
-a step's time goes: the ops' summed time by kind (dense dots: projections, feed-forward,
-heads; attention dots: scores and weighted sums; transposes/copies; element-wise and
-reduction fusions), then the TOP (default 15) slowest ops with their HLO.
+a step's time goes, by kind of op (dense dots: projections, feed-forward, heads; attention
+dots: scores and weighted sums; transposes/copies; element-wise and reduction fusions):
+the ops' summed time, and the wall time of the second traced step that each kind covers
+(XLA:CPU runs independent ops side by side, so summed times overstate ops that overlap,
+such as the query, key and value projections); then the dense dots by shape with their
+FLOPs and GFLOP/s, and the TOP (default 15) slowest ops with their HLO.
 """
-import collections, functools, glob, gzip, os, re, sys, time, json
+import collections, functools, glob, gzip, json, math, os, re, sys, time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT); sys.path.insert(0, os.path.join(ROOT, "configs"))
 import jax, jax.numpy as jnp, numpy as np
@@ -73,6 +78,19 @@ elif variant == "noattn":
   def attend(q, k, v, bias, dropout_fn):
     return v[:, :q.shape[1]] if v.shape[1] >= q.shape[1] else jnp.broadcast_to(v.mean(1, keepdims=True), q.shape)
   t5lib.attend = attend
+elif variant == "acc32":
+  def dot32(a, b):
+    return jnp.dot(a, b, preferred_element_type=jnp.float32).astype(a.dtype)
+  @jax.custom_vjp
+  def matmul(x, w):
+    return dot32(x, w)
+  def matmul_bwd(res, dy):
+    x, w = res
+    x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+    dw = jax.lax.dot_general(x2, dy2, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return dot32(dy, w.T), dw.astype(w.dtype)
+  matmul.defvjp(lambda x, w: (dot32(x, w), (x, w)), matmul_bwd)
+  t5lib.matmul = matmul
 elif variant == "threefry":
   class D(t5lib.Dropout):
     def __call__(self, x, deterministic):
@@ -81,13 +99,14 @@ elif variant == "threefry":
       return jnp.where(keep, x / (1 - self.rate), 0.0)
   t5lib.Dropout = D
 
-model = T5(model_config(cfg.model, [256] * 4))
+model = T5(model_config(cfg.model, [256] * 4, os.environ.get("DTYPE", "float32")))
 tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(5e-4, weight_decay=0.01))
 tok, m = steps.history_tokens(codes, batch["history_BxL"][:2], batch["mask_BxL"][:2], model.cfg)
 dec_in, _ = steps.decoder_io(codes, batch["target_B"][:2], model.cfg)
 params = model.init(jax.random.key(0), tok, m, batch["user_B"][:2], dec_in)
 state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 opts = compiler_options("train") if os.environ.get("YNN", "") == "" else ({} if os.environ["YNN"] == "default" else {"xla_cpu_experimental_ynn_fusion_type": os.environ["YNN"]})
+opts = {**opts, **json.loads(os.environ.get("XLA_OPTS", "{}"))}
 fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx), donate_argnums=0, compiler_options=opts)
 key = jax.random.key(1)
 t = time.perf_counter(); c = fn.lower(state, batch, codes, key).compile(); comp = time.perf_counter() - t
@@ -101,23 +120,43 @@ for _ in range(reps):
   t = time.perf_counter(); state, out = c(state, batch, codes, key); jax.block_until_ready(out); ts.append(time.perf_counter() - t)
 ms = 1000 * float(np.median(ts))
 print(json.dumps({"variant": variant, "L": L, "T": 4 * L + 1, "ms": round(ms, 1), "samples_s": round(B / ms * 1000, 1),
-                  "gflops": round(flops / ms / 1e6, 1), "gflop_step": round(flops / 1e9, 2), "compile_s": round(comp, 1), "ynn": opts}))
+                  "gflops": round(flops / ms / 1e6, 1), "gflop_step": round(flops / 1e9, 2), "compile_s": round(comp, 1), "ynn": opts,
+                  "dtype": model.cfg.dtype}))
 
 if os.environ.get("PROFILE"):
   trace_dir = os.environ["PROFILE"]
-  hlo = {}
+  hlo, calls, dot_flops, computation, entry = {}, {}, collections.Counter(), None, False
   for line in c.as_text().splitlines():
-    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\(", line)
-    if m:
-      hlo[m.group(1)] = (m.group(2), m.group(3), line.strip())
+    head_m = re.match(r"^(ENTRY )?%([\w.\-]+) \(", line)
+    if head_m:
+      entry, computation = bool(head_m.group(1)), head_m.group(2)
+      continue
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\w+\[[\d,]*\])\S* ([\w\-]+)\(", line)
+    if not m:
+      continue
+    hlo[m.group(1)] = (m.group(2), m.group(3), line.strip())
+    if (called := re.search(r"calls=%([\w.\-]+)", line)):
+      calls[m.group(1)] = called.group(1)
+    if m.group(3) == "dot":   # 2 x output elements x contracted size, charged to its fusion
+      lhs = re.search(r"dot\(%([\w.\-]+)", line).group(1)
+      lhs_dims = [int(d) for d in re.search(r"\[([\d,]*)\]", hlo[lhs][0]).group(1).split(",") if d]
+      out = [int(d) for d in re.search(r"\[([\d,]*)\]", m.group(2)).group(1).split(",") if d]
+      contracted = [int(d) for d in re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line).group(1).split(",") if d]
+      dot_flops[m.group(1) if entry else computation] += (
+          2 * math.prod(out) * math.prod(lhs_dims[i] for i in contracted))
+  def op_flops(name):
+    return dot_flops.get(name, 0) + dot_flops.get(calls.get(name, ""), 0)
+
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
     for _ in range(2):
       state, out = c(state, batch, codes, key); jax.block_until_ready(out)
   path = sorted(glob.glob(f"{trace_dir}/**/perfetto_trace.json.gz", recursive=True))[-1]
+  events = sorted((e for e in json.load(gzip.open(path))["traceEvents"]
+                   if e.get("ph") == "X" and e.get("args", {}).get("hlo_module", "").startswith("jit_train_step")),
+                  key=lambda e: e["ts"])
   per_op = collections.Counter()
-  for e in json.load(gzip.open(path))["traceEvents"]:
-    if e.get("ph") == "X" and e.get("args", {}).get("hlo_module", "").startswith("jit_train_step"):
-      per_op[e["name"]] += e["dur"] / 2000                      # ms per step
+  for e in events:
+    per_op[e["name"]] += e["dur"] / 2000                      # ms per step
 
   def kind(name):
     shape, opcode, _ = hlo.get(name, ("", "", ""))
@@ -131,9 +170,26 @@ if os.environ.get("PROFILE"):
   kinds, counts = collections.Counter(), collections.Counter()
   for name, ms in per_op.items():
     kinds[kind(name)] += ms; counts[kind(name)] += 1
-  total = sum(per_op.values())
-  print(json.dumps({"profile_ms_per_step": round(total, 1), "ops": len(per_op),
+  # The second step: the wall time each kind covers (at 10 us), and covers with no other kind.
+  starts = [e["ts"] for e in events]
+  second = events[1 + max(range(len(starts) - 1), key=lambda i: starts[i + 1] - starts[i]):]
+  t0, t1 = second[0]["ts"], max(e["ts"] + e["dur"] for e in second)
+  names = sorted(counts)
+  busy = np.zeros((len(names), int((t1 - t0) / 10) + 1), bool)
+  for e in second:
+    busy[names.index(kind(e["name"])), int((e["ts"] - t0) / 10):int((e["ts"] + e["dur"] - t0) / 10)] = True
+  wall = {k: {"covers_ms": round(busy[i].sum() / 100, 1),
+              "alone_ms": round((busy[i] & ~np.delete(busy, i, 0).any(0)).sum() / 100, 1)} for i, k in enumerate(names)}
+  print(json.dumps({"profile_ms_per_step": round(sum(per_op.values()), 1), "ops": len(per_op),
                     "by_kind_ms": {k: round(v, 1) for k, v in kinds.most_common()},
-                    "by_kind_ops": dict(counts)}))
+                    "by_kind_ops": dict(counts),
+                    "second_step_wall_ms": round((t1 - t0) / 1000, 1),
+                    "idle_ms": round((~busy.any(0)).sum() / 100, 1), "wall_by_kind": wall}))
+  shapes = collections.defaultdict(lambda: [0.0, 0, 0])
+  for name, ms in per_op.items():
+    if kind(name) == "dense dots":
+      g = shapes[hlo[name][0]]; g[0] += ms; g[1] += op_flops(name); g[2] += 1
+  for shape, (ms, flops, n) in sorted(shapes.items(), key=lambda kv: -kv[1][0])[:int(os.environ.get("TOP", 15))]:
+    print(f"{ms:8.1f} ms  {n:3d} dense dots out {shape:22s} {flops / 1e9:6.2f} GFLOP  {flops / ms / 1e6:6.1f} GFLOP/s (summed time)")
   for name, ms in per_op.most_common(int(os.environ.get("TOP", 15))):
     print(f"{ms:8.1f} ms  {kind(name):22s} {hlo.get(name, ('', '', name))[2][:160]}")
