@@ -131,7 +131,7 @@ if os.environ.get("PROFILE"):
     if head_m:
       entry, computation = bool(head_m.group(1)), head_m.group(2)
       continue
-    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\w+\[[\d,]*\])\S* ([\w\-]+)\(", line)
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\([^=]*?\)|\w+\[[\d,]*\])\S* ([\w\-]+)\(", line)
     if not m:
       continue
     hlo[m.group(1)] = (m.group(2), m.group(3), line.strip())
