@@ -4,9 +4,10 @@ The anchor scripts time the HF T5 on the CPU. On a GPU host a user of that stack
 same model and batches to the GPU; this script does that with the anchors' own functions
 (data, model, trie, collation), so the model, data and batch are theirs, and times with
 `torch.cuda.synchronize()` around each step (a GPU step is asynchronous). It is run next to
-`bench/speed.py` on the same machine; it is not a project dependency (torch, transformers).
+`bench/speed.py` on the same machine (`bench/device_check.sh`); torch and transformers are
+not project dependencies. The JSON names the device, the host CPU and the versions.
 
-  python bench/anchor_device.py --anchors ../shared/anchors --batch 256 1024 --amp
+  python -m bench.anchor_device --anchors ../shared/anchors --batch 256 1024 --amp
 """
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ import argparse
 import importlib.util
 import json
 import os
+import platform
 import random
 import statistics
+import sys
 import time
+
+if not __package__:   # run as `python bench/anchor_device.py`: the repository root, as `-m` from it
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import cpu_model  # noqa: E402  (the standard library only: no JAX here)
 
 
 def _load(anchors, name):
@@ -105,8 +113,10 @@ def main():
   codes = bt.load_codes(f"{bt.DATA}/Instruments.index.json")   # the anchors' one ID format
   train, test = bt.train_samples(inter, codes), bd.test_samples(inter, codes)
   trie = bd.Trie(sorted(set(tuple(c) for c in codes.values())))
-  res = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-         "transformers": transformers.__version__, "train": [], "decode": []}
+  res = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
+         "cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
+         "torch": torch.__version__, "transformers": transformers.__version__,
+         "train": [], "decode": []}
   for amp in ([False, True] if args.amp else [False]):
     for b in args.batch:
       r = bench_train(bt, torch, dev, train, b, 5, args.steps, amp)

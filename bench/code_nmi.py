@@ -1,7 +1,7 @@
 """How much of the synthetic data's planted hierarchy a code table carries.
 
   python -m jaxrec.tokenize --config configs/simcit.py --workdir /tmp/simcit
-  python bench/code_nmi.py /tmp/simcit [--config configs/simcit.py]
+  python -m bench.code_nmi /tmp/simcit [--config configs/simcit.py]   # or python bench/code_nmi.py
 
 Prints the normalised mutual information (sqrt normalisation) between each level's codes
 and the generator's subtopic of every item, the same for the first two levels' prefix, the
@@ -13,16 +13,12 @@ fitted on the built-in synthetic data set (the generator is rerun from the confi
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
-
-from jaxrec.config import load_config_module  # noqa: E402
-from jaxrec.data import synthetic  # noqa: E402
-from jaxrec.tokenizer.codes import CodeTable  # noqa: E402
+from jaxrec.config import load_config_module
+from jaxrec.data import synthetic
+from jaxrec.tokenizer.codes import CodeTable
 
 
 def nmi(a, b) -> float:

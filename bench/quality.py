@@ -1,16 +1,17 @@
 """Trains the configured methods with a given budget and writes a results table: R@5, R@10,
 N@5, N@10 on valid and test, wall time and device, beside the published numbers.
 
-  python bench/quality.py tiger:default letter:default etegrec:default sasrec:default
-  JAXREC_DATA_DIR=../shared/data python bench/quality.py sasrec:instruments --seeds 3
-  JAXREC_DATA_DIR=../shared/data python bench/quality.py tiger:instruments letter:instruments \
+  python -m bench.quality tiger:default letter:default etegrec:default sasrec:default
+  JAXREC_DATA_DIR=../shared/data python -m bench.quality sasrec:instruments --seeds 3
+  JAXREC_DATA_DIR=../shared/data python -m bench.quality tiger:instruments letter:instruments \
       --set train.max_steps=300 --name cpu300
 
-A run is `method:variant` with optional per-run overrides after commas
-(`letter:instruments,tokenizer.letter.alpha=0`); `--set` applies to every run. Each run
-trains in `<workdir>/<method>-<variant>[-<name>]` through `jaxrec.trainer` (a finished run
-is reused, an interrupted one resumes). The table goes to stdout and, with the rows as JSON,
-to `bench/results/quality-<name or platform>.{md,json}`. `--seeds N` runs every row with
+(`python bench/quality.py` works too.) A run is `method:variant` with optional per-run
+overrides after commas (`letter:instruments,tokenizer.letter.alpha=0`); `--set` applies to
+every run. Each run trains in `<workdir>/<method>-<variant>[-<name>]` through
+`jaxrec.pipeline` (a finished run is reused, an interrupted one resumes). The table goes to
+stdout and, with the rows as JSON (and the machine: device, CPU, jax / flax versions), to
+`bench/results/quality-<name or platform>.{md,json}`. `--seeds N` runs every row with
 seeds 0..N-1 (workdirs `...-seed<k>`, so `--seeds 1` now and `--seeds 3` later reuse seed 0)
 and reports each metric's mean +- std (ddof 1; 0 with one seed).
 """
@@ -18,14 +19,16 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import os
 import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:   # run as `python bench/quality.py`: the repository root, as `-m` from it
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # noqa: E402
 
 # Published numbers (R@5, R@10, N@5, N@10), leave-one-out, full ranking, beam 20.
 PUBLISHED = {
@@ -82,27 +85,27 @@ def split_spec(spec: str) -> list:
   return parts + [cur]
 
 
-def run_one(spec: str, common, root: str, name: str, seed=None):
-  from jaxrec import trainer
+def run_one(spec: str, shared, root: str, name: str, seed=None):
+  from jaxrec import pipeline
   from jaxrec.config import get_config
   head, *own = split_spec(spec)
   method, _, variant = head.partition(":")
   cfg = get_config(method, variant or "default")
-  apply_overrides(cfg, list(common) + [parse_override(o) for o in own])
+  apply_overrides(cfg, list(shared) + [parse_override(o) for o in own])
   if seed is not None:
     cfg.seed = seed
   tag = f"{method}-{variant or 'default'}" + (f"-{name}" if name else "") + \
       "".join("-" + "".join(c if c.isalnum() or c in "._" else "_" for c in o) for o in own) + (f"-seed{seed}" if seed is not None else "")
   workdir = os.path.join(root, tag)
   t0 = time.time()
-  results = trainer.train_and_evaluate(cfg, workdir, log=lambda m: print(f"[{tag}] {m}", flush=True))
+  results = pipeline.train_and_evaluate(cfg, workdir, log=lambda m: print(f"[{tag}] {m}", flush=True))
   budget = f"{cfg.train.epochs} epochs"
   if "etegrec" in cfg:
     budget = (f"{cfg.train.epochs} alternating + up to {cfg.etegrec.finetune_epochs} "
               "fine-tuning epochs")
   budget = (f"max_steps {cfg.train.max_steps}" if cfg.train.max_steps else
             budget + " (early stopping)")
-  overrides = [f"{k}={v}" for k, v in common] + own
+  overrides = [f"{k}={v}" for k, v in shared] + own
   key = "tiger-given" if method == "tiger" and cfg.tokenizer.source == "given" else method
   return {"run": spec, "workdir": workdir, "method": method, "variant": variant or "default",
           "dataset": results["dataset"], "overrides": overrides, "budget": budget,
@@ -163,26 +166,19 @@ def main():
                       "the table); a later call with a larger N reuses the finished seeds")
   p.add_argument("--workdir", default="runs/quality")
   p.add_argument("--out", default=None, help="output stem (default bench/results/quality-<name|platform>)")
-  p.add_argument("--cpu_devices", type=int, default=None,
-                 help="CPU: devices to split the host into, as jaxrec's commands (default 2)")
+  common.add_cpu_devices(p)
   args = p.parse_args()
-  import jax
-  from jaxrec.xla import set_cpu_devices
-  set_cpu_devices(args.cpu_devices)
-  common = [parse_override(s) for s in args.set]
+  common.set_cpu_devices(args)
+  shared = [parse_override(s) for s in args.set]
   if args.seeds:
-    rows = [aggregate([run_one(spec, common, args.workdir, args.name, seed)
+    rows = [aggregate([run_one(spec, shared, args.workdir, args.name, seed)
                        for seed in range(args.seeds)]) for spec in args.runs]
   else:
-    rows = [run_one(spec, common, args.workdir, args.name) for spec in args.runs]
+    rows = [run_one(spec, shared, args.workdir, args.name) for spec in args.runs]
   md = table(rows)
   print(md)
-  stem = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                  f"quality-{args.name or jax.devices()[0].platform}")
-  os.makedirs(os.path.dirname(stem), exist_ok=True)
-  with open(stem + ".json", "w") as f:
-    json.dump({"jax": jax.__version__, "device": jax.devices()[0].device_kind, "rows": rows}, f,
-              indent=2)
+  stem = common.result_path(f"quality-{args.name or common.platform()}", args.out)
+  common.write_json(stem + ".json", {"rows": rows})
   with open(stem + ".md", "w") as f:
     f.write(md + "\n")
   print(f"wrote {stem}.md and {stem}.json")

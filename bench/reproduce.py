@@ -2,13 +2,15 @@
 docs/protocols.md) trained to convergence on Instruments, one results table with device,
 time and seeds per row, beside the published numbers.
 
-  JAXREC_DATA_DIR=../shared/data python bench/reproduce.py               # the whole queue
-  JAXREC_DATA_DIR=../shared/data python bench/reproduce.py --epochs 1 --max-steps 20  # a check
+  JAXREC_DATA_DIR=../shared/data python -m bench.reproduce               # the whole queue
+  JAXREC_DATA_DIR=../shared/data python -m bench.reproduce --epochs 1 --max-steps 20  # a check
 
-It runs on whatever device JAX finds (a GPU or TPU when one is there) and is resumable:
-every row trains in its own workdir under --workdir through `bench/quality.py`'s runner (a
-finished run is reused, an interrupted one resumes from its last checkpoint), and the table
-is rewritten after every row, so a killed queue loses at most the row in progress. A budget
+(`python bench/reproduce.py` works too.) It runs on whatever device JAX finds (a GPU or TPU
+when one is there) and is resumable: every row trains in its own workdir under --workdir
+through `bench/quality.py`'s runner (a finished run is reused, an interrupted one resumes
+from its last checkpoint), and the table (and a JSON with the machine: device, CPU, jax /
+flax versions) is rewritten after every row, so a killed queue loses at most the row in
+progress. A budget
 (`--epochs`: a cap on the tokenizer's, the recommender's and the derived SASRec's epochs;
 `--max-steps`: on the recommender's steps) makes the rows budget runs, named so in the
 table and in their workdirs; without one, every row runs its variant's full schedule.
@@ -16,13 +18,14 @@ table and in their workdirs; without one, every row runs its variant's full sche
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import quality  # noqa: E402
+if not __package__:   # run as `python bench/reproduce.py`: the repository root, as `-m` from it
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common, quality  # noqa: E402
 
 QUEUE = (
     "tiger:letter_ids_paper",      # the recommender and decoder on LETTER's published IDs
@@ -60,26 +63,21 @@ def main():
   p.add_argument("--workdir", default="runs/reproduce")
   p.add_argument("--out", default=None,
                  help="output stem (default bench/results/reproduce-<platform>[-budget])")
-  p.add_argument("--cpu_devices", type=int, default=None,
-                 help="CPU: devices to split the host into, as jaxrec's commands (default 2)")
+  common.add_cpu_devices(p)
   args = p.parse_args()
-  import jax
-  from jaxrec.xla import set_cpu_devices
-  set_cpu_devices(args.cpu_devices)
+  common.set_cpu_devices(args)
   budget = "" if not (args.epochs or args.max_steps) else (
       f"budget-e{args.epochs}" + (f"-s{args.max_steps}" if args.max_steps else ""))
-  stem = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                  f"reproduce-{jax.devices()[0].platform}" +
-                                  (f"-{budget}" if budget else ""))
-  os.makedirs(os.path.dirname(stem), exist_ok=True)
+  stem = common.result_path(f"reproduce-{common.platform()}" + (f"-{budget}" if budget else ""),
+                            args.out)
   rows, failed = [], []
   for spec in args.runs:
     head = quality.split_spec(spec)[0]
     method, _, variant = head.partition(":")
-    common = budget_overrides(method, variant, args.epochs, args.max_steps)
+    caps = budget_overrides(method, variant, args.epochs, args.max_steps)
     t0 = time.time()
     try:
-      seeds = [quality.run_one(spec, common, args.workdir, budget, seed)
+      seeds = [quality.run_one(spec, caps, args.workdir, budget, seed)
                for seed in range(args.seeds)]
     except Exception as e:  # noqa: BLE001  (a failed row is reported; the queue goes on)
       failed.append({"run": spec, "error": f"{type(e).__name__}: {e}".splitlines()[0]})
@@ -90,9 +88,7 @@ def main():
       rows.append(row)
     md = (quality.table(rows) if rows else "(no row finished)") + "".join(
         f"\n\nfailed: `{r['run']}`: {r['error']}" for r in failed)
-    with open(stem + ".json", "w") as f:
-      json.dump({"jax": jax.__version__, "device": jax.devices()[0].device_kind,
-                 "budget": budget or "full", "rows": rows, "failed": failed}, f, indent=2)
+    common.write_json(stem + ".json", {"budget": budget or "full", "rows": rows, "failed": failed})
     with open(stem + ".md", "w") as f:
       f.write(md + "\n")
     print(md, flush=True)

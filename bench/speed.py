@@ -1,10 +1,11 @@
 """Speed benchmark: train-step and decoding throughput, FLOP/s, compile times.
 
-  python bench/speed.py                       # TIGER preset, Instruments-sized inputs
-  python bench/speed.py --quick               # a smaller grid (minutes on 2 CPU cores)
+  python -m bench.speed                       # TIGER preset, Instruments-sized inputs
+  python -m bench.speed --quick               # a smaller grid (minutes on 2 CPU cores)
 
-Prints a table and writes JSON (device, jax version, config) to --out. Timings use
-block_until_ready and exclude compilation, which is reported on its own. Histories
+(`python bench/speed.py` works too.) Prints a table and writes JSON (the machine: device,
+CPU, jax / flax versions; the config) to --out, default bench/results/speed-<platform>.json.
+Timings use block_until_ready and exclude compilation, which is reported on its own. Histories
 follow the real Instruments length distribution when $JAXREC_DATA_DIR/instruments is
 present, else the synthetic data set's. The train step's throughput is that of one whole
 shuffled epoch: every history bucket's compiled step is timed (--train_reps times, the
@@ -15,31 +16,31 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
-import json
 import os
-import platform
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+if not __package__:   # run as `python bench/speed.py`: the repository root, as `-m` from it
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
-import tiger  # noqa: E402
+from bench import common  # noqa: E402
 from jaxrec import decode, distributed  # noqa: E402
+from jaxrec.config import get_config  # noqa: E402
 from jaxrec.data import (bucket_lengths, eval_batches, leave_one_out,  # noqa: E402
                          load_dataset, plan_batches, gather_batch)
 from jaxrec.optim import TrainState, make_optimizer  # noqa: E402
 from jaxrec.recommender import steps  # noqa: E402
-from jaxrec.recommender.t5 import T5, model_config  # noqa: E402
+from jaxrec.recommender.t5 import T5  # noqa: E402
+from jaxrec.recommender.t5_layers import model_config  # noqa: E402
 from jaxrec.tokenizer import codes as codes_lib  # noqa: E402
 from jaxrec.tokenizer import train as tok_train  # noqa: E402
 from jaxrec.tokenizer.rqvae import RQVAE, rqvae_config  # noqa: E402
-from jaxrec.xla import (DEFAULT_CPU_DEVICES, compiler_options, jit_init,  # noqa: E402
-                        set_cpu_devices)
+from jaxrec.xla import compiler_options, jit_init  # noqa: E402
 
 
 def _flops(compiled) -> float:
@@ -85,11 +86,11 @@ def random_codes(n_items, levels=3, k=256, seed=0):
 
 def load_inputs(args):
   """Instruments splits when available (real length distribution), else synthetic."""
-  variant = "instruments" if os.path.exists(os.path.join(
-      os.environ.get("JAXREC_DATA_DIR", "../shared/data"), "instruments", "Instruments.inter.json")) else "default"
-  cfg = tiger.get_config("instruments")
+  cfg = get_config("tiger", "instruments")   # its data.dir: $JAXREC_DATA_DIR/instruments
+  variant = ("instruments" if os.path.exists(os.path.join(cfg.data.dir, "Instruments.inter.json"))
+             else "default")
   if variant == "default":
-    cfg.data = tiger.get_config("default").data
+    cfg.data = get_config("tiger", "default").data
   if args.buckets:
     cfg.data.buckets = tuple(args.buckets)
   ds = load_dataset(cfg.data)
@@ -251,7 +252,7 @@ def bench_decode_split(model, params, ds, splits, codes_np, args, buckets):
 
 
 def bench_tokenizer(args, in_dim=32, n_items=9922):
-  tok_cfg = tiger.get_config("instruments").tokenizer
+  tok_cfg = get_config("tiger", "instruments").tokenizer
   arch = rqvae_config(tok_cfg, in_dim)
   model = RQVAE(arch)
   feats = jax.random.normal(jax.random.key(0), (n_items, in_dim))
@@ -279,10 +280,9 @@ def bench_tokenizer(args, in_dim=32, n_items=9922):
 def bench_sasrec(cfg, ds, splits, args):
   """SASRec (configs/sasrec.py:instruments settings, full softmax CE): train windows/s and
   positions/s, and full-ranking evaluation of the whole test split (users/s)."""
-  import sasrec as sasrec_config
   from jaxrec.data import sequence_windows
   from jaxrec.recommender import sasrec
-  scfg = sasrec_config.get_config("instruments")
+  scfg = get_config("sasrec", "instruments")
   buckets = bucket_lengths(cfg.data.buckets, cfg.data.max_len)
   model = sasrec.SASRec(sasrec.model_config(scfg.model, ds.n_items, cfg.data.max_len))
   windows = sequence_windows(ds, cfg.data.max_len)
@@ -368,23 +368,19 @@ def main():
   p.add_argument("--extra_vocab", type=int, default=0, help="model.extra_vocab ('vocab' head)")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                  help="the T5's compute dtype (train.dtype; float32 parameters either way)")
-  p.add_argument("--cpu_devices", type=int, default=None,
-                 help="XLA:CPU devices the batch is split over, as jaxrec's commands "
-                      f"(default {DEFAULT_CPU_DEVICES}, or the environment's)")
-  p.add_argument("--out", default=None)
+  common.add_cpu_devices(p)
+  p.add_argument("--out", default=None, help="default bench/results/speed-<platform>.json")
   args = p.parse_args()
-  set_cpu_devices(args.cpu_devices)
+  common.set_cpu_devices(args)
   if args.quick:
     args.train_steps, args.train_reps, args.decode_reps = 20, 1, 1
     args.beams, args.catalogues = [1, 20], [10_000, 1_000_000]
   cfg, ds, splits, source = load_inputs(args)
   cfg.model.head, cfg.model.extra_vocab = args.head, args.extra_vocab
   codes_np = random_codes(ds.n_items)
-  device = f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform}) x{len(jax.devices())}"
-  result = {"device": device, "host": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "jax": jax.__version__, "dtype": args.dtype, "inputs": source, "items": ds.n_items, "max_len": cfg.data.max_len,
+  result = {"dtype": args.dtype, "inputs": source, "items": ds.n_items, "max_len": cfg.data.max_len,
             "model": cfg.model.to_dict(), "compiler_options": {k: compiler_options(k) for k in ("train", "decode")}}
-  print(f"device {device}, jax {jax.__version__}, inputs {source} ({ds.n_items} items)", flush=True)
+  print(f"{common.machine_line()}; inputs {source} ({ds.n_items} items)", flush=True)
   if "tokenizer" not in args.skip:
     result["tokenizer"] = bench_tokenizer(args)
     r = result["tokenizer"]
@@ -426,12 +422,7 @@ def main():
   if "grid" not in args.skip:
     result["decode_grid"] = bench_decode(model, params, ds, splits, codes_np, args, args.beams,
                                          args.catalogues, args.grid_history)
-  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                 f"speed-{jax.devices()[0].platform}.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
-  print(f"wrote {out}")
+  print(f"wrote {common.write_json(common.result_path(f'speed-{common.platform()}.json', args.out), result)}")
 
 
 if __name__ == "__main__":

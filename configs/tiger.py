@@ -43,7 +43,7 @@ def data_config(variant: str) -> ml_collections.ConfigDict:
   d.name = ""                      # file name stem, e.g. Instruments
   d.features = ("content",)        # item feature matrices to load (<name>.<feature>.npy;
                                    # synthetic: which of content / cf to keep): a needed
-                                   # `cf` or `text` left out is derived (jaxrec/features.py)
+                                   # `cf` or `text` left out is derived (jaxrec/pipeline.py)
   d.index = False                  # also read <name>.index.json as given codes
   d.min_len = 3                    # users need valid + test targets with a history
   d.short_users = "drop"           # drop (with a counted warning) | error
@@ -61,9 +61,8 @@ def data_config(variant: str) -> ml_collections.ConfigDict:
     d.name = "Instruments"
     d.features = ("sasrec32",)
     d.index = variant == "letter_ids"
-    # 4 % padded tokens on this set's lengths (12 % with (2, 4, 6, 8, 12, 16, 20), the
-    # buckets before 2026-11-30, 32 % with 4): a train epoch 4.4 % faster on the 2-core CPU
-    # (bench/README.md), 14 compiled shapes
+    # fine buckets: little padding on this set's short histories, 14 compiled shapes
+    # (the padding against the compile cost: bench/README.md)
     d.buckets = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 18, 20)
   if variant == "scientific":
     d.source = "letter"
@@ -217,7 +216,7 @@ def train_config(variant: str) -> ml_collections.ConfigDict:
 
 
 def embed_config(variant: str) -> ml_collections.ConfigDict:
-  """Item text -> the `text` feature (python -m jaxrec.embed; jaxrec/features.py)."""
+  """Item text -> the `text` feature (python -m jaxrec.embed; jaxrec/text/embedding.py)."""
   e = ml_collections.ConfigDict()
   e.model = ""                     # a local sentence-transformers folder: embed in-run if set
   e.fields = ("title", "brand", "categories", "description")  # joined by "; " when non-empty
@@ -260,7 +259,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   cfg.model = model_config(base)
   cfg.train = train_config(base)
   # A missing `cf` feature (tokenizer.feature='cf' or LETTER's cf_feature) is derived by
-  # training this SASRec on the interactions first (jaxrec/features.py).
+  # training this SASRec on the interactions first (jaxrec/pipeline.py).
   cfg.embed = embed_config(variant)
   sasrec = load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "sasrec.py"))
   cfg.cf = sasrec.cf_config(variant if variant == "tiny" else "default", d=cfg.tokenizer.code_dim)

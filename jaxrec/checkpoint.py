@@ -54,10 +54,6 @@ def _is_key(x):
   return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-class CheckpointError(RuntimeError):
-  """No usable checkpoint where one is needed; the message names the directory and the fix."""
-
-
 class Checkpoints:
   """One directory of numbered checkpoints (`max_to_keep` newest kept). `partial` lists the
   saves an interruption left unfinished (orbax's `*tmp*` folders), removed on opening."""

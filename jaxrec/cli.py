@@ -14,15 +14,13 @@ import traceback
 
 from absl import app, flags, logging
 
+from jaxrec import distributed
+from jaxrec.config import load_config_module
+from jaxrec.errors import JaxrecError
+from jaxrec.xla import enable_compile_cache, set_cpu_devices
 
-def _expected():
-  from jaxrec.checkpoint import CheckpointError
-  from jaxrec.config import ConfigError
-  from jaxrec.data.dataset import DataError
-  from jaxrec.text.bert import ModelFolderError
-  from jaxrec.trainer import ConfigMismatchError
-  return (DataError, ConfigError, ConfigMismatchError, FloatingPointError, ModelFolderError,
-          CheckpointError)
+# what a command reports in one line: jaxrec's own failures and a non-finite loss
+EXPECTED = (JaxrecError, FloatingPointError)
 
 
 def fail(message: str, code: int = 2):
@@ -68,7 +66,6 @@ def parse_flags(argv):
   except Exception as e:                               # noqa: BLE001 - reported in one line
     spec = _config_arg(argv[1:])
     if spec is not None:
-      from jaxrec.config import load_config_module
       path, _, variant = spec.partition(":")
       if not os.path.exists(path):
         fail(f"--config={spec}: no such config file {path!r}")
@@ -100,8 +97,6 @@ def _initialize_devices():
   the multi-controller runtime of a multi-process run."""
   if "num_processes" not in flags.FLAGS:
     return
-  from jaxrec import distributed
-  from jaxrec.xla import set_cpu_devices
   f = flags.FLAGS
   set_cpu_devices(f.cpu_devices)
   try:
@@ -117,11 +112,10 @@ def guarded(main):
   def wrapper(argv):
     logging.set_verbosity(logging.WARNING)         # not jax's backend probing at INFO
     _initialize_devices()
-    from jaxrec.xla import enable_compile_cache
     enable_compile_cache()
     try:
       return main(argv)
-    except _expected() as e:
+    except EXPECTED as e:
       fail(str(e))
     except (KeyboardInterrupt, SystemExit):
       raise

@@ -6,9 +6,8 @@ import os
 
 import ml_collections
 
-class ConfigError(ValueError):
-  """A config value is invalid or inconsistent with the data; the message names the key and
-  the fix."""
+from jaxrec.errors import ConfigError
+
 
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,13 +193,13 @@ DOMAINS = {
     ("train", "max_steps"): _int_at_least(0),
 }
 SELECTION_K = 10          # checkpoints are selected by valid NDCG@10
-# methods whose recommender is the plain code loss (ETEGRec's and SIIT's extra terms are
-# written on per-level logits)
-VOCAB_HEAD_METHODS = ("tiger", "letter", "simcit")
 
 
-def config_problems(cfg: ml_collections.ConfigDict) -> list[str]:
-  """Every out-of-domain value of `cfg`, one line each (empty when valid)."""
+def config_problems(cfg: ml_collections.ConfigDict, kind: str = "codes",
+                    heads: tuple = ("level", "vocab")) -> list[str]:
+  """Every out-of-domain value of `cfg`, one line each (empty when valid), for a method of
+  `kind` ("codes": semantic IDs, "items": a model over item ids) whose recommender has the
+  output `heads` (the method declares both, `methods.base.Method`)."""
   problems = []
   for (section, key), (ok, want) in DOMAINS.items():
     node = cfg.get(section)
@@ -220,7 +219,7 @@ def config_problems(cfg: ml_collections.ConfigDict) -> list[str]:
       problems.append(f"tokenizer.modes={modes!r}: {bad[0]!r} is not one of 'hard', "
                       "'gumbel', 'sinkhorn'")
   tr = cfg.get("train")
-  generative = cfg.get("method") not in ("sasrec",)
+  generative = kind == "codes"
   if (generative and tr is not None and isinstance(tr.get("beam"), int)
       and 1 <= tr.beam < SELECTION_K):
     problems.append(f"train.beam={tr.beam}: the beam must be >= {SELECTION_K} (checkpoints are "
@@ -230,18 +229,26 @@ def config_problems(cfg: ml_collections.ConfigDict) -> list[str]:
     problems.append(f"train.dtype={tr.dtype!r}: {cfg.method} computes in float32 only "
                     "(the T5 of the generative methods has the bfloat16 option)")
   m = cfg.get("model")
-  if m is not None and m.get("head") == "vocab" and cfg.get("method") not in VOCAB_HEAD_METHODS:
+  if m is not None and m.get("head") == "vocab" and "vocab" not in heads:
     problems.append(f"model.head='vocab': {cfg.method} has no such head (LETTER-TIGER's "
-                    f"protocol; methods {', '.join(VOCAB_HEAD_METHODS)})")
+                    "protocol; its losses are written on per-level logits)")
   if not generative and tr is not None and tr.get("select") == "loss":
     problems.append(f"train.select='loss': {cfg.method} has no teacher-forced code loss to "
                     "select by; use train.select='ndcg@10'")
   return problems
 
 
-def validate_config(cfg: ml_collections.ConfigDict) -> None:
+def validate_config(cfg: ml_collections.ConfigDict, kind: str = "codes",
+                    heads: tuple = ("level", "vocab")) -> None:
   """Raises one ConfigError listing every problem of `config_problems`."""
-  problems = config_problems(cfg)
+  problems = config_problems(cfg, kind, heads)
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems) if len(problems) > 1
                       else problems[0])
+
+
+def cache_root(cfg) -> str:
+  """Where derived data (text embeddings, `cf` runs) is cached: cf.cache_dir, else
+  $JAXREC_CACHE_DIR, else ~/.cache/jaxrec."""
+  return os.path.expanduser(cfg.cf.cache_dir or os.environ.get("JAXREC_CACHE_DIR", "")
+                            or "~/.cache/jaxrec")

@@ -6,7 +6,7 @@ command. `initialize` starts `jax.distributed` when the run is multi-process: by
 `jaxrec.evaluate`, or detected from the environment (TPU pods, SLURM, Open MPI: JAX's own
 cluster detection); with neither it does nothing and the run is the single-process one.
 
-What changes with several processes (`jaxrec/trainer.py`):
+What changes with several processes (`jaxrec/pipeline.py`, `jaxrec/training/`):
 - one global 1-D data-parallel mesh over every process's devices, each process's devices
   contiguous in it;
 - every process plans the same global batches (same order, same padding) and gathers only

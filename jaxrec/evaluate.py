@@ -5,7 +5,13 @@ import os
 
 from absl import flags
 
-from jaxrec import cli
+from jaxrec import cli, distributed
+from jaxrec.checkpoint import write_atomic
+from jaxrec.config import config_from_json
+from jaxrec.pipeline import setup
+from jaxrec.training.checkpointing import restore_best
+from jaxrec.training.evaluation import evaluate_split, popularity_baseline
+from jaxrec.training.run import set_codes
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by jaxrec.train.", required=True)
 _SPLITS = flags.DEFINE_list("splits", ["valid", "test"], "Splits to evaluate.")
@@ -14,9 +20,6 @@ cli.define_distributed_flags()
 
 def main(argv):
   del argv
-  from jaxrec import distributed
-  from jaxrec.config import config_from_json
-  from jaxrec.trainer import evaluate_split, popularity_baseline, restore_best, set_codes, setup
   workdir = _WORKDIR.value
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
@@ -44,7 +47,6 @@ def main(argv):
     m = out[split]
     print(f"{split}: " + ", ".join(f"{k} {m[k]:.4f}" for k in sorted(m) if "@" in k) +
           f" ({m['users']} users, {m['decode_s']}s)")
-  from jaxrec.checkpoint import write_atomic
   write_atomic(os.path.join(workdir, "eval.json"), json.dumps(out, indent=2))
 
 

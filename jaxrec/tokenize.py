@@ -11,7 +11,11 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxrec import cli
-from jaxrec.config import default_config_path
+from jaxrec.config import default_config_path, validate_config
+from jaxrec.data import load_dataset
+from jaxrec.methods import code_table, get_method
+from jaxrec.pipeline import ensure_features
+from jaxrec.tokenizer.build import write_outputs
 
 _CONFIG = config_flags.DEFINE_config_file("config", default_config_path(), "Config file[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/tokenize", "Output directory.")
@@ -19,7 +23,6 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdir/tokenize", "Output directory.
 
 def main(argv):
   del argv
-  from jaxrec.tokenizer.build import write_outputs
   cfg, workdir = _CONFIG.value, _WORKDIR.value
   table, ds = _tokenize(cfg, workdir)
   index_path = write_outputs(table, workdir, ds, f"{cfg.method} on {ds.name}")
@@ -34,12 +37,8 @@ def main(argv):
 
 
 def _tokenize(cfg, workdir):
-  from jaxrec.config import validate_config
-  from jaxrec.data import load_dataset
-  from jaxrec.features import ensure_features
-  validate_config(cfg)
-  from jaxrec.methods import build_code_table, get_method
   method = get_method(cfg.method)
+  validate_config(cfg, method.kind, method.heads)
   ds = ensure_features(cfg, load_dataset(cfg.data), method, log=print)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "tokenizer_log.jsonl"), "a") as logf:
@@ -47,7 +46,7 @@ def _tokenize(cfg, workdir):
       print(json.dumps(record), flush=True)
       logf.write(json.dumps(record) + "\n")
       logf.flush()
-    table, _ = build_code_table(cfg, ds, method, workdir, log)
+    table, _ = code_table(cfg, ds, method, workdir, log)
   return table, ds
 
 

@@ -32,8 +32,7 @@ def compiler_options(kind: str = "train") -> dict:
 def jit_init(module, rngs, *args, **static):
   """`module.init(rngs, *args, **static)` compiled as one program (`static`: Python values
   such as `train=False`). Eager `init` dispatches every initialiser op on its own, each
-  compiled on first use: 15 of a tiny CPU run's 57 s went to the tokenizer's and the T5's
-  inits, against 5 for the two compiled ones (with the same parameter values)."""
+  compiled on first use: one program compiles far faster, with the same parameter values."""
   return jax.jit(functools.partial(module.init, **static))(rngs, *args)
 
 
@@ -70,14 +69,13 @@ def set_cpu_devices(n: int | None = None) -> int | None:
   must come before any JAX operation; only the CPU backend is affected (a GPU or TPU run
   keeps its devices).
 
-  A run is data parallel over the mesh of every device (`trainer.make_mesh`), so on CPU each
-  device takes its share of every batch. XLA:CPU runs a program's small batched dots (the
-  attention's per-head products) and much element-wise work on one thread; two devices run
-  two halves of the batch side by side and fill the idle core. On the 2-core dev CPU
-  (bench/README.md, 2026-11-30 evening): the Instruments test split decodes 13-16 % faster,
-  a training epoch runs 11 % faster (8-25 % from 4-item histories up, 18 % slower at one
-  item); 4 devices were slower than 2. The results are one device's up to the rounding of
-  the sums across devices (the gradient, the metric totals); decoded items are the same.
+  A run is data parallel over the mesh of every device (`training.run.make_mesh`), so on
+  CPU each device takes its share of every batch. XLA:CPU runs a program's small batched
+  dots (the attention's per-head products) and much element-wise work on one thread; two
+  devices run two halves of the batch side by side and fill the idle core (the measured
+  gain per history length: bench/README.md). The results are one device's up to the
+  rounding of the sums across devices (the gradient, the metric totals); decoded items are
+  the same.
   Batch sizes must be divisible by the count; SimCIT's 'local' negatives are per device.
 
   One caution for code of your own on several CPU devices: XLA:CPU (jax 0.10) deadlocks

@@ -1,14 +1,16 @@
 """bench/quality.py: overrides reach the config with its types; the table shows published rows.
-bench/speed.py: an epoch's throughput from per-bucket step times."""
+bench/speed.py: an epoch's throughput from per-bucket step times. bench/README.md: every
+result file it cites exists (or is cited from git history)."""
+import glob
 import os
-import sys
+import re
+import shutil
+import subprocess
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
-import quality  # noqa: E402
-import speed  # noqa: E402
-from jaxrec.config import get_config  # noqa: E402
+from bench import code_nmi, common, quality, reproduce, speed   # (pytest's pythonpath: the root)
+from jaxrec.config import get_config
 
 
 def test_overrides_parse_and_apply():
@@ -58,8 +60,6 @@ def test_reproduce_queue_budget_caps_every_schedule():
   """bench/reproduce.py: the queue names each method's paper variant; a budget caps the
   recommender's, the tokenizer's, the derived SASRec's and ETEGRec's fine-tuning epochs
   (never raising them) and the recommender's steps; no budget, no override."""
-  import reproduce
-  from jaxrec.config import get_config
   for spec in reproduce.QUEUE:
     method, variant = spec.split(":")
     assert variant.endswith("_paper") and get_config(method, variant).variant == variant
@@ -75,7 +75,6 @@ def test_code_nmi_known_answers():
   """bench/code_nmi.py's NMI: 1 for a relabelled copy, 0 for independent labelings,
   sqrt(H(a) / H(b)) = sqrt(2 / 3) when b splits each of a's 4 classes into two equal halves."""
   import numpy as np
-  import code_nmi
   a = np.repeat(np.arange(4), 6)
   assert code_nmi.nmi(a, (a * 7 + 3) % 4) == pytest.approx(1.0)
   assert code_nmi.nmi(a, np.tile(np.arange(6), 4)) == pytest.approx(0.0, abs=1e-12)
@@ -94,3 +93,61 @@ def test_epoch_totals_price_every_planned_batch_at_its_bucket():
   assert sorted(b for b, _ in plan) == [2, 2, 2, 4, 4]
   real, seconds, flops = speed.epoch_totals(plan, {2: 0.5, 4: 2.0}, {2: 10.0, 4: 30.0})
   assert (real, seconds, flops) == (8.0, 3 * 0.5 + 2 * 2.0, 3 * 10.0 + 2 * 30.0)
+
+
+# `bench/results/...` in backquotes or plain text; `git show <commit>:bench/results/...` apart.
+_CITED = re.compile(r"(git show ([0-9a-f]{7,40}):)?"
+                    r"(bench/results/(?:\{[^{}\s`]*\}|[^\s`'\"()\[\],;{}])*)")
+
+
+def _expand_braces(path):
+  m = re.search(r"\{([^{}]*)\}", path)
+  if not m:
+    return [path]
+  return [q for alt in m.group(1).split(",")
+          for q in _expand_braces(path[:m.start()] + alt + path[m.end():])]
+
+
+def cited_results(text):
+  """(commit or None, path) of every bench/results path a text names (trailing '.' of a
+  sentence dropped; templates such as `<platform>` skipped)."""
+  out = []
+  for m in _CITED.finditer(text):
+    path = m.group(3).rstrip(".:")
+    if path.rstrip("/") != "bench/results" and "<" not in path:
+      out.append((m.group(2), path))
+  return out
+
+
+def missing_results(text, root=common.ROOT):
+  """Cited working-tree paths with no file: a path may be a glob, `{a,b}` alternatives, or a
+  `quality.py --out` stem (its .md and .json)."""
+  missing = []
+  for commit, path in cited_results(text):
+    if commit:
+      continue
+    for p in _expand_braces(path):
+      if not any(glob.glob(os.path.join(root, q)) for q in (p, p + ".md", p + ".json")):
+        missing.append(p)
+  return missing
+
+
+def test_bench_readme_cites_only_existing_results():
+  with open(os.path.join(common.ROOT, "bench", "README.md")) as f:
+    text = f.read()
+  cited = cited_results(text)
+  assert len(cited) > 20
+  assert missing_results(text) == []
+  assert missing_results("`bench/results/nope-{a,b}.json`") == ["bench/results/nope-a.json",
+                                                                 "bench/results/nope-b.json"]
+  # Files cited from git history: each in its commit, where the history is there to ask.
+  for commit, path in cited:
+    if commit is None or shutil.which("git") is None:
+      continue
+    have = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=common.ROOT,
+                          capture_output=True)
+    if have.returncode:   # not a git checkout, or a shallow one without that commit
+      continue
+    found = subprocess.run(["git", "cat-file", "-e", f"{commit}:{path}"], cwd=common.ROOT,
+                           capture_output=True)
+    assert found.returncode == 0, f"git show {commit}:{path}"

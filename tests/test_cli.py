@@ -9,6 +9,7 @@ import tiger
 from jaxrec import cli
 from jaxrec.config import ConfigError, config_problems, get_config, validate_config
 from jaxrec.data import DataError, load_dataset
+from jaxrec.methods import get_method
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,7 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("method", ["tiger", "letter", "etegrec", "sasrec", "simcit", "siit"])
 @pytest.mark.parametrize("variant", ["default", "tiny"])
 def test_shipped_configs_are_valid(method, variant):
-  assert config_problems(get_config(method, variant)) == []
+  m = get_method(method)
+  assert config_problems(get_config(method, variant), m.kind, m.heads) == []
 
 
 @pytest.mark.parametrize("key,value,first_line", [

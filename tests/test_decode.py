@@ -11,7 +11,8 @@ import pytest
 
 from jaxrec import decode
 from jaxrec.recommender import steps
-from jaxrec.recommender.t5 import T5, T5Config
+from jaxrec.recommender.t5 import T5
+from jaxrec.recommender.t5_layers import T5Config
 from jaxrec.xla import jit_init
 
 K, C = 4, 3
@@ -159,7 +160,7 @@ def test_beam_scores_equal_teacher_forced_log_probs(cfg):
   model, params, codes, tok, m = _tiny_model(cfg)
   users = jnp.arange(5)
   for beam in (8, 1):
-    items, scores = decode.generate(params, tok, m, users, decode.prefix_tables(codes),
+    items, scores = steps.generate(params, tok, m, users, decode.prefix_tables(codes),
                                     model=model, beam=beam)
     assert (np.asarray(items) >= 0).all()
     for b in range(5):
@@ -183,7 +184,7 @@ def test_vocab_head_ranks_every_item_by_its_full_score():
   params = jit_init(model, jax.random.key(3), tok, m, jnp.arange(1), dec_in)
   # scale up the EOS row so that its term reorders the items
   params["params"]["embed"] = params["params"]["embed"].at[TINY_VOCAB.eos].mul(4.0)
-  items, scores = decode.generate(params, tok, m, jnp.arange(1), decode.prefix_tables(codes),
+  items, scores = steps.generate(params, tok, m, jnp.arange(1), decode.prefix_tables(codes),
                                   model=model, beam=30)
   terms = _teacher_forced_scores(model, params, codes, tok, m, jnp.arange(1), 0, np.arange(30),
                                  positions=True)
@@ -235,7 +236,7 @@ def test_absorbed_cross_attention_equals_the_cached_form():
   """The teacher-forced cross-attention (key/value projections moved to the query side)
   equals attention over projected keys/values: values and every gradient, in training
   (the same dropout masks) and in evaluation; `matmul`'s weight gradient is autodiff's."""
-  from jaxrec.recommender import t5 as t5lib
+  from jaxrec.recommender import t5_layers as t5lib
   cfg = dataclasses.replace(TINY, dropout=0.3)
   attn = t5lib.Attention(cfg)
   rng = np.random.default_rng(0)

@@ -4,7 +4,7 @@ folders and missing text, and `tokenizer.feature="text"` training TIGER in one c
 
 The tests write a tiny random BERT folder (safetensors weights, a WordPiece tokenizer via
 `tokenizers`); CI has neither torch nor a real model. Parity with sentence-transformers on
-the real all-MiniLM-L6-v2 is bench/embed_parity.py."""
+the real all-MiniLM-L6-v2 is bench/experiments/embed_parity.py."""
 import json
 import os
 
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import tiger
-from jaxrec import embed, trainer
+from jaxrec import pipeline
+from jaxrec.text import embedding as embed
 from jaxrec.config import ConfigError
 from jaxrec.data import DataError
 from jaxrec.data.synthetic import SyntheticSpec, generate
@@ -193,11 +194,11 @@ def test_text_feature_trains_tiger_in_one_command(tmp_path, model_dir):
   name = text_data(data)
   cfg = text_config(data, name, out)
   with pytest.raises(ConfigError, match="'text' of data set 'Toy' is not embedded yet"):
-    trainer.train_and_evaluate(cfg, str(tmp_path / "w0"), log=lambda m: None)
+    pipeline.train_and_evaluate(cfg, str(tmp_path / "w0"), log=lambda m: None)
   assert not os.path.exists(os.path.join(out, "Toy.text.npy"))
   cfg = text_config(data, name, out, model=model_dir[0])
   logs = []
-  res = trainer.train_and_evaluate(cfg, str(tmp_path / "w1"), log=logs.append)
+  res = pipeline.train_and_evaluate(cfg, str(tmp_path / "w1"), log=logs.append)
   assert any(l.startswith("embedded 120 items") for l in logs)
   feats = np.load(os.path.join(out, "Toy.text.npy"))
   meta = json.load(open(os.path.join(out, "Toy.text.json")))
@@ -206,7 +207,7 @@ def test_text_feature_trains_tiger_in_one_command(tmp_path, model_dir):
   # a second run reads the file; changed text is refused with the file named
   cfg2 = text_config(data, name, out)
   from jaxrec.data import load_dataset
-  from jaxrec.features import text_embeddings
+  from jaxrec.text.embedding import text_embeddings
   ds = load_dataset(cfg2.data)
   np.testing.assert_array_equal(text_embeddings(cfg2, ds, log=lambda m: None), feats)
   cfg2.embed.fields = ("title",)

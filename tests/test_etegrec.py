@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 import etegrec as etegrec_configs
-from jaxrec import decode, trainer
+from jaxrec import decode, pipeline
+from jaxrec.training import loop
+from jaxrec.training.run import set_codes
 from jaxrec.data import BatchIterator
 from jaxrec.methods import etegrec
 
@@ -64,7 +66,7 @@ def test_unique_targets_marks_first_real_occurrence():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   cfg = etegrec_configs.get_config("tiny")
-  run = trainer.setup(cfg, str(tmp_path_factory.mktemp("ete")), log=lambda m: None)
+  run = pipeline.setup(cfg, str(tmp_path_factory.mktemp("ete")), log=lambda m: None)
   it = BatchIterator(run.dataset, run.splits["train"], cfg.train.batch_size, run.buckets,
                      shuffle=True, seed=0)
   plan = etegrec.training_plan(run, jax.random.key(1), len(it))
@@ -115,18 +117,18 @@ def test_recode_rebuilds_tables_and_decoding_stays_valid(tiny_run):
   chex.assert_trees_all_close(float(changed), frac, rtol=1e-6)
   assert frac > 0.5
   assert len(np.unique(codes, axis=0)) == len(codes)          # the collision level holds
-  trainer.set_codes(run, jnp.asarray(codes))
+  set_codes(run, jnp.asarray(codes))
   ref = decode.prefix_tables(codes)
   chex.assert_trees_all_equal(jax.device_get(run.tables), jax.device_get(ref))
   _, items = run.eval_fn(plan.rec_params(plan.state), batch, run.codes, run.tables)
   items = np.asarray(items)
   assert ((items >= 0) & (items < run.dataset.n_items)).all()
   assert all(len(set(row)) == len(row) for row in items)
-  trainer.set_codes(run, jnp.asarray(old))
+  set_codes(run, jnp.asarray(old))
 
 
 def _run(workdir, log=lambda m: None):
-  return trainer.train_and_evaluate(etegrec_configs.get_config("tiny"), workdir, log=log)
+  return pipeline.train_and_evaluate(etegrec_configs.get_config("tiny"), workdir, log=log)
 
 
 def test_resume_mid_cycle_equals_uninterrupted(tmp_path, monkeypatch):
@@ -139,17 +141,17 @@ def test_resume_mid_cycle_equals_uninterrupted(tmp_path, monkeypatch):
   assert os.path.exists(os.path.join(full_dir, "codes_final.npz"))
 
   workdir = str(tmp_path / "resumed")
-  real = trainer._check_and_log
+  real = loop.check_and_log
 
   def crash(pending, *a, **k):
     if pending[0] == 45:  # inside epoch 3, the second cycle's tokenizer epoch; resumes at 40
       raise KeyboardInterrupt("simulated kill")
     return real(pending, *a, **k)
 
-  monkeypatch.setattr(trainer, "_check_and_log", crash)
+  monkeypatch.setattr(loop, "check_and_log", crash)
   with pytest.raises(KeyboardInterrupt):
     _run(workdir)
-  monkeypatch.setattr(trainer, "_check_and_log", real)
+  monkeypatch.setattr(loop, "check_and_log", real)
   logs = []
   resumed = _run(workdir, logs.append)
   assert any("resumed from" in l and "step 40" in l for l in logs), logs

@@ -11,11 +11,12 @@ import optax
 import pytest
 
 import letter as letter_configs
-from jaxrec import trainer
+from jaxrec import pipeline
 from jaxrec.data import load_dataset
 from jaxrec.methods import letter
 from jaxrec.recommender.steps import code_loss
 from jaxrec.tokenizer.build import assign_catalogue
+from jaxrec.tokenizer.train import encode_catalogue
 from jaxrec.tokenizer.kmeans import balanced_kmeans
 from jaxrec.tokenizer.rqvae import RQVAE, rqvae_config
 from jaxrec.tokenizer.train import kmeans_init
@@ -144,7 +145,10 @@ def test_sinkhorn_reassignment_reduces_collisions_on_duplicates(tiny_tokenizer):
   base = np.asarray(ds.features["content"][:30])
   noise = 1e-4 * np.random.default_rng(0).normal(size=(120, base.shape[1]))
   feats = (np.repeat(base, 4, axis=0) + noise).astype(np.float32)
-  table = assign_catalogue(cfg.tokenizer, model, params, feats, "fp", {})
+  enc = encode_catalogue(params, jnp.asarray(feats), model=model)
+  last = model.cfg.levels - 1
+  table = assign_catalogue(cfg.tokenizer, enc["codes_NxC"], enc["residuals_NxCxD"][:, last],
+                           params["params"]["codebooks"][last], "fp", {})
   before, after = table.stats["before_resolution"], table.stats["after_sinkhorn"]
   assert before["colliding_items"] >= 90, before
   assert after["colliding_items"] < before["colliding_items"] // 2, after
@@ -164,7 +168,7 @@ def test_cf_width_must_match_code_width():
 def test_letter_tiny_trains_and_decodes(tmp_path):
   cfg = letter_configs.get_config("tiny")
   workdir = str(tmp_path / "letter")
-  results = trainer.train_and_evaluate(cfg, workdir, log=lambda m: None)
+  results = pipeline.train_and_evaluate(cfg, workdir, log=lambda m: None)
   hist = results["tokenizer"]["history"]
   assert np.isfinite(hist["cf"]) and np.isfinite(hist["div"]), hist
   assert results["tokenizer"]["final"]["colliding_items"] == 0

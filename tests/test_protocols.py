@@ -11,7 +11,8 @@ import pytest
 
 from jaxrec.optim import TrainState, optimizer_and_schedule
 from jaxrec.recommender import steps
-from jaxrec.recommender.t5 import T5, T5Config
+from jaxrec.recommender.t5 import T5
+from jaxrec.recommender.t5_layers import T5Config
 from jaxrec.xla import jit_init
 
 TINY = T5Config(level_sizes=(6, 5, 4), d_model=16, d_ff=32, heads=2, head_dim=8, enc_layers=1,
@@ -142,13 +143,13 @@ def test_loss_selection_keeps_the_lowest_valid_loss(tmp_path):
   import json
   import os
   import tiger
-  from jaxrec import trainer
+  from jaxrec import pipeline
   from jaxrec.config import ConfigError
   cfg = tiger.get_config("tiny")
   cfg.train.select = "loss"
   cfg.train.epochs = 3
   cfg.model.head, cfg.model.extra_vocab = "vocab", 7
-  res = trainer.train_and_evaluate(cfg, str(tmp_path / "w"), log=lambda m: None)
+  res = pipeline.train_and_evaluate(cfg, str(tmp_path / "w"), log=lambda m: None)
   evals = [json.loads(l) for l in open(tmp_path / "w" / "metrics.jsonl") if '"valid"' in l]
   assert len(evals) == 3 and all("valid_loss" in r and "ndcg@10" not in r for r in evals)
   best = min(evals, key=lambda r: r["valid_loss"])
@@ -158,13 +159,13 @@ def test_loss_selection_keeps_the_lowest_valid_loss(tmp_path):
   scfg = sasrec.get_config("tiny")
   scfg.train.select = "loss"
   with pytest.raises(ConfigError, match="train.select='loss'"):
-    trainer.train_and_evaluate(scfg, str(tmp_path / "s"), log=lambda m: None)
+    pipeline.train_and_evaluate(scfg, str(tmp_path / "s"), log=lambda m: None)
   assert not os.path.exists(tmp_path / "s" / "checkpoints" / "best")
   import etegrec
   ecfg = etegrec.get_config("tiny")
   ecfg.model.head = "vocab"
   with pytest.raises(ConfigError, match="model.head='vocab': etegrec"):
-    trainer.train_and_evaluate(ecfg, str(tmp_path / "e"), log=lambda m: None)
+    pipeline.train_and_evaluate(ecfg, str(tmp_path / "e"), log=lambda m: None)
 
 
 def test_matrices_decay_rule_spares_norms_and_relative_bias():
@@ -254,7 +255,7 @@ def test_bfloat16_compute_tracks_float32():
                if jnp.issubdtype(x.dtype, jnp.floating))
     losses[dtype] = seen
     tables = decode.prefix_tables(np.asarray(codes))
-    items, scores = decode.generate(params, *inputs[:3], tables, model=model, beam=10)
+    items, scores = steps.generate(params, *inputs[:3], tables, model=model, beam=10)
     losses[dtype + "_scores"] = np.asarray(scores)
   np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.02)
   assert losses["bfloat16"] != losses["float32"]                  # (it did compute in bf16)

@@ -15,7 +15,8 @@ import etegrec
 import letter
 import sasrec as sasrec_config
 import simcit
-from jaxrec import features, metrics, trainer
+from jaxrec import metrics, pipeline
+from jaxrec.checkpoint import Checkpoints
 from jaxrec.config import ConfigError
 from jaxrec.data import from_sequences, leave_one_out, load_dataset, sequence_windows
 from jaxrec.data.synthetic import SyntheticSpec, generate
@@ -146,18 +147,18 @@ def test_bad_settings_are_refused_before_training(tmp_path):
   cfg.model.loss = "sampled"
   cfg.model.negatives = 500                      # the tiny catalogue has 120 items
   with pytest.raises(ConfigError, match="negatives=500"):
-    trainer.train_and_evaluate(cfg, str(tmp_path / "a"), log=lambda m: None)
+    pipeline.train_and_evaluate(cfg, str(tmp_path / "a"), log=lambda m: None)
   cfg = sasrec_config.get_config("tiny")
   cfg.model.heads = 3                            # d = 16
   with pytest.raises(ConfigError, match="divisible by heads"):
-    trainer.train_and_evaluate(cfg, str(tmp_path / "b"), log=lambda m: None)
+    pipeline.train_and_evaluate(cfg, str(tmp_path / "b"), log=lambda m: None)
   assert not os.path.exists(tmp_path / "b" / "checkpoints")
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("sasrec"))
-  results = trainer.train_and_evaluate(sasrec_config.get_config("tiny"), workdir,
+  results = pipeline.train_and_evaluate(sasrec_config.get_config("tiny"), workdir,
                                        log=lambda m: None)
   return workdir, results
 
@@ -171,7 +172,7 @@ def test_tiny_run_learns_and_exports_its_item_table(tiny_run):
             if '"loss"' in l]
   assert losses[-1] < losses[0]
   exported = np.load(os.path.join(workdir, "synthetic.sasrec16.npy"))
-  best = trainer.Checkpoints(os.path.join(workdir, "checkpoints", "best")).restore(None)[1]
+  best = Checkpoints(os.path.join(workdir, "checkpoints", "best")).restore(None)[1]
   np.testing.assert_array_equal(exported, np.asarray(best["params"]["params"]["item_embed"]["embedding"]))
   assert exported.shape == (120, 16) and exported.dtype == np.float32
 
@@ -204,7 +205,7 @@ def test_letter_and_etegrec_run_on_interactions_only(tmp_path):
   cfg = _interactions_only(letter.get_config("tiny"), data, cache)
   assert cfg.tokenizer.letter.cf_feature == "cf" and cfg.cf.model.d == cfg.tokenizer.code_dim
   logs = []
-  res = trainer.train_and_evaluate(cfg, str(tmp_path / "letter"), log=logs.append)
+  res = pipeline.train_and_evaluate(cfg, str(tmp_path / "letter"), log=logs.append)
   assert any("training SASRec" in l for l in logs), logs[:5]
   assert any("[cf sasrec] epoch" in l and "valid" in l for l in logs)
   assert res["dataset"] == "toy" and 0 <= res["test"]["recall@10"] <= 1
@@ -214,7 +215,7 @@ def test_letter_and_etegrec_run_on_interactions_only(tmp_path):
   cfg = _interactions_only(etegrec.get_config("tiny"), data, cache)
   cfg.etegrec.finetune_epochs = 1
   logs = []
-  res = trainer.train_and_evaluate(cfg, str(tmp_path / "etegrec"), log=logs.append)
+  res = pipeline.train_and_evaluate(cfg, str(tmp_path / "etegrec"), log=logs.append)
   assert any("cf: reusing" in l for l in logs) and not any("training SASRec" in l for l in logs)
   assert os.listdir(cache) == derived
   assert np.isfinite(res["test"]["ndcg@10"])
@@ -231,12 +232,12 @@ def test_synthetic_data_loads_only_the_asked_features_and_derives_cf(monkeypatch
   chex.assert_trees_all_equal(ds.features["content"], both.features["content"])
   derived = np.arange(ds.n_items * 4, dtype=np.float32).reshape(ds.n_items, 4)
   calls = []
-  monkeypatch.setattr(features, "cf_embeddings",
+  monkeypatch.setattr(pipeline, "cf_embeddings",
                       lambda c, d, log: calls.append((c.cf.model.d, d.n_items)) or derived)
-  out = features.ensure_features(cfg, ds, get_method("simcit"), log=lambda m: None)
+  out = pipeline.ensure_features(cfg, ds, get_method("simcit"), log=lambda m: None)
   assert calls == [(cfg.cf.model.d, ds.n_items)]
   chex.assert_trees_all_equal(out.features["cf"], derived)
-  assert features.ensure_features(cfg, both, get_method("simcit")) is both   # nothing to derive
+  assert pipeline.ensure_features(cfg, both, get_method("simcit")) is both   # nothing to derive
 
 
 def test_missing_feature_is_one_clear_error(tmp_path):
@@ -244,7 +245,7 @@ def test_missing_feature_is_one_clear_error(tmp_path):
   cfg = letter.get_config("tiny")
   cfg.tokenizer.feature = "image"
   with pytest.raises(ConfigError, match="item feature 'image' is needed.*data.features.*'cf'"):
-    trainer.train_and_evaluate(cfg, str(tmp_path / "w"), log=lambda m: None)
+    pipeline.train_and_evaluate(cfg, str(tmp_path / "w"), log=lambda m: None)
   cfg.tokenizer.feature = "text"            # derivable, but the synthetic set has no text
   with pytest.raises(DataError, match="synthetic: the data set has no item text"):
-    trainer.train_and_evaluate(cfg, str(tmp_path / "w"), log=lambda m: None)
+    pipeline.train_and_evaluate(cfg, str(tmp_path / "w"), log=lambda m: None)

@@ -9,7 +9,8 @@ import pytest
 
 import siit as siit_config
 import tiger
-from jaxrec import trainer
+from jaxrec import pipeline
+from jaxrec.training import loop
 from jaxrec.methods import siit
 
 SIZES = (4, 4, 8)
@@ -72,11 +73,11 @@ def _checksum(workdir):
 
 def test_refinement_off_equals_tiger_bit_for_bit(tmp_path):
   import jax
-  base = trainer.train_and_evaluate(tiger.get_config("tiny"), str(tmp_path / "tiger"),
+  base = pipeline.train_and_evaluate(tiger.get_config("tiny"), str(tmp_path / "tiger"),
                                     log=lambda m: None)
   cfg = siit_config.get_config("tiny")
   cfg.siit.rounds, cfg.siit.align_ratio = 0, 0.0
-  off = trainer.train_and_evaluate(cfg, str(tmp_path / "siit"), log=lambda m: None)
+  off = pipeline.train_and_evaluate(cfg, str(tmp_path / "siit"), log=lambda m: None)
   for split in ("valid", "test"):
     assert {k: v for k, v in off[split].items() if k != "decode_s"} == \
         {k: v for k, v in base[split].items() if k != "decode_s"}
@@ -86,20 +87,20 @@ def test_refinement_off_equals_tiger_bit_for_bit(tmp_path):
 
 def test_resume_across_a_refinement_round_is_exact(tmp_path, monkeypatch):
   cfg = siit_config.get_config("tiny")
-  full = trainer.train_and_evaluate(cfg, str(tmp_path / "full"), log=lambda m: None)
+  full = pipeline.train_and_evaluate(cfg, str(tmp_path / "full"), log=lambda m: None)
   workdir = str(tmp_path / "resumed")
-  real = trainer._check_and_log
+  real = loop.check_and_log
 
   def crash(pending, *a, **k):
     if pending[0] == 15:      # inside epoch 1, before its refinement; resumes from step 10
       raise KeyboardInterrupt("simulated kill")
     return real(pending, *a, **k)
 
-  monkeypatch.setattr(trainer, "_check_and_log", crash)
+  monkeypatch.setattr(loop, "check_and_log", crash)
   with pytest.raises(KeyboardInterrupt):
-    trainer.train_and_evaluate(cfg, workdir, log=lambda m: None)
-  monkeypatch.setattr(trainer, "_check_and_log", real)
-  resumed = trainer.train_and_evaluate(cfg, workdir, log=lambda m: None)
+    pipeline.train_and_evaluate(cfg, workdir, log=lambda m: None)
+  monkeypatch.setattr(loop, "check_and_log", real)
+  resumed = pipeline.train_and_evaluate(cfg, workdir, log=lambda m: None)
   for split in ("valid", "test"):
     assert resumed[split] == {**full[split], "decode_s": resumed[split]["decode_s"]}
   rounds = lambda d: [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl")) if '"round"' in l]
@@ -112,7 +113,8 @@ def test_task_a_scores_of_the_beams_candidates_equal_the_beam_scores():
   import jax
   import jax.numpy as jnp
   from jaxrec.recommender import steps
-  from jaxrec.recommender.t5 import T5, T5Config
+  from jaxrec.recommender.t5 import T5
+  from jaxrec.recommender.t5_layers import T5Config
   from jaxrec.xla import jit_init
   cfg = T5Config(level_sizes=(6, 5, 4), d_model=16, d_ff=32, heads=2, head_dim=8, enc_layers=1,
                  dec_layers=2, dropout=0.0, rel_buckets=8, rel_max_distance=16, user_buckets=0)

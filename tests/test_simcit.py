@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import simcit as simcit_config
-from jaxrec import trainer
+from jaxrec import pipeline
 from jaxrec.data.synthetic import SyntheticSpec, generate
-from jaxrec.methods import simcit
+from jaxrec.tokenizer import simcit
 from jaxrec.tokenizer.rq import residual_quantize
 from jaxrec.xla import jit_init
 
@@ -75,7 +75,7 @@ def test_gumbel_scale_zero_is_the_plain_softmax_mixture():
 def tiny(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("simcit"))
   cfg = simcit_config.get_config("tiny")
-  results = trainer.train_and_evaluate(cfg, workdir, log=lambda m: None)
+  results = pipeline.train_and_evaluate(cfg, workdir, log=lambda m: None)
   return cfg, workdir, results
 
 

@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxrec.fingerprint import fingerprint
 from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.tokenizer.build import build_code_table, write_outputs
 from jaxrec.tokenizer.kmeans import inertia, kmeans, reseed_dead_codes
@@ -163,7 +164,7 @@ def test_sinkhorn_resolution_reduces_collisions():
 
 def test_code_table_save_load_bit_identical(tmp_path):
   codes = np.array([[1, 2, 0], [3, 4, 0]], np.int32)
-  t = codes_lib.CodeTable(codes, (8, 8, 4), {"a": 1}, codes_lib.fingerprint(codes, {"x": 1}))
+  t = codes_lib.CodeTable(codes, (8, 8, 4), {"a": 1}, fingerprint(codes, {"x": 1}))
   t.save(str(tmp_path))
   r = codes_lib.CodeTable.load(str(tmp_path))
   assert r.fingerprint == t.fingerprint and r.sizes == t.sizes and r.stats == {"a": 1}

@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import pytest
 
 import tiger
-from jaxrec import trainer
+from jaxrec import pipeline
 from jaxrec.checkpoint import Checkpoints
+from jaxrec.errors import ConfigMismatchError
+from jaxrec.training import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +36,7 @@ def _final_state_checksum(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("full"))
-  results = trainer.train_and_evaluate(tiny_config(), workdir, log=lambda m: None)
+  results = pipeline.train_and_evaluate(tiny_config(), workdir, log=lambda m: None)
   return workdir, results
 
 
@@ -55,19 +57,19 @@ def test_run_writes_outputs_and_learns(uninterrupted):
 def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path, monkeypatch):
   full_dir, full = uninterrupted
   workdir = str(tmp_path / "resumed")
-  real = trainer._check_and_log
+  real = loop.check_and_log
 
   def crash(pending, *a, **k):
     if pending[0] == 23:  # dies between checkpoints (save_every=10): resumes from step 20
       raise KeyboardInterrupt("simulated kill")
     return real(pending, *a, **k)
 
-  monkeypatch.setattr(trainer, "_check_and_log", crash)
+  monkeypatch.setattr(loop, "check_and_log", crash)
   with pytest.raises(KeyboardInterrupt):
-    trainer.train_and_evaluate(tiny_config(), workdir, log=lambda m: None)
-  monkeypatch.setattr(trainer, "_check_and_log", real)
+    pipeline.train_and_evaluate(tiny_config(), workdir, log=lambda m: None)
+  monkeypatch.setattr(loop, "check_and_log", real)
   logs = []
-  resumed = trainer.train_and_evaluate(tiny_config(), workdir, log=logs.append)
+  resumed = pipeline.train_and_evaluate(tiny_config(), workdir, log=logs.append)
   assert any("resumed from" in l and "step 20" in l for l in logs), logs
   for split in ("valid", "test"):
     assert resumed[split] == {**full[split], "decode_s": resumed[split]["decode_s"]}
@@ -103,8 +105,8 @@ def test_saving_a_step_again_replaces_it(tmp_path):
 
 def test_changed_config_in_same_workdir_is_refused(uninterrupted):
   workdir, _ = uninterrupted
-  with pytest.raises(trainer.ConfigMismatchError, match="train.lr"):
-    trainer.train_and_evaluate(tiny_config(lr=0.5), workdir, log=lambda m: None)
+  with pytest.raises(ConfigMismatchError, match="train.lr"):
+    pipeline.train_and_evaluate(tiny_config(lr=0.5), workdir, log=lambda m: None)
 
 
 MULTI = r"""
@@ -112,15 +114,16 @@ import functools, jax, jax.numpy as jnp, numpy as np, sys
 sys.path.insert(0, "configs")
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import tiger
-from jaxrec import trainer
+from jaxrec import pipeline
 from jaxrec.data import BatchIterator
+from jaxrec.methods.base import init_t5
 from jaxrec.optim import TrainState, make_optimizer
 from jaxrec.recommender import steps
 assert len(jax.devices()) == 4, jax.devices()
 cfg = tiger.get_config("tiny")
-run = trainer.setup(cfg, sys.argv[1], log=lambda m: None)
+run = pipeline.setup(cfg, sys.argv[1], log=lambda m: None)
 tx = make_optimizer(1e-2, 0.0, 100, 0, 1.0)
-params = trainer.init_params(run, jax.random.key(0))
+params = init_t5(run, jax.random.key(0))
 losses = {}
 for n in (1, 4):
   mesh = Mesh(np.array(jax.devices()[:n]), ("data",))
@@ -200,7 +203,7 @@ def test_non_finite_state_is_never_saved(tmp_path):
   # the step's loss is checked before its checkpoint is saved, the whole state on saving
   non_finite = r"(training loss is (nan|inf)|the training state is not finite) at step \d+ \(stage train"
   with pytest.raises(FloatingPointError, match=non_finite):
-    trainer.train_and_evaluate(cfg, workdir, log=lambda m: None)
+    pipeline.train_and_evaluate(cfg, workdir, log=lambda m: None)
   ckpt = Checkpoints(os.path.join(workdir, "checkpoints", "train"))
   steps = ckpt.steps()
   assert steps, "the finite steps before the divergence are kept"
@@ -210,7 +213,7 @@ def test_non_finite_state_is_never_saved(tmp_path):
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree)
                if np.issubdtype(np.asarray(x).dtype, np.floating)), s
   with pytest.raises(FloatingPointError):
-    trainer.train_and_evaluate(cfg, workdir, log=lambda m: None)
+    pipeline.train_and_evaluate(cfg, workdir, log=lambda m: None)
   assert Checkpoints(os.path.join(workdir, "checkpoints", "train")).steps() == steps
 
 
@@ -218,7 +221,7 @@ def test_non_finite_tokenizer_loss_stops_the_fit(tmp_path):
   cfg = tiny_config()
   cfg.tokenizer.lr = 1e6
   with pytest.raises(FloatingPointError, match=r"tokenizer loss is (nan|inf) at epoch \d+"):
-    trainer.train_and_evaluate(cfg, str(tmp_path / "tok"), log=lambda m: None)
+    pipeline.train_and_evaluate(cfg, str(tmp_path / "tok"), log=lambda m: None)
   assert not os.path.exists(tmp_path / "tok" / "codes.npz")
 
 
@@ -237,7 +240,7 @@ def test_every_checkpoint_damaged_says_none_is_left(tmp_path, capsys):
 
 def test_missing_best_and_partial_saves_are_reported(uninterrupted, tmp_path):
   import shutil
-  from jaxrec.checkpoint import CheckpointError
+  from jaxrec.errors import CheckpointError
   full_dir, _ = uninterrupted
   workdir = str(tmp_path / "w")
   shutil.copytree(full_dir, workdir)
@@ -265,7 +268,7 @@ def test_missing_best_and_partial_saves_are_reported(uninterrupted, tmp_path):
   # train on a workdir whose best/ is gone: refused at resume, before any work
   with pytest.raises(CheckpointError, match=r"checkpoints/best: the best checkpoint \(step \d+\) "
                      "this run recorded is missing"):
-    trainer.train_and_evaluate(tiny_config(), workdir, log=lambda m: None)
+    pipeline.train_and_evaluate(tiny_config(), workdir, log=lambda m: None)
   # an interrupted save (orbax's tmp folder) is named when the run resumes
   shutil.rmtree(workdir)
   shutil.copytree(full_dir, workdir)
@@ -276,7 +279,7 @@ def test_missing_best_and_partial_saves_are_reported(uninterrupted, tmp_path):
   with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
     f.write('{"step": 3, "loss": 1.2')               # a line torn by a kill mid-write
   logs = []
-  trainer.train_and_evaluate(tiny_config(), workdir, log=logs.append)
+  pipeline.train_and_evaluate(tiny_config(), workdir, log=logs.append)
   assert any(f"{last + 1}.orbax-checkpoint-tmp-1234: a save interrupted" in l for l in logs), logs
   lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
   assert all(json.loads(l) for l in lines) and '"loss": 1.2' not in lines[-1]

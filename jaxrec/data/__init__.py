@@ -24,7 +24,7 @@ def load_dataset(cfg) -> Dataset:
     if unknown:
       raise ValueError(f"synthetic data has features {sorted(ds.features)}, not {sorted(unknown)}")
     # only the features asked for, as the readers load them: a `cf` left out is derived from
-    # the interactions (jaxrec/features.py) instead of taken from the generator
+    # the interactions (jaxrec/pipeline.py) instead of taken from the generator
     ds = dataclasses.replace(ds, features={name: ds.features[name] for name in features})
     where = "synthetic"
   else:

@@ -2,17 +2,17 @@
 normal path and print its statistics."""
 import json
 
-from jaxrec import cli
 from ml_collections import config_flags
 
+from jaxrec import cli
 from jaxrec.config import default_config_path
+from jaxrec.data import leave_one_out, load_dataset
 
 _CONFIG = config_flags.DEFINE_config_file("config", default_config_path(), "Config file[:variant].")
 
 
 def main(argv):
   del argv
-  from jaxrec.data import leave_one_out, load_dataset
   cfg = _CONFIG.value
   ds = load_dataset(cfg.data)
   stats = ds.stats()

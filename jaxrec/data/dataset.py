@@ -9,14 +9,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-
-class DataError(ValueError):
-  """A data file is unusable; the message names the file, the record and the problem."""
-
-  def __init__(self, path, record, problem):
-    self.path, self.record, self.problem = str(path), record, problem
-    where = f"{path}" if record is None else f"{path}: {record}"
-    super().__init__(f"{where}: {problem}")
+from jaxrec.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)

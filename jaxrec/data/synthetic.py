@@ -11,7 +11,7 @@ Features: "content" (content embedding, `content_dim`) and "cf" (a collaborative
 embedding planted from the transition structure: items whose subtopics have similar
 successor distributions are close; `cf_dim`), both float32 [N, D]. `data.features`
 keeps a subset; a `cf` left out is then derived from the interactions by SASRec, as on
-a real data set (jaxrec/features.py).
+a real data set (jaxrec/pipeline.py).
 """
 from __future__ import annotations
 

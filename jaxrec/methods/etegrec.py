@@ -41,9 +41,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrec.checkpoint import CheckpointError
 from jaxrec import distributed
-from jaxrec.config import ConfigError
+from jaxrec.errors import CheckpointError, ConfigError
+from jaxrec.methods.base import Method, init_t5, register
 from jaxrec.optim import TrainState, optimizer_and_schedule
 from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5
@@ -51,7 +51,8 @@ from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.tokenizer.rq import masked_mean
 from jaxrec.tokenizer.rqvae import RQVAE, reconstruction_loss
 from jaxrec.tokenizer.train import encode_catalogue
-from jaxrec.xla import compiler_options
+from jaxrec.training.plan import Plan, Stage, jit_step, n_params
+from jaxrec.training.run import save_final_codes
 
 sg = jax.lax.stop_gradient
 
@@ -61,12 +62,6 @@ class EteState:
   step: jax.Array          # global step count (both kinds of step)
   rec: TrainState          # params {"t5", "enc_adapter", "dec_adapter"}
   tok: TrainState          # RQ-VAE params
-
-
-def tokenizer_loss(cfg, dataset):
-  """The tokenizer is pre-trained as a plain RQ-VAE (the core's loss)."""
-  del cfg, dataset
-  return None
 
 
 # ------------------------------------------------------------------------- losses
@@ -183,51 +178,65 @@ def recode(tok_params, feats_NxF, old_codes_NxC1, *, model: RQVAE):
 
 
 # ------------------------------------------------------------------------- the plan
-def training_plan(run, key, steps_per_epoch: int):
-  """The two stages of ETEGRec for the shared training loop (see the module docstring)."""
-  from jaxrec.trainer import Plan, Stage, init_params, save_final_codes
-  cfg, ec, tc = run.cfg, run.cfg.etegrec, run.cfg.train
+def _validate(run) -> None:
+  cfg, ec = run.cfg, run.cfg.etegrec
   if cfg.tokenizer.source != "rqvae":
     raise ConfigError("ETEGRec trains its tokenizer: tokenizer.source must be 'rqvae'")
   if run.tokenizer is None:
-    raise CheckpointError(f"{run.workdir}: codes.npz is there but not the tokenizer it came from "
-                     "(tokenizer.msgpack); remove codes.npz to train the tokenizer again")
+    raise CheckpointError(f"{run.workdir}: codes.npz is there but not the tokenizer it came "
+                          "from (tokenizer.msgpack); remove codes.npz to train the tokenizer "
+                          "again")
   if cfg.tokenizer.collision != "suffix":
     raise ConfigError("ETEGRec re-codes items during training with the collision level: "
-                     "tokenizer.collision must be 'suffix'")
+                      "tokenizer.collision must be 'suffix'")
   if ec.sia_sign not in ("negative", "positive"):
     raise ConfigError(f"etegrec.sia_sign must be 'negative' or 'positive', got {ec.sia_sign!r}")
-  tok_model, tok_params = run.tokenizer
-  t5 = run.model
-  feats = distributed.replicate(jnp.asarray(run.dataset.features[cfg.tokenizer.feature], jnp.float32),
-                                run.replicated)
-  k_t5, k_enc, k_dec = jax.random.split(key, 3)
-  d, f = t5.cfg.d_model, feats.shape[1]
-  rec_params = {"t5": init_params(run, k_t5),
-                "enc_adapter": nn.Dense(tok_model.cfg.code_dim).init(k_enc, jnp.zeros((1, d)))["params"],
-                "dec_adapter": nn.Dense(f).init(k_dec, jnp.zeros((1, d)))["params"]}
-  tok_params = jax.tree.map(jnp.asarray, flax.core.unfreeze(tok_params))
 
-  n_tok = -(-tc.epochs // ec.cycle)          # epochs 0, cycle, 2 * cycle, ... train the tokenizer
+
+def _optimizers(tc, ec, steps_per_epoch: int) -> dict:
+  """(tx, schedule) of the recommender, the tokenizer and the fine-tuning: epochs 0, cycle,
+  2 * cycle, ... train the tokenizer, the others the recommender; cosine schedules."""
+  n_tok = -(-tc.epochs // ec.cycle)
   n_rec = tc.epochs - n_tok
+
   def adamw(lr, epochs, warmup, end_frac=0.0):
     return optimizer_and_schedule(lr, tc.weight_decay, max(epochs, 1) * steps_per_epoch, warmup,
                                   tc.clip, "cosine", tc.accumulate, tc.decay, end_frac)
 
-  tx_rec, rec_sched = adamw(tc.lr, n_rec, ec.rec_warmup_steps, tc.lr_end)
-  tx_tok, tok_sched = adamw(ec.tok_lr, n_tok, ec.tok_warmup_steps)
-  tx_ft, ft_sched = adamw(ec.finetune_lr, ec.finetune_epochs, 0)
+  return {"rec": adamw(tc.lr, n_rec, ec.rec_warmup_steps, tc.lr_end),
+          "tok": adamw(ec.tok_lr, n_tok, ec.tok_warmup_steps),
+          "ft": adamw(ec.finetune_lr, ec.finetune_epochs, 0)}
+
+
+def _initial_state(run, key, tx_rec, tx_tok) -> EteState:
+  """The T5 and its two adapters (fresh) and the pre-trained RQ-VAE, each with its AdamW."""
+  tok_model, tok_params = run.tokenizer
+  k_t5, k_enc, k_dec = jax.random.split(key, 3)
+  d, f = run.model.cfg.d_model, run.dataset.features[run.cfg.tokenizer.feature].shape[1]
+  rec_params = {"t5": init_t5(run, k_t5),
+                "enc_adapter": nn.Dense(tok_model.cfg.code_dim).init(k_enc, jnp.zeros((1, d)))["params"],
+                "dec_adapter": nn.Dense(f).init(k_dec, jnp.zeros((1, d)))["params"]}
+  tok_params = jax.tree.map(jnp.asarray, flax.core.unfreeze(tok_params))
   state = EteState(jnp.zeros((), jnp.int32),
                    TrainState(jnp.zeros((), jnp.int32), rec_params, tx_rec.init(rec_params)),
                    TrainState(jnp.zeros((), jnp.int32), tok_params, tx_tok.init(tok_params)))
-  state = distributed.replicate(state, run.replicated)
+  return distributed.replicate(state, run.replicated)
 
-  common = dict(t5=t5, tok=tok_model, sia_sign=ec.sia_sign, psa_temperature=ec.psa_temperature)
-  jit = functools.partial(jax.jit, donate_argnums=0, out_shardings=run.replicated,
-                          compiler_options=compiler_options("train"))
-  rec_fn = jit(functools.partial(train_step, part="rec", tx=tx_rec, lr_fn=rec_sched, **common))
-  tok_fn = jit(functools.partial(train_step, part="tok", tx=tx_tok, lr_fn=tok_sched, **common))
-  ft_fn = jit(functools.partial(train_step, part="rec", tx=tx_ft, lr_fn=ft_sched, **common))
+
+def training_plan(run, key, steps_per_epoch: int) -> Plan:
+  """The two stages of ETEGRec for the shared training loop (see the module docstring)."""
+  _validate(run)
+  cfg, ec, tc = run.cfg, run.cfg.etegrec, run.cfg.train
+  tok_model = run.tokenizer[0]
+  feats = distributed.replicate(jnp.asarray(run.dataset.features[cfg.tokenizer.feature],
+                                            jnp.float32), run.replicated)
+  opt = _optimizers(tc, ec, steps_per_epoch)
+  state = _initial_state(run, key, opt["rec"][0], opt["tok"][0])
+  common = dict(t5=run.model, tok=tok_model, sia_sign=ec.sia_sign,
+                psa_temperature=ec.psa_temperature)
+  fns = {name: jit_step(run, functools.partial(train_step, part="tok" if name == "tok" else "rec",
+                                               tx=tx, lr_fn=sched, **common))
+         for name, (tx, sched) in opt.items()}
   aligned = jnp.asarray([ec.w_sia, ec.w_psa], jnp.float32)
   off = jnp.zeros(2, jnp.float32)
 
@@ -236,7 +245,7 @@ def training_plan(run, key, steps_per_epoch: int):
 
   def alternation_step(epoch):
     w = aligned if epoch >= ec.warm_epochs else off
-    return bind(tok_fn if epoch % ec.cycle == 0 else rec_fn, w)
+    return bind(fns["tok"] if epoch % ec.cycle == 0 else fns["rec"], w)
 
   sizes = run.table.sizes
 
@@ -245,8 +254,8 @@ def training_plan(run, key, steps_per_epoch: int):
     largest = int(largest)
     if largest > sizes[-1]:
       raise ConfigError(f"after {epoch_label}, {largest} items share one semantic ID, more "
-                         f"than the collision level's {sizes[-1]} codes: raise "
-                         "tokenizer.suffix_size (the previous checkpoint is intact)")
+                        f"than the collision level's {sizes[-1]} codes: raise "
+                        "tokenizer.suffix_size (the previous checkpoint is intact)")
     return codes, float(changed)
 
   def after_alternation_epoch(state, epoch, run):
@@ -264,6 +273,7 @@ def training_plan(run, key, steps_per_epoch: int):
       tok_params = best["extra"]["tok"]
     else:
       rec_params, tok_params = state.rec.params, state.tok.params
+    tx_ft = opt["ft"][0]
     new = EteState(state.step,
                    TrainState(jnp.zeros((), jnp.int32), rec_params, tx_ft.init(rec_params)),
                    state.tok.replace(params=tok_params))
@@ -274,12 +284,22 @@ def training_plan(run, key, steps_per_epoch: int):
   stages = [Stage("alternation", tc.epochs, alternation_step, tc.eval_every, tc.patience,
                   after_epoch=after_alternation_epoch)]
   if ec.finetune_epochs:
-    stages.append(Stage("finetune", ec.finetune_epochs, lambda epoch: bind(ft_fn, off),
+    stages.append(Stage("finetune", ec.finetune_epochs, lambda epoch: bind(fns["ft"], off),
                         ec.finetune_eval_every, ec.finetune_patience, begin=begin_finetune))
-  n_params = sum(int(x.size) for x in jax.tree.leaves((rec_params, tok_params)))
   return Plan(state, stages, rec_params=lambda s: s.rec.params["t5"],
               best_extra=lambda s: {"adapters": {k: s.rec.params[k] for k in
                                                  ("enc_adapter", "dec_adapter")},
                                     "tok": s.tok.params},
-              global_step=lambda s: int(s.step), lr_at=None, n_params=n_params,
+              global_step=lambda s: int(s.step), lr_at=None,
+              n_params=n_params((state.rec.params, state.tok.params)),
               dynamic_codes=True, finish=save_final_codes)
+
+
+class ETEGRec(Method):
+  name = "etegrec"
+
+  def training_plan(self, run, key, steps_per_epoch: int) -> Plan:
+    return training_plan(run, key, steps_per_epoch)
+
+
+METHOD = register(ETEGRec())

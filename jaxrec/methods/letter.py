@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxrec.config import ConfigError
+from jaxrec.methods.base import Method, register
 from jaxrec.tokenizer.kmeans import balanced_kmeans
 from jaxrec.tokenizer.rq import masked_mean
 from jaxrec.tokenizer.train import Extra
@@ -163,3 +164,17 @@ def tokenizer_loss(cfg, dataset):
                       cf_temperature=float(lc.cf_temperature),
                       div_temperature=float(lc.div_temperature), level_reduce=tok.level_reduce)
   return Extra(terms, data)
+
+
+class Letter(Method):
+  name = "letter"
+  heads = ("level", "vocab")
+
+  def required_features(self, cfg):
+    return required_features(cfg)
+
+  def tokenizer_loss(self, cfg, dataset):
+    return tokenizer_loss(cfg, dataset)
+
+
+METHOD = register(Letter())

@@ -18,14 +18,10 @@ import numpy as np
 from jaxrec import distributed, metrics
 from jaxrec.config import ConfigError
 from jaxrec.data import sequence_windows
+from jaxrec.methods.base import Method, register
 from jaxrec.recommender import sasrec
+from jaxrec.training.plan import single_stage_plan
 from jaxrec.xla import jit_init
-
-
-def tokenizer_loss(cfg, dataset):
-  """SASRec has no tokenizer."""
-  del cfg, dataset
-  return None
 
 
 def validate(cfg, n_items: int) -> None:
@@ -70,7 +66,6 @@ def _train_step(state, batch, codes, key, **kw):
 
 def training_plan(run, key, steps_per_epoch: int):
   """One stage: AdamW on the configured loss (train.* as for the T5)."""
-  from jaxrec.trainer import single_stage_plan
   m = run.cfg.model
   batch = {"history_BxL": np.zeros((2, run.buckets[0]), np.int32),
            "mask_BxL": np.ones((2, run.buckets[0]), bool)}
@@ -90,3 +85,19 @@ def export_embeddings(run, best) -> dict:
     np.save(tmp, table)
     os.replace(tmp, path)
   return {"cf_embeddings": path}
+
+
+class SASRec(Method):
+  name = "sasrec"
+  kind = "items"
+  heads = ()
+
+  def setup_model(self, run, log=print) -> None:
+    del log
+    setup_model(run)
+
+  def training_plan(self, run, key, steps_per_epoch: int):
+    return training_plan(run, key, steps_per_epoch)
+
+
+METHOD = register(SASRec())

@@ -47,17 +47,16 @@ import numpy as np
 import optax
 
 from jaxrec import decode, distributed
-from jaxrec.config import ConfigError
+from jaxrec.errors import ConfigError
+from jaxrec.methods.base import Method, init_t5, register
 from jaxrec.optim import TrainState
 from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5, empty_cache
+from jaxrec.tokenizer import build
 from jaxrec.tokenizer import codes as codes_lib
-
-
-def tokenizer_loss(cfg, dataset):
-  """The start tokenizer is the core's (or a given / random table)."""
-  del cfg, dataset
-  return None
+from jaxrec.training.evaluation import evaluate_split
+from jaxrec.training.plan import Plan, Stage, adamw, jit_step, n_params
+from jaxrec.training.run import save_final_codes, set_codes
 
 
 def required_features(cfg):
@@ -66,7 +65,7 @@ def required_features(cfg):
 
 def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int = 1):
   """The start table: `siit.init_codes`' codes.npz, else the shared build from `tokenizer`."""
-  from jaxrec.tokenizer import build
+  del n_devices
   if cfg.siit.init_codes:
     src = os.path.expanduser(cfg.siit.init_codes)
     if not os.path.exists(os.path.join(src, "codes.npz")):
@@ -134,27 +133,6 @@ def train_step(state: TrainState, batch, codes_NxC, key, feats_NxF, *, t5, soft,
 
 
 # ------------------------------------------------------------------------- refinement
-def full_space_beam(step_fn, state, level_sizes, offsets, bos: int, beam: int):
-  """Beam search over every code of every level (no catalogue constraint), one example:
-  (codes [W, C], scores [W]) best first. `step_fn` as `decode.beam_search`'s."""
-  k = max(level_sizes)
-  offsets = jnp.asarray(offsets, jnp.int32)
-  tokens = jnp.full((1,), bos, jnp.int32)
-  scores = jnp.zeros((1,))
-  codes = jnp.zeros((1, 0), jnp.int32)
-  state = jax.tree.map(lambda a: a[:1], state)
-  for level in range(len(level_sizes)):
-    live = tokens.shape[0]
-    logp, state = step_fn(state, tokens, level)
-    top_s, top_i = jax.lax.top_k((scores[:, None] + logp).reshape(-1), min(beam, live * k))
-    parent, chosen = top_i // k, top_i % k
-    state = jax.tree.map(lambda a: a.reshape(live, -1)[parent].reshape(
-        (len(parent),) + a.shape[1:]), state)
-    codes = jnp.concatenate([codes[parent], chosen[:, None].astype(jnp.int32)], axis=1)
-    tokens, scores = offsets[level] + chosen, top_s
-  return codes, scores
-
-
 @functools.partial(jax.jit, static_argnames=("t5", "soft", "beam"))
 def decode_items(params, feats_BxF, *, t5: T5, soft: SoftTokens, beam: int):
   """Task-A decoding of a batch of items over the full code space: codes [B, W, C], scores."""
@@ -163,9 +141,11 @@ def decode_items(params, feats_BxF, *, t5: T5, soft: SoftTokens, beam: int):
   head = t5.apply(params["t5"], method=T5.output_head)
   cfg = t5.cfg
 
-  def one(cross_kv, enc_mask_T):
-    step_fn, _ = decode.t5_step_fns(t5, params["t5"], head, cross_kv, enc_mask_T)
-    return full_space_beam(step_fn, empty_cache(cfg), cfg.level_sizes, cfg.offsets, cfg.bos, beam)
+  def one(cross_kv, enc_mask_T):        # the whole code space: no prefix tables
+    step_fn, _ = steps.t5_step_fns(t5, params["t5"], head, cross_kv, enc_mask_T)
+    codes, scores, _ = decode.search(step_fn, empty_cache(cfg), None, cfg.level_sizes,
+                                     cfg.offsets, cfg.bos, beam)
+    return codes, scores
 
   return jax.vmap(one)(cross, enc_mask)
 
@@ -244,14 +224,26 @@ def greedy_assign(cand_NxWxC, score_NxW, current_NxC, sizes, capacity: int = 0,
   return out.astype(np.int32), int(collisions)
 
 
+def candidates(params, feats_NxF, codes_NxC, t5, soft, beam: int, batch: int, own: bool):
+  """Every item's task-A candidates over the full code space, batch by batch: (codes
+  [N, W, C], scores [N, W], the current IDs' own task-A scores [N] or None)."""
+  cands, scores, current = [], [], []
+  for s in range(0, feats_NxF.shape[0], batch):
+    rows = slice(s, s + batch)
+    c, sc = decode_items(params, feats_NxF[rows], t5=t5, soft=soft, beam=beam)
+    cands.append(np.asarray(c))
+    scores.append(np.asarray(sc))
+    if own:
+      current.append(np.asarray(score_ids(params, feats_NxF[rows], codes_NxC[rows], t5=t5,
+                                          soft=soft)))
+  return (np.concatenate(cands), np.concatenate(scores),
+          np.concatenate(current) if current else None)
+
+
 # ------------------------------------------------------------------------- the plan
 def training_plan(run, key, steps_per_epoch: int):
   """One stage whose epochs end, every `refine_every` of them (up to `rounds` times), with
   a refinement of the code table."""
-  from jaxrec.optim import optimizer_and_schedule
-  from jaxrec.trainer import (Plan, Stage, evaluate_split, init_params, save_final_codes,
-                              set_codes)
-  from jaxrec.xla import compiler_options
   sc, tc = run.cfg.siit, run.cfg.train
   if sc.rounds < 0 or sc.refine_every < 1 or sc.beam < 1 or not 0 <= sc.align_ratio <= 4:
     raise ConfigError(f"siit: rounds={sc.rounds} (>= 0), refine_every={sc.refine_every} (>= 1), "
@@ -263,24 +255,18 @@ def training_plan(run, key, steps_per_epoch: int):
   feats = distributed.replicate(jnp.asarray(run.dataset.features[sc.feature], jnp.float32),
                                 run.replicated)
   soft = SoftTokens(int(sc.soft_tokens), t5.cfg.d_model)
-  params = {"t5": init_params(run, key),
+  params = {"t5": init_t5(run, key),
             "soft": soft.init(jax.random.fold_in(key, 1), feats[:1])}
-  total = tc.epochs * steps_per_epoch
-  if tc.max_steps:
-    total = min(total, tc.max_steps)
-  tx, lr_at = optimizer_and_schedule(tc.lr, tc.weight_decay, total, int(tc.warmup_frac * total),
-                                     tc.clip, tc.schedule, tc.accumulate, tc.decay, tc.lr_end)
-  state = distributed.replicate(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
-                                run.replicated)
+  tx, lr_at, state = adamw(run, params, steps_per_epoch)
   n_align = int(round(sc.align_ratio * tc.batch_size))
-  fn = jax.jit(functools.partial(train_step, t5=t5, soft=soft, tx=tx, tau=tc.tau,
-                                 n_align=n_align),
-               donate_argnums=0, out_shardings=run.replicated,
-               compiler_options=compiler_options("train"))
+  fn = jit_step(run, functools.partial(train_step, t5=t5, soft=soft, tx=tx, tau=tc.tau,
+                                       n_align=n_align))
   step = lambda state, batch, codes, k: fn(state, batch, codes, k, feats)
   sizes = run.table.sizes
 
   def refine(state, epoch, run):
+    """A refinement round; it installs the new table itself (to evaluate it), so the loop
+    gets no table to install."""
     done = epoch + 1
     if not sc.rounds or done % sc.refine_every or done // sc.refine_every > sc.rounds:
       return None, None
@@ -288,19 +274,10 @@ def training_plan(run, key, steps_per_epoch: int):
     current = np.asarray(run.codes)
     margin = sc.get("keep_margin", -1.0)
     margin = None if margin < 0 else float(margin)
-    cands, scores, own = [], [], []
-    for s in range(0, run.dataset.n_items, tc.eval_batch_size):
-      rows = slice(s, s + tc.eval_batch_size)
-      c, sc_ = decode_items(state.params, feats[rows], t5=t5, soft=soft, beam=int(sc.beam))
-      cands.append(np.asarray(c))
-      scores.append(np.asarray(sc_))
-      if margin is not None:          # the current IDs' own task-A scores
-        own.append(np.asarray(score_ids(state.params, feats[rows], run.codes[rows], t5=t5,
-                                        soft=soft)))
-    current_score = np.concatenate(own) if own else None
-    new, collisions = greedy_assign(np.concatenate(cands), np.concatenate(scores), current,
-                                    sizes, int(sc.capacity), float(sc.usage_penalty),
-                                    current_score, margin)
+    cands, scores, current_score = candidates(state.params, feats, run.codes, t5, soft,
+                                              int(sc.beam), tc.eval_batch_size, margin is not None)
+    new, collisions = greedy_assign(cands, scores, current, sizes, int(sc.capacity),
+                                    float(sc.usage_penalty), current_score, margin)
     health = codes_lib.health_dict(new, sizes)
     record = {"round": done // sc.refine_every,
               "ids_changed": round(float(np.mean(np.any(new != current, axis=1))), 5),
@@ -311,12 +288,27 @@ def training_plan(run, key, steps_per_epoch: int):
     set_codes(run, jnp.asarray(new))
     after = evaluate_split(run, state.params["t5"], "valid")
     record["valid_after"] = {k: after[k] for k in ("recall@10", "ndcg@10")}
-    return run.codes, record
+    return None, record
 
   stage = Stage("train", tc.epochs, lambda epoch: step, tc.eval_every, tc.patience,
                 after_epoch=refine)
   return Plan(state, [stage], rec_params=lambda s: s.params["t5"],
               best_extra=lambda s: {"soft": s.params["soft"]},
               global_step=lambda s: int(s.step), lr_at=lambda s, i: float(lr_at(i)),
-              n_params=sum(int(x.size) for x in jax.tree.leaves(params)),
-              dynamic_codes=True, finish=save_final_codes)
+              n_params=n_params(params), dynamic_codes=True, finish=save_final_codes)
+
+
+class SIIT(Method):
+  name = "siit"
+
+  def required_features(self, cfg):
+    return required_features(cfg)
+
+  def build_code_table(self, cfg, dataset, key, workdir=None, log=print, n_devices: int = 1):
+    return build_code_table(cfg, dataset, key, workdir=workdir, log=log, n_devices=n_devices)
+
+  def training_plan(self, run, key, steps_per_epoch: int) -> Plan:
+    return training_plan(run, key, steps_per_epoch)
+
+
+METHOD = register(SIIT())

@@ -1,4 +1,5 @@
-"""The recommender's pure steps: code loss, train step, evaluation step.
+"""The T5 recommender's pure steps: code loss, train step, its decoding step functions,
+generation and the evaluation step.
 
 Batches carry item ids; ids become codes here, on device, through the current code table
 (an argument, not a constant), so methods that re-tokenize during training reuse every
@@ -8,13 +9,17 @@ Shape letters: B batch, L history items, C code levels, K codes, N items, W beam
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxrec import decode, metrics
 from jaxrec.optim import TrainState
-from jaxrec.recommender.t5 import T5, T5Config
+from jaxrec.recommender.t5 import T5, empty_cache, eos_logp, level_logp
+from jaxrec.recommender.t5_layers import T5Config
+from jaxrec.xla import jit_init
 
 
 def history_tokens(codes_NxC, history_BxL, mask_BxL, cfg: T5Config):
@@ -92,12 +97,72 @@ def loss_sums(params, batch, codes_NxC, tables, *, model: T5):
   return jnp.sum(ce * batch["weight_B"]), jnp.sum(batch["weight_B"])
 
 
+def init_params(model: T5, codes_NxC, batch, key):
+  """The T5's parameters, initialised on `batch`'s shapes (history_BxL, mask_BxL, user_B,
+  target_B) through the code table."""
+  tok, mask = history_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"], model.cfg)
+  dec_in, _ = decoder_io(codes_NxC, batch["target_B"], model.cfg)
+  return jit_init(model, {"params": key}, tok, mask, batch["user_B"], dec_in, train=False)
+
+
+def t5_step_fns(model: T5, params, head, cross_kv, enc_mask_T):
+  """The T5's `(step_fn, eos_fn)` for `decode.search` (or any search that starts from
+  `empty_cache` and calls levels 0, 1, ... in order), for one user. The state is the
+  decoder's key/value cache of the positions after BOS: BOS is the same for every beam, so
+  its position is decoded once, here, and its keys/values stay one [1, H, E] row per layer
+  that every beam's attention broadcasts (never copied into, or reordered with, the
+  beams' caches). `eos_fn` is the "vocab" head's EOS term after the last code."""
+  cfg = model.cfg
+
+  def run(tokens, cache):
+    return model.apply(params, tokens, cache, cross_kv, enc_mask_T, method=T5.decode_step)
+
+  root_hidden, bos = run(jnp.full((1,), cfg.bos, jnp.int32), empty_cache(cfg))
+  root_logp = level_logp(cfg, root_hidden, head, 0)
+
+  def with_bos(cache):
+    return [(bk + ck, bv + cv) for (bk, bv), (ck, cv) in zip(bos, cache)]
+
+  def step_fn(cache, tokens, level):
+    if level == 0:
+      return root_logp, cache
+    hidden, cache = run(tokens, with_bos(cache))
+    return level_logp(cfg, hidden, head, level), [(k[1:], v[1:]) for k, v in cache]
+
+  def eos_fn(cache, tokens):
+    return eos_logp(cfg, run(tokens, with_bos(cache))[0], head)
+
+  return step_fn, eos_fn
+
+
+def _beam_search_one(model: T5, params, head, cross_kv, enc_mask_T, tables, beam: int,
+                     constrained: bool):
+  """T5 decoding for one user (`t5_step_fns`)."""
+  cfg = model.cfg
+  step_fn, eos_fn = t5_step_fns(model, params, head, cross_kv, enc_mask_T)
+  return decode.beam_search(step_fn, empty_cache(cfg), tables, cfg.level_sizes, cfg.offsets,
+                            cfg.bos, beam, constrained, eos_fn if cfg.full_vocab else None)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "beam", "constrained"))
+def generate(params, tokens_BxT, mask_BxT, user_B, tables: decode.PrefixTables, *, model: T5,
+             beam: int, constrained: bool = True):
+  """Encodes a batch once and beam-searches every user: (items [B, W], scores [B, W]);
+  `constrained=False`: over the whole code space, item -1 for IDs no item has."""
+  enc, enc_mask = model.apply(params, tokens_BxT, mask_BxT, user_B, False, method=T5.encode)
+  cross = model.apply(params, enc, method=T5.cross_kv)  # once per user, for all beams
+  head = model.apply(params, method=T5.output_head)
+  one = functools.partial(_beam_search_one, model, params, head, tables=tables, beam=beam,
+                          constrained=constrained)
+  return jax.vmap(one)(cross, enc_mask)
+
+
 def eval_step(params, batch, codes_NxC, tables, *, model: T5, beam: int, constrained: bool = True):
   """Decoding of a batch (constrained to the catalogue, or not: then IDs no item has are
   misses) and the metric sums: (sums, items [B, W])."""
   tokens, mask = history_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"], model.cfg)
-  items, _ = decode.generate(params, tokens, mask, batch["user_B"], tables, model=model, beam=beam,
-                             constrained=constrained)
+  items, _ = generate(params, tokens, mask, batch["user_B"], tables, model=model, beam=beam,
+                      constrained=constrained)
   # the target's representative: itself, or with shared IDs the item its ID decodes to
   sums = metrics.rank_metric_sums(items, tables.rep_item_N[batch["target_B"]], batch["weight_B"])
   return sums, items

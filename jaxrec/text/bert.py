@@ -22,13 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrec.errors import ModelFolderError
+
 SUPPORTED = ("bert",)
 POOLING = ("mean", "cls", "max")
-
-
-class ModelFolderError(ValueError):
-  """A sentence-transformers folder is missing a file or describes an unsupported model;
-  the message names the file and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)

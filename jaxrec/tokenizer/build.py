@@ -12,6 +12,7 @@ import numpy as np
 
 from jaxrec.checkpoint import write_atomic
 from jaxrec.config import ConfigError, tokenizer_fingerprint_dict
+from jaxrec.fingerprint import fingerprint
 from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.tokenizer import train as tok_train
 from jaxrec.tokenizer.rqvae import RQVAE, rqvae_config
@@ -22,11 +23,11 @@ def tokenizer_fingerprint(tok_cfg, dataset, seed: int, extra=None) -> str:
   same IDs (and the same print)."""
   t = tokenizer_fingerprint_dict(tok_cfg)
   if tok_cfg.source == "given":
-    return codes_lib.fingerprint("given", dataset.codes_NxC, t)
+    return fingerprint("given", dataset.codes_NxC, t)
   if tok_cfg.source == "random":
-    return codes_lib.fingerprint("random", dataset.n_items, t, seed)
+    return fingerprint("random", dataset.n_items, t, seed)
   extra_parts = [np.asarray(a) for a in jax.tree.leaves(extra.data)] if extra else []
-  return codes_lib.fingerprint(dataset.features[tok_cfg.feature], t, seed, jax.__version__,
+  return fingerprint(dataset.features[tok_cfg.feature], t, seed, jax.__version__,
                                *extra_parts)
 
 
@@ -44,10 +45,9 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
                       f"{sorted(dataset.features)} (add it to data.features, or use 'cf' to "
                       "derive it from the interactions with SASRec)")
   fp = tokenizer_fingerprint(tok_cfg, dataset, seed, extra)
-  if workdir and os.path.exists(os.path.join(workdir, "codes.npz")):
-    table = codes_lib.CodeTable.load(workdir)
-    if table.fingerprint == fp:  # same inputs: reuse the saved IDs, bit for bit
-      return table, _load_tokenizer(tok_cfg, dataset, workdir)
+  table = saved_table(workdir, fp)
+  if table is not None:
+    return table, _load_tokenizer(tok_cfg, dataset, workdir)
   if tok_cfg.source == "given":
     if dataset.codes_NxC is None:
       raise ConfigError("tokenizer.source='given' but the data set has no codes "
@@ -77,25 +77,43 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
   feats = dataset.features[tok_cfg.feature]
   arch = rqvae_config(tok_cfg, feats.shape[1])
   t0 = time.time()
-  checkpoints = tok_train.FitCheckpoints(
-      os.path.join(workdir, "checkpoints", f"tokenizer-{fp[:16]}") if workdir else None,
-      tok_cfg.get("save_every", 0), log=_line(log))
   model, params, history = tok_train.fit(tok_cfg, arch, feats, key, extra=extra, log=log,
-                                         checkpoints=checkpoints)
-  checkpoints.close()
-  fit_s = time.time() - t0
-  table = assign_catalogue(tok_cfg, model, params, feats, fp,
-                           {"source": "rqvae", "fit_seconds": round(fit_s, 2),
-                            "history": history[-1] if history else {}})
-  if workdir:
-    os.makedirs(workdir, exist_ok=True)
-    write_atomic(os.path.join(workdir, "tokenizer.msgpack"), flax.serialization.to_bytes(params))
+                                         checkpoints=fit_checkpoints(tok_cfg, workdir, fp, log))
+  enc = tok_train.encode_catalogue(params, jax.numpy.asarray(feats), model=model)
+  last = arch.levels - 1
+  table = assign_catalogue(tok_cfg, enc["codes_NxC"], enc["residuals_NxCxD"][:, last],
+                           params["params"]["codebooks"][last], fp,
+                           {"source": "rqvae", "fit_seconds": round(time.time() - t0, 2),
+                            "history": history[-1] if history else {},
+                            "catalogue_recon": float(enc["recon"])})
+  save_tokenizer(workdir, params)
   return table, (model, params)
 
 
-def _line(log):
-  """The fit's record logger, for one-line messages (printed when there is no logger)."""
-  return (lambda m: log({"message": m})) if log is not None else print
+def saved_table(workdir: Optional[str], fp: str):
+  """workdir's codes.npz when it holds the IDs of the same inputs (`fp`), else None: a
+  tokenizer is fitted once per workdir and its IDs reused bit for bit."""
+  if workdir and os.path.exists(os.path.join(workdir, "codes.npz")):
+    table = codes_lib.CodeTable.load(workdir)
+    if table.fingerprint == fp:
+      return table
+  return None
+
+
+def fit_checkpoints(tok_cfg, workdir: Optional[str], fp: str, log) -> tok_train.FitCheckpoints:
+  """The fit's checkpoints, `checkpoints/tokenizer-<fingerprint>` of the workdir (none
+  without a workdir), every tokenizer.save_every epochs."""
+  line = (lambda m: log({"message": m})) if log is not None else print
+  return tok_train.FitCheckpoints(
+      os.path.join(workdir, "checkpoints", f"tokenizer-{fp[:16]}") if workdir else None,
+      tok_cfg.get("save_every", 0), log=line)
+
+
+def save_tokenizer(workdir: Optional[str], params) -> None:
+  """tokenizer.msgpack beside the code table (methods that train on, ETEGRec, read it)."""
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+    write_atomic(os.path.join(workdir, "tokenizer.msgpack"), flax.serialization.to_bytes(params))
 
 
 def _load_tokenizer(tok_cfg, dataset, workdir):
@@ -114,18 +132,15 @@ def _no_residuals(codes):
                    "'suffix' or 'none'")
 
 
-def assign_catalogue(tok_cfg, model: RQVAE, params, feats_NxF, fp: str, stats: dict):
-  """Codes every item, resolves collisions per `tok_cfg.collision`, returns the CodeTable."""
-  enc = tok_train.encode_catalogue(params, jax.numpy.asarray(feats_NxF), model=model)
-  cfg = model.cfg
-  last = cfg.levels - 1
-  codebooks = params["params"]["codebooks"]
-  resolve = functools.partial(codes_lib.resolve_sinkhorn,
-                              last_residual_NxD=enc["residuals_NxCxD"][:, last],
-                              last_codebook_KxD=codebooks[last], rounds=tok_cfg.sinkhorn_rounds,
-                              eps=cfg.sinkhorn_eps, iters=cfg.sinkhorn_iters)
-  stats = dict(stats, catalogue_recon=float(enc["recon"]))
-  return codes_lib.finalize_codes(np.asarray(enc["codes_NxC"]), (cfg.codebook_size,) * cfg.levels,
+def assign_catalogue(tok_cfg, codes_NxC, last_residual_NxD, last_codebook_KxD, fp: str,
+                     stats: dict) -> codes_lib.CodeTable:
+  """The catalogue's code table from a trained tokenizer's hard codes, collisions resolved
+  per `tok_cfg.collision` (appended level, or Sinkhorn re-assignment of the last level from
+  its residuals and codebook)."""
+  resolve = functools.partial(codes_lib.resolve_sinkhorn, last_residual_NxD=last_residual_NxD,
+                              last_codebook_KxD=last_codebook_KxD, rounds=tok_cfg.sinkhorn_rounds,
+                              eps=tok_cfg.sinkhorn_eps, iters=tok_cfg.sinkhorn_iters)
+  return codes_lib.finalize_codes(np.asarray(codes_NxC), (tok_cfg.codebook_size,) * tok_cfg.levels,
                                   tok_cfg.collision, tok_cfg.suffix_size, stats, fp,
                                   resolve_fn=resolve, shared_ids=tok_cfg.shared_ids)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 from typing import Optional, Sequence
@@ -16,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.checkpoint import write_atomic
-from jaxrec.config import ConfigError
+from jaxrec.errors import ConfigError
 from jaxrec.tokenizer.rq import sinkhorn_log, squared_distances
 
 
@@ -175,18 +174,6 @@ class CodeTable:
     out = {keys[i]: [f"<{letters[l]}_{int(c)}>" for l, c in enumerate(row)]
            for i, row in enumerate(self.codes_NxC)}
     write_atomic(path, json.dumps(out))
-
-
-def fingerprint(*parts) -> str:
-  """sha256 over arrays (their bytes, dtype and shape) and JSON-able values."""
-  h = hashlib.sha256()
-  for p in parts:
-    if isinstance(p, np.ndarray):
-      h.update(str((p.dtype.str, p.shape)).encode())
-      h.update(np.ascontiguousarray(p).tobytes())
-    else:
-      h.update(json.dumps(p, sort_keys=True, default=str).encode())
-  return h.hexdigest()[:32]
 
 
 def finalize_codes(codes_NxC, sizes, collision: str, suffix_size: int, stats: dict,

@@ -9,7 +9,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxrec.tokenizer.rq import squared_distances
+from jaxrec.tokenizer.rq import sinkhorn_log, squared_distances
 
 
 def _kmeans_pp_init(key, x_NxD, k):
@@ -89,7 +89,6 @@ def balanced_kmeans(key, x_NxD, groups: int, iters: int = 10, eps: float = 0.003
   With eps 0.003 (LETTER's Sinkhorn epsilon) and 200 iterations, 256 points of which 200
   form one tight blob split into 10 groups of 12..30 points (eps 0.05: 8..156).
   Returns the group of each point [N] (int32)."""
-  from jaxrec.tokenizer.rq import sinkhorn_log
   cents = _kmeans_pp_init(key, x_NxD, groups)
 
   def assign(cents):

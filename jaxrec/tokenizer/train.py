@@ -1,5 +1,5 @@
-"""Tokenizer training: k-means init, a jitted pure step over item batches, the fit loop,
-catalogue assignment.
+"""Tokenizer training: k-means init, a jitted pure step over item batches, and the epoch
+loop every tokenizer fit shares (`fit_epochs`: the RQ-VAE's, LETTER's and SimCIT's).
 
 Shape letters: N items, F feature width, B batch, C levels, K codebook size, D code width,
 S steps per epoch.
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxrec.checkpoint import Checkpoints
 from jaxrec.optim import TrainState, make_optimizer
 from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.tokenizer.kmeans import kmeans, reseed_dead_codes
@@ -109,9 +110,8 @@ def kmeans_codebooks(key, z_NxD, levels: int, size: int, iters: int, init: str):
 
 
 def fit_streams(key):
-  """(epoch permutations' key, per-step noise key): two independent streams. (Until
-  2026-11 both were `fold_in(key, n)`, so epoch n's permutation and step n's dropout and
-  assignment noise drew the same bits; code tables cached from then keep their IDs.)"""
+  """(epoch permutations' key, per-step noise key): two independent streams, so that epoch
+  n's permutation and step n's dropout and assignment noise never draw the same bits."""
   k_perm, k_step = jax.random.split(key)
   return k_perm, k_step
 
@@ -135,7 +135,6 @@ class FitCheckpoints:
     self.directory, self.every, self.log = directory, int(every or 0), log
     self._ckpt = None
     if directory and self.every:
-      from jaxrec.checkpoint import Checkpoints
       self._ckpt = Checkpoints(directory, max_to_keep=2, local=True)
       for name in self._ckpt.partial:
         log(f"{directory}/{name}: a tokenizer save interrupted by the last run was removed")
@@ -165,10 +164,42 @@ class FitCheckpoints:
       self._ckpt.close()
 
 
+def fit_epochs(state, epochs: int, run_epoch: Callable, describe: Callable,
+               checkpoints: Optional[FitCheckpoints], log: Callable[[dict], None],
+               what: str = "tokenizer", due: Optional[Callable[[int], bool]] = None):
+  """The epoch loop of a tokenizer fit, resuming from `checkpoints` when they hold a partial
+  fit: `run_epoch(state, epoch) -> (state, metrics)` (jitted, a `loss` among the metrics);
+  after the epochs `due(epoch)` names (every `log_every`-th, by the caller) and the last,
+  `describe(state, epoch, last) -> (state, dict)` adds the catalogue's health to the epoch's
+  record (and may change the state: the RQ-VAE re-seeds dead codes there). Each epoch's
+  loss is checked once the next is queued. Returns (state, history of records)."""
+  checkpoints = checkpoints or FitCheckpoints(None, 0)
+  state, start, history = checkpoints.restore(state)
+  t0, pending = time.time(), None
+  for epoch in range(start, epochs):
+    state, metrics = run_epoch(state, epoch)
+    if pending is not None:       # the previous epoch's loss, fetched once this one is queued
+      check_finite_loss(*pending, what=what)
+    pending = (epoch, metrics["loss"])
+    last = epoch == epochs - 1
+    if last or (due is not None and due(epoch)):
+      record = {"epoch": epoch + 1, "time_s": round(time.time() - t0, 2),
+                **{k: round(float(v), 6) for k, v in jax.device_get(metrics).items()}}
+      state, health = describe(state, epoch, last)
+      record.update(health)
+      history.append(record)
+      log(record)
+    checkpoints.save(epoch + 1, state, history, metrics["loss"], last)
+  checkpoints.close()
+  if pending is not None:
+    check_finite_loss(*pending, what=what)
+  return state, history
+
+
 def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[Extra] = None,
         log: Callable[[dict], None] = None, checkpoints: Optional[FitCheckpoints] = None):
-  """Trains the tokenizer for `tok_cfg.epochs` (resuming from `checkpoints` when they hold
-  a partial fit); returns (model, params, history)."""
+  """Trains the RQ-VAE (with a method's extra terms) for `tok_cfg.epochs`, resuming from
+  `checkpoints` when they hold a partial fit; returns (model, params, history)."""
   log = log or (lambda m: logging.info("tokenizer %s", m))
   model = RQVAE(arch)
   feats = jnp.asarray(feats_NxF, jnp.float32)
@@ -184,35 +215,29 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[
   state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
   extra_fn = extra.fn if extra is not None else None
   extra_data = jax.device_put(extra.data) if extra is not None else None
-  checkpoints = checkpoints or FitCheckpoints(None, 0)
-  state, start, history = checkpoints.restore(state)
-  t0 = time.time()
   sizes = (arch.codebook_size,) * arch.levels
-  pending = None
   k_perm, k_step = fit_streams(k_train)
-  for epoch in range(start, tok_cfg.epochs):
+  every = tok_cfg.reseed_every
+
+  def run_epoch(state, epoch):
     idx = epoch_batches(jax.random.fold_in(k_perm, epoch), n, batch_size)
-    state, metrics = train_epoch(state, feats, idx, k_step, extra_data, model=model, tx=tx,
-                                 extra_loss=extra_fn)
-    if pending is not None:       # the previous epoch's loss, fetched once this one is queued
-      check_finite_loss(*pending)
-    pending = (epoch, metrics["loss"])
-    last = epoch == tok_cfg.epochs - 1
-    reseed = tok_cfg.reseed_every and (epoch + 1) % tok_cfg.reseed_every == 0 and not last
-    if reseed or last or (epoch + 1) % tok_cfg.log_every == 0:
-      enc = encode_catalogue(state.params, feats, model=model)
-      record = {"epoch": epoch + 1, "time_s": round(time.time() - t0, 2),
-                **{k: round(float(v), 6) for k, v in jax.device_get(metrics).items()},
-                "catalogue_recon": round(float(enc["recon"]), 6),
-                **codes_lib.health_dict(enc["codes_NxC"], sizes)}
-      if reseed:
-        state, revived = _reseed(state, enc, jax.random.fold_in(k_seed, epoch), sizes)
-        record["revived"] = revived
-      history.append(record)
-      log(record)
-    checkpoints.save(epoch + 1, state, history, metrics["loss"], last)
-  if pending is not None:
-    check_finite_loss(*pending)
+    return train_epoch(state, feats, idx, k_step, extra_data, model=model, tx=tx,
+                       extra_loss=extra_fn)
+
+  def reseed_due(epoch):
+    return bool(every) and (epoch + 1) % every == 0 and epoch != tok_cfg.epochs - 1
+
+  def describe(state, epoch, last):
+    enc = encode_catalogue(state.params, feats, model=model)
+    health = {"catalogue_recon": round(float(enc["recon"]), 6),
+              **codes_lib.health_dict(enc["codes_NxC"], sizes)}
+    if reseed_due(epoch):
+      state, health["revived"] = _reseed(state, enc, jax.random.fold_in(k_seed, epoch), sizes)
+    return state, health
+
+  state, history = fit_epochs(
+      state, tok_cfg.epochs, run_epoch, describe, checkpoints, log,
+      due=lambda epoch: reseed_due(epoch) or (epoch + 1) % tok_cfg.log_every == 0)
   return model, state.params, history
 
 

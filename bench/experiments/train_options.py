@@ -6,10 +6,12 @@ sets alternately (paired: the machine's drift falls on all of them alike), print
 bucket's median step per set, and the epoch's time under each set (each bucket's median
 weighted by its batches), and under the best set per bucket.
 
-  JAXREC_DATA_DIR=../shared/data python bench/train_options.py [--reps 3] \
+  JAXREC_DATA_DIR=../shared/data python -m bench.experiments.train_options [--reps 3] \
       [--options '{"ynn_dot": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}, "none": {"xla_cpu_experimental_ynn_fusion_type": ""}}']
 
-(the default compares jaxrec's training setting, YNN dot fusions, with no YNN fusions).
+(the default compares jaxrec's training setting, YNN dot fusions, with no YNN fusions;
+`python bench/experiments/train_options.py` works too). --out writes the figures as JSON with
+the machine (device, CPU, jax / flax versions).
 """
 import argparse
 import collections
@@ -19,11 +21,13 @@ import os
 import sys
 import time
 
-import jax
-import numpy as np
+if not __package__:   # run as a file: the repository root, as `python -m` from it
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import speed  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench import common, speed  # noqa: E402
 from jaxrec.data import gather_batch  # noqa: E402
 from jaxrec.recommender import steps  # noqa: E402
 
@@ -37,10 +41,10 @@ def main():
   p.add_argument("--options", type=json.loads, default=DEFAULT, help="{name: compiler options}")
   p.add_argument("--reps", type=int, default=3, help="timed steps per bucket and option set")
   p.add_argument("--batch", type=int, default=256)
-  p.add_argument("--cpu_devices", type=int, default=None, help="as bench/speed.py's")
+  common.add_cpu_devices(p)
   p.add_argument("--out", default=None)
   args = p.parse_args()
-  speed.set_cpu_devices(args.cpu_devices)
+  common.set_cpu_devices(args)
   cfg, ds, splits, source = speed.load_inputs(argparse.Namespace(buckets=None))
   codes_np = speed.random_codes(ds.n_items)
   model, tx, state, codes, buckets, plan, first_idx = speed.train_setup(cfg, ds, splits, codes_np,
@@ -49,8 +53,8 @@ def main():
          for name, o in args.options.items()}
   key = jax.random.key(1)
   count = collections.Counter(b for b, _ in plan)
-  print(f"device {jax.devices()[0].device_kind} x{len(jax.devices())}, jax {jax.__version__}, inputs {source}, "
-        f"batch {args.batch}, {len(plan)} batches", flush=True)
+  print(f"{common.machine_line()}; inputs {source}, batch {args.batch}, {len(plan)} batches",
+        flush=True)
   step_s = {}
   for b in buckets:
     if b not in first_idx:
@@ -73,14 +77,12 @@ def main():
   print("epoch: " + ", ".join(f"{name} {s:.1f} s" for name, s in epoch.items())
         + f"; the best set per bucket {best:.1f} s", flush=True)
   if args.out:
-    with open(args.out, "w") as f:
-      json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__,
-                 "options": args.options, "reps": args.reps,
-                 "batches": {str(b): count[b] for b in step_s},
-                 "step_ms": {str(b): {k: round(1000 * v, 1) for k, v in s.items()}
-                             for b, s in step_s.items()},
-                 "epoch_s": {k: round(v, 1) for k, v in epoch.items()},
-                 "best_per_bucket_s": round(best, 1)}, f, indent=1)
+    common.write_json(args.out, {"options": args.options, "reps": args.reps,
+                                 "batches": {str(b): count[b] for b in step_s},
+                                 "step_ms": {str(b): {k: round(1000 * v, 1) for k, v in s.items()}
+                                             for b, s in step_s.items()},
+                                 "epoch_s": {k: round(v, 1) for k, v in epoch.items()},
+                                 "best_per_bucket_s": round(best, 1)}, indent=1)
 
 
 if __name__ == "__main__":

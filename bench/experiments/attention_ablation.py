@@ -3,15 +3,17 @@ the attention (monkeypatched into jaxrec.recommender.t5), TIGER preset (configs/
 instruments, 4 + 4 layers, d 128, 6 heads x 64, user token), batch 256, random codes for
 9,922 items. One variant per process, for a clean compile:
 
-  python bench/attention_ablation.py VARIANT HISTORY_ITEMS [REPS]
+  python -m bench.experiments.attention_ablation VARIANT HISTORY_ITEMS [REPS]
 
 The variants replace `t5.attend`: the encoder's and the decoder's self-attention (the
 teacher-forced cross-attention is `Attention.attend_absorbed`, which they leave as is).
 VARIANT: base; headsfirst (scores and weighted sum as [B, H, T, E] einsums); hfpad8 /
 hfpad16 (the same with T padded to a multiple of 8 / 16); nodrop (no dropout anywhere);
 nodrop_attn (no dropout on the attention weights); noattn (no scores, softmax or weighted
-sum: what attention costs); threefry (jax.random dropout masks). Prints one JSON line:
-ms per step (median), samples/s, XLA's FLOPs of the step and the achieved GFLOP/s.
+sum: what attention costs); threefry (jax.random dropout masks); acc32 (every projection's
+product accumulated in fp32, then cast to the compute dtype). Prints one JSON line: ms per
+step (median), samples/s, XLA's FLOPs of the step and the achieved GFLOP/s, and the machine
+(device, CPU, jax / flax versions).
 YNN=default|<fusion type> overrides jaxrec/xla.py's training setting; DTYPE=bfloat16 sets the
 T5's compute dtype (train.dtype; fp32 parameters either way); XLA_OPTS='{"option": value}' adds
 XLA compiler options (e.g. xla_cpu_prefer_vector_width).
@@ -24,18 +26,21 @@ such as the query, key and value projections); then the dense dots by shape with
 FLOPs and GFLOP/s, and the TOP (default 15) slowest ops with their HLO.
 """
 import collections, functools, glob, gzip, json, math, os, re, sys, time
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT); sys.path.insert(0, os.path.join(ROOT, "configs"))
+if not __package__:   # run as a file: the repository root, as `python -m` from it
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import jax, jax.numpy as jnp, numpy as np
-import tiger
-from jaxrec.recommender import t5 as t5lib, steps
-from jaxrec.recommender.t5 import T5, model_config
+from bench import common
+from jaxrec.config import get_config
+from jaxrec.recommender import steps, t5
+from jaxrec.recommender import t5_layers as t5lib
+from jaxrec.recommender.t5 import T5
+from jaxrec.recommender.t5_layers import model_config
 from jaxrec.optim import TrainState
 from jaxrec.xla import compiler_options
 import optax
 
 variant = sys.argv[1]; L = int(sys.argv[2]); reps = int(sys.argv[3]) if len(sys.argv) > 3 else 8
-cfg = tiger.get_config("instruments")
+cfg = get_config("tiger", "instruments")
 B = 256; C = 4; N = 9922
 rng = np.random.default_rng(0)
 codes = jnp.asarray(np.concatenate([rng.integers(0, 256, (N, 3)), rng.integers(0, 8, (N, 1))], 1).astype(np.int32))
@@ -73,7 +78,7 @@ elif variant == "headsfirst":
 elif variant == "nodrop":
   class D(t5lib.Dropout):
     def __call__(self, x, deterministic): return x
-  t5lib.Dropout = D
+  t5lib.Dropout = t5.Dropout = D     # the layers' and the T5's own (embedding) dropout
 elif variant == "noattn":
   def attend(q, k, v, bias, dropout_fn):
     return v[:, :q.shape[1]] if v.shape[1] >= q.shape[1] else jnp.broadcast_to(v.mean(1, keepdims=True), q.shape)
@@ -97,7 +102,7 @@ elif variant == "threefry":
       if deterministic or self.rate <= 0: return x
       keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - self.rate, x.shape)
       return jnp.where(keep, x / (1 - self.rate), 0.0)
-  t5lib.Dropout = D
+  t5lib.Dropout = t5.Dropout = D     # the layers' and the T5's own (embedding) dropout
 
 model = T5(model_config(cfg.model, [256] * 4, os.environ.get("DTYPE", "float32")))
 tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(5e-4, weight_decay=0.01))
@@ -121,7 +126,7 @@ for _ in range(reps):
 ms = 1000 * float(np.median(ts))
 print(json.dumps({"variant": variant, "L": L, "T": 4 * L + 1, "ms": round(ms, 1), "samples_s": round(B / ms * 1000, 1),
                   "gflops": round(flops / ms / 1e6, 1), "gflop_step": round(flops / 1e9, 2), "compile_s": round(comp, 1), "ynn": opts,
-                  "dtype": model.cfg.dtype}))
+                  "dtype": model.cfg.dtype, "machine": common.machine()}))
 
 if os.environ.get("PROFILE"):
   trace_dir = os.environ["PROFILE"]

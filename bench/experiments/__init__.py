@@ -1,0 +1,1 @@
+"""One-off studies behind figures of bench/README.md: `python -m bench.experiments.<name>`."""

@@ -1,0 +1,212 @@
+"""A run end to end: setup (data, the features it lacks, the method's model: code table,
+recommender, prefix tables), the method's plan, the training loop, results.
+
+Everything a run produces lands in its workdir: config.json, metrics.jsonl, codes.npz
+(+ codes.json, <name>.index.json, code_usage.png), checkpoints/, results.json, report.png.
+The collaborative feature `cf`, when a method needs it and the data set lacks it, is the
+item table of a SASRec trained by a run of this same pipeline in a cache folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxrec import distributed
+from jaxrec.checkpoint import write_atomic
+from jaxrec.config import (cache_root, config_to_json, validate_config, without_added_defaults,
+                           without_neutral)
+from jaxrec.data import BatchIterator, Dataset, bucket_lengths, leave_one_out, load_dataset
+from jaxrec.data.dataset import validate_features
+from jaxrec.errors import ConfigError, ConfigMismatchError
+from jaxrec.fingerprint import fingerprint
+from jaxrec.methods import Method, get_method
+from jaxrec.report import write_report
+from jaxrec.text.embedding import text_embeddings
+from jaxrec.training.checkpointing import restore_best
+from jaxrec.training.evaluation import evaluate_split, fmt, popularity_baseline, recommend
+from jaxrec.training.loop import Loop
+from jaxrec.training.plan import Plan
+from jaxrec.training.run import Run, make_mesh
+
+__all__ = ["setup", "train_and_evaluate", "recommend", "restore_best", "make_mesh"]
+
+DERIVED = {"cf": "the item table of a SASRec trained on the interactions (config.cf)",
+           "text": "the item text embedded by `python -m jaxrec.embed --model PATH` (config.embed)"}
+
+
+# ------------------------------------------------------------------------- the workdir
+def _check_config(cfg, workdir):
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    new = json.loads(config_to_json(cfg))
+    old, new = (without_neutral(without_added_defaults(c)) for c in (old, new))
+    if old != new:
+      diff = sorted(_diff_keys(old, new))
+      raise ConfigMismatchError(
+          f"{path}: this workdir holds a run with a different config (differs in "
+          f"{', '.join(diff[:8])}); use another --workdir or the same config to resume")
+
+
+def _write_config(cfg, workdir):
+  """config.json, written once setup has validated the config and the data, so that a
+  run that fails before can be corrected on the same workdir."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path) and distributed.is_primary():
+    os.makedirs(workdir, exist_ok=True)
+    write_atomic(path, config_to_json(cfg))
+
+
+def _diff_keys(a, b, prefix=""):
+  if isinstance(a, dict) and isinstance(b, dict):
+    for k in set(a) | set(b):
+      yield from _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+  elif a != b:
+    yield prefix[:-1]
+
+
+# ------------------------------------------------------------------------- setup
+def setup(cfg, workdir: str, log=print) -> Run:
+  """Loads data (deriving the features the method needs), then the method's model: for
+  methods over semantic IDs the code table (built or reused), the recommender and the
+  decoder tables."""
+  method = get_method(cfg.method)
+  validate_config(cfg, method.kind, method.heads)
+  _check_config(cfg, workdir)
+  mesh = make_mesh()
+  n_dev = mesh.devices.size
+  for name in ("batch_size", "eval_batch_size"):
+    if cfg.train[name] % n_dev:
+      hint = " (on CPU --cpu_devices sets how many)" if jax.default_backend() == "cpu" else ""
+      raise ConfigError(f"train.{name}={cfg.train[name]} must be divisible by the {n_dev} "
+                        f"devices{hint}")
+  ds = ensure_features(cfg, load_dataset(cfg.data), method, log)
+  run = Run(cfg, workdir, ds, leave_one_out(ds, cfg.data.max_len),
+            bucket_lengths(cfg.data.buckets, cfg.data.max_len), mesh)
+  method.setup_model(run, log)
+  _write_config(cfg, workdir)
+  return run
+
+
+def ensure_features(cfg, ds: Dataset, method: Method, log=print) -> Dataset:
+  """`ds` with every feature the method reads present, deriving `cf` and `text`."""
+  for name in method.features(cfg):
+    if name in ds.features:
+      continue
+    if name not in DERIVED:
+      have = ", ".join(sorted(ds.features)) or "none"
+      raise ConfigError(
+          f"item feature {name!r} is needed (tokenizer.feature or a method's feature) but "
+          f"data set {ds.name!r} has features: {have}. Load <data.dir>/{ds.name}.{name}.npy by "
+          f"adding {name!r} to data.features, or use 'cf' ({DERIVED['cf']}) or 'text' "
+          f"({DERIVED['text']})")
+    derive = cf_embeddings if name == "cf" else text_embeddings
+    ds = dataclasses.replace(ds, features={**ds.features, name: derive(cfg, ds, log)})
+  return ds
+
+
+def sasrec_run_config(cfg) -> ml_collections.ConfigDict:
+  """The config of the SASRec run that derives `cf` for `cfg`'s data set."""
+  s = ml_collections.ConfigDict()
+  s.method = "sasrec"
+  s.variant = "cf"
+  s.seed = cfg.seed
+  s.data = ml_collections.ConfigDict(cfg.data.to_dict())
+  s.data.features = ()
+  s.data.index = False
+  s.model = ml_collections.ConfigDict(cfg.cf.model.to_dict())
+  s.train = ml_collections.ConfigDict(cfg.cf.train.to_dict())
+  return s
+
+
+def cf_embeddings(cfg, ds: Dataset, log=print) -> np.ndarray:
+  """Trains (or reuses) the SASRec of `cfg.cf` on `ds`'s interactions: float32 [N, d]. The
+  SASRec run is a full run of this pipeline (checkpoints, resume, early stopping,
+  results.json) in a cache folder named by a fingerprint of the interactions and the SASRec
+  settings, so a second method on the same data reuses it."""
+  scfg = sasrec_run_config(cfg)
+  settings = without_added_defaults({k: scfg[k].to_dict() for k in ("model", "train")})
+  fp = fingerprint(ds.offsets_U1, ds.items_I, ds.n_items, settings, scfg.seed,
+                   scfg.data.max_len, list(scfg.data.buckets))
+  workdir = os.path.join(cache_root(cfg), f"sasrec-{ds.name}-{fp[:16]}")
+  path = os.path.join(workdir, f"{ds.name}.sasrec{scfg.model.d}.npy")
+  if not os.path.exists(os.path.join(workdir, "results.json")) or not os.path.exists(path):
+    log(f"cf: item feature 'cf' is not in the data set; training SASRec (d {scfg.model.d}) "
+        f"on its interactions in {workdir}")
+    train_and_evaluate(scfg, workdir, log=lambda m: log(f"[cf sasrec] {m}"))
+  else:
+    with open(os.path.join(workdir, "results.json")) as f:
+      valid = json.load(f)["valid"]
+    log(f"cf: reusing {path} (SASRec valid R@10 {valid['recall@10']:.4f}, "
+        f"N@10 {valid['ndcg@10']:.4f})")
+  return validate_features(path, "cf", np.load(path), ds.n_items)
+
+
+# ------------------------------------------------------------------------- the run
+def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
+  """The whole run; resumes from workdir's latest intact checkpoint when there is one."""
+  t_start = time.time()
+  primary = distributed.is_primary()
+  log = log if primary else (lambda m: None)   # logs and files from process 0 only
+  run = setup(cfg, workdir, log)
+  tc = cfg.train
+  root = jax.random.key(cfg.seed)
+  k_init, k_train = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
+  train_it = BatchIterator(run.dataset, run.splits["train"], tc.batch_size, run.buckets,
+                           shuffle=True, seed=cfg.seed, iid=cfg.data.batching == "iid",
+                           rows=run.rows(tc.batch_size))
+  plan = get_method(cfg.method).training_plan(run, k_init, len(train_it))
+  loop = Loop(run, plan, train_it, k_train, log)
+  loop.resume()
+  log(f"{cfg.method}: {run.dataset.n_items} items, {len(run.splits['train'])} train samples, "
+      f"{len(train_it)} steps/epoch, {plan.n_params:,} parameters, {run.mesh.devices.size} "
+      f"device(s) [{jax.devices()[0].platform}], buckets {run.buckets}")
+  best = loop.train()
+  return _finish(run, plan, best, loop, t_start, log)
+
+
+def _finish(run: Run, plan: Plan, best_tree, loop: Loop, t_start, log) -> dict:
+  """Test metrics of the checkpoint best on validation (of the last stage), results.json
+  and report.png."""
+  cfg, ls = run.cfg, loop.ls
+  tokenizer_stats = run.table.stats if run.table is not None else None
+  extra = plan.finish(run, best_tree) if plan.finish else {}
+  best_params = distributed.replicate(best_tree["params"], run.replicated)
+  results = {
+      "method": cfg.method, "variant": cfg.get("variant", ""), "dataset": run.dataset.name,
+      "best": ls.best,
+      "valid": _best_valid(ls) or evaluate_split(run, best_params, "valid"),
+      "test": evaluate_split(run, best_params, "test"),
+      "popularity": popularity_baseline(run),
+      "tokenizer": tokenizer_stats,
+      "train_seconds": round(ls.train_seconds, 1),
+      "train_samples_per_s": round(ls.train_samples / max(ls.train_seconds, 1e-9), 1),
+      "steps": loop.step,
+      "parameters": plan.n_params,
+      "device": f"{jax.devices()[0].device_kind} x{run.mesh.devices.size}",
+      "wall_seconds_this_invocation": round(time.time() - t_start, 1),
+      **extra,
+  }
+  if distributed.is_primary():
+    write_atomic(os.path.join(run.workdir, "results.json"), json.dumps(results, indent=2))
+    log("test " + fmt(results["test"]))
+    log("most-popular test " + fmt(results["popularity"]["test"]))
+    write_report(run.workdir, run.table)
+  distributed.barrier("results written")
+  return results
+
+
+def _best_valid(ls):
+  """The validation metrics recorded when the best checkpoint was evaluated (decoding
+  the same parameters again would give the same numbers)."""
+  for r in ls.evals:
+    if ls.best and r["step"] == ls.best["step"] and "ndcg@10" in r:   # (not a loss-only record)
+      return {k: v for k, v in r.items() if k not in ("step", "epoch", "split", "stage")}
+  return None

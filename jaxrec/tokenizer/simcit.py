@@ -1,0 +1,291 @@
+"""SimCIT's tokenizer (Li et al., arXiv 2506.16683, "A Simple Contrastive Framework of Item
+Tokenization for Generative Recommendation"): a residual quantizer trained only
+contrastively over several item views (the method, `methods/simcit.py`, puts TIGER's T5
+over its IDs).
+
+Following the official code (alibaba/SimCIT, generate_sid/models/ssid_rq.py):
+  views      any item feature matrices (`tokenizer.simcit.views`), each L2-normalised on
+             load (the released code reads views normalised offline)
+  encoders   one MLP per view, no bias, SiLU between layers (d -> 512 -> 384 -> 256 -> 128)
+  fusion     one shared attention: score_v = w . tanh(W h_v + b), softmax over views,
+             fused = sum_v weight_v h_v
+  quantizer  `rq.residual_quantize` in "gumbel" mode at every level: in training the soft
+             codeword softmax((-||r - c||^2 + s * Gumbel) / 0.2) @ codebook (no straight-through;
+             s = `gumbel_scale`: 1 in the official code, 0 by default here, see
+             configs/simcit.py: unit noise swamps the small initial distances and nothing
+             is learnt within short budgets),
+             the next residual subtracts it (gradients flow: residual_grad="through"); the
+             hard argmin at inference. Quantized vector = sum of the levels' codewords;
+             distances on unnormalised codebooks, initialised by k-means on the fused
+             vectors' residuals (`codebook_init='kmeans'`, the code's default) or uniform in
+             [0, 1) as the released config (`'uniform'`; it collapses to a few codes within
+             short budgets, see configs/simcit.py)
+  loss       for every view (summed over views, as the official trainer sums its losses):
+             one-directional InfoNCE, cosine / 0.07, the projected quantized vector as anchor
+             and the projected view encoding of the same item as positive, both through one
+             shared Linear(128, 128); denominator GRACE-style over the batch:
+             sum_j e(q_i.q_j) + sum_j e(q_i.v_j) - e(q_i.q_i). Plus `w_div` (1.0) times the
+             codebook Gram penalty: the signed mean of each level's Gram matrix of
+             L2-normalised codewords (diagonal included, as the code), averaged over levels.
+             No reconstruction. The code computes a commitment loss with weight 0:
+             `w_commit` (default 0) adds it.
+  optimiser  AdamW lr 2e-4, weight decay 1e-3; the released schedule (warm-up 100 of 15,000
+             epochs from 1e-6, then cosine to 1e-6) expressed in steps: warm-up =
+             `warmup_frac` (100 / 15,000) of all steps.
+  negatives  'global': the whole batch (on a mesh, every device's items); 'local': each
+             device's share only, as the official code (one GPU's batch).
+Where the paper differs: the paper's Eq. writes a symmetric InfoNCE between the quantized
+vector and each view; the code's one-directional GRACE form is followed. The official code
+logs the unique-ID ratio and does not resolve collisions; here `tokenizer.collision`
+resolves them as for the other tokenizers (appended level or Sinkhorn re-assignment).
+
+Shape letters: B batch, D width (128), C levels, K codebook size, N items, V views.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxrec.config import tokenizer_fingerprint_dict
+from jaxrec.errors import ConfigError
+from jaxrec.fingerprint import fingerprint
+from jaxrec.optim import TrainState
+from jaxrec.tokenizer import codes as codes_lib
+from jaxrec.tokenizer.build import assign_catalogue, fit_checkpoints, save_tokenizer, saved_table
+from jaxrec.tokenizer.rq import residual_quantize
+from jaxrec.tokenizer.train import epoch_batches, fit_epochs, kmeans_codebooks
+from jaxrec.xla import jit_init
+
+
+@dataclasses.dataclass(frozen=True)
+class SimCITConfig:
+  view_dims: tuple
+  hidden: tuple = (512, 384, 256)
+  dim: int = 128
+  levels: int = 3
+  codebook_size: int = 256
+  gumbel_tau: float = 0.2
+  gumbel_scale: float = 1.0
+
+
+class MLP(nn.Module):
+  widths: tuple
+
+  @nn.compact
+  def __call__(self, x):
+    for i, w in enumerate(self.widths):
+      x = nn.Dense(w, use_bias=False)(x)
+      if i < len(self.widths) - 1:
+        x = nn.silu(x)
+    return x
+
+
+class SimCIT(nn.Module):
+  cfg: SimCITConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.encoders = [MLP(tuple(cfg.hidden) + (cfg.dim,), name=f"encoder{v}")
+                     for v in range(len(cfg.view_dims))]
+    self.score_hidden = nn.Dense(cfg.dim)
+    self.score_out = nn.Dense(1, use_bias=False)
+    self.codebooks = self.param("codebooks", nn.initializers.uniform(1.0),
+                                (cfg.levels, cfg.codebook_size, cfg.dim))
+    self.proj = nn.Dense(cfg.dim)
+
+  def encode(self, views):
+    """(fused [B, D], per-view encodings [V, B, D], fusion weights [B, V])."""
+    h = jnp.stack([enc(x) for enc, x in zip(self.encoders, views)])
+    scores = self.score_out(jnp.tanh(self.score_hidden(h)))[..., 0]        # [V, B]
+    weights = jax.nn.softmax(scores.T, axis=-1)                               # [B, V]
+    return jnp.einsum("bv,vbd->bd", weights, h), h, weights
+
+  def __call__(self, views, train: bool, key=None):
+    """(RQOutput, projected quantized vectors [B, D], projected view encodings [V, B, D])."""
+    fused, h, _ = self.encode(views)
+    cfg = self.cfg
+    rq = residual_quantize(fused, self.codebooks, modes=("gumbel",) * cfg.levels, train=train,
+                           gumbel_tau=cfg.gumbel_tau, gumbel_scale=cfg.gumbel_scale,
+                           residual_grad="through", key=key)
+    return rq, self.proj(rq.quantized_BxD), self.proj(h)
+
+  def project(self, x_BxD):
+    return self.proj(x_BxD)
+
+
+def _normalize(x, axis=-1):
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
+def grace_nce(q_BxD, v_BxD, temperature: float):
+  """One-directional InfoNCE with the GRACE denominator (see the module docstring), mean
+  over the batch."""
+  qn, vn = _normalize(q_BxD), _normalize(v_BxD)
+  s_qq = qn @ qn.T / temperature
+  s_qv = qn @ vn.T / temperature
+  eye = jnp.eye(q_BxD.shape[0], dtype=bool)
+  logits = jnp.concatenate([jnp.where(eye, -jnp.inf, s_qq), s_qv], axis=1)
+  return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(s_qv))
+
+
+def gram_penalty(codebooks_CxKxD):
+  """Mean over levels of the mean of the Gram matrix of L2-normalised codewords."""
+  n = _normalize(codebooks_CxKxD)
+  return jnp.mean(jnp.einsum("ckd,cjd->ckj", n, n))
+
+
+def loss_fn(params, views, key, *, model: SimCIT, temperature: float, w_div: float,
+            w_commit: float, groups: int, prefix_loss: bool = False):
+  """SimCIT's loss over a batch of items ([V] views of [B, F_v]). `groups` > 1 splits the
+  batch into that many equal parts (one per device) for 'local' negatives. `prefix_loss`:
+  each view's InfoNCE is the mean over the prefixes of the levels (the sum of the first
+  1, 2, ..., C soft codewords, each projected, as anchor): the alternative left commented
+  out in the official forward (ssid_rq.py:165-166, 172), which asks every prefix of an ID
+  to tell the item apart, so that the first levels carry the coarse structure."""
+  rq, q, p_VxBxD = model.apply(params, views, True, key)
+  anchors = [q]
+  if prefix_loss:          # prefix i = z - (the residual entering level i)
+    z = rq.residuals_BxCxD[:, 0]
+    anchors = [model.apply(params, z - rq.residuals_BxCxD[:, i], method=SimCIT.project)
+               for i in range(1, rq.residuals_BxCxD.shape[1])] + [q]
+  nce_fn = jax.vmap(functools.partial(grace_nce, temperature=temperature))
+  metrics = {}
+  nce = 0.0
+  for v, p in enumerate(p_VxBxD):
+    term = sum(jnp.mean(nce_fn(a.reshape(groups, -1, a.shape[-1]),
+                               p.reshape(groups, -1, p.shape[-1]))) for a in anchors) / len(anchors)
+    metrics[f"nce_view{v}"] = term
+    nce = nce + term
+  div = gram_penalty(params["params"]["codebooks"])
+  loss = nce + w_div * div + w_commit * rq.commit_loss
+  metrics.update(loss=loss, nce=nce, gram=div, commit=rq.commit_loss)
+  return loss, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tx", "temperature", "w_div", "w_commit",
+                                             "groups", "prefix_loss"), donate_argnums=0)
+def train_epoch(state: TrainState, views, idx_SxB, key, *, model, tx, temperature, w_div,
+                w_commit, groups, prefix_loss=False):
+  """One epoch: a scan of steps over the planned item batches; key = fold_in(key, step)."""
+  def step(state, idx_B):
+    k = jax.random.fold_in(key, state.step)
+    batch = [x[idx_B] for x in views]
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch, k, model=model, temperature=temperature, w_div=w_div,
+        w_commit=w_commit, groups=groups, prefix_loss=prefix_loss)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), metrics
+
+  state, metrics = jax.lax.scan(step, state, idx_SxB)
+  return state, jax.tree.map(jnp.mean, metrics)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def encode_catalogue(params, views, *, model: SimCIT):
+  """Hard codes of every item (inference), the residuals and the fusion weights."""
+  rq, _, _ = model.apply(params, views, False)
+  _, _, weights = model.apply(params, views, method=SimCIT.encode)
+  return {"codes_NxC": rq.codes_BxC, "residuals_NxCxD": rq.residuals_BxCxD,
+          "fusion_NxV": weights}
+
+
+def load_views(cfg, dataset):
+  views = list(cfg.tokenizer.simcit.views)
+  if not views:
+    raise ConfigError("tokenizer.simcit.views is empty: name at least one item feature")
+  return [np.asarray(_normalize(jnp.asarray(dataset.features[v], jnp.float32))) for v in views]
+
+
+def model_for(cfg, views) -> SimCIT:
+  t = cfg.tokenizer
+  return SimCIT(SimCITConfig(view_dims=tuple(int(v.shape[1]) for v in views),
+                             hidden=tuple(t.simcit.hidden), dim=int(t.simcit.dim),
+                             levels=int(t.levels), codebook_size=int(t.codebook_size),
+                             gumbel_tau=float(t.simcit.gumbel_tau),
+                             gumbel_scale=float(t.simcit.get("gumbel_scale", 1.0))))
+
+
+def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int = 1):
+  """Trains SimCIT's tokenizer (or reuses workdir's codes.npz of the same fingerprint) and
+  codes the catalogue. Returns (CodeTable, (model, params))."""
+  t, s = cfg.tokenizer, cfg.tokenizer.simcit
+  views = load_views(cfg, dataset)
+  model = model_for(cfg, views)
+  fp = fingerprint("simcit", *views, tokenizer_fingerprint_dict(t), cfg.seed, jax.__version__,
+                   n_devices if s.negatives == "local" else 1)
+  table = saved_table(workdir, fp)
+  path = os.path.join(workdir, "tokenizer.msgpack") if workdir else None
+  if table is not None and os.path.exists(path):
+    params = jit_init(model, jax.random.key(0), [v[:2] for v in views], train=False)
+    with open(path, "rb") as f:
+      params = flax.serialization.from_bytes(params, f.read())
+    return table, (model, params)
+  if s.negatives not in ("global", "local"):
+    raise ConfigError(f"tokenizer.simcit.negatives must be 'global' or 'local', got {s.negatives!r}")
+  groups = n_devices if s.negatives == "local" else 1
+  n = dataset.n_items
+  batch_size = min(int(t.batch_size), n) // groups * groups
+  if batch_size < 2 * groups:
+    raise ConfigError(f"tokenizer.batch_size={t.batch_size}: SimCIT's in-batch negatives need "
+                      f"at least 2 items per group ({groups} group(s), {n} items)")
+  k_init, k_km, k_train = jax.random.split(key, 3)
+  views_dev = [jnp.asarray(v) for v in views]
+  state, tx = _initial_state(cfg, model, views_dev, k_init, k_km, -(-n // batch_size))
+  sizes = (t.codebook_size,) * t.levels
+  common = dict(model=model, tx=tx, temperature=float(s.temperature), w_div=float(s.w_div),
+                w_commit=float(s.w_commit), groups=groups, prefix_loss=bool(s.prefix_loss))
+
+  def run_epoch(state, epoch):
+    idx = epoch_batches(jax.random.fold_in(k_train, epoch), n, batch_size)
+    return train_epoch(state, views_dev, idx, jax.random.fold_in(k_train, 1 << 20), **common)
+
+  def describe(state, epoch, last):
+    enc = encode_catalogue(state.params, views_dev, model=model)
+    return state, {"fusion_weights": [round(float(w), 4) for w in enc["fusion_NxV"].mean(0)],
+                   **codes_lib.health_dict(enc["codes_NxC"], sizes)}
+
+  t0 = time.time()
+  state, history = fit_epochs(state, t.epochs, run_epoch, describe,
+                              fit_checkpoints(t, workdir, fp, log), log, what="SimCIT tokenizer",
+                              due=lambda epoch: (epoch + 1) % t.log_every == 0)
+  enc = encode_catalogue(state.params, views_dev, model=model)
+  last = model.cfg.levels - 1
+  table = assign_catalogue(
+      t, enc["codes_NxC"], enc["residuals_NxCxD"][:, last],
+      state.params["params"]["codebooks"][last], fp,
+      {"source": "simcit", "fit_seconds": round(time.time() - t0, 2),
+       "history": history[-1] if history else {},
+       "fusion_weights": [round(float(w), 4) for w in enc["fusion_NxV"].mean(0)]})
+  save_tokenizer(workdir, state.params)
+  return table, (model, state.params)
+
+
+def _initial_state(cfg, model: SimCIT, views, k_init, k_km, steps_per_epoch: int):
+  """Parameters (codebooks by k-means on the fused vectors' residuals, or uniform) and
+  AdamW with the released schedule: (TrainState, tx)."""
+  t, s = cfg.tokenizer, cfg.tokenizer.simcit
+  params = flax.core.unfreeze(jit_init(model, k_init, [v[:2] for v in views], train=False))
+  if s.codebook_init == "kmeans":     # on the fused vectors' residuals, as the RQ-VAE's
+    fused, _, _ = model.apply(params, views, method=SimCIT.encode)
+    params["params"]["codebooks"] = kmeans_codebooks(k_km, fused, model.cfg.levels,
+                                                     model.cfg.codebook_size, t.kmeans_iters,
+                                                     "kmeans++")
+  elif s.codebook_init != "uniform":
+    raise ConfigError(f"tokenizer.simcit.codebook_init must be 'uniform' or 'kmeans', got "
+                      f"{s.codebook_init!r}")
+  total = t.epochs * steps_per_epoch
+  warmup = max(1, int(s.warmup_frac * total))
+  sched = optax.warmup_cosine_decay_schedule(1e-6, t.lr, warmup, max(total, warmup + 1),
+                                             end_value=1e-6)
+  tx = optax.adamw(sched, weight_decay=t.weight_decay)
+  return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), tx
