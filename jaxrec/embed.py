@@ -1,12 +1,15 @@
 """`python -m jaxrec.embed --config configs/X.py[:variant] --model PATH`: item text -> the
 `text` item feature (`jaxrec/text/embedding.py`), written to `embed.out_dir` (default: the
 cache, `$JAXREC_CACHE_DIR` or ~/.cache/jaxrec, `text/`) or `--out`."""
+import os
+
 from absl import flags
 from ml_collections import config_flags
 
 from jaxrec import cli
 from jaxrec.config import default_config_path
 from jaxrec.data import load_dataset
+from jaxrec.cache import Claim
 from jaxrec.text.embedding import embed_dataset, text_dir
 
 _CONFIG = config_flags.DEFINE_config_file("config", default_config_path(), "Config file[:variant].")
@@ -18,7 +21,9 @@ def main(argv):
   del argv
   cfg = _CONFIG.value
   ds = load_dataset(cfg.data)
-  embed_dataset(cfg, ds, _MODEL.value, _OUT.value or text_dir(cfg))
+  out = _OUT.value or text_dir(cfg)
+  with Claim(os.path.join(out, f"{ds.name}.text.npy.lock")):   # not beside a run embedding it
+    embed_dataset(cfg, ds, _MODEL.value, out)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ item table of a SASRec trained by a run of this same pipeline in a cache folder.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -18,12 +19,13 @@ import ml_collections
 import numpy as np
 
 from jaxrec import distributed
+from jaxrec.cache import Claim, check, clean_temporaries, move_aside, read_sidecar, seal
 from jaxrec.checkpoint import write_atomic
 from jaxrec.config import (cache_root, config_to_json, validate_config, without_added_defaults,
                            without_neutral)
 from jaxrec.data import BatchIterator, Dataset, bucket_lengths, leave_one_out, load_dataset
 from jaxrec.data.dataset import validate_features
-from jaxrec.errors import ConfigError, ConfigMismatchError
+from jaxrec.errors import CheckpointError, ConfigError, ConfigMismatchError
 from jaxrec.fingerprint import fingerprint
 from jaxrec.methods import Method, get_method
 from jaxrec.report import write_report
@@ -130,23 +132,81 @@ def cf_embeddings(cfg, ds: Dataset, log=print) -> np.ndarray:
   """Trains (or reuses) the SASRec of `cfg.cf` on `ds`'s interactions: float32 [N, d]. The
   SASRec run is a full run of this pipeline (checkpoints, resume, early stopping,
   results.json) in a cache folder named by a fingerprint of the interactions and the SASRec
-  settings, so a second method on the same data reuses it."""
+  settings, so a second method on the same data reuses it. Its exported table is sealed
+  (`cf.json`: size and checksum); a damaged table is exported again from the run's best
+  checkpoint, a run that cannot resume is moved aside and trained again. Process 0 holds
+  the entry's claim (a second run needing it waits, then reuses it)."""
   scfg = sasrec_run_config(cfg)
   settings = without_added_defaults({k: scfg[k].to_dict() for k in ("model", "train")})
   fp = fingerprint(ds.offsets_U1, ds.items_I, ds.n_items, settings, scfg.seed,
                    scfg.data.max_len, list(scfg.data.buckets))
   workdir = os.path.join(cache_root(cfg), f"sasrec-{ds.name}-{fp[:16]}")
   path = os.path.join(workdir, f"{ds.name}.sasrec{scfg.model.d}.npy")
-  if not os.path.exists(os.path.join(workdir, "results.json")) or not os.path.exists(path):
-    log(f"cf: item feature 'cf' is not in the data set; training SASRec (d {scfg.model.d}) "
-        f"on its interactions in {workdir}")
-    train_and_evaluate(scfg, workdir, log=lambda m: log(f"[cf sasrec] {m}"))
-  else:
+  primary = distributed.is_primary()
+  with Claim(workdir + ".lock", log) if primary else contextlib.nullcontext():
+    train = _prepare_cf(scfg, workdir, path, log) if primary else False
+    distributed.barrier("cf decided")          # the others read process 0's decision
+    if not primary:
+      train = check(path, os.path.join(workdir, "cf.json"), legacy=_legacy_cf(workdir)) is not None
+    if train:
+      _train_cf(scfg, workdir, log if primary else (lambda m: None))
+      if primary:
+        seal(path, os.path.join(workdir, "cf.json"), {"sasrec_run": workdir})
+  distributed.barrier("cf features")
+  return validate_features(path, "cf", np.load(path), ds.n_items)
+
+
+def _legacy_cf(workdir: str):
+  """An entry written before cf.json: whole when the run finished and the table loads."""
+  def problem(path):
+    if not os.path.exists(os.path.join(workdir, "results.json")):
+      return "the run has no results.json"
+    try:
+      np.load(path, mmap_mode="r")
+    except Exception as e:                   # noqa: BLE001 - any failure is the damage
+      return f"unreadable ({type(e).__name__})"
+    return None
+  return problem
+
+
+def _prepare_cf(scfg, workdir: str, path: str, log) -> bool:
+  """Whether the `cf` run must (re)train or re-export; logs what was found and removes a
+  damaged table (it is exported again from the best checkpoint)."""
+  sidecar = os.path.join(workdir, "cf.json")
+  problem = check(path, sidecar, legacy=_legacy_cf(workdir))
+  if problem is None and os.path.exists(os.path.join(workdir, "results.json")):
     with open(os.path.join(workdir, "results.json")) as f:
       valid = json.load(f)["valid"]
     log(f"cf: reusing {path} (SASRec valid R@10 {valid['recall@10']:.4f}, "
         f"N@10 {valid['ndcg@10']:.4f})")
-  return validate_features(path, "cf", np.load(path), ds.n_items)
+    if "sha256" not in (read_sidecar(sidecar) or {}):
+      seal(path, sidecar, {"sasrec_run": workdir})       # an older entry: checked from now on
+    return False
+  if not os.path.exists(workdir):
+    log(f"cf: item feature 'cf' is not in the data set; training SASRec (d {scfg.model.d}) "
+        f"on its interactions in {workdir}")
+  else:
+    if os.path.exists(path):
+      os.remove(path)
+    log(f"cf: {path}: {problem or 'no results.json'}; resuming the SASRec run in {workdir} "
+        "(a finished run exports its table again)")
+  for left in clean_temporaries(path):
+    log(f"cf: removed {left}, left by a killed writer")
+  return True
+
+
+def _train_cf(scfg, workdir: str, log) -> None:
+  """The `cf` run, resumed where it stopped; one that cannot resume (its checkpoints are
+  damaged or gone) is moved aside and trained again."""
+  sub_log = lambda m: log(f"[cf sasrec] {m}")
+  try:
+    train_and_evaluate(scfg, workdir, log=sub_log)
+  except (CheckpointError, ConfigMismatchError) as e:
+    if distributed.is_primary():
+      log(f"cf: the SASRec run in {workdir} cannot be resumed ({str(e).splitlines()[0]}): "
+          f"moved aside to {move_aside(workdir)}; training it again")
+    distributed.barrier("cf moved aside")
+    train_and_evaluate(scfg, workdir, log=sub_log)
 
 
 # ------------------------------------------------------------------------- the run

@@ -14,9 +14,9 @@ import pytest
 
 import tiger
 from jaxrec import pipeline
-from jaxrec.text import embedding as embed
 from jaxrec.config import ConfigError
-from jaxrec.data import DataError
+from jaxrec.data import DataError, load_dataset
+from jaxrec.text import embedding as embed
 from jaxrec.data.synthetic import SyntheticSpec, generate
 from jaxrec.text import bert
 
@@ -206,10 +206,80 @@ def test_text_feature_trains_tiger_in_one_command(tmp_path, model_dir):
   assert res["tokenizer"]["source"] == "rqvae" and 0 <= res["test"]["recall@10"] <= 1
   # a second run reads the file; changed text is refused with the file named
   cfg2 = text_config(data, name, out)
-  from jaxrec.data import load_dataset
-  from jaxrec.text.embedding import text_embeddings
   ds = load_dataset(cfg2.data)
-  np.testing.assert_array_equal(text_embeddings(cfg2, ds, log=lambda m: None), feats)
+  np.testing.assert_array_equal(embed.text_embeddings(cfg2, ds, log=lambda m: None), feats)
   cfg2.embed.fields = ("title",)
   with pytest.raises(ConfigError, match="Toy.text.npy: embedded from other text"):
-    text_embeddings(cfg2, ds, log=lambda m: None)
+    embed.text_embeddings(cfg2, ds, log=lambda m: None)
+  # a damaged cache is embedded again: the run's metrics are a clean cache's
+  with open(os.path.join(out, "Toy.text.npy"), "r+b") as f:
+    f.truncate(os.path.getsize(os.path.join(out, "Toy.text.npy")) // 2)
+  logs = []
+  again = pipeline.train_and_evaluate(cfg, str(tmp_path / "w2"), log=logs.append)
+  assert any("is damaged" in l and "embedding again" in l for l in logs), logs[:4]
+  for split in ("valid", "test"):
+    assert again[split] == {**res[split], "decode_s": again[split]["decode_s"]}
+
+
+@pytest.mark.parametrize("how", ["truncated", "zero-length", "bit-flipped"])
+def test_a_damaged_text_cache_is_rebuilt_or_named_in_one_line(tmp_path, model_dir, how):
+  from test_cache import damage
+  data, out = str(tmp_path / "d"), str(tmp_path / "text")
+  name = text_data(data)
+  cfg = text_config(data, name, out, model=model_dir[0])
+  ds = load_dataset(cfg.data)
+  clean = embed.text_embeddings(cfg, ds, log=lambda m: None)
+  path = os.path.join(out, "Toy.text.npy")
+  damage(path, how)
+  bare = text_config(data, name, out)             # no embed.model: cannot rebuild
+  with pytest.raises(ConfigError) as e:
+    embed.text_embeddings(bare, ds, log=lambda m: None)
+  assert str(e.value).startswith(f"{path} is damaged") and "python -m jaxrec.embed" in str(e.value)
+  assert "\n" not in str(e.value)
+  logs = []
+  np.testing.assert_array_equal(embed.text_embeddings(cfg, ds, log=logs.append), clean)
+  assert any(l.startswith(f"text: {path} is damaged") for l in logs), logs
+  assert os.path.exists(path + ".damaged")
+
+
+EMBED = """
+import os, sys
+import jax
+sys.path.insert(0, os.path.join({repo!r}, "configs"))
+sys.path.insert(0, os.path.join({repo!r}, "tests"))
+jax.config.update("jax_compilation_cache_dir", os.environ["JAXREC_COMPILE_CACHE"])
+from test_embed import text_config
+from jaxrec.data import load_dataset
+from jaxrec.text.embedding import text_embeddings
+cfg = text_config(sys.argv[1], "Toy", sys.argv[2], model=sys.argv[3])
+print("started", flush=True)
+text_embeddings(cfg, load_dataset(cfg.data), log=lambda m: print(m, flush=True))
+"""
+
+
+def test_killed_while_embedding_the_rerun_equals_an_uninterrupted_run(tmp_path, model_dir):
+  import random
+  import subprocess
+  import sys
+  import time
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  data, out = str(tmp_path / "d"), str(tmp_path / "text")
+  text_data(data, n_items=2000)                      # long enough to be killed inside
+  cfg = text_config(data, "Toy", str(tmp_path / "clean"), model=model_dir[0])
+  clean = embed.text_embeddings(cfg, load_dataset(cfg.data), log=lambda m: None)
+  script = EMBED.format(repo=repo)
+  rng = random.Random(34)
+  for _ in range(2):
+    p = subprocess.Popen([sys.executable, "-c", script, data, out, model_dir[0]],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert p.stdout.readline().strip() == "started"
+    time.sleep(rng.uniform(0.2, 2.0))
+    p.kill()
+    p.wait()
+  p = subprocess.run([sys.executable, "-c", script, data, out, model_dir[0]],
+                     capture_output=True, text=True)
+  assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+  again = embed.text_embeddings(text_config(data, "Toy", out), load_dataset(cfg.data),
+                                log=lambda m: None)
+  np.testing.assert_array_equal(again, clean)
+  assert [f for f in os.listdir(out) if ".tmp" in f or f.endswith(".lock")] == []

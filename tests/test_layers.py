@@ -30,7 +30,7 @@ LAYERS = [
     ("decoding and data", ["jaxrec.decode", "jaxrec.data"]),
     ("ground floor", [("jaxrec", "jaxrec.metrics", "jaxrec.optim", "jaxrec.distributed",
                        "jaxrec.checkpoint", "jaxrec.config", "jaxrec.errors", "jaxrec.xla",
-                       "jaxrec.fingerprint", "jaxrec.report")]),
+                       "jaxrec.fingerprint", "jaxrec.report", "jaxrec.cache")]),
 ]
 
 # Imports of jaxrec modules inside functions: (importer, imported) -> why it cannot be at the top.

@@ -79,6 +79,22 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path, monkeypat
   assert steps(workdir) == steps(full_dir)
 
 
+@pytest.mark.parametrize("name,how", [("codes.npz", "bit-flipped"), ("codes.json", "truncated"),
+                                      ("tokenizer.msgpack", "bit-flipped")])
+def test_a_damaged_code_table_costs_a_refit_not_a_crash(uninterrupted, tmp_path, name, how):
+  import shutil
+  from test_cache import damage
+  full_dir, full = uninterrupted
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(full_dir, workdir)
+  damage(os.path.join(workdir, name), how)
+  logs = []
+  again = pipeline.train_and_evaluate(tiny_config(), workdir, log=logs.append)
+  assert any(name in l and "moved aside" in l and "fitted again" in l for l in logs), logs[:4]
+  for split in ("valid", "test"):
+    assert again[split] == {**full[split], "decode_s": again[split]["decode_s"]}
+
+
 def test_damaged_latest_checkpoint_falls_back(tmp_path, capsys):
   c = Checkpoints(str(tmp_path / "ck"), max_to_keep=3)
   tree = {"w": jnp.arange(6.0), "b": jnp.ones(2)}

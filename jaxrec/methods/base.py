@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import importlib
 import json
-import os
 import time
 
 import jax
@@ -28,7 +27,6 @@ from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5
 from jaxrec.recommender.t5_layers import model_config
 from jaxrec.tokenizer import build
-from jaxrec.tokenizer.codes import CodeTable
 from jaxrec.training.plan import Plan, single_stage_plan
 from jaxrec.training.run import Run, install_codes
 
@@ -115,8 +113,7 @@ def setup_generative(run: Run, method: Method, log) -> None:
   table, tokenizer = code_table(cfg, ds, method, workdir,
                                 lambda r: log(f"tokenizer {json.dumps(r)}"), run.mesh.devices.size)
   if primary:
-    if (not os.path.exists(os.path.join(workdir, "codes.npz"))
-        or CodeTable.load(workdir).fingerprint != table.fingerprint):  # left by a failed setup
+    if build.saved_table(workdir, table.fingerprint, log=lambda r: log(r["message"])) is None:
       build.write_outputs(table, workdir, ds, f"{cfg.method} on {ds.name}")
       log(f"code table {table.codes_NxC.shape} in {time.time() - t0:.1f}s: "
           f"{json.dumps(table.stats['final'])}")

@@ -12,7 +12,6 @@ embeds in-run when `embed.model` is set.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -20,7 +19,8 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxrec.checkpoint import write_atomic
+from jaxrec import distributed
+from jaxrec.cache import Claim, check, clean_temporaries, move_aside, read_sidecar, seal
 from jaxrec.config import cache_root
 from jaxrec.data.dataset import Dataset, validate_features
 from jaxrec.errors import ConfigError, DataError
@@ -93,12 +93,15 @@ class Encoder:
 
 
 def embed_dataset(cfg, ds, folder: str, out_dir: str, log=print) -> str:
-  """Embeds `ds`'s item text with the model in `folder`; writes <out_dir>/<name>.text.npy
-  (+ .json) atomically and returns its path."""
+  """Embeds `ds`'s item text with the model in `folder`; writes <out_dir>/<name>.text.npy,
+  then its sidecar <name>.text.json (with the file's size and checksum, `cache.seal`), and
+  returns its path. The caller holds the entry's claim (`text_embeddings`, the command)."""
   texts = item_texts(ds, cfg.embed.fields)
   enc = Encoder(folder, cfg.embed.batch_size)
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f"{ds.name}.text.npy")
+  for left in clean_temporaries(path):
+    log(f"text: removed {left}, left by a killed writer")
   tmp = path + ".tmp.npy"
   out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), enc.dim))
   t0 = time.time()
@@ -114,7 +117,7 @@ def embed_dataset(cfg, ds, folder: str, out_dir: str, log=print) -> str:
           "items": len(texts), "dim": enc.dim, "max_seq_length": enc.cfg.max_seq_length,
           "seconds": round(seconds, 2), "items_per_s": round(len(texts) / max(seconds, 1e-9), 1)}
   os.replace(tmp, path)
-  write_atomic(path[:-4] + ".json", json.dumps(meta, indent=2))
+  seal(path, sidecar_of(path), meta)
   log(f"embedded {len(texts)} items with {folder} in {seconds:.1f}s "
       f"({meta['items_per_s']:.0f} items/s): {path}")
   return path
@@ -125,30 +128,56 @@ def text_dir(cfg) -> str:
       cache_root(cfg), "text")
 
 
+def sidecar_of(path: str) -> str:
+  return path[:-4] + ".json"
+
+
 def text_embeddings(cfg, ds: Dataset, log=print) -> np.ndarray:
   """The `text` feature of `ds`: embedded earlier by `jaxrec.embed` (checked against the
-  data set's current text), or now with `embed.model`."""
+  data set's current text and the file's recorded checksum), or now with `embed.model`;
+  a damaged file is embedded again (or, without a model, named with the command that
+  rebuilds it). Process 0 builds it under the entry's claim; the others then read it."""
   path = os.path.join(text_dir(cfg), f"{ds.name}.text.npy")
-  meta_path = path[:-4] + ".json"
   texts = item_texts(ds, cfg.embed.fields)
-  want = fingerprint(texts)
-  meta = None
-  if os.path.exists(path) and os.path.exists(meta_path):
-    with open(meta_path) as f:
-      meta = json.load(f)
-  if meta is not None and meta.get("text_fingerprint") == want and (
-      not cfg.embed.model or os.path.abspath(os.path.expanduser(cfg.embed.model)) == meta["model"]):
-    log(f"text: reusing {path} ({meta['model']}, fields {meta['fields']})")
-  elif cfg.embed.model:
-    embed_dataset(cfg, ds, cfg.embed.model, text_dir(cfg), log)
-  elif meta is not None:
-    raise ConfigError(f"{path}: embedded from other text than data set {ds.name!r} has now "
-                      f"(fields {meta.get('fields')} vs embed.fields {list(cfg.embed.fields)}, or "
-                      "the item file changed): run `python -m jaxrec.embed --config ... --model "
-                      "PATH` again, or set embed.model=PATH to embed in-run")
-  else:
-    raise ConfigError(f"item feature 'text' of data set {ds.name!r} is not embedded yet "
-                      f"({path} not found): run `python -m jaxrec.embed --config <this config> "
-                      "--model PATH` with a local sentence-transformers folder, or set "
-                      "embed.model=PATH to embed in-run")
+  if distributed.is_primary():
+    with Claim(path + ".lock", log):
+      _ensure_text(cfg, ds, path, texts, log)
+  distributed.barrier("text features")
   return validate_features(path, "text", np.load(path), ds.n_items)
+
+
+def _loads(path: str, n_items: int):
+  """What is wrong with a text file whose sidecar records no checksum (older caches)."""
+  try:
+    rows = np.load(path, mmap_mode="r").shape[0]
+  except Exception as e:                     # noqa: BLE001 - any failure is the damage
+    return f"unreadable ({type(e).__name__}: {e})"
+  return None if rows == n_items else f"{rows} rows for {n_items} items"
+
+
+def _ensure_text(cfg, ds: Dataset, path: str, texts, log) -> None:
+  model = cfg.embed.model
+  problem = check(path, sidecar_of(path), legacy=lambda p: _loads(p, ds.n_items))
+  command = ("`python -m jaxrec.embed --config <this config> --model PATH` with a local "
+             "sentence-transformers folder, or set embed.model=PATH to embed in-run")
+  if problem == "missing":
+    if not model:
+      raise ConfigError(f"item feature 'text' of data set {ds.name!r} is not embedded yet "
+                        f"({path} not found): run {command}")
+  elif problem:
+    if not model:
+      raise ConfigError(f"{path} is damaged ({problem}): rebuild it: {command}")
+    log(f"text: {path} is damaged ({problem}): moved aside to {move_aside(path)}; "
+        f"embedding again with {model}")
+  else:
+    meta = read_sidecar(sidecar_of(path))
+    if meta.get("text_fingerprint") == fingerprint(texts) and (
+        not model or os.path.abspath(os.path.expanduser(model)) == meta.get("model")):
+      log(f"text: reusing {path} ({meta['model']}, fields {meta['fields']})")
+      return
+    if not model:
+      raise ConfigError(f"{path}: embedded from other text than data set {ds.name!r} has now "
+                        f"(fields {meta.get('fields')} vs embed.fields {list(cfg.embed.fields)}, "
+                        "or the item file changed): run `python -m jaxrec.embed --config ... "
+                        "--model PATH` again, or set embed.model=PATH to embed in-run")
+  embed_dataset(cfg, ds, model, text_dir(cfg), log)

@@ -10,8 +10,10 @@ import flax
 import jax
 import numpy as np
 
+from jaxrec.cache import check, move_aside, seal
 from jaxrec.checkpoint import write_atomic
-from jaxrec.config import ConfigError, tokenizer_fingerprint_dict
+from jaxrec.config import tokenizer_fingerprint_dict
+from jaxrec.errors import ConfigError, DataError
 from jaxrec.fingerprint import fingerprint
 from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.tokenizer import train as tok_train
@@ -45,9 +47,9 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
                       f"{sorted(dataset.features)} (add it to data.features, or use 'cf' to "
                       "derive it from the interactions with SASRec)")
   fp = tokenizer_fingerprint(tok_cfg, dataset, seed, extra)
-  table = saved_table(workdir, fp)
-  if table is not None:
-    return table, _load_tokenizer(tok_cfg, dataset, workdir)
+  saved = reuse(workdir, fp, lambda: _load_tokenizer(tok_cfg, dataset, workdir), log)
+  if saved is not None:
+    return saved
   if tok_cfg.source == "given":
     if dataset.codes_NxC is None:
       raise ConfigError("tokenizer.source='given' but the data set has no codes "
@@ -90,14 +92,43 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
   return table, (model, params)
 
 
-def saved_table(workdir: Optional[str], fp: str):
+ENTRY = ("codes.npz", "codes.json", "tokenizer.msgpack", "tokenizer.json")  # a fit's outputs
+
+
+def saved_table(workdir: Optional[str], fp: str, log=None):
   """workdir's codes.npz when it holds the IDs of the same inputs (`fp`), else None: a
-  tokenizer is fitted once per workdir and its IDs reused bit for bit."""
-  if workdir and os.path.exists(os.path.join(workdir, "codes.npz")):
+  tokenizer is fitted once per workdir and its IDs reused bit for bit. A damaged table is
+  moved aside with one line, and None returned (the tokenizer is fitted again)."""
+  if not workdir or not os.path.exists(os.path.join(workdir, "codes.npz")):
+    return None
+  try:
     table = codes_lib.CodeTable.load(workdir)
-    if table.fingerprint == fp:
-      return table
-  return None
+  except DataError as e:
+    _set_aside(workdir, f"{e}", log)
+    return None
+  return table if table.fingerprint == fp else None
+
+
+def reuse(workdir: Optional[str], fp: str, load_tokenizer: Callable, log=None):
+  """(table, tokenizer) saved in workdir for the same inputs, or None; `load_tokenizer()`
+  reads tokenizer.msgpack (None when there is none). Damage to any of the three files costs
+  a new fit, never a crash."""
+  table = saved_table(workdir, fp, log)
+  if table is None:
+    return None
+  try:
+    return table, load_tokenizer()
+  except Exception as e:                     # noqa: BLE001 - msgpack / flax: all damage
+    _set_aside(workdir, f"{os.path.join(workdir, 'tokenizer.msgpack')}: damaged "
+               f"({type(e).__name__}: {e})", log)
+    return None
+
+
+def _set_aside(workdir: str, what: str, log) -> None:
+  moved = [os.path.basename(move_aside(os.path.join(workdir, n))) for n in ENTRY
+           if os.path.exists(os.path.join(workdir, n))]
+  message = f"{what}: moved aside ({', '.join(moved)}); the tokenizer is fitted again"
+  (log or print)({"message": message} if log is not None else message)
 
 
 def fit_checkpoints(tok_cfg, workdir: Optional[str], fp: str, log) -> tok_train.FitCheckpoints:
@@ -110,21 +141,35 @@ def fit_checkpoints(tok_cfg, workdir: Optional[str], fp: str, log) -> tok_train.
 
 
 def save_tokenizer(workdir: Optional[str], params) -> None:
-  """tokenizer.msgpack beside the code table (methods that train on, ETEGRec, read it)."""
+  """tokenizer.msgpack beside the code table (methods that train on, ETEGRec, read it),
+  sealed by tokenizer.json (size and checksum)."""
   if workdir:
     os.makedirs(workdir, exist_ok=True)
-    write_atomic(os.path.join(workdir, "tokenizer.msgpack"), flax.serialization.to_bytes(params))
+    path = os.path.join(workdir, "tokenizer.msgpack")
+    write_atomic(path, flax.serialization.to_bytes(params))
+    seal(path, os.path.join(workdir, "tokenizer.json"), {})
+
+
+def tokenizer_bytes(workdir: str) -> Optional[bytes]:
+  """The saved tokenizer's bytes (None when there is none); a DataError when they differ
+  from what was sealed (a tokenizer saved before seals existed is read as it is)."""
+  path = os.path.join(workdir, "tokenizer.msgpack")
+  if not os.path.exists(path):
+    return None
+  problem = check(path, os.path.join(workdir, "tokenizer.json"), legacy=lambda p: None)
+  if problem and os.path.exists(os.path.join(workdir, "tokenizer.json")):
+    raise DataError(path, None, f"damaged ({problem})")
+  with open(path, "rb") as f:
+    return f.read()
 
 
 def _load_tokenizer(tok_cfg, dataset, workdir):
   """(model, params) saved by an earlier build in `workdir`, or None."""
-  path = os.path.join(workdir, "tokenizer.msgpack")
-  if tok_cfg.source != "rqvae" or not os.path.exists(path):
+  data = tokenizer_bytes(workdir) if tok_cfg.source == "rqvae" else None
+  if data is None:
     return None
   model = RQVAE(rqvae_config(tok_cfg, dataset.features[tok_cfg.feature].shape[1]))
-  with open(path, "rb") as f:
-    params = flax.serialization.msgpack_restore(f.read())
-  return model, jax.tree.map(jax.numpy.asarray, params)
+  return model, jax.tree.map(jax.numpy.asarray, flax.serialization.msgpack_restore(data))
 
 
 def _no_residuals(codes):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.checkpoint import write_atomic
-from jaxrec.errors import ConfigError
+from jaxrec.errors import ConfigError, DataError
 from jaxrec.tokenizer.rq import sinkhorn_log, squared_distances
 
 
@@ -155,14 +155,25 @@ class CodeTable:
 
   @classmethod
   def load(cls, directory: str, name: str = "codes") -> "CodeTable":
+    """The table `save` wrote; a damaged file (the .npz's zip checksums, the .json's syntax)
+    is a DataError naming it."""
     path = os.path.join(directory, f"{name}.npz")
-    with np.load(path, allow_pickle=False) as z:
-      codes, sizes, fp = z["codes"].astype(np.int32), tuple(int(s) for s in z["sizes"]), str(z["fingerprint"])
+    try:
+      with np.load(path, allow_pickle=False) as z:
+        codes, sizes = z["codes"].astype(np.int32), tuple(int(s) for s in z["sizes"])
+        fp = str(z["fingerprint"])
+    except FileNotFoundError:
+      raise
+    except Exception as e:                   # noqa: BLE001 - zip, CRC, format: all damage
+      raise DataError(path, None, f"damaged ({type(e).__name__}: {e})") from e
     stats = {}
     meta = os.path.join(directory, f"{name}.json")
     if os.path.exists(meta):
-      with open(meta) as f:
-        saved = json.load(f)
+      try:
+        with open(meta) as f:
+          saved = json.load(f)
+      except ValueError as e:
+        raise DataError(meta, None, f"damaged ({e})") from e
       if saved.get("fingerprint") == fp:        # (not the statistics of another table)
         stats = saved.get("stats", {})
     return cls(codes, sizes, stats, fp)

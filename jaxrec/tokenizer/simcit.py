@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import time
 
 import flax
@@ -60,7 +59,8 @@ from jaxrec.errors import ConfigError
 from jaxrec.fingerprint import fingerprint
 from jaxrec.optim import TrainState
 from jaxrec.tokenizer import codes as codes_lib
-from jaxrec.tokenizer.build import assign_catalogue, fit_checkpoints, save_tokenizer, saved_table
+from jaxrec.tokenizer.build import (assign_catalogue, fit_checkpoints, reuse, save_tokenizer,
+                                   tokenizer_bytes)
 from jaxrec.tokenizer.rq import residual_quantize
 from jaxrec.tokenizer.train import epoch_batches, fit_epochs, kmeans_codebooks
 from jaxrec.xla import jit_init
@@ -223,13 +223,16 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
   model = model_for(cfg, views)
   fp = fingerprint("simcit", *views, tokenizer_fingerprint_dict(t), cfg.seed, jax.__version__,
                    n_devices if s.negatives == "local" else 1)
-  table = saved_table(workdir, fp)
-  path = os.path.join(workdir, "tokenizer.msgpack") if workdir else None
-  if table is not None and os.path.exists(path):
+  def load():
+    data = tokenizer_bytes(workdir)
+    if data is None:
+      return None
     params = jit_init(model, jax.random.key(0), [v[:2] for v in views], train=False)
-    with open(path, "rb") as f:
-      params = flax.serialization.from_bytes(params, f.read())
-    return table, (model, params)
+    return model, flax.serialization.from_bytes(params, data)
+
+  saved = reuse(workdir, fp, load, log)
+  if saved is not None and saved[1] is not None:
+    return saved
   if s.negatives not in ("global", "local"):
     raise ConfigError(f"tokenizer.simcit.negatives must be 'global' or 'local', got {s.negatives!r}")
   groups = n_devices if s.negatives == "local" else 1
