@@ -76,8 +76,10 @@ def data_config(variant: str) -> ml_collections.ConfigDict:
 
 def tokenizer_config(variant: str) -> ml_collections.ConfigDict:
   t = ml_collections.ConfigDict()
-  t.source = "rqvae"               # rqvae (train one) | given (the data set's codes) |
-                                   # random (uniform random IDs of the same shape: a baseline)
+  t.source = "rqvae"               # rqvae (train one) | rqkmeans (residual k-means on the
+                                   # feature, no autoencoder: GRID / MiniOneRec) | given (the
+                                   # data set's codes) | random (uniform random IDs of the
+                                   # same shape: a baseline)
   t.feature = "content"            # which item feature the tokenizer encodes
   t.hidden = (512, 256, 128)       # encoder widths before the code layer ("halving" = LETTER)
   t.code_dim = 32

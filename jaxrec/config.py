@@ -146,7 +146,7 @@ DOMAINS = {
     ("data", "min_len"): _int_at_least(3),
     ("data", "short_users"): _one_of("drop", "error"),
     ("data", "source"): _one_of("synthetic", "letter", "etegrec", "recbole"),
-    ("tokenizer", "source"): _one_of("rqvae", "given", "random", "simcit"),
+    ("tokenizer", "source"): _one_of("rqvae", "rqkmeans", "given", "random", "simcit"),
     ("tokenizer", "levels"): _int_at_least(1),
     ("tokenizer", "codebook_size"): _int_at_least(2),
     ("tokenizer", "code_dim"): _int_at_least(1),

@@ -49,7 +49,7 @@ class Method:
     """Every item feature a run reads: the tokenizer's input and the method's own."""
     if self.kind == "items":
       return ()
-    names = [cfg.tokenizer.feature] if cfg.tokenizer.source == "rqvae" else []
+    names = [cfg.tokenizer.feature] if cfg.tokenizer.source in build.FITTED else []
     return tuple(dict.fromkeys(names + list(self.required_features(cfg))))
 
   def tokenizer_loss(self, cfg, dataset):

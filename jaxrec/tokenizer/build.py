@@ -16,8 +16,12 @@ from jaxrec.config import tokenizer_fingerprint_dict
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.fingerprint import fingerprint
 from jaxrec.tokenizer import codes as codes_lib
+from jaxrec.tokenizer import rqkmeans
 from jaxrec.tokenizer import train as tok_train
 from jaxrec.tokenizer.rqvae import RQVAE, rqvae_config
+
+
+FITTED = ("rqvae", "rqkmeans")        # sources fitted on the item feature tokenizer.feature
 
 
 def tokenizer_fingerprint(tok_cfg, dataset, seed: int, extra=None) -> str:
@@ -42,7 +46,7 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
   With a workdir holding `codes.npz` of the same fingerprint, that table is reused (with
   the tokenizer saved beside it, `tokenizer.msgpack`, when there is one); a trained
   tokenizer is saved there."""
-  if tok_cfg.source == "rqvae" and tok_cfg.feature not in dataset.features:
+  if tok_cfg.source in FITTED and tok_cfg.feature not in dataset.features:
     raise ConfigError(f"tokenizer.feature={tok_cfg.feature!r} but the data set has features "
                       f"{sorted(dataset.features)} (add it to data.features, or use 'cf' to "
                       "derive it from the interactions with SASRec)")
@@ -73,9 +77,11 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
     return codes_lib.finalize_codes(codes.astype(np.int32), (tok_cfg.codebook_size,) * tok_cfg.levels,
                                     tok_cfg.collision, tok_cfg.suffix_size, {"source": "random"},
                                     fp, resolve_fn=_no_residuals, shared_ids=tok_cfg.shared_ids), None
+  if tok_cfg.source == "rqkmeans":
+    return _rq_kmeans_table(tok_cfg, dataset, key, fp), None
   if tok_cfg.source != "rqvae":
-    raise ConfigError(f"tokenizer.source must be 'rqvae', 'given' or 'random', got "
-                      f"{tok_cfg.source!r}")
+    raise ConfigError(f"tokenizer.source must be 'rqvae', 'rqkmeans', 'given' or 'random', "
+                      f"got {tok_cfg.source!r}")
   feats = dataset.features[tok_cfg.feature]
   arch = rqvae_config(tok_cfg, feats.shape[1])
   t0 = time.time()
@@ -93,6 +99,15 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
 
 
 ENTRY = ("codes.npz", "codes.json", "tokenizer.msgpack", "tokenizer.json")  # a fit's outputs
+
+
+def _rq_kmeans_table(tok_cfg, dataset, key, fp: str) -> codes_lib.CodeTable:
+  """RQ-KMeans on the tokenizer's feature: residual k-means, no autoencoder."""
+  t0 = time.time()
+  books, codes, residuals = rqkmeans.fit(tok_cfg, dataset.features[tok_cfg.feature], key)
+  last = tok_cfg.levels - 1
+  return assign_catalogue(tok_cfg, codes, residuals[:, last], books[last], fp,
+                          {"source": "rqkmeans", "fit_seconds": round(time.time() - t0, 2)})
 
 
 def saved_table(workdir: Optional[str], fp: str, log=None):
