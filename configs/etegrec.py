@@ -27,8 +27,26 @@ Variants (anything not listed is configs/tiger.py's same variant):
                history up to 50; every weight N(0, 0.02), unscaled logits; SIA's softmax
                over +distance (the code); the recommender's cosine ends at 0.53 x peak (its
                scheduler only advances in recommender epochs); test decoding unconstrained
-               (beam 20, top 10 scored). Not matched: the official 4-process data-parallel
+               (beam 20, top 10 scored); the tokenizer kept is the pre-training's
+               lowest-collision epoch (checked every 50 epochs), as the official
+               best_collision_model.pth. Not matched: the official 4-process data-parallel
                in-batch PSA negatives (here the global batch).
+  scientific   Amazon Industrial & Scientific 2018 with the official recipe: the official
+               config/scientific.yaml (the model, 400 epochs in cycles of 2, lr 5e-3 / 1e-4,
+               weight decay 0.05, warm-up 8,000 / 4,000 steps, alignment from epoch 10, early
+               stop after 15 evaluations every 2 epochs, histories up to 50, 3 x 256 codes + a
+               256-code collision level) with everything instruments_paper takes from the
+               official code: the 256-d SASRec `cf` derived in-run as the tokenizer's input
+               (the official scientific_emb_256.npy is a 256-d SASRec item table), its
+               pre-training (10,000 epochs, linear decay, k-means init, no re-seeding, the
+               lowest-collision epoch kept), batch 2,048 = 512 x 4 accumulated (512 per
+               process x 4 processes), every weight N(0, 0.02) (the SIA / PSA adapters too)
+               and unscaled logits, SIA's softmax over +distance, the recommender's cosine
+               built over every epoch's steps and advanced in recommender epochs only
+               (`etegrec.rec_schedule='all'`: it ends where the official one ends, on any
+               data set). The warm-up counts steps as the official one does and may outlast
+               a small set's run. Test decoding: free (official) or `train.decode=
+               constrained`.
   tiny         seconds; tests.
 
 etegrec:
@@ -42,6 +60,9 @@ etegrec:
   rec_warmup_steps, tok_warmup_steps   linear warm-up of each cosine schedule
   finetune_epochs     0 skips the final stage
   finetune_lr, finetune_patience, finetune_eval_every
+  rec_schedule        'stage': the recommender's cosine spans its own steps; 'all': the
+                      official trainer's (over every epoch's steps, advanced in recommender
+                      epochs only)
 train.epochs / eval_every / patience are the alternation stage's.
 """
 import os
@@ -57,9 +78,10 @@ def _tiger():
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   variant = variant or "default"
-  if variant not in ("default", "tiny", "instruments", "instruments_paper"):
+  if variant not in ("default", "tiny", "instruments", "instruments_paper", "scientific"):
     raise ValueError(f"unknown etegrec variant {variant!r}")
-  paper, variant = variant.endswith("_paper"), variant.removesuffix("_paper")
+  paper = variant.endswith("_paper") or variant == "scientific"   # the official recipe
+  variant = variant.removesuffix("_paper")
   cfg = _tiger().get_config(variant)
   cfg.method = "etegrec"
   t, m, tr = cfg.tokenizer, cfg.model, cfg.train
@@ -67,7 +89,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   cfg.etegrec = ml_collections.ConfigDict(dict(
       cycle=2, warm_epochs=10, w_sia=1e-4, w_psa=3e-4, sia_sign="negative",
       psa_temperature=0.07, tok_lr=1e-4, rec_warmup_steps=8000, tok_warmup_steps=4000,
-      finetune_epochs=100, finetune_lr=5e-4, finetune_patience=10, finetune_eval_every=1))
+      finetune_epochs=100, finetune_lr=5e-4, finetune_patience=10, finetune_eval_every=1,
+      rec_schedule="stage"))
   e = cfg.etegrec
   m.user_buckets = 0
   tr.lr = 5e-3
@@ -75,7 +98,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   tr.clip = 1.0
   if variant != "tiny":
     cfg.cf.model.d = 256           # a derived `cf` feature: ETEGRec's official 256-d SASRec
-  if variant == "instruments":
+  if variant in ("instruments", "scientific"):
     t.hidden = (512, 256)
     t.code_dim = 128
     t.levels = 3
@@ -107,7 +130,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     e.tok_warmup_steps = 1
     e.finetune_epochs = 2
   if paper:
-    cfg.variant = variant + "_paper"
+    cfg.variant = variant + ("_paper" if variant == "instruments" else "")
     cfg.data.features = ()                 # `cf` derived in-run: SASRec, d 256
     cfg.data.max_len = 50
     cfg.data.buckets = (2, 4, 6, 8, 12, 16, 20, 30, 40, 50)
@@ -115,10 +138,15 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     t.feature = "cf"
     t.epochs, t.schedule, t.warmup_epochs, t.reseed_every = 10000, "linear", 50, 0
     t.lr, t.weight_decay, t.batch_size, t.clip = 1e-3, 1e-4, 1024, 1.0
-    t.log_every, t.save_every = 500, 500
+    t.log_every, t.save_every = 50, 500    # collisions checked every 50 epochs (official)
+    t.keep = "lowest_collision"
     tr.batch_size, tr.accumulate = 512, 4  # 512 per process x 4 processes
     tr.lr_end = 0.53
     tr.decode, tr.beam = "free", 20
     m.init_std, m.logit_scale = 0.02, False
     e.sia_sign = "positive"
+  if variant == "scientific":
+    t.suffix_size = 256                    # the official 4th level: 256 codes
+    tr.lr_end = 0.0
+    e.rec_schedule = "all"
   return cfg

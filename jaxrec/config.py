@@ -36,7 +36,8 @@ ADDED_KEYS = {("train", "accumulate"): 1, ("cf", "train", "accumulate"): 1,
               ("model", "logit_scale"): True, ("model", "init_std"): 0.0,
               ("model", "head"): "level", ("model", "extra_vocab"): 0,
               ("tokenizer", "simcit", "prefix_loss"): False, ("train", "dtype"): "float32",
-              ("cf", "train", "dtype"): "float32"}
+              ("cf", "train", "dtype"): "float32", ("tokenizer", "keep"): "last",
+              ("etegrec", "rec_schedule"): "stage"}
 
 
 def _edit_added(d: dict, edit) -> dict:
@@ -166,6 +167,7 @@ DOMAINS = {
     ("tokenizer", "collision"): _one_of("suffix", "sinkhorn", "none"),
     ("tokenizer", "kmeans_method"): _one_of("kmeans++", "random", "constrained"),
     ("tokenizer", "suffix_size"): _int_at_least(2),
+    ("tokenizer", "keep"): _one_of("last", "lowest_collision"),
     ("model", "dropout"): _number_in(0, 1),
     ("model", "head"): _one_of("level", "vocab"),
     ("model", "extra_vocab"): _int_at_least(0),

@@ -17,9 +17,10 @@ class TrainState:
 def learning_rate_schedule(lr: float, total_steps: int, warmup_steps: int,
                            schedule: str = "cosine", end_frac: float = 0.0) -> optax.Schedule:
   """Linear warm-up, then cosine or linear decay to `end_frac` x lr (0 by default), or
-  constant."""
+  constant. As HF's schedules (the official codes'), a warm-up longer than the run is not
+  shortened: the rate is still rising when the run ends."""
   total_steps = max(int(total_steps), 1)
-  warmup_steps = max(0, min(int(warmup_steps), total_steps - 1))
+  warmup_steps = max(0, int(warmup_steps))
   if schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0 if warmup_steps else lr, lr, warmup_steps,
                                               max(total_steps, warmup_steps + 1),

@@ -162,3 +162,32 @@ def test_resume_mid_cycle_equals_uninterrupted(tmp_path, monkeypatch):
   strip = lambda d: [{k: v for k, v in json.loads(l).items() if k not in ("samples_per_s", "decode_s")}
                      for l in open(os.path.join(d, "metrics.jsonl"))]
   assert strip(workdir) == strip(full_dir)
+
+
+def test_official_recommender_schedule_ends_part_way_down():
+  """etegrec.rec_schedule='all' (the official trainer): the cosine spans every epoch's steps
+  and advances in recommender epochs only; with 4 epochs in cycles of 2 (2 recommender
+  epochs) and no warm-up it ends at half the peak, where 'stage' ends at 0."""
+  cfg = etegrec_configs.get_config("tiny")
+  tc, ec = cfg.train, cfg.etegrec
+  tc.epochs, ec.cycle, ec.rec_warmup_steps, tc.lr_end, tc.accumulate = 4, 2, 0, 0.0, 1
+  end = 2 * 10                                   # 2 recommender epochs of 10 steps
+  ec.rec_schedule = "all"
+  lr_all = float(etegrec._optimizers(tc, ec, 10)["rec"][1](end))
+  ec.rec_schedule = "stage"
+  lr_stage = float(etegrec._optimizers(tc, ec, 10)["rec"][1](end))
+  np.testing.assert_allclose([lr_all, lr_stage], [0.5 * tc.lr, 0.0], atol=1e-9)
+
+
+def test_official_variants_init_the_adapters_like_every_linear(tmp_path):
+  """model.init_std > 0: the SIA / PSA adapters are N(0, std) as the official code's every
+  Linear (their std is within 10 % of it), biases zero."""
+  cfg = etegrec_configs.get_config("tiny")
+  cfg.model.init_std, cfg.model.logit_scale = 0.02, False
+  run = pipeline.setup(cfg, str(tmp_path), log=lambda m: None)
+  opt = etegrec._optimizers(cfg.train, cfg.etegrec, 10)
+  state = etegrec._initial_state(run, jax.random.key(0), opt["rec"][0], opt["tok"][0])
+  for name in ("enc_adapter", "dec_adapter"):
+    k = np.asarray(state.rec.params[name]["kernel"])
+    assert abs(k.std() - 0.02) < 0.002, (name, k.std())
+    assert not np.asarray(state.rec.params[name]["bias"]).any()

@@ -300,3 +300,19 @@ def test_rq_kmeans_recovers_planted_clusters_and_its_residuals_add_up(tmp_path):
   write_outputs(table, str(tmp_path), ds, "rqkmeans")
   again, _ = build_code_table(cfg, ds, jax.random.key(5), seed=0, workdir=str(tmp_path))
   np.testing.assert_array_equal(again.codes_NxC, table.codes_NxC)   # reused by fingerprint
+
+
+def test_keep_lowest_collision_returns_the_logged_epoch_with_most_distinct_ids():
+  """tokenizer.keep='lowest_collision' (ETEGRec's pre-training): the parameters returned
+  code the catalogue with as many distinct IDs as the best logged epoch."""
+  from jaxrec.tokenizer.rqvae import RQVAE, rqvae_config
+  from jaxrec.tokenizer.train import encode_catalogue, fit
+  feats = np.asarray(jax.random.normal(jax.random.key(0), (120, 6)), np.float32)
+  cfg = _tiny_tok_cfg(keep="lowest_collision", epochs=12, log_every=2, reseed_every=0,
+                      modes=("hard", "hard"), codebook_size=6, lr=3e-3)
+  model, params, history = fit(cfg, rqvae_config(cfg, 6), feats, jax.random.key(3))
+  best = max(r["distinct_ids"] for r in history)
+  kept = [r for r in history if r.get("kept")]
+  assert kept and kept[-1]["distinct_ids"] == best
+  codes = encode_catalogue(params, jnp.asarray(feats), model=RQVAE(rqvae_config(cfg, 6)))
+  assert len({tuple(c) for c in np.asarray(codes["codes_NxC"])}) == best

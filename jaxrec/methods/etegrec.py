@@ -191,19 +191,25 @@ def _validate(run) -> None:
                       "tokenizer.collision must be 'suffix'")
   if ec.sia_sign not in ("negative", "positive"):
     raise ConfigError(f"etegrec.sia_sign must be 'negative' or 'positive', got {ec.sia_sign!r}")
+  if ec.get("rec_schedule", "stage") not in ("stage", "all"):
+    raise ConfigError(f"etegrec.rec_schedule must be 'stage' or 'all', got {ec.rec_schedule!r}")
 
 
 def _optimizers(tc, ec, steps_per_epoch: int) -> dict:
   """(tx, schedule) of the recommender, the tokenizer and the fine-tuning: epochs 0, cycle,
-  2 * cycle, ... train the tokenizer, the others the recommender; cosine schedules."""
+  2 * cycle, ... train the tokenizer, the others the recommender; cosine schedules. The
+  recommender's cosine spans its own steps (`etegrec.rec_schedule='stage'`), or, as the
+  official trainer builds it, the steps of every epoch while advancing only in recommender
+  epochs ('all': it ends part-way down)."""
   n_tok = -(-tc.epochs // ec.cycle)
   n_rec = tc.epochs - n_tok
+  span = tc.epochs if ec.get("rec_schedule", "stage") == "all" else n_rec
 
   def adamw(lr, epochs, warmup, end_frac=0.0):
     return optimizer_and_schedule(lr, tc.weight_decay, max(epochs, 1) * steps_per_epoch, warmup,
                                   tc.clip, "cosine", tc.accumulate, tc.decay, end_frac)
 
-  return {"rec": adamw(tc.lr, n_rec, ec.rec_warmup_steps, tc.lr_end),
+  return {"rec": adamw(tc.lr, span, ec.rec_warmup_steps, tc.lr_end),
           "tok": adamw(ec.tok_lr, n_tok, ec.tok_warmup_steps),
           "ft": adamw(ec.finetune_lr, ec.finetune_epochs, 0)}
 
@@ -213,9 +219,11 @@ def _initial_state(run, key, tx_rec, tx_tok) -> EteState:
   tok_model, tok_params = run.tokenizer
   k_t5, k_enc, k_dec = jax.random.split(key, 3)
   d, f = run.model.cfg.d_model, run.dataset.features[run.cfg.tokenizer.feature].shape[1]
+  std = run.model.cfg.init_std        # > 0: every Linear N(0, std), bias 0 (the official init)
+  dense = functools.partial(nn.Dense, kernel_init=nn.initializers.normal(std)) if std else nn.Dense
   rec_params = {"t5": init_t5(run, k_t5),
-                "enc_adapter": nn.Dense(tok_model.cfg.code_dim).init(k_enc, jnp.zeros((1, d)))["params"],
-                "dec_adapter": nn.Dense(f).init(k_dec, jnp.zeros((1, d)))["params"]}
+                "enc_adapter": dense(tok_model.cfg.code_dim).init(k_enc, jnp.zeros((1, d)))["params"],
+                "dec_adapter": dense(f).init(k_dec, jnp.zeros((1, d)))["params"]}
   tok_params = jax.tree.map(jnp.asarray, flax.core.unfreeze(tok_params))
   state = EteState(jnp.zeros((), jnp.int32),
                    TrainState(jnp.zeros((), jnp.int32), rec_params, tx_rec.init(rec_params)),

@@ -218,27 +218,42 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[
   sizes = (arch.codebook_size,) * arch.levels
   k_perm, k_step = fit_streams(k_train)
   every = tok_cfg.reseed_every
+  # tokenizer.keep='lowest_collision' (ETEGRec's pre-training, RQVAE/trainer.py: it returns
+  # best_collision_model.pth): the fit carries the parameters of the logged epoch with the
+  # fewest colliding IDs (1 - distinct IDs / items, the official rate), copied (the train
+  # state is donated to each epoch)
+  keep = tok_cfg.get("keep", "last") == "lowest_collision"
+  if keep:
+    state = {"train": state, "kept": jax.tree.map(jnp.copy, params), "rate": jnp.asarray(2.0)}
+  train_of = (lambda s: s["train"]) if keep else (lambda s: s)
+  with_train = (lambda s, t: {**s, "train": t}) if keep else (lambda s, t: t)
 
   def run_epoch(state, epoch):
     idx = epoch_batches(jax.random.fold_in(k_perm, epoch), n, batch_size)
-    return train_epoch(state, feats, idx, k_step, extra_data, model=model, tx=tx,
-                       extra_loss=extra_fn)
+    train, metrics = train_epoch(train_of(state), feats, idx, k_step, extra_data, model=model,
+                                 tx=tx, extra_loss=extra_fn)
+    return with_train(state, train), metrics
 
   def reseed_due(epoch):
     return bool(every) and (epoch + 1) % every == 0 and epoch != tok_cfg.epochs - 1
 
   def describe(state, epoch, last):
-    enc = encode_catalogue(state.params, feats, model=model)
+    train = train_of(state)
+    enc = encode_catalogue(train.params, feats, model=model)
     health = {"catalogue_recon": round(float(enc["recon"]), 6),
               **codes_lib.health_dict(enc["codes_NxC"], sizes)}
+    if keep and 1.0 - health["distinct_ids"] / n < float(state["rate"]):
+      state = {**state, "kept": jax.tree.map(jnp.copy, train.params),
+               "rate": jnp.asarray(1.0 - health["distinct_ids"] / n)}
+      health["kept"] = True
     if reseed_due(epoch):
-      state, health["revived"] = _reseed(state, enc, jax.random.fold_in(k_seed, epoch), sizes)
-    return state, health
+      train, health["revived"] = _reseed(train, enc, jax.random.fold_in(k_seed, epoch), sizes)
+    return with_train(state, train), health
 
   state, history = fit_epochs(
       state, tok_cfg.epochs, run_epoch, describe, checkpoints, log,
       due=lambda epoch: reseed_due(epoch) or (epoch + 1) % tok_cfg.log_every == 0)
-  return model, state.params, history
+  return model, (state["kept"] if keep else state.params), history
 
 
 def check_finite_loss(epoch: int, loss, what: str = "tokenizer") -> None:
