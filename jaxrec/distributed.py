@@ -108,6 +108,15 @@ def global_batch(batch: dict, sharding, n: int) -> dict:
           for k, v in batch.items()}
 
 
+def local_rows(x) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in order, on the host (every
+  row with one process)."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  shards = {s.index[0].start or 0: s for s in x.addressable_shards}   # (replicas: once)
+  return np.concatenate([np.asarray(shards[k].data) for k in sorted(shards)])
+
+
 def replicate(tree, sharding):
   """`tree` placed on every device of `sharding` (replicated). With several processes the
   values go through the host: JAX builds a broken global array from one process's device

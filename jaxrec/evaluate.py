@@ -1,5 +1,8 @@
 """`python -m jaxrec.evaluate --workdir DIR`: restore a run's best checkpoint, decode the
-validation and test users and print and write (DIR/eval.json) their metrics."""
+validation and test users and print and write (DIR/eval.json) their metrics.
+`--predictions out.jsonl`: each evaluated user's ranked items, in the data set's keys,
+one line per user ({"split", "user", "target", "items", "rank"}: the target's 1-based rank
+among the items, null when absent), to audit hits item by item."""
 import json
 import os
 
@@ -7,39 +10,47 @@ from absl import flags
 
 from jaxrec import cli, distributed
 from jaxrec.checkpoint import write_atomic
-from jaxrec.config import config_from_json
-from jaxrec.pipeline import setup
-from jaxrec.training.checkpointing import restore_best
+from jaxrec.pipeline import item_keys, load_run
 from jaxrec.training.evaluation import evaluate_split, popularity_baseline
-from jaxrec.training.run import set_codes
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by jaxrec.train.", required=True)
 _SPLITS = flags.DEFINE_list("splits", ["valid", "test"], "Splits to evaluate.")
+_PREDICTIONS = flags.DEFINE_string("predictions", "", "Write each user's ranked items here "
+                                   "(JSON lines, the data set's keys).")
 cli.define_distributed_flags()
+
+
+def prediction_writer(run, split: str, out):
+  """`evaluate_split`'s on_batch: one line per real user of the batch."""
+  keys = item_keys(run.dataset)
+  users = run.dataset.user_keys
+
+  def write(batch, items):
+    for row in range(len(batch["weight_B"])):
+      if batch["weight_B"][row] <= 0:
+        continue
+      target, ranked = int(batch["target_B"][row]), [int(i) for i in items[row] if i >= 0]
+      u = int(batch["user_B"][row])
+      out.write(json.dumps({
+          "split": split, "user": str(users[u]) if users is not None else str(u),
+          "target": keys[target], "items": [keys[i] for i in ranked],
+          "rank": ranked.index(target) + 1 if target in ranked else None}) + "\n")
+  return write
 
 
 def main(argv):
   del argv
   workdir = _WORKDIR.value
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    cli.fail(f"{path}: not found (is {workdir} a jaxrec.train workdir?)")
-  with open(path) as f:
-    cfg = config_from_json(f.read())
-  run = setup(cfg, workdir, log=lambda m: None)
-  restored = restore_best(run)
-  if restored is None:
-    best = os.path.join(workdir, "checkpoints", "best")
-    saved = os.path.isdir(best) and any(n.isdigit() for n in os.listdir(best))
-    cli.fail(f"{best}: " + ("every checkpoint is damaged (see the warnings above); train again "
-                            "in a new workdir: python -m jaxrec.train --workdir NEW_DIR"
-                            if saved else "no usable checkpoint (train first: python -m "
-                            f"jaxrec.train --workdir {workdir})"))
-  if "codes" in restored[1]:             # the IDs the checkpoint was trained with
-    set_codes(run, restored[1]["codes"])
-  out = {"step": restored[0]}
+  if _PREDICTIONS.value and distributed.multi_process():
+    cli.fail("--predictions: one process only (a multi-process run evaluates without it)")
+  run, params, step = load_run(workdir)
+  out = {"step": step}
+  predictions = open(_PREDICTIONS.value, "w") if _PREDICTIONS.value else None
   for split in _SPLITS.value:
-    out[split] = evaluate_split(run, restored[1]["params"], split)
+    hook = prediction_writer(run, split, predictions) if predictions else None
+    out[split] = evaluate_split(run, params, split, on_batch=hook)
+  if predictions:
+    predictions.close()
   out["popularity"] = popularity_baseline(run)
   if not distributed.is_primary():     # a multi-process run: process 0 prints and writes
     return

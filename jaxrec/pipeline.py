@@ -21,8 +21,8 @@ import numpy as np
 from jaxrec import distributed
 from jaxrec.cache import Claim, check, clean_temporaries, move_aside, read_sidecar, seal
 from jaxrec.checkpoint import write_atomic
-from jaxrec.config import (cache_root, config_to_json, validate_config, without_added_defaults,
-                           without_neutral)
+from jaxrec.config import (cache_root, config_from_json, config_to_json, validate_config,
+                           without_added_defaults, without_neutral)
 from jaxrec.data import BatchIterator, Dataset, bucket_lengths, leave_one_out, load_dataset
 from jaxrec.data.dataset import validate_features
 from jaxrec.errors import CheckpointError, ConfigError, ConfigMismatchError
@@ -34,7 +34,7 @@ from jaxrec.training.checkpointing import restore_best
 from jaxrec.training.evaluation import evaluate_split, fmt, popularity_baseline, recommend
 from jaxrec.training.loop import Loop
 from jaxrec.training.plan import Plan
-from jaxrec.training.run import Run, make_mesh
+from jaxrec.training.run import Run, make_mesh, set_codes
 
 __all__ = ["setup", "train_and_evaluate", "recommend", "restore_best", "make_mesh"]
 
@@ -57,13 +57,25 @@ def _check_config(cfg, workdir):
           f"{', '.join(diff[:8])}); use another --workdir or the same config to resume")
 
 
-def _write_config(cfg, workdir):
+def _write_config(cfg, workdir, ds: Dataset):
   """config.json, written once setup has validated the config and the data, so that a
-  run that fails before can be corrected on the same workdir."""
+  run that fails before can be corrected on the same workdir; items.json, the data set's
+  key of each item id (its ids as strings when it has no keys)."""
+  if not distributed.is_primary():
+    return
+  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path) and distributed.is_primary():
-    os.makedirs(workdir, exist_ok=True)
+  if not os.path.exists(path):
     write_atomic(path, config_to_json(cfg))
+  keys = os.path.join(workdir, "items.json")
+  if not os.path.exists(keys):
+    write_atomic(keys, json.dumps(item_keys(ds)))
+
+
+def item_keys(ds: Dataset) -> list:
+  """The data set's key of each item id (ASIN, RecBole token, LETTER id), as strings."""
+  return [str(k) for k in ds.item_keys] if ds.item_keys is not None else [
+      str(i) for i in range(ds.n_items)]
 
 
 def _diff_keys(a, b, prefix=""):
@@ -93,7 +105,7 @@ def setup(cfg, workdir: str, log=print) -> Run:
   run = Run(cfg, workdir, ds, leave_one_out(ds, cfg.data.max_len),
             bucket_lengths(cfg.data.buckets, cfg.data.max_len), mesh)
   method.setup_model(run, log)
-  _write_config(cfg, workdir)
+  _write_config(cfg, workdir, ds)
   return run
 
 
@@ -207,6 +219,29 @@ def _train_cf(scfg, workdir: str, log) -> None:
           f"moved aside to {move_aside(workdir)}; training it again")
     distributed.barrier("cf moved aside")
     train_and_evaluate(scfg, workdir, log=sub_log)
+
+
+def load_run(workdir: str, log=lambda m: None):
+  """A trained run's setup and its best checkpoint's parameters (its code table
+  installed): (Run, params, the checkpoint's step). A CheckpointError names the workdir
+  when there is none."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise CheckpointError(f"{path}: not found (is {workdir} a jaxrec.train workdir?)")
+  with open(path) as f:
+    cfg = config_from_json(f.read())
+  run = setup(cfg, workdir, log=log)
+  restored = restore_best(run)
+  if restored is None:
+    best = os.path.join(workdir, "checkpoints", "best")
+    saved = os.path.isdir(best) and any(n.isdigit() for n in os.listdir(best))
+    raise CheckpointError(f"{best}: " + (
+        "every checkpoint is damaged (see the warnings above); train again in a new workdir: "
+        "python -m jaxrec.train --workdir NEW_DIR" if saved else
+        f"no usable checkpoint (train first: python -m jaxrec.train --workdir {workdir})"))
+  if "codes" in restored[1]:             # the IDs the checkpoint was trained with
+    set_codes(run, restored[1]["codes"])
+  return run, restored[1]["params"], restored[0]
 
 
 # ------------------------------------------------------------------------- the run

@@ -20,8 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Top to bottom. A module may import any module of a lower layer, and within its own layer
 # only modules of its own unit (a unit is one entry of the list: the ground floor is one).
 LAYERS = [
-    ("entry points", ["jaxrec.train", "jaxrec.evaluate", "jaxrec.tokenize", "jaxrec.embed",
-                      "jaxrec.data.__main__", "jaxrec.trainer"]),
+    ("entry points", ["jaxrec.train", "jaxrec.evaluate", "jaxrec.recommend", "jaxrec.tokenize",
+                      "jaxrec.embed", "jaxrec.data.__main__", "jaxrec.trainer"]),
     ("command line", ["jaxrec.cli"]),
     ("pipeline", ["jaxrec.pipeline"]),
     ("methods", ["jaxrec.methods"]),

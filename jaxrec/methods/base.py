@@ -126,6 +126,9 @@ def setup_generative(run: Run, method: Method, log) -> None:
       steps.eval_step, model=run.model, beam=cfg.train.beam,
       constrained=cfg.train.decode == "constrained"), run.mesh)
   run.loss_fn = jax.jit(functools.partial(steps.loss_sums, model=run.model))
+  run.recommend_fn = functools.partial(steps.recommend_step, model=run.model,
+                                       beam=cfg.train.beam,
+                                       constrained=cfg.train.decode == "constrained")
 
 
 def init_t5(run: Run, key):

@@ -57,6 +57,7 @@ def setup_model(run) -> None:
   run.model = sasrec.SASRec(sasrec.model_config(cfg.model, ds.n_items, cfg.data.max_len))
   run.eval_fn = distributed.per_device_eval(functools.partial(
       sasrec.eval_step, model=run.model, k=min(max(metrics.KS), ds.n_items)), run.mesh)
+  run.recommend_fn = functools.partial(sasrec.recommend_step, model=run.model)
 
 
 def _train_step(state, batch, codes, key, **kw):

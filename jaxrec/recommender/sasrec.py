@@ -24,6 +24,7 @@ Shape letters: B batch, L history length, D width, N items, M sampled negatives,
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -162,6 +163,15 @@ def scores(params, batch, *, model: SASRec):
   last = jnp.maximum(jnp.sum(batch["mask_BxL"], axis=1) - 1, 0)
   h_BxD = jnp.take_along_axis(h_BxLxD, last[:, None, None], axis=1)[:, 0]
   return h_BxD @ params["params"]["item_embed"]["embedding"].T
+
+
+@functools.partial(jax.jit, static_argnames=("model", "k"))
+def recommend_step(params, history_BxL, mask_BxL, user_B, *, model: SASRec, k: int):
+  """The top-k items of the full ranking after each history: (items [B, k], scores)."""
+  del user_B                       # SASRec has no user token
+  scores_BxN = scores(params, {"history_BxL": history_BxL, "mask_BxL": mask_BxL}, model=model)
+  top, items = jax.lax.top_k(scores_BxN, k)
+  return items, top
 
 
 def eval_step(params, batch, *, model: SASRec, k: int):

@@ -157,6 +157,17 @@ def generate(params, tokens_BxT, mask_BxT, user_B, tables: decode.PrefixTables, 
   return jax.vmap(one)(cross, enc_mask)
 
 
+@functools.partial(jax.jit, static_argnames=("model", "beam", "constrained", "k"))
+def recommend_step(params, history_BxL, mask_BxL, user_B, codes_NxC, tables, *, model: T5,
+                   beam: int, constrained: bool, k: int):
+  """The next items after each history, best first: (items [B, k], log-probabilities
+  [B, k]) of a beam of width `beam` (k <= beam)."""
+  tokens, mask = history_tokens(codes_NxC, history_BxL, mask_BxL, model.cfg)
+  items, scores = generate(params, tokens, mask, user_B, tables, model=model, beam=beam,
+                           constrained=constrained)
+  return items[:, :k], scores[:, :k]
+
+
 def eval_step(params, batch, codes_NxC, tables, *, model: T5, beam: int, constrained: bool = True):
   """Decoding of a batch (constrained to the catalogue, or not: then IDs no item has are
   misses) and the metric sums: (sums, items [B, W])."""

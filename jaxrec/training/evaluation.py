@@ -11,20 +11,23 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec import metrics
+from jaxrec import distributed, metrics
 from jaxrec.data import eval_batches
-from jaxrec.recommender import steps
 from jaxrec.training.run import Run
 
 
-def evaluate_split(run: Run, params, split_name: str) -> dict:
-  """Decoding (or ranking) over a split: metrics over the full catalogue, plus timing."""
+def evaluate_split(run: Run, params, split_name: str, on_batch=None) -> dict:
+  """Decoding (or ranking) over a split: metrics over the full catalogue, plus timing.
+  `on_batch(batch, items)`, if given, sees each batch (this process's rows, host arrays)
+  with the items ranked for it [B, R] (e.g. to write per-user predictions)."""
   t0 = time.time()
   total = None
   bs = run.cfg.train.eval_batch_size
   for batch in eval_batches(run.dataset, run.splits[split_name], bs, run.buckets, run.rows(bs)):
-    sums, _ = run.eval_fn(params, run.shard(batch), *run.code_args)
+    sums, items = run.eval_fn(params, run.shard(batch), *run.code_args)
     total = metrics.accumulate(total, sums)
+    if on_batch is not None:
+      on_batch(batch, distributed.local_rows(items))
   out = metrics.finalize(total)
   out["decode_s"] = round(time.time() - t0, 2)
   out["users"] = int(total["count"])
@@ -72,16 +75,23 @@ def fmt(m: dict) -> str:
   return ", ".join(f"{k} {m[k]:.4f}" for k in ("recall@5", "recall@10", "ndcg@5", "ndcg@10"))
 
 
-def popularity_baseline(run: Run) -> dict:
-  """Most-popular items of the training interactions (all but each user's last two),
-  ranked identically for every user, on the same splits."""
+def most_popular(run: Run):
+  """The items of the training interactions (all but each user's last two) by count:
+  (items [N], counts [N]), most popular first (ties by item id)."""
   ds = run.dataset
   keep = np.ones(ds.n_interactions, bool)
   ends = ds.offsets_U1[1:]
   keep[ends - 1] = False
   keep[ends - 2] = False
   counts = np.bincount(ds.items_I[keep], minlength=ds.n_items)
-  top = np.argsort(-counts, kind="stable")[:max(metrics.KS)]
+  order = np.argsort(-counts, kind="stable")
+  return order, counts[order]
+
+
+def popularity_baseline(run: Run) -> dict:
+  """Most-popular items ranked identically for every user, on the same splits."""
+  ds = run.dataset
+  top = most_popular(run)[0][:max(metrics.KS)]
   out = {}
   for name in ("valid", "test"):
     targets = ds.items_I[run.splits[name].end_S]
@@ -89,26 +99,46 @@ def popularity_baseline(run: Run) -> dict:
   return out
 
 
-def recommend(run: Run, params, users, k: int = 10):
-  """Next-item recommendations after each user's whole sequence (its last data.max_len
-  items), by beam search of width train.beam (train.decode): (items [U, k], log-probability
-  scores [U, k], the items' IDs [U, k, C]); -1 where the beam found fewer than k items."""
-  if run.codes is None:
-    raise ValueError(f"recommend() decodes semantic IDs; {run.cfg.method} ranks item ids "
-                     "(jaxrec.recommender.sasrec.scores gives its scores)")
-  users = np.atleast_1d(np.asarray(users))
-  ds, max_len = run.dataset, run.cfg.data.max_len
-  seqs = [ds.items_I[ds.offsets_U1[u]:ds.offsets_U1[u + 1]][-max_len:] for u in users]
-  length = next(b for b in run.buckets if b >= max(len(s) for s in seqs))
-  hist = np.zeros((len(users), length), np.int32)
-  mask = np.zeros((len(users), length), bool)
-  for i, s in enumerate(seqs):
-    hist[i, :len(s)], mask[i, :len(s)] = s, True
-  tokens, tok_mask = steps.history_tokens(run.codes, jnp.asarray(hist), jnp.asarray(mask),
-                                          run.model.cfg)
-  items, scores = steps.generate(params, tokens, tok_mask, jnp.asarray(users, jnp.int32),
-                                 run.tables, model=run.model, beam=run.cfg.train.beam,
-                                 constrained=run.cfg.train.decode == "constrained")
-  items, scores = np.asarray(items)[:, :k], np.asarray(scores)[:, :k]
-  ids = np.where(items[..., None] >= 0, np.asarray(run.codes)[np.maximum(items, 0)], -1)
+def recommend_histories(run: Run, params, histories, users, k: int = 10,
+                        batch_size: int = 0):
+  """Next-item recommendations after any histories (item ids, oldest first; the last
+  data.max_len count), by the run's model (a beam of train.beam, k <= beam, for semantic
+  IDs; the full ranking for SASRec): (items [U, k], scores [U, k], the items' IDs [U, k, C]
+  or None for models over item ids); -1 where fewer than k items were found. `users` are
+  user rows of the data set (the user token's bucket) or any integers. Batches of
+  `batch_size` (default train.eval_batch_size) are padded to a fixed shape."""
+  cfg = run.cfg
+  if run.codes is not None and k > cfg.train.beam:
+    raise ValueError(f"k={k}: a beam of train.beam={cfg.train.beam} returns at most that many")
+  k = min(k, run.dataset.n_items)
+  bs = batch_size or cfg.train.eval_batch_size
+  seqs = [np.asarray(h, np.int32)[-cfg.data.max_len:] for h in histories]
+  users = np.asarray(users, np.int64)
+  items, scores = [], []
+  for start in range(0, len(seqs), bs):
+    chunk = seqs[start:start + bs]
+    length = next(b for b in run.buckets if b >= max(max(len(s) for s in chunk), 1))
+    hist = np.zeros((bs, length), np.int32)
+    mask = np.zeros((bs, length), bool)
+    for i, s in enumerate(chunk):
+      hist[i, :len(s)], mask[i, :len(s)] = s, True
+    user = np.zeros(bs, np.int32)
+    user[:len(chunk)] = users[start:start + bs] % np.iinfo(np.int32).max
+    it, sc = run.recommend_fn(params, jnp.asarray(hist), jnp.asarray(mask), jnp.asarray(user),
+                              *run.code_args, k=k)
+    items.append(np.asarray(it)[:len(chunk)])
+    scores.append(np.asarray(sc)[:len(chunk)])
+  items = np.concatenate(items) if items else np.zeros((0, k), np.int32)
+  scores = np.concatenate(scores) if scores else np.zeros((0, k), np.float32)
+  ids = None
+  if run.codes is not None:
+    ids = np.where(items[..., None] >= 0, np.asarray(run.codes)[np.maximum(items, 0)], -1)
   return items, scores, ids
+
+
+def recommend(run: Run, params, users, k: int = 10):
+  """`recommend_histories` after each data-set user's whole sequence (user rows)."""
+  users = np.atleast_1d(np.asarray(users))
+  ds = run.dataset
+  seqs = [ds.items_I[ds.offsets_U1[u]:ds.offsets_U1[u + 1]] for u in users]
+  return recommend_histories(run, params, seqs, users, k)

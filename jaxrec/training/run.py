@@ -33,6 +33,8 @@ class Run:
   eval_fn: Any = None       # jitted: (params, batch, *code_args) -> (metric sums, items)
   loss_fn: Any = None       # jitted: (params, batch, *code_args) -> (loss sum, samples); for
                             # train.select='loss' (None: the model has no such loss)
+  recommend_fn: Any = None  # jitted: (params, history_BxL, mask_BxL, user_B, *code_args, k=)
+                            # -> (items [B, k], scores [B, k]); -1 / -inf where none
   table: Optional[CodeTable] = None
   codes: Optional[jax.Array] = None         # [N, C] on device, replicated
   tables: Optional[decode.PrefixTables] = None

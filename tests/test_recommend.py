@@ -1,0 +1,98 @@
+"""From a trained run to recommendations in the data set's keys: `python -m jaxrec.recommend`
+answers histories of item keys (unknown items reported, an unknown history gets most-popular,
+a malformed line is one error after every earlier line was written), for a method over
+semantic IDs and for SASRec, the same items as the library; `jaxrec.evaluate --predictions`
+writes each user's ranked items, whose hits are the reported recall."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import sasrec as sasrec_config
+import tiger
+from jaxrec import pipeline
+from jaxrec.training.evaluation import most_popular, recommend, recommend_histories
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def command(*args):
+  env = dict(os.environ, PYTHONPATH=REPO)
+  return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env,
+                        cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A tiny TIGER and a tiny SASRec run: {name: workdir}."""
+  out = {}
+  for name, cfg in (("tiger", tiger.get_config("tiny")), ("sasrec", sasrec_config.get_config("tiny"))):
+    workdir = str(tmp_path_factory.mktemp(name))
+    pipeline.train_and_evaluate(cfg, workdir, log=lambda m: None)
+    out[name] = workdir
+  return out
+
+
+def test_workdir_records_item_keys_and_histories_answer_as_the_library(trained):
+  run, params, _ = pipeline.load_run(trained["tiger"])
+  keys = json.load(open(os.path.join(trained["tiger"], "items.json")))
+  assert keys == [str(i) for i in range(run.dataset.n_items)]       # synthetic: ids as keys
+  users = np.arange(5)
+  items, scores, ids = recommend(run, params, users, k=10)
+  ds = run.dataset
+  seqs = [ds.items_I[ds.offsets_U1[u]:ds.offsets_U1[u + 1]] for u in users]
+  again, again_s, _ = recommend_histories(run, params, seqs, users, 10, batch_size=2)
+  np.testing.assert_array_equal(again, items)                 # batching changes nothing
+  np.testing.assert_allclose(again_s, scores, rtol=1e-5)
+  assert np.all(np.diff(scores, axis=1) <= 1e-6)               # best first
+  np.testing.assert_array_equal(ids, np.asarray(run.codes)[items])
+
+
+@pytest.mark.parametrize("name", ["tiger", "sasrec"])
+def test_recommend_command_in_keys_with_unknowns_fallback_and_a_bad_line(trained, tmp_path, name):
+  workdir = trained[name]
+  run, params, _ = pipeline.load_run(workdir)
+  ds = run.dataset
+  hist = [str(i) for i in ds.items_I[ds.offsets_U1[3]:ds.offsets_U1[4]]]
+  lines = [json.dumps({"user": "3", "history": hist}),
+           json.dumps({"user": "new", "history": hist[:2] + ["NOPE"]}),
+           json.dumps({"history": ["NOPE", "NADA"]}),
+           "{not json",
+           json.dumps({"user": "never", "history": hist})]
+  src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+  src.write_text("\n".join(lines) + "\n")
+  res = command("jaxrec.recommend", f"--workdir={workdir}", f"--input={src}", f"--out={out}",
+                "--k=5")
+  assert res.returncode == 2 and f"error: {src}: line 4: not JSON" in res.stderr, res.stderr
+  got = [json.loads(l) for l in out.read_text().splitlines()]
+  assert len(got) == 3                                     # the lines before the bad one
+  first, second, third = got
+  expect, _, _ = recommend(run, params, [3], k=5)
+  assert first["items"] == [str(i) for i in expect[0]] and len(first["scores"]) == 5
+  assert ("ids" in first) == (name == "tiger")
+  assert second["unknown"] == ["NOPE"] and "fallback" not in second
+  top = most_popular(run)[0][:5]
+  assert third["fallback"] == "most_popular" and third["items"] == [str(i) for i in top]
+  assert third["unknown"] == ["NOPE", "NADA"]
+  res = command("jaxrec.recommend", f"--workdir={workdir}", f"--input={src}", "--k=5",
+                "--exclude_history")
+  assert res.returncode == 2
+  excluded = json.loads(res.stdout.splitlines()[0])
+  assert excluded["items"] and not set(excluded["items"]) & set(hist)
+
+
+def test_evaluate_predictions_hits_are_the_reported_recall(trained, tmp_path):
+  out = tmp_path / "pred.jsonl"
+  res = command("jaxrec.evaluate", f"--workdir={trained['tiger']}", f"--predictions={out}")
+  assert res.returncode == 0, res.stderr[-2000:]
+  ev = json.load(open(os.path.join(trained["tiger"], "eval.json")))
+  lines = [json.loads(l) for l in out.read_text().splitlines()]
+  for split in ("valid", "test"):
+    mine = [l for l in lines if l["split"] == split]
+    assert len(mine) == ev[split]["users"]
+    hits = sum(l["rank"] is not None and l["rank"] <= 10 for l in mine)
+    assert hits / len(mine) == pytest.approx(ev[split]["recall@10"], abs=1e-9)
+    assert all(l["rank"] is None or l["items"][l["rank"] - 1] == l["target"] for l in mine)
