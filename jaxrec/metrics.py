@@ -38,6 +38,18 @@ def rank_metric_sums(ranked_UxR, target_U, weight_U, ks: Sequence[int] = KS,
   return out
 
 
+ERR_KS = (5, 10, 20)
+
+
+def invalid_id_sums(items_UxR, scores_UxR, weight_U, ks: Sequence[int] = ERR_KS):
+  """err@K (ActionPiece's, MiniOneRec's CC): per user, the share of the first K returned
+  IDs that no item has (item -1 with a finite score: free decoding only), summed over
+  users weighted by `weight_U`."""
+  invalid = ((items_UxR < 0) & jnp.isfinite(scores_UxR)).astype(jnp.float32)
+  return {f"err@{k}": jnp.sum(weight_U * jnp.mean(invalid[:, :k], axis=1))
+          for k in ks if k <= items_UxR.shape[1]}
+
+
 def finalize(sums: dict) -> dict:
   """Divides accumulated sums by the user count."""
   n = max(float(sums["count"]), 1.0)

@@ -101,11 +101,17 @@ def test_unconstrained_decoding_is_exact_over_the_code_space_and_names_invalid_i
   np.testing.assert_allclose(np.asarray(scores), total[best], rtol=1e-5)
   want = [item_of.get(tuple(all_ids[b].tolist()), -1) for b in best]
   assert np.asarray(items).tolist() == want and -1 in want
+  from jaxrec import metrics
+  err = metrics.invalid_id_sums(items[None], scores[None], jnp.ones(1))   # err@K: the -1s
+  for kk in (5, 10):
+    assert float(err[f"err@{kk}"]) == pytest.approx(np.mean(np.asarray(want[:kk]) < 0))
   items, scores = run(True)
   valid = np.array([all_ids.tolist().index(r) for r in codes.tolist()])
   best = valid[np.argsort(-total[valid], kind="stable")[:w]]
   assert np.asarray(items).tolist() == [item_of[tuple(all_ids[b].tolist())] for b in best]
   np.testing.assert_allclose(np.asarray(scores), total[best], rtol=1e-5)
+  err = metrics.invalid_id_sums(items[None], scores[None], jnp.ones(1))
+  assert all(float(v) == 0.0 for v in err.values()) and len(err) == 2   # constrained: none
 
 
 def test_shared_ids_count_the_target_id_as_a_hit():

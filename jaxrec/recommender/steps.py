@@ -170,10 +170,11 @@ def recommend_step(params, history_BxL, mask_BxL, user_B, codes_NxC, tables, *, 
 
 def eval_step(params, batch, codes_NxC, tables, *, model: T5, beam: int, constrained: bool = True):
   """Decoding of a batch (constrained to the catalogue, or not: then IDs no item has are
-  misses) and the metric sums: (sums, items [B, W])."""
+  misses, and err@K counts them) and the metric sums: (sums, items [B, W])."""
   tokens, mask = history_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"], model.cfg)
-  items, _ = generate(params, tokens, mask, batch["user_B"], tables, model=model, beam=beam,
-                      constrained=constrained)
+  items, scores = generate(params, tokens, mask, batch["user_B"], tables, model=model,
+                           beam=beam, constrained=constrained)
   # the target's representative: itself, or with shared IDs the item its ID decodes to
   sums = metrics.rank_metric_sums(items, tables.rep_item_N[batch["target_B"]], batch["weight_B"])
+  sums.update(metrics.invalid_id_sums(items, scores, batch["weight_B"]))
   return sums, items
