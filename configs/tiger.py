@@ -207,6 +207,7 @@ def train_config(variant: str) -> ml_collections.ConfigDict:
                                    # as misses (ETEGRec's official test decoding)
   t.tau = 1.0                      # logits / tau in the code loss (LETTER's ranking loss)
   t.log_every = 50                 # steps between metrics.jsonl lines
+  t.tensorboard = True             # the same records as TensorBoard events (<workdir>/tensorboard)
   t.save_every = 500               # steps between resumable checkpoints
   t.max_steps = 0                  # stop after this many steps (0: no limit); for budgets
   if variant == "default":

@@ -21,7 +21,7 @@ def default_config_path() -> str:
 # Keys that change when and how often a run logs or saves, never its results: a run may be
 # resumed with other values of them.
 RESULT_NEUTRAL = (("tokenizer", "save_every"), ("tokenizer", "log_every"),
-                  ("train", "save_every"), ("train", "log_every"))
+                  ("train", "save_every"), ("train", "log_every"), ("train", "tensorboard"))
 
 
 # Keys added after runs were recorded, with the value that does what those runs did: a saved
@@ -37,6 +37,7 @@ ADDED_KEYS = {("train", "accumulate"): 1, ("cf", "train", "accumulate"): 1,
               ("model", "head"): "level", ("model", "extra_vocab"): 0,
               ("tokenizer", "simcit", "prefix_loss"): False, ("train", "dtype"): "float32",
               ("cf", "train", "dtype"): "float32", ("tokenizer", "keep"): "last",
+              ("train", "tensorboard"): True, ("cf", "train", "tensorboard"): True,
               ("etegrec", "rec_schedule"): "stage"}
 
 

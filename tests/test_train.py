@@ -8,6 +8,7 @@ import sys
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import tiger
@@ -52,6 +53,36 @@ def test_run_writes_outputs_and_learns(uninterrupted):
     assert 0.0 <= results[split]["recall@10"] <= 1.0
     assert results[split]["recall@10"] >= results[split]["recall@5"]
   assert results["popularity"]["test"]["recall@10"] >= 0.0
+
+
+def read_events(folder):
+  """{tag: [(step, value)]} of the TensorBoard event files in `folder` (TFRecord frames)."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  out = {}
+  for name in sorted(os.listdir(folder)):
+    data = open(os.path.join(folder, name), "rb").read()
+    pos = 0
+    while pos < len(data):
+      (n,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+      pos += 12 + n + 4
+      for v in event.summary.value:
+        out.setdefault(v.tag, []).append((event.step, v.simple_value))
+  return out
+
+
+def test_training_metrics_are_also_tensorboard_events(uninterrupted):
+  workdir, _ = uninterrupted
+  events = read_events(os.path.join(workdir, "tensorboard"))
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  losses = [(l["step"], l["loss"]) for l in lines if "loss" in l]
+  valid = [(l["step"], l["ndcg@10"]) for l in lines if l.get("split") == "valid"]
+  assert [s for s, _ in events["train/loss"]] == [s for s, _ in losses]
+  np.testing.assert_allclose([v for _, v in events["train/loss"]], [v for _, v in losses],
+                             rtol=1e-6)
+  tb_valid = events["valid/ndcg_10"]              # (TensorBoard's tags write @ as _)
+  np.testing.assert_allclose([v for _, v in tb_valid], [v for _, v in valid], rtol=1e-6)
 
 
 def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from typing import Optional
 
 import jax
 import numpy as np
+from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from jaxrec import distributed
@@ -81,7 +82,7 @@ class Loop:
     self.select = Selection(self.tc.select)
     self.ckpt = RunCheckpoints(run, plan)
     self.state, self.ls, self.step = plan.state, LoopState(), plan.global_step(plan.state)
-    self.metrics_f = None
+    self.metrics_f = self.events = None
 
   # -------------------------------------------------------------------- bookkeeping
   def resume(self) -> None:
@@ -99,6 +100,11 @@ class Loop:
     if self.metrics_f is not None:
       self.metrics_f.write(json.dumps(record) + "\n")
       self.metrics_f.flush()
+    if self.events is not None:       # the same record, as TensorBoard scalars
+      group = record.get("split") or ("train" if "loss" in record else "codes")
+      for k, v in record.items():
+        if k not in ("step", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool):
+          self.events.add_scalar(f"{group}/{k}", v, record["step"])
 
   def save(self) -> None:
     self.ls.iterator = self.train_it.get_state()
@@ -116,6 +122,9 @@ class Loop:
   def train(self):
     if distributed.is_primary():
       self.metrics_f = open(os.path.join(self.run.workdir, "metrics.jsonl"), "a")
+      if self.tc.get("tensorboard", True):   # a resumed run hides the events after its step
+        self.events = SummaryWriter(os.path.join(self.run.workdir, "tensorboard"),
+                                    purge_step=self.step or None)
     try:
       while not self.ls.done:
         stage_epoch = self.train_it.epoch - self.ls.stage_start
@@ -132,6 +141,8 @@ class Loop:
     finally:
       if self.metrics_f is not None:
         self.metrics_f.close()
+      if self.events is not None:
+        self.events.close()
     self.ckpt.train.close()
     best = self.ckpt.best_tree()
     self.ckpt.best.close()
