@@ -36,7 +36,8 @@ from jaxrec.training.loop import Loop
 from jaxrec.training.plan import Plan
 from jaxrec.training.run import Run, make_mesh, set_codes
 
-__all__ = ["setup", "train_and_evaluate", "recommend", "restore_best", "make_mesh"]
+__all__ = ["setup", "train_and_evaluate", "load_run", "recommend", "restore_best", "make_mesh",
+           "ensure_features", "item_keys"]
 
 DERIVED = {"cf": "the item table of a SASRec trained on the interactions (config.cf)",
            "text": "the item text embedded by `python -m jaxrec.embed --model PATH` (config.embed)"}
@@ -215,7 +216,8 @@ def _train_cf(scfg, workdir: str, log) -> None:
     train_and_evaluate(scfg, workdir, log=sub_log)
   except (CheckpointError, ConfigMismatchError) as e:
     if distributed.is_primary():
-      log(f"cf: the SASRec run in {workdir} cannot be resumed ({str(e).splitlines()[0]}): "
+      why = str(e).splitlines()[0].split("; ")[0]     # (not the remedy a user's own run gets)
+      log(f"cf: the SASRec run in {workdir} cannot be resumed ({why}): "
           f"moved aside to {move_aside(workdir)}; training it again")
     distributed.barrier("cf moved aside")
     train_and_evaluate(scfg, workdir, log=sub_log)
