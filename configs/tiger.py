@@ -77,7 +77,8 @@ def data_config(variant: str) -> ml_collections.ConfigDict:
     d.dir = os.path.join(os.environ.get("JAXREC_DATA_DIR", "../shared/data"), "scientific")
     d.name = "Scientific"
     d.features = ()                # item text (embedded: 'text') and interactions ('cf')
-    d.index = True                 # the publisher's 3-level IDs, for tokenizer.source='given'
+    d.index = False                # True reads the publisher's 3-level IDs (tokenizer.source=
+                                   # 'given'); off, so that another set needs only dir and name
     d.buckets = (4, 6, 8, 12, 20)
   return d
 

@@ -186,8 +186,32 @@ def read_letter(directory, name, features=(), index=False) -> Dataset:
   codes = sizes = None
   if index:
     codes, sizes = read_index_json(os.path.join(directory, f"{name}.index.json"), n_items)
+  # `jaxrec.data prepare` writes the raw keys (ASINs, user ids) of the ids beside them
+  item_keys = _key_map(directory, name, "item", n_items) or item_keys
+  user_map = _key_map(directory, name, "user", None)
+  if user_map is not None:
+    users = [user_map[int(u)] if u.isdigit() and int(u) < len(user_map) else u for u in users]
   return from_sequences(name, seqs, n_items, features=feats, codes_NxC=codes, code_sizes=sizes,
                         user_keys=users, item_keys=item_keys, item_text=item_text)
+
+
+def _key_map(directory, name, kind: str, n: Optional[int]):
+  """`<name>.<kind>_map.json` ({"<id>": "<raw key>"}) as a list indexed by id, or None."""
+  path = os.path.join(directory, f"{name}.{kind}_map.json")
+  if not os.path.exists(path):
+    return None
+  raw = read_json(path)
+  if not isinstance(raw, dict):
+    raise DataError(path, None, "expected a JSON object mapping id to raw key")
+  n = len(raw) if n is None else n
+  keys = [None] * n
+  for k, v in raw.items():
+    i = _as_item_id(path, f"{kind} {k!r}", k, n)
+    keys[i] = str(v)
+  if None in keys:
+    raise DataError(path, f"{kind} {keys.index(None)}", f"missing: every {kind} id 0..{n - 1} "
+                    "needs its key")
+  return keys
 
 
 def _item_text(path, record, attrs) -> dict:

@@ -1,0 +1,263 @@
+"""`python -m jaxrec.data prepare`: raw public dumps -> the LETTER JSON files a run reads
+(`data.source="letter"`), in one streaming pass over the interactions and one over the
+metadata.
+
+  python -m jaxrec.data prepare --format amazon2014 --reviews reviews_Beauty_5.json.gz \\
+      --meta meta_Beauty.json.gz --out data/beauty --name Beauty
+  python -m jaxrec.data prepare --format amazon2018 --reviews Cat.json.gz --meta meta_Cat.json.gz ...
+  python -m jaxrec.data prepare --format amazon2023 --reviews Cat.jsonl.gz --meta meta_Cat.jsonl.gz ...
+  python -m jaxrec.data prepare --format csv --interactions log.csv [--items items.csv] ...
+
+Formats (any file may be gzip-compressed: detected by its magic bytes):
+  amazon2014  McAuley's 2014 release, one Python dict literal per line ("loose JSON"):
+              reviews reviewerID, asin, unixReviewTime; meta asin, title, brand,
+              categories (list of lists), description (text).
+  amazon2018  JSON lines: reviews reviewerID, asin, unixReviewTime; meta asin, title, brand,
+              category (list), description (list of strings).
+  amazon2023  JSON lines: reviews user_id, parent_asin (the item), timestamp (ms);
+              meta parent_asin, title, store (the brand), categories (list), description (list).
+  csv         CSV or Parquet (by the .parquet / .pq suffix or the PAR1 magic bytes) with columns
+              user, item, timestamp (--user_col / --item_col / --time_col), read in batches
+              with pyarrow (`pip install -e ".[prepare]"`); the optional item table has the
+              item column and any of title, brand, categories, description.
+
+Processing, in this order:
+  1. duplicates removed: the same (user, item, timestamp) is kept once (its first line);
+  2. k-core (--core, default 5; 0 or 1: none): users and items with fewer than k interactions
+     are dropped, repeatedly, until every user and every item has at least k (a fixed point);
+  3. each user's items in chronological order, ties in input order;
+  4. users and items numbered 0.. in the order of their raw keys (sorted as strings), so the
+     ids do not depend on the order of the lines;
+  5. item text from the metadata (second pass, only the items that survived): title, brand,
+     categories (flattened, duplicates dropped, joined with ", "), description (joined with
+     spaces); HTML tags removed, entities unescaped, whitespace collapsed; "" where missing.
+
+Output in --out: <name>.inter.json {"<user id>": [item ids, oldest first]},
+<name>.item.json {"<item id>": {"title", "brand", "categories", "description"}},
+<name>.user_map.json and <name>.item_map.json {"<id>": "<raw key>"}.
+
+Counts to check against (Amazon 2014 5-core files, as in the S3-Rec / P5 / TIGER papers):
+  Beauty               22,363 users  12,101 items  198,502 interactions
+  Sports and Outdoors  35,598 users  18,357 items  296,337 interactions
+  Toys and Games       19,412 users  11,924 items  167,597 interactions
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+from typing import Callable, Optional
+
+import numpy as np
+
+from jaxrec.data.raw import (META_FIELDS, Log, iter_records, iter_table, pyarrow_module,
+                             read_amazon_reviews, read_table_interactions, require)
+from jaxrec.errors import ConfigError, DataError
+
+FORMATS = ("amazon2014", "amazon2018", "amazon2023", "csv")
+TEXT_FIELDS = ("title", "brand", "categories", "description")
+
+_TAG_RE = re.compile(r"<\s*/?\s*[A-Za-z!][^<>]*>")
+_SPACE_RE = re.compile(r"\s+")
+
+
+def dedup(users, items, times) -> np.ndarray:
+  """Indices (ascending) of the first line of each distinct (user, item, time)."""
+  if len(users) == 0:
+    return np.zeros(0, np.int64)
+  order = np.lexsort((times, items, users))        # stable: equal triples keep input order
+  u, i, t = users[order], items[order], times[order]
+  first = np.ones(len(order), bool)
+  first[1:] = (u[1:] != u[:-1]) | (i[1:] != i[:-1]) | (t[1:] != t[:-1])
+  return np.sort(order[first])
+
+
+def k_core(users, items, k: int, n_users: int, n_items: int):
+  """(mask over the interactions that survive, rounds that removed something)."""
+  keep = np.ones(len(users), bool)
+  rounds = 0
+  if k <= 1:
+    return keep, rounds
+  while True:
+    u, i = users[keep], items[keep]
+    ucount = np.bincount(u, minlength=n_users)
+    icount = np.bincount(i, minlength=n_items)
+    ok = (ucount[u] >= k) & (icount[i] >= k)
+    if ok.all():
+      return keep, rounds
+    idx = np.flatnonzero(keep)
+    keep[idx[~ok]] = False
+    rounds += 1
+
+
+def clean_text(value) -> str:
+  """One line of text: lists flattened (categories de-duplicated by the caller), HTML tags
+  removed, entities unescaped, whitespace collapsed."""
+  if value is None or isinstance(value, bool):
+    return ""
+  if isinstance(value, (list, tuple)):
+    return " ".join(t for t in (clean_text(v) for v in value) if t)
+  text = _TAG_RE.sub(" ", str(value))
+  text = html.unescape(text)
+  return _SPACE_RE.sub(" ", text).strip()
+
+
+def _flatten(value) -> list:
+  if value is None or isinstance(value, bool):
+    return []
+  if isinstance(value, (list, tuple)):
+    return [x for v in value for x in _flatten(v)]
+  return [value]
+
+
+def clean_categories(value) -> str:
+  seen, out = set(), []
+  for v in _flatten(value):
+    t = clean_text(v)
+    if t and t not in seen:
+      seen.add(t)
+      out.append(t)
+  return ", ".join(out)
+
+
+def item_attributes(raw: dict) -> dict:
+  """{title, brand, categories, description} of an item's raw metadata fields."""
+  return {f: clean_categories(raw.get(f)) if f == "categories" else clean_text(raw.get(f))
+          for f in TEXT_FIELDS}
+
+
+def _key_order(keys) -> np.ndarray:
+  """The argsort of an object array of strings (Python's sort: no fixed-width copy)."""
+  return np.array(sorted(range(len(keys)), key=keys.__getitem__), np.int64)
+
+
+def _write_json(path, obj):
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, ensure_ascii=False)
+  os.replace(tmp, path)
+
+
+def _inputs(fmt, out, name, reviews, meta, interactions, items, core):
+  """(the interactions file, the metadata file or None), the arguments checked."""
+  if fmt not in FORMATS:
+    raise ConfigError(f"--format={fmt!r}: expected one of {', '.join(FORMATS)}")
+  if not name:
+    raise ConfigError("--name is required (the output files are <name>.inter.json, ...)")
+  if not out:
+    raise ConfigError("--out is required (the output directory)")
+  if core < 0:
+    raise ConfigError(f"--core={core}: must be >= 0")
+  if fmt == "csv":
+    source, meta_path = interactions, items
+    if not source:
+      raise ConfigError("--format csv needs --interactions (a CSV or Parquet file)")
+    if reviews or meta:
+      raise ConfigError("--format csv takes --interactions / --items, not --reviews / --meta")
+    pyarrow_module()
+  else:
+    source, meta_path = reviews, meta
+    if not source:
+      raise ConfigError(f"--format {fmt} needs --reviews (the reviews dump)")
+    if interactions or items:
+      raise ConfigError(f"--format {fmt} takes --reviews / --meta, not --interactions / --items")
+  for p in (source, meta_path):
+    if p:
+      require(p)
+  return source, meta_path
+
+
+def _renumber(users, items, times, user_keys, item_keys):
+  """Ids by raw key; each user's items by time, ties in input order: (user ids, item ids,
+  raw key of each user id, of each item id), sorted by user."""
+  u_old, u_new = np.unique(users, return_inverse=True)
+  i_old, i_new = np.unique(items, return_inverse=True)
+  u_rank, i_rank = _key_order(user_keys[u_old]), _key_order(item_keys[i_old])
+  u_id = np.empty(len(u_old), np.int64)
+  u_id[u_rank] = np.arange(len(u_old))
+  i_id = np.empty(len(i_old), np.int64)
+  i_id[i_rank] = np.arange(len(i_old))
+  uid, iid = u_id[u_new.ravel()], i_id[i_new.ravel()]
+  order = np.lexsort((np.arange(len(uid)), times, uid))
+  return (uid[order], iid[order], [str(k) for k in user_keys[u_old[u_rank]]],
+          [str(k) for k in item_keys[i_old[i_rank]]])
+
+
+def _item_texts(fmt, meta_path, item_map, item_col) -> list:
+  """Pass 2: the attributes of each surviving item (None where the metadata has none)."""
+  text = [None] * len(item_map)
+  if not meta_path:
+    return text
+  wanted = {k: i for i, k in enumerate(item_map)}
+  if fmt == "csv":
+    for _, cols in iter_table(meta_path, [item_col], optional=TEXT_FIELDS,
+                              text_columns=(item_col,) + TEXT_FIELDS):
+      for r, key in enumerate(cols[item_col]):
+        i = wanted.get(None if key is None else str(key).strip())
+        if i is not None and text[i] is None:
+          text[i] = item_attributes({f: cols[f][r] for f in TEXT_FIELDS if f in cols})
+    return text
+  key_f, fields = META_FIELDS[fmt]
+  for lineno, obj in iter_records(meta_path, loose=fmt == "amazon2014"):
+    if key_f not in obj:
+      raise DataError(meta_path, f"line {lineno}", f"missing field {key_f!r} (the item key of "
+                      f"{fmt} metadata)")
+    i = wanted.get(str(obj[key_f]).strip())
+    if i is not None and text[i] is None:            # the first record of an item counts
+      text[i] = item_attributes({f: obj.get(src) for f, src in fields.items()})
+  return text
+
+
+def prepare(fmt: str, out: str, name: str, reviews: Optional[str] = None,
+            meta: Optional[str] = None, interactions: Optional[str] = None,
+            items: Optional[str] = None, core: int = 5, user_col: str = "user",
+            item_col: str = "item", time_col: str = "timestamp",
+            log: Callable[[str], None] = print) -> dict:
+  """Converts raw files to `<out>/<name>.{inter,item,user_map,item_map}.json`; returns the
+  counts it printed."""
+  source, meta_path = _inputs(fmt, out, name, reviews, meta, interactions, items, core)
+  raw = Log()                                   # pass 1: the interactions, as int arrays
+  if fmt == "csv":
+    read_table_interactions(source, raw, user_col, item_col, time_col)
+  else:
+    read_amazon_reviews(source, fmt, raw)
+  users, items_, times = raw.arrays()
+  n_raw = len(users)
+  user_keys = np.array(list(raw.user_ids), dtype=object)
+  item_keys = np.array(list(raw.item_ids), dtype=object)
+  del raw
+  log(f"raw: {n_raw:,} interactions, {len(user_keys):,} users, {len(item_keys):,} items")
+  if n_raw == 0:
+    raise DataError(source, None, "has no interactions")
+  keep = dedup(users, items_, times)
+  users, items_, times = users[keep], items_[keep], times[keep]
+  log(f"after dedup: {len(users):,} interactions ({n_raw - len(users):,} duplicates removed)")
+  mask, rounds = k_core(users, items_, core, len(user_keys), len(item_keys))
+  if not mask.any():
+    raise DataError(source, None, f"no interactions survive the {core}-core (--core): no user "
+                    f"and item set where each has {core} interactions; try a smaller --core")
+  uid, iid, user_map, item_map = _renumber(users[mask], items_[mask], times[mask], user_keys,
+                                           item_keys)
+  n_users, n_items = len(user_map), len(item_map)
+  counts = {"raw": n_raw, "dedup": int(len(keep)), "core": core, "rounds": rounds,
+            "users": n_users, "items": n_items, "interactions": int(len(uid))}
+  log(f"after {core}-core ({rounds} rounds): {n_users:,} users, {n_items:,} items, "
+      f"{len(uid):,} interactions")
+  bounds = np.searchsorted(uid, np.arange(n_users + 1))
+  inter = {str(u): iid[bounds[u]:bounds[u + 1]].tolist() for u in range(n_users)}
+  text = _item_texts(fmt, meta_path, item_map, item_col)    # pass 2: the metadata
+  counts["items_with_meta"] = sum(t is not None for t in text)
+  log(f"metadata: {counts['items_with_meta']:,} of {n_items:,} items"
+      + ("" if meta_path else " (no --meta / --items given)"))
+  empty = {f: "" for f in TEXT_FIELDS}
+  os.makedirs(out, exist_ok=True)
+  outputs = {"inter": inter,
+             "item": {str(i): t if t is not None else dict(empty) for i, t in enumerate(text)},
+             "user_map": {str(i): k for i, k in enumerate(user_map)},
+             "item_map": {str(i): k for i, k in enumerate(item_map)}}
+  paths = [os.path.join(out, f"{name}.{kind}.json") for kind in outputs]
+  for path, obj in zip(paths, outputs.values()):
+    _write_json(path, obj)
+  log("wrote " + ", ".join(paths))
+  return counts
