@@ -29,8 +29,9 @@ Variants (anything not listed is configs/tiger.py's same variant):
                scheduler only advances in recommender epochs); test decoding unconstrained
                (beam 20, top 10 scored); the tokenizer kept is the pre-training's
                lowest-collision epoch (checked every 50 epochs), as the official
-               best_collision_model.pth. Not matched: the official 4-process data-parallel
-               in-batch PSA negatives (here the global batch).
+               best_collision_model.pth. PSA's in-batch negatives match the official
+               per-process ones: each of the 4 accumulated steps is one process's batch of
+               512 (docs/protocols.md).
   scientific   Amazon Industrial & Scientific 2018 with the official recipe: the official
                config/scientific.yaml (the model, 400 epochs in cycles of 2, lr 5e-3 / 1e-4,
                weight decay 0.05, warm-up 8,000 / 4,000 steps, alignment from epoch 10, early
