@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxrec import distributed
 from jaxrec.data import gather_batch
+from jaxrec.errors import ConfigError
 from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5
 from jaxrec.recommender.t5_layers import model_config
@@ -89,9 +90,9 @@ def get_method(name: str) -> Method:
   """The registered method `name` (built-in modules register themselves on import)."""
   if name not in _REGISTRY and name in BUILTIN:
     importlib.import_module(f"jaxrec.methods.{name}")
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown method {name!r}; available: "
-                     f"{tuple(sorted(set(BUILTIN) | set(_REGISTRY)))}")
+  if name not in _REGISTRY:              # (a config error: the command prints one line)
+    raise ConfigError(f"unknown method {name!r} (config.method); available: "
+                      f"{', '.join(sorted(set(BUILTIN) | set(_REGISTRY)))}")
   return _REGISTRY[name]
 
 
