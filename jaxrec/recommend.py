@@ -11,12 +11,13 @@ each batch is written before the next is read: a malformed line is one error nam
 after every line before it has been written.
 """
 import json
+import os
 import sys
 
 from absl import flags
 
 from jaxrec import cli
-from jaxrec.errors import DataError
+from jaxrec.errors import ConfigError, DataError
 from jaxrec.fingerprint import fingerprint
 from jaxrec.pipeline import item_keys, load_run
 from jaxrec.training.evaluation import most_popular, recommend_histories
@@ -62,6 +63,9 @@ class Recommender:
     self.popular, self.counts = most_popular(self.run)
     self.k, self.exclude, self.batch_size = k, exclude_history, batch_size
     beam = self.run.cfg.train.beam if self.run.codes is not None else ds.n_items
+    if k > beam:
+      raise ConfigError(f"--k={k}: the run's beam (train.beam={beam}) returns at most {beam} "
+                        "items per user")
     self.ask = min(beam, ds.n_items)      # asked of the model: k, and more to exclude from
 
   def user_row(self, user) -> int:
@@ -100,6 +104,8 @@ def main(argv):
   del argv
   rec = Recommender(_WORKDIR.value, _K.value, _EXCLUDE.value, _BATCH.value)
   where = "standard input" if _INPUT.value == "-" else _INPUT.value
+  if _INPUT.value != "-" and not os.path.isfile(_INPUT.value):
+    raise DataError(_INPUT.value, None, "file not found")
   src = sys.stdin if _INPUT.value == "-" else open(_INPUT.value)
   dst = open(_OUT.value, "w") if _OUT.value else sys.stdout
   pending, n = [], 0
@@ -124,8 +130,9 @@ def main(argv):
     if pending:
       flush()
   finally:
-    if dst is not sys.stdout:
-      dst.close()
+    for f in (src, dst):
+      if f not in (sys.stdin, sys.stdout):
+        f.close()
   if _OUT.value:
     print(f"{n} lines answered: {_OUT.value}", file=sys.stderr)
 
