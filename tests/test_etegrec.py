@@ -139,6 +139,9 @@ def test_resume_mid_cycle_equals_uninterrupted(tmp_path, monkeypatch):
   changes = [l["ids_changed"] for l in lines if "ids_changed" in l]
   assert len(changes) == 2 and all(0.0 <= c <= 1.0 for c in changes)   # tokenizer epochs 1, 3
   assert os.path.exists(os.path.join(full_dir, "codes_final.npz"))
+  other = full["test_free"]                     # the run decodes constrained; also free
+  assert other["users"] == full["test"]["users"] and full["test"]["err@10"] == 0.0
+  assert set(other) == set(full["test"])        # the same metrics, err@K included
 
   workdir = str(tmp_path / "resumed")
   real = loop.check_and_log

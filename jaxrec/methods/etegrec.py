@@ -52,6 +52,7 @@ from jaxrec.tokenizer.rq import masked_mean
 from jaxrec.tokenizer.rqvae import RQVAE, reconstruction_loss
 from jaxrec.tokenizer.train import encode_catalogue
 from jaxrec.training.plan import Plan, Stage, jit_step, n_params
+from jaxrec.training.evaluation import evaluate_split
 from jaxrec.training.run import save_final_codes
 
 sg = jax.lax.stop_gradient
@@ -300,7 +301,22 @@ def training_plan(run, key, steps_per_epoch: int) -> Plan:
                                     "tok": s.tok.params},
               global_step=lambda s: int(s.step), lr_at=None,
               n_params=n_params((state.rec.params, state.tok.params)),
-              dynamic_codes=True, finish=save_final_codes)
+              dynamic_codes=True, finish=finish)
+
+
+def finish(run, best) -> dict:
+  """The best checkpoint's IDs become the run's (`save_final_codes`), and its test metrics
+  are also reported with the other decoding: the official code decodes free (IDs no item has
+  are misses), every other row of the tables constrained, so both are in results.json."""
+  out = save_final_codes(run, best)
+  other = run.cfg.train.decode != "constrained"          # the mode the run did not use
+  eval_fn = run.eval_fn
+  run.eval_fn = distributed.per_device_eval(functools.partial(
+      steps.eval_step, model=run.model, beam=run.cfg.train.beam, constrained=other), run.mesh)
+  params = distributed.replicate(best["params"], run.replicated)
+  out["test_" + ("constrained" if other else "free")] = evaluate_split(run, params, "test")
+  run.eval_fn = eval_fn
+  return out
 
 
 class ETEGRec(Method):
