@@ -123,13 +123,19 @@ def setup_generative(run: Run, method: Method, log) -> None:
   run.tokenizer = tokenizer
   run.model = T5(model_config(cfg.model, table.sizes, cfg.train.dtype))
   install_codes(run, table)
-  run.eval_fn = distributed.per_device_eval(functools.partial(
-      steps.eval_step, model=run.model, beam=cfg.train.beam,
-      constrained=cfg.train.decode == "constrained"), run.mesh)
+  run.eval_fn = decoding_eval_fn(run, constrained=cfg.train.decode == "constrained")
   run.loss_fn = jax.jit(functools.partial(steps.loss_sums, model=run.model))
   run.recommend_fn = functools.partial(steps.recommend_step, model=run.model,
                                        beam=cfg.train.beam,
                                        constrained=cfg.train.decode == "constrained")
+
+
+def decoding_eval_fn(run: Run, constrained: bool):
+  """The T5's evaluation step on the run's mesh: beam search of train.beam, constrained to
+  the catalogue or over the whole code space."""
+  return distributed.per_device_eval(functools.partial(
+      steps.eval_step, model=run.model, beam=run.cfg.train.beam, constrained=constrained),
+      run.mesh)
 
 
 def init_t5(run: Run, key):

@@ -43,7 +43,7 @@ import optax
 
 from jaxrec import distributed
 from jaxrec.errors import CheckpointError, ConfigError
-from jaxrec.methods.base import Method, init_t5, register
+from jaxrec.methods.base import Method, decoding_eval_fn, init_t5, register
 from jaxrec.optim import TrainState, optimizer_and_schedule
 from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5
@@ -310,12 +310,9 @@ def finish(run, best) -> dict:
   are misses), every other row of the tables constrained, so both are in results.json."""
   out = save_final_codes(run, best)
   other = run.cfg.train.decode != "constrained"          # the mode the run did not use
-  eval_fn = run.eval_fn
-  run.eval_fn = distributed.per_device_eval(functools.partial(
-      steps.eval_step, model=run.model, beam=run.cfg.train.beam, constrained=other), run.mesh)
   params = distributed.replicate(best["params"], run.replicated)
-  out["test_" + ("constrained" if other else "free")] = evaluate_split(run, params, "test")
-  run.eval_fn = eval_fn
+  out["test_" + ("constrained" if other else "free")] = evaluate_split(
+      run, params, "test", eval_fn=decoding_eval_fn(run, constrained=other))
   return out
 
 

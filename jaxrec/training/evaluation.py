@@ -16,15 +16,17 @@ from jaxrec.data import eval_batches
 from jaxrec.training.run import Run
 
 
-def evaluate_split(run: Run, params, split_name: str, on_batch=None) -> dict:
+def evaluate_split(run: Run, params, split_name: str, on_batch=None, eval_fn=None) -> dict:
   """Decoding (or ranking) over a split: metrics over the full catalogue, plus timing.
   `on_batch(batch, items)`, if given, sees each batch (this process's rows, host arrays)
-  with the items ranked for it [B, R] (e.g. to write per-user predictions)."""
+  with the items ranked for it [B, R] (e.g. to write per-user predictions); `eval_fn`
+  replaces the run's (e.g. the other decoding mode)."""
   t0 = time.time()
   total = None
   bs = run.cfg.train.eval_batch_size
+  eval_fn = eval_fn or run.eval_fn
   for batch in eval_batches(run.dataset, run.splits[split_name], bs, run.buckets, run.rows(bs)):
-    sums, items = run.eval_fn(params, run.shard(batch), *run.code_args)
+    sums, items = eval_fn(params, run.shard(batch), *run.code_args)
     total = metrics.accumulate(total, sums)
     if on_batch is not None:
       on_batch(batch, distributed.local_rows(items))
