@@ -1,5 +1,5 @@
 """Throughput of `python -m jaxrec.recommend` on a trained workdir: users/s of its
-`Recommender` (history keys in, JSON-ready lines out: the device batches and the host work
+`pipeline.recommender` (history keys in, JSON-ready lines out: the device batches and the host work
 around them), after one warm-up batch that compiles; the data set's own users' histories.
 
   python -m bench.recommend --workdir workdir/tiger-default --users 3000 --out bench/results/recommend-cpu-tiger.json
@@ -30,9 +30,10 @@ def main():
   common.add_cpu_devices(p)
   args = p.parse_args()
   common.set_cpu_devices(args)
-  from jaxrec.recommend import Recommender
-  rec = Recommender(args.workdir, args.k, False, args.batch)
-  ds, keys = rec.run.dataset, rec.keys
+  from jaxrec import pipeline
+  run, _, _ = pipeline.load_run(args.workdir)
+  rec = pipeline.recommender(args.workdir, args.k, False, args.batch)
+  ds, keys = run.dataset, rec.keys
   users = [u % ds.n_users for u in range(args.users)]
   requests = [{"user": str(u), "history": [keys[i] for i in
                                            ds.items_I[ds.offsets_U1[u]:ds.offsets_U1[u + 1]]]}
@@ -45,8 +46,8 @@ def main():
   for s in range(0, len(requests), args.batch):
     lines += len(rec.answer(requests[s:s + args.batch]))
   seconds = time.time() - t0
-  result = {"workdir": args.workdir, "method": rec.run.cfg.method, "users": lines, "k": args.k,
-            "batch": args.batch, "beam": rec.run.cfg.train.get("beam"),
+  result = {"workdir": args.workdir, "method": run.cfg.method, "users": lines, "k": args.k,
+            "batch": args.batch, "beam": run.cfg.train.get("beam"),
             "first_batch_s": round(warm, 2), "seconds": round(seconds, 2),
             "users_per_s": round(lines / seconds, 1)}
   print(f"{common.machine_line()}\n{result}")

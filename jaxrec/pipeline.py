@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from jaxrec import distributed
+from jaxrec.answer import Answerer
 from jaxrec.cache import Claim, check, clean_temporaries, move_aside, read_sidecar, seal
 from jaxrec.checkpoint import write_atomic
 from jaxrec.config import (cache_root, config_from_json, config_to_json, validate_config,
@@ -31,7 +32,8 @@ from jaxrec.methods import Method, get_method
 from jaxrec.report import write_report
 from jaxrec.text.embedding import text_embeddings
 from jaxrec.training.checkpointing import restore_best
-from jaxrec.training.evaluation import evaluate_split, fmt, popularity_baseline, recommend
+from jaxrec.training.evaluation import (evaluate_split, fmt, most_popular, popularity_baseline,
+                                        recommend, recommend_histories)
 from jaxrec.training.loop import Loop
 from jaxrec.training.plan import Plan
 from jaxrec.training.run import Run, make_mesh, set_codes
@@ -247,6 +249,20 @@ def load_run(workdir: str, log=lambda m: None):
 
 
 # ------------------------------------------------------------------------- the run
+def recommender(workdir: str, k: int, exclude_history: bool, batch_size: int) -> Answerer:
+  """A run's best checkpoint answering requests in the data set's keys."""
+  run, params, _ = load_run(workdir)
+  ds = run.dataset
+  beam = run.cfg.train.beam if run.codes is not None else ds.n_items
+  if k > beam:
+    raise ConfigError(f"k={k}: the run's beam (train.beam={beam}) returns at most {beam} "
+                      "items per user")
+  popular, counts = most_popular(run)
+  users = ds.user_keys if ds.user_keys is not None else range(ds.n_users)   # rows as keys
+  return Answerer(lambda h, u, n: recommend_histories(run, params, h, u, n, batch_size),
+                  item_keys(ds), users, popular, counts, k, beam, exclude_history)
+
+
 def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
   """The whole run; resumes from workdir's latest intact checkpoint when there is one."""
   t_start = time.time()

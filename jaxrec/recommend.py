@@ -4,9 +4,8 @@ what each user should see next, from a run's best checkpoint, in the data set's 
 Input, one JSON object a line (`-`: standard input): {"user": "A1B2", "history": ["B00X",
 "B00Q"]} (items oldest first; "user" optional). Output, one line per input line, in input
 order (standard output without --out): {"user", "items": [keys], "scores": [...], "ids":
-[[codes], ...]} ("ids" for methods over semantic IDs); "unknown": the history's items the
-data set does not have (left out); "fallback": "most_popular" when nothing of the history
-is known (scores are then training counts). Lines are answered in batches on device and
+[[codes], ...]} ("ids" for methods over semantic IDs); "unknown" and "fallback" as
+`jaxrec.answer` writes them. Lines are answered in batches on device and
 each batch is written before the next is read: a malformed line is one error naming it,
 after every line before it has been written.
 """
@@ -17,10 +16,9 @@ import sys
 from absl import flags
 
 from jaxrec import cli
-from jaxrec.errors import ConfigError, DataError
-from jaxrec.fingerprint import fingerprint
-from jaxrec.pipeline import item_keys, load_run
-from jaxrec.training.evaluation import most_popular, recommend_histories
+from jaxrec.answer import parse
+from jaxrec.errors import DataError
+from jaxrec.pipeline import recommender
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by jaxrec.train.", required=True)
 _INPUT = flags.DEFINE_string("input", "-", "JSON lines of {user, history} ('-': stdin).")
@@ -32,77 +30,9 @@ _BATCH = flags.DEFINE_integer("batch_size", 256, "Users per device batch.", lowe
 cli.define_distributed_flags()
 
 
-def parse(line: str, where: str, number: int) -> dict:
-  """One request; a DataError naming the line for anything else."""
-  try:
-    req = json.loads(line)
-  except json.JSONDecodeError as e:
-    raise DataError(where, f"line {number}", f"not JSON ({e.msg} at column {e.colno})") from e
-  if not isinstance(req, dict):
-    raise DataError(where, f"line {number}", "expected an object {\"user\": ..., \"history\": [...]}")
-  unknown = set(req) - {"user", "history"}
-  if unknown:
-    raise DataError(where, f"line {number}", f"unknown field(s) {sorted(unknown)}: expected "
-                    "\"user\" and \"history\"")
-  history = req.get("history")
-  if not isinstance(history, list) or not all(isinstance(h, (str, int)) for h in history):
-    raise DataError(where, f"line {number}", "\"history\" must be a list of item keys")
-  return {"user": req.get("user"), "history": [str(h) for h in history]}
-
-
-class Recommender:
-  """A run's best checkpoint answering requests in the data set's keys."""
-
-  def __init__(self, workdir: str, k: int, exclude_history: bool, batch_size: int):
-    self.run, self.params, _ = load_run(workdir)
-    ds = self.run.dataset
-    self.keys = item_keys(ds)
-    self.item_of = {key: i for i, key in enumerate(self.keys)}
-    users = ds.user_keys if ds.user_keys is not None else range(ds.n_users)   # rows as keys
-    self.user_of = {str(u): i for i, u in enumerate(users)}
-    self.popular, self.counts = most_popular(self.run)
-    self.k, self.exclude, self.batch_size = k, exclude_history, batch_size
-    beam = self.run.cfg.train.beam if self.run.codes is not None else ds.n_items
-    if k > beam:
-      raise ConfigError(f"--k={k}: the run's beam (train.beam={beam}) returns at most {beam} "
-                        "items per user")
-    self.ask = min(beam, ds.n_items)      # asked of the model: k, and more to exclude from
-
-  def user_row(self, user) -> int:
-    """The user's row (its user-token bucket), or a stable number for a new user."""
-    if user is None:
-      return 0
-    return self.user_of.get(str(user), int(fingerprint(str(user))[:8], 16))
-
-  def answer(self, requests: list) -> list:
-    known = [[self.item_of[h] for h in r["history"] if h in self.item_of] for r in requests]
-    asked = [i for i, h in enumerate(known) if h]
-    out = [{"user": r["user"]} for r in requests]
-    if asked:
-      want = min(self.ask, self.k + (max(len(known[i]) for i in asked) if self.exclude else 0))
-      items, scores, ids = recommend_histories(
-          self.run, self.params, [known[i] for i in asked],
-          [self.user_row(requests[i]["user"]) for i in asked], want, self.batch_size)
-      for row, i in enumerate(asked):
-        keep = [j for j in range(want) if items[row, j] >= 0 and not (
-            self.exclude and items[row, j] in known[i])][:self.k]
-        out[i].update(items=[self.keys[items[row, j]] for j in keep],
-                      scores=[round(float(scores[row, j]), 6) for j in keep])
-        if ids is not None:
-          out[i]["ids"] = [[int(c) for c in ids[row, j]] for j in keep]
-    for i, r in enumerate(requests):
-      unknown = [h for h in r["history"] if h not in self.item_of]
-      if unknown:
-        out[i]["unknown"] = unknown
-      if not known[i]:                  # nothing known to exclude either
-        out[i].update(items=[self.keys[j] for j in self.popular[:self.k]],
-                      scores=[int(c) for c in self.counts[:self.k]], fallback="most_popular")
-    return out
-
-
 def main(argv):
   del argv
-  rec = Recommender(_WORKDIR.value, _K.value, _EXCLUDE.value, _BATCH.value)
+  rec = recommender(_WORKDIR.value, _K.value, _EXCLUDE.value, _BATCH.value)
   where = "standard input" if _INPUT.value == "-" else _INPUT.value
   if _INPUT.value != "-" and not os.path.isfile(_INPUT.value):
     raise DataError(_INPUT.value, None, "file not found")

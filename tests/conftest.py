@@ -12,6 +12,7 @@ if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TEST_XLA_FLAGS).strip()
 
 import jax  # noqa: E402  (after XLA_FLAGS)
+import pytest  # noqa: E402
 
 _CACHE = os.environ.get("JAXREC_TEST_COMPILE_CACHE",
                         os.path.join(tempfile.gettempdir(), "jaxrec-test-xla-cache"))
@@ -21,3 +22,17 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+  """A tiny TIGER and a tiny SASRec run, trained once per session: {name: workdir}."""
+  import sasrec as sasrec_config
+  import tiger
+  from jaxrec import pipeline
+  out = {}
+  for name, cfg in (("tiger", tiger.get_config("tiny")), ("sasrec", sasrec_config.get_config("tiny"))):
+    workdir = str(tmp_path_factory.mktemp(name))
+    pipeline.train_and_evaluate(cfg, workdir, log=lambda m: None)
+    out[name] = workdir
+  return out

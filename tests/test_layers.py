@@ -21,16 +21,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # only modules of its own unit (a unit is one entry of the list: the ground floor is one).
 LAYERS = [
     ("entry points", ["jaxrec.train", "jaxrec.evaluate", "jaxrec.recommend", "jaxrec.tokenize",
-                      "jaxrec.embed", "jaxrec.data.__main__", "jaxrec.trainer"]),
+                      "jaxrec.embed", "jaxrec.data.__main__", "jaxrec.trainer",
+                      "jaxrec.export", "jaxrec.serve"]),
     ("command line", ["jaxrec.cli"]),
     ("pipeline", ["jaxrec.pipeline"]),
     ("methods", ["jaxrec.methods"]),
     ("training library", ["jaxrec.training"]),
     ("models", ["jaxrec.recommender", "jaxrec.tokenizer", "jaxrec.text"]),
-    ("decoding and data", ["jaxrec.decode", "jaxrec.data"]),
+    # the export loader reads only the ground floor: it serves without training code
+    ("decoding, data, the export loader", ["jaxrec.decode", "jaxrec.data", "jaxrec.served"]),
     ("ground floor", [("jaxrec", "jaxrec.metrics", "jaxrec.optim", "jaxrec.distributed",
                        "jaxrec.checkpoint", "jaxrec.config", "jaxrec.errors", "jaxrec.xla",
-                       "jaxrec.fingerprint", "jaxrec.report", "jaxrec.cache")]),
+                       "jaxrec.fingerprint", "jaxrec.report", "jaxrec.cache", "jaxrec.answer")]),
 ]
 
 # Imports of jaxrec modules inside functions: (importer, imported) -> why it cannot be at the top.

@@ -11,8 +11,6 @@ import sys
 import numpy as np
 import pytest
 
-import sasrec as sasrec_config
-import tiger
 from jaxrec import pipeline
 from jaxrec.training.evaluation import most_popular, recommend, recommend_histories
 
@@ -23,17 +21,6 @@ def command(*args):
   env = dict(os.environ, PYTHONPATH=REPO)
   return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env,
                         cwd=REPO)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """A tiny TIGER and a tiny SASRec run: {name: workdir}."""
-  out = {}
-  for name, cfg in (("tiger", tiger.get_config("tiny")), ("sasrec", sasrec_config.get_config("tiny"))):
-    workdir = str(tmp_path_factory.mktemp(name))
-    pipeline.train_and_evaluate(cfg, workdir, log=lambda m: None)
-    out[name] = workdir
-  return out
 
 
 def test_workdir_records_item_keys_and_histories_answer_as_the_library(trained):
