@@ -2,6 +2,7 @@
 
   python -m bench.speed                       # TIGER preset, Instruments-sized inputs
   python -m bench.speed --quick               # a smaller grid (minutes on 2 CPU cores)
+  python -m bench.speed --programs tiger:scientific tiger:instruments   # programs per run
 
 (`python bench/speed.py` works too.) Prints a table and writes JSON (the machine: device,
 CPU, jax / flax versions; the config) to --out, default bench/results/speed-<platform>.json.
@@ -343,6 +344,52 @@ def bench_sasrec(cfg, ds, splits, args):
           "parameters": sum(int(x.size) for x in jax.tree.leaves(params))}
 
 
+PROGRAMS_CHILD = """
+import json, os, sys
+from jaxrec import pipeline
+from jaxrec.config import get_config
+from jaxrec.xla import enable_compile_cache, set_cpu_devices
+set_cpu_devices(); enable_compile_cache()                 # as jaxrec.train does
+method, variant, shapes, workdir = sys.argv[1:5]
+cfg = get_config(method, variant)
+cfg.data.shapes = shapes
+cfg.train.max_steps, cfg.train.tensorboard = 1, False   # the programs of a run, one step of it
+cfg.tokenizer.epochs = 1                                  # (its own programs are not counted)
+res = pipeline.train_and_evaluate(cfg, workdir, log=lambda m: None)
+recs = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+print(json.dumps({"programs": [r for r in recs if "compile" in r],
+                  "total": res["programs_this_invocation"]}))
+"""
+
+
+def bench_programs(spec: str, shapes: str) -> dict:
+  """The programs a run of `spec` compiles with data.shapes=`shapes` (the loop's, ahead of
+  time, and the test split's), their compile seconds with an empty persistent cache, and
+  again on the same host with the cache the first run filled: two one-step runs in
+  subprocesses (tokenizer fit cut to one epoch; its programs are not among these)."""
+  import json
+  import subprocess
+  import tempfile
+  method, _, variant = spec.partition(":")
+  root = tempfile.mkdtemp(prefix="jaxrec-programs-")
+  out = {"spec": spec, "shapes": shapes}
+  for phase in ("cold", "warm"):
+    env = dict(os.environ, JAXREC_COMPILE_CACHE=os.path.join(root, "xla"),
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-c", PROGRAMS_CHILD, method, variant or "default",
+                           shapes, os.path.join(root, phase)], capture_output=True, text=True,
+                          env=env)
+    if proc.returncode:
+      raise SystemExit(f"programs of {spec} ({shapes}, {phase}) failed:\n{proc.stderr[-3000:]}")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    out[phase] = {"count": r["total"]["count"], "from_cache": r["total"]["from_cache"],
+                  "compile_s": r["total"]["compile_seconds"],
+                  "run_s": round(time.time() - t0, 1),
+                  "by_program": dict(collections.Counter(p["compile"] for p in r["programs"]))}
+  return out
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--batch", type=int, default=256)
@@ -368,10 +415,27 @@ def main():
   p.add_argument("--extra_vocab", type=int, default=0, help="model.extra_vocab ('vocab' head)")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                  help="the T5's compute dtype (train.dtype; float32 parameters either way)")
+  p.add_argument("--programs", nargs="*", default=[], metavar="METHOD:VARIANT",
+                 help="only count the programs runs of these configs compile and their compile "
+                      "seconds, per data.shapes (buckets, max_len), with an empty and a warm "
+                      "persistent compilation cache (one-step runs in subprocesses)")
   common.add_cpu_devices(p)
   p.add_argument("--out", default=None, help="default bench/results/speed-<platform>.json")
   args = p.parse_args()
   common.set_cpu_devices(args)
+  if args.programs:
+    rows = []
+    for spec in args.programs:
+      for shapes in ("buckets", "max_len"):
+        rows.append(r := bench_programs(spec, shapes))
+        print(f"programs of {spec}, data.shapes={shapes}: " + "; ".join(
+            f"{phase} cache: {r[phase]['count']} programs {r[phase]['by_program']} "
+            f"({r[phase]['from_cache']} from the cache) in {r[phase]['compile_s']}s "
+            f"(one-step run {r[phase]['run_s']}s)"
+            for phase in ("cold", "warm")), flush=True)
+    path = common.result_path(f"programs-{common.platform()}.json", args.out)
+    print(f"wrote {common.write_json(path, {'programs': rows})}")
+    return
   if args.quick:
     args.train_steps, args.train_reps, args.decode_reps = 20, 1, 1
     args.beams, args.catalogues = [1, 20], [10_000, 1_000_000]

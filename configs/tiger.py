@@ -59,6 +59,10 @@ def data_config(variant: str) -> ml_collections.ConfigDict:
   d.buckets = (4, 8, 12, 20)       # history-length buckets (items); each one compiled shape
   d.batching = "buckets"           # every batch of one bucket | "iid": batches of any lengths,
                                    # padded to the bucket of their longest (the official codes)
+  d.shapes = "auto"                # "buckets": batches padded to the buckets above | "max_len":
+                                   # every batch to max_len, one compiled shape per program |
+                                   # "auto": buckets on CPU (padding costs compute there),
+                                   # max_len on GPU / TPU (compiling costs more than padding)
   d.synthetic = ml_collections.ConfigDict(dict(
       n_users=3000, n_items=2000, n_topics=8, n_subtopics=6, n_successors=3,
       preferred_topics=2, noise=0.15, mean_length=9.0, min_length=5, max_length=60,

@@ -38,7 +38,7 @@ ADDED_KEYS = {("train", "accumulate"): 1, ("cf", "train", "accumulate"): 1,
               ("tokenizer", "simcit", "prefix_loss"): False, ("train", "dtype"): "float32",
               ("cf", "train", "dtype"): "float32", ("tokenizer", "keep"): "last",
               ("train", "tensorboard"): True, ("cf", "train", "tensorboard"): True,
-              ("etegrec", "rec_schedule"): "stage"}
+              ("etegrec", "rec_schedule"): "stage", ("data", "shapes"): "auto"}
 
 
 def _edit_added(d: dict, edit) -> dict:
@@ -183,6 +183,7 @@ DOMAINS = {
     ("train", "decode"): _one_of("constrained", "free"),
     ("train", "select"): _one_of("ndcg@10", "loss"),
     ("data", "batching"): _one_of("buckets", "iid"),
+    ("data", "shapes"): _one_of("auto", "buckets", "max_len"),
     ("train", "decay"): _one_of("all", "matrices"),
     ("train", "lr_end"): _number_in(0, 1),
     ("train", "dtype"): _one_of("float32", "bfloat16"),

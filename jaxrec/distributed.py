@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from jaxrec.xla import compiler_options
+from jaxrec.xla import Program, compiler_options
 
 
 def _cluster_detected() -> bool:
@@ -142,4 +142,4 @@ def per_device_eval(step, mesh):
   def per_device_step(params, batch, *rest):
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data")) + (P(),) * len(rest),
                          out_specs=(P(), P("data")))(params, batch, *rest)
-  return jax.jit(per_device_step, compiler_options=compiler_options("decode"))
+  return Program("eval", jax.jit(per_device_step, compiler_options=compiler_options("decode")))

@@ -37,6 +37,7 @@ from jaxrec.training.evaluation import (evaluate_split, fmt, most_popular, popul
 from jaxrec.training.loop import Loop
 from jaxrec.training.plan import Plan
 from jaxrec.training.run import Run, make_mesh, set_codes
+from jaxrec.xla import compile_listener
 
 __all__ = ["setup", "train_and_evaluate", "load_run", "recommend", "restore_best", "make_mesh",
            "ensure_features", "item_keys"]
@@ -106,7 +107,8 @@ def setup(cfg, workdir: str, log=print) -> Run:
                         f"devices{hint}")
   ds = ensure_features(cfg, load_dataset(cfg.data), method, log)
   run = Run(cfg, workdir, ds, leave_one_out(ds, cfg.data.max_len),
-            bucket_lengths(cfg.data.buckets, cfg.data.max_len), mesh)
+            bucket_lengths(cfg.data.buckets, cfg.data.max_len, cfg.data.get("shapes", "auto"),
+                           jax.default_backend()), mesh)
   method.setup_model(run, log)
   _write_config(cfg, workdir, ds)
   return run
@@ -281,13 +283,16 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
   log(f"{cfg.method}: {run.dataset.n_items} items, {len(run.splits['train'])} train samples, "
       f"{len(train_it)} steps/epoch, {plan.n_params:,} parameters, {run.mesh.devices.size} "
       f"device(s) [{jax.devices()[0].platform}], buckets {run.buckets}")
-  best = loop.train()
-  return _finish(run, plan, best, loop, t_start, log)
+  compiled = []
+  with compile_listener(compiled.append):
+    best = loop.train()
+    return _finish(run, plan, best, loop, t_start, log, compiled)
 
 
-def _finish(run: Run, plan: Plan, best_tree, loop: Loop, t_start, log) -> dict:
+def _finish(run: Run, plan: Plan, best_tree, loop: Loop, t_start, log, compiled: list) -> dict:
   """Test metrics of the checkpoint best on validation (of the last stage), results.json
-  and report.png."""
+  and report.png. `compiled`: the programs compiled so far in this invocation (the test
+  split's are added as they come)."""
   cfg, ls = run.cfg, loop.ls
   tokenizer_stats = run.table.stats if run.table is not None else None
   extra = plan.finish(run, best_tree) if plan.finish else {}
@@ -307,6 +312,9 @@ def _finish(run: Run, plan: Plan, best_tree, loop: Loop, t_start, log) -> dict:
       "wall_seconds_this_invocation": round(time.time() - t_start, 1),
       **extra,
   }
+  results["programs_this_invocation"] = {   # after the test split's: counted complete
+      "count": len(compiled), "from_cache": sum(r["from_cache"] for r in compiled),
+      "compile_seconds": round(sum(r["seconds"] for r in compiled), 1)}
   if distributed.is_primary():
     write_atomic(os.path.join(run.workdir, "results.json"), json.dumps(results, indent=2))
     log("test " + fmt(results["test"]))

@@ -1,5 +1,6 @@
 """Per-program XLA compiler options for jaxrec's jitted steps, the persistent
-compilation cache of jaxrec's commands, and how many XLA:CPU devices they split a host into.
+compilation cache of jaxrec's commands, how many XLA:CPU devices they split a host into, and
+`Program`: a step compiled ahead of time per input shape, its compilations reported.
 
 On CPU, XLA (jax 0.10) hands fusions to YNNPACK; for this workload's shapes that was
 slower for decoding (bench/speed.py on the 2-core dev CPU: 113 users/s with XLA's default
@@ -10,8 +11,11 @@ backend. JAXREC_XLA_CPU_YNN=<value> overrides both ("default" keeps XLA's own ch
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import time
+from typing import Callable
 
 import jax
 
@@ -96,3 +100,78 @@ def set_cpu_devices(n: int | None = None) -> int | None:
     raise ValueError(f"--cpu_devices={n}: must be >= 1")
   jax.config.update("jax_num_cpu_devices", n)
   return n
+
+
+# Who hears of each compilation: callables taking {"program", "shape", "seconds", "ahead",
+# "from_cache"}.
+_LISTENERS: list = []
+_CACHE_HITS = [0]   # executables loaded from the persistent compilation cache, this process
+
+
+def _count_cache_hit(event: str, **kwargs) -> None:
+  if event == "/jax/compilation_cache/cache_hits":
+    _CACHE_HITS[0] += 1
+
+
+jax.monitoring.register_event_listener(_count_cache_hit)
+
+
+@contextlib.contextmanager
+def compile_listener(fn: Callable[[dict], None]):
+  """Within the block, `fn` hears of every `Program` compilation (the loop writes them to
+  the log and metrics.jsonl)."""
+  _LISTENERS.append(fn)
+  try:
+    yield
+  finally:
+    _LISTENERS.remove(fn)
+
+
+class Program:
+  """A jitted function with one executable per input shape, compiled ahead of time:
+  `compile(*args)` lowers and compiles it for `args`' shapes (`jit(...).lower(...).compile()`;
+  XLA's persistent cache, when on, answers a program compiled before on this host); a call
+  runs the executable of its arguments' shapes, compiling first on a miss (as `jax.jit`
+  would, and reported the same way). The first argument (state or params) is taken to keep
+  its shapes, so only the others' are looked at per call.
+
+  A program's compilations are reported to `compile_listener`s: its name, the batch's shape,
+  the seconds, whether it was compiled ahead (`compile`) or on a call, and whether XLA's
+  persistent cache had it (then the seconds are tracing, lowering and loading)."""
+
+  def __init__(self, name: str, jitted):
+    self.name, self.jitted, self.executables = name, jitted, {}
+
+  @staticmethod
+  def _key(args) -> tuple:
+    return tuple(getattr(x, "shape", None) for x in jax.tree.leaves(args[1:]))
+
+  def _compile(self, key, args, ahead: bool):
+    t0, hits = time.time(), _CACHE_HITS[0]
+    self.executables[key] = exe = self.jitted.lower(*args).compile()
+    batch = next((x.shape for x in jax.tree.leaves(args[1:]) if getattr(x, "ndim", 0) >= 2), ())
+    record = {"program": self.name, "shape": list(batch), "seconds": round(time.time() - t0, 2),
+              "ahead": ahead, "from_cache": _CACHE_HITS[0] > hits}
+    for fn in list(_LISTENERS):
+      fn(record)
+    return exe
+
+  def lower(self, *args):
+    """The jitted function's lowering (to inspect its HLO or cost)."""
+    return self.jitted.lower(*args)
+
+  def compile(self, *args) -> float:
+    """Compiles for `args`' shapes unless done; returns the seconds it took (0 if done)."""
+    key = self._key(args)
+    if key in self.executables:
+      return 0.0
+    t0 = time.time()
+    self._compile(key, args, True)
+    return time.time() - t0
+
+  def __call__(self, *args):
+    key = self._key(args)
+    exe = self.executables.get(key)
+    if exe is None:
+      exe = self._compile(key, args, False)
+    return exe(*args)

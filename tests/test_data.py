@@ -214,6 +214,24 @@ def test_batches_have_fixed_shapes_and_masked_padding():
   assert sum(seen) == len(splits["train"])  # every sample once, padding never counted
 
 
+def test_one_shape_per_program_off_the_cpu_and_the_shapes_compiled_ahead():
+  """data.shapes: 'auto' keeps the buckets on CPU and pads to max_len on an accelerator;
+  the iterator names the lengths of an epoch's batches and gives a padding batch of each."""
+  assert bucket_lengths((3, 5), 8, "auto", "cpu") == (3, 5, 8)
+  assert bucket_lengths((3, 5), 8, "auto", "tpu") == (8,)
+  assert bucket_lengths((3, 5), 8, "max_len", "cpu") == (8,)
+  assert bucket_lengths((3, 5), 8, "buckets", "gpu") == (3, 5, 8)
+  ds, splits = _toy()
+  it = BatchIterator(ds, splits["train"], 16, (3, 5, 8), shuffle=True, seed=0)
+  lengths = it.lengths()
+  assert lengths == sorted({b["history_BxL"].shape[1] for b in it.epoch_batches()})
+  pad = it.padding_batch(lengths[0])
+  real = next(b for b in BatchIterator(ds, splits["train"], 16, (3, 5, 8), True, 0).epoch_batches()
+              if b["history_BxL"].shape[1] == lengths[0])
+  assert {k: (v.shape, v.dtype) for k, v in pad.items()} == {k: (v.shape, v.dtype) for k, v in real.items()}
+  assert not pad["weight_B"].any() and not pad["mask_BxL"].any()
+
+
 def test_batch_content_matches_split():
   ds, splits = _toy()
   sp = splits["valid"]

@@ -105,9 +105,16 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path, monkeypat
   for split in ("valid", "test"):
     assert resumed[split] == {**full[split], "decode_s": resumed[split]["decode_s"]}
   assert _final_state_checksum(workdir) == _final_state_checksum(full_dir)
-  # the log holds each step once, as in the uninterrupted run
-  steps = lambda d: [json.loads(l).get("step") for l in open(os.path.join(d, "metrics.jsonl"))]
+  # the log holds each step once, as in the uninterrupted run (and each invocation's
+  # compilations: the killed one's, and the resumed one's ahead of its first step)
+  records = lambda d: [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl"))]
+  steps = lambda d: [r.get("step") for r in records(d) if "compile" not in r]
   assert steps(workdir) == steps(full_dir)
+  compiled = [(r["step"], r["compile"], r["ahead"]) for r in records(workdir) if "compile" in r]
+  assert ("train", True) in {c[1:] for c in compiled if c[0] == 0}
+  assert ("train", True) in {c[1:] for c in compiled if c[0] == 20}    # again after the resume
+  programs = resumed["programs_this_invocation"]          # the tests' compile cache has them
+  assert programs["count"] >= 2 and programs["from_cache"] == programs["count"]
 
 
 @pytest.mark.parametrize("name,how", [("codes.npz", "bit-flipped"), ("codes.json", "truncated"),

@@ -79,8 +79,12 @@ def sequence_windows(ds: Dataset, max_len: int) -> Split:
   return Split("train", user, (off + start).astype(np.int64), (off + end).astype(np.int64))
 
 
-def bucket_lengths(buckets: Sequence[int], max_len: int) -> tuple[int, ...]:
-  """Sorted bucket lengths, clipped to max_len, always ending with max_len."""
+def bucket_lengths(buckets: Sequence[int], max_len: int, shapes: str = "buckets",
+                   backend: str = "cpu") -> tuple[int, ...]:
+  """The lengths batches are padded to: the buckets sorted, clipped to max_len, always
+  ending with max_len; or max_len alone (`shapes="max_len"`, or "auto" off the CPU)."""
+  if shapes == "max_len" or (shapes == "auto" and backend != "cpu"):
+    return (max_len,)
   return tuple(sorted({min(int(b), max_len) for b in buckets if b > 0} | {max_len}))
 
 
@@ -179,12 +183,30 @@ class BatchIterator:
       yield batch
     self._start_epoch(self.epoch + 1)
 
+  def lengths(self) -> list:
+    """The history lengths the current epoch's batches are padded to (the shapes of its steps)."""
+    ds, split, batch_size, buckets, shuffle, seed, iid = self._args
+    return sorted({length for length, _ in plan_batches(split, batch_size, buckets, shuffle, seed,
+                                                         self.epoch, iid)})
+
+  def padding_batch(self, length: int) -> dict:
+    """A batch of padding rows only, padded to `length` (this process's rows): the shapes and
+    types of a real one, for compiling ahead."""
+    ds, split, batch_size = self._args[:3]
+    return gather_batch(ds, split, length, np.full(batch_size, -1)[self._rows])
+
   def get_state(self) -> dict:
     return {"epoch": int(self.epoch), "grain": self._it.get_state()}
 
   def set_state(self, state: dict) -> None:
     self._start_epoch(int(state["epoch"]))
     self._it.set_state(state["grain"])
+
+
+def eval_lengths(split: Split, batch_size: int, buckets: Sequence[int]) -> list:
+  """The history lengths of an evaluation split's batches."""
+  return sorted({length for length, _ in plan_batches(split, batch_size, buckets, shuffle=False,
+                                                       seed=0, epoch=0)})
 
 
 def eval_batches(ds: Dataset, split: Split, batch_size: int, buckets: Sequence[int],

@@ -30,6 +30,7 @@ from jaxrec.recommender.t5_layers import model_config
 from jaxrec.tokenizer import build
 from jaxrec.training.plan import Plan, single_stage_plan
 from jaxrec.training.run import Run, install_codes
+from jaxrec.xla import Program
 
 BUILTIN = ("tiger", "letter", "etegrec", "sasrec", "simcit", "siit")
 _REGISTRY: dict = {}
@@ -124,7 +125,7 @@ def setup_generative(run: Run, method: Method, log) -> None:
   run.model = T5(model_config(cfg.model, table.sizes, cfg.train.dtype))
   install_codes(run, table)
   run.eval_fn = decoding_eval_fn(run, constrained=cfg.train.decode == "constrained")
-  run.loss_fn = jax.jit(functools.partial(steps.loss_sums, model=run.model))
+  run.loss_fn = Program("valid_loss", jax.jit(functools.partial(steps.loss_sums, model=run.model)))
   run.recommend_fn = functools.partial(steps.recommend_step, model=run.model,
                                        beam=cfg.train.beam,
                                        constrained=cfg.train.decode == "constrained")

@@ -51,7 +51,7 @@ from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.tokenizer.rq import masked_mean
 from jaxrec.tokenizer.rqvae import RQVAE, reconstruction_loss
 from jaxrec.tokenizer.train import encode_catalogue
-from jaxrec.training.plan import Plan, Stage, jit_step, n_params
+from jaxrec.training.plan import Bound, Plan, Stage, jit_step, n_params
 from jaxrec.training.evaluation import evaluate_split
 from jaxrec.training.run import save_final_codes
 
@@ -244,13 +244,13 @@ def training_plan(run, key, steps_per_epoch: int) -> Plan:
   common = dict(t5=run.model, tok=tok_model, sia_sign=ec.sia_sign,
                 psa_temperature=ec.psa_temperature)
   fns = {name: jit_step(run, functools.partial(train_step, part="tok" if name == "tok" else "rec",
-                                               tx=tx, lr_fn=sched, **common))
+                                               tx=tx, lr_fn=sched, **common), f"train:{name}")
          for name, (tx, sched) in opt.items()}
   aligned = jnp.asarray([ec.w_sia, ec.w_psa], jnp.float32)
   off = jnp.zeros(2, jnp.float32)
 
   def bind(fn, w):
-    return lambda state, batch, codes, k: fn(state, batch, codes, k, w, feats)
+    return Bound(fn, w, feats)
 
   def alternation_step(epoch):
     w = aligned if epoch >= ec.warm_epochs else off

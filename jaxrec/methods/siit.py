@@ -55,7 +55,7 @@ from jaxrec.recommender.t5 import T5, empty_cache
 from jaxrec.tokenizer import build
 from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.training.evaluation import evaluate_split
-from jaxrec.training.plan import Plan, Stage, adamw, jit_step, n_params
+from jaxrec.training.plan import Bound, Plan, Stage, adamw, jit_step, n_params
 from jaxrec.training.run import save_final_codes, set_codes
 
 
@@ -261,7 +261,7 @@ def training_plan(run, key, steps_per_epoch: int):
   n_align = int(round(sc.align_ratio * tc.batch_size))
   fn = jit_step(run, functools.partial(train_step, t5=t5, soft=soft, tx=tx, tau=tc.tau,
                                        n_align=n_align))
-  step = lambda state, batch, codes, k: fn(state, batch, codes, k, feats)
+  step = Bound(fn, feats)
   sizes = run.table.sizes
 
   def refine(state, epoch, run):

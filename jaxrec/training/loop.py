@@ -19,12 +19,13 @@ from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from jaxrec import distributed
-from jaxrec.data import BatchIterator
+from jaxrec.data import BatchIterator, eval_lengths, gather_batch
 from jaxrec.errors import CheckpointError
 from jaxrec.training.checkpointing import RunCheckpoints
 from jaxrec.training.evaluation import Selection
 from jaxrec.training.plan import Plan, Stage
 from jaxrec.training.run import Run, set_codes
+from jaxrec.xla import compile_listener
 
 
 @dataclasses.dataclass
@@ -96,11 +97,11 @@ class Loop:
     self.log(f"resumed from {self.ckpt.train.directory}/{step0} (epoch {self.train_it.epoch}, "
              f"step {step0}, stage {self.plan.stages[self.ls.stage].name})")
 
-  def write(self, record: dict) -> None:
+  def write(self, record: dict, events: bool = True) -> None:
     if self.metrics_f is not None:
       self.metrics_f.write(json.dumps(record) + "\n")
       self.metrics_f.flush()
-    if self.events is not None:       # the same record, as TensorBoard scalars
+    if self.events is not None and events:   # the same record, as TensorBoard scalars
       group = record.get("split") or ("train" if "loss" in record else "codes")
       for k, v in record.items():
         if k not in ("step", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -126,18 +127,10 @@ class Loop:
         self.events = SummaryWriter(os.path.join(self.run.workdir, "tensorboard"),
                                     purge_step=self.step or None)
     try:
-      while not self.ls.done:
-        stage_epoch = self.train_it.epoch - self.ls.stage_start
-        if stage_epoch >= self.stage.epochs or self.ls.stage_over or self.out_of_steps:
-          if self.ls.stage + 1 < len(self.plan.stages) and not self.out_of_steps:
-            self.next_stage()
-            continue
-          self.ls.done = True
-          break
-        epoch = self.train_it.epoch
-        self.train_epoch(self.stage.step(stage_epoch), epoch)
-        self.end_epoch(epoch)
-        self.save()
+      with compile_listener(self.on_compile):
+        if not self.ls.done:
+          self.compile_ahead()
+        self.train_stages()
     finally:
       if self.metrics_f is not None:
         self.metrics_f.close()
@@ -150,6 +143,49 @@ class Loop:
       raise CheckpointError(f"{self.ckpt.best.directory}: no usable best checkpoint (every "
                             "one is damaged or missing): start over in a new --workdir")
     return best
+
+  def train_stages(self) -> None:
+    while not self.ls.done:
+        stage_epoch = self.train_it.epoch - self.ls.stage_start
+        if stage_epoch >= self.stage.epochs or self.ls.stage_over or self.out_of_steps:
+          if self.ls.stage + 1 < len(self.plan.stages) and not self.out_of_steps:
+            self.next_stage()
+            continue
+          self.ls.done = True
+          break
+        epoch = self.train_it.epoch
+        self.train_epoch(self.stage.step(stage_epoch), epoch)
+        self.end_epoch(epoch)
+        self.save()
+
+  def on_compile(self, record: dict) -> None:
+    """A program compiled: one log line and a metrics.jsonl record (not a TensorBoard one)."""
+    self.log(f"compiled {record['program']} for {tuple(record['shape'])} in "
+             f"{record['seconds']:.1f}s" + (" (from the persistent cache)" if record["from_cache"]
+                                            else "") + ("" if record["ahead"] else " (on first use)"))
+    self.write({"step": self.step, "compile": record["program"],
+                **{k: record[k] for k in ("shape", "seconds", "ahead", "from_cache")}}, events=False)
+
+  def compile_ahead(self) -> None:
+    """Before the first step: the current stage's steps for every batch shape of the epoch
+    (each step the stage's next epochs use), and the validation program for every
+    validation shape. Whatever this misses (a later stage's steps, the test split's
+    shapes) compiles on first use, reported the same way."""
+    run, it, stage = self.run, self.train_it, self.stage
+    first = it.epoch - self.ls.stage_start
+    step_fns = [stage.step(e) for e in range(first, min(stage.epochs, first + 16))]
+    for length in it.lengths():
+      batch = run.shard(it.padding_batch(length))
+      for fn in step_fns:
+        if hasattr(fn, "compile"):
+          fn.compile(self.state, batch, run.codes, self.key)
+    valid_fn = run.loss_fn if self.select.by_loss else run.eval_fn
+    if hasattr(valid_fn, "compile"):
+      params = self.plan.rec_params(self.state)
+      split, bs = run.splits["valid"], self.tc.eval_batch_size
+      for length in eval_lengths(split, bs, run.buckets):
+        batch = gather_batch(run.dataset, split, length, np.full(bs, -1)[run.rows(bs)])
+        valid_fn.compile(params, run.shard(batch), *run.code_args)
 
   def next_stage(self) -> None:
     """Starts the next stage from the best checkpoint (early stopping restarts)."""

@@ -17,12 +17,14 @@ import jax.numpy as jnp
 from jaxrec import distributed
 from jaxrec.optim import TrainState, optimizer_and_schedule
 from jaxrec.training.run import Run
-from jaxrec.xla import compiler_options
+from jaxrec.xla import Program, compiler_options
 
 
 class StepFn(Protocol):
   """One jitted step: the state is donated; `codes` is the run's current [N, C] table (None
-  for models over item ids), `key` the run's training key (steps fold in their count)."""
+  for models over item ids), `key` the run's training key (steps fold in their count). A
+  step with a `compile` of the same arguments (`Program`, `Bound`) is compiled by the loop
+  ahead of time for every batch shape."""
   def __call__(self, state: Any, batch: dict, codes: Optional[jax.Array], key: jax.Array
                ) -> tuple[Any, dict]: ...
 
@@ -95,10 +97,25 @@ def adamw(run: Run, params, steps_per_epoch: int):
   return tx, lr_at, state
 
 
-def jit_step(run: Run, fn: Callable) -> Callable:
-  """A train step compiled for the run's mesh: state donated, outputs replicated."""
-  return jax.jit(fn, donate_argnums=0, out_shardings=run.replicated,
-                 compiler_options=compiler_options("train"))
+def jit_step(run: Run, fn: Callable, name: str = "train") -> Program:
+  """A train step compiled for the run's mesh: state donated, outputs replicated; a
+  `Program`, so the loop compiles it ahead of time for every batch shape."""
+  return Program(name, jax.jit(fn, donate_argnums=0, out_shardings=run.replicated,
+                               compiler_options=compiler_options("train")))
+
+
+class Bound:
+  """A step `program(state, batch, codes, key, *extra)` as a `StepFn`, the extra arguments
+  (loss weights, item features) bound; `compile` as the program's."""
+
+  def __init__(self, program: Program, *extra):
+    self.program, self.extra = program, extra
+
+  def __call__(self, state, batch, codes, key):
+    return self.program(state, batch, codes, key, *self.extra)
+
+  def compile(self, state, batch, codes, key) -> float:
+    return self.program.compile(state, batch, codes, key, *self.extra)
 
 
 def n_params(tree) -> int:
