@@ -12,6 +12,19 @@ import jax.numpy as jnp
 from jaxrec.tokenizer.rq import sinkhorn_log, squared_distances
 
 
+# Points per chunk of a catalogue-wide assignment: the [chunk, K] distances are what is held
+# at once (64 MiB for K = 256), so a 10M-item catalogue's k-means fits in memory.
+CHUNK = 65536
+
+
+def nearest(x_NxD, cents_KxD):
+  """(nearest centre [N], its squared distance [N]), in chunks of CHUNK points."""
+  def one(x_D):
+    d = squared_distances(x_D[None], cents_KxD)[0]
+    return jnp.argmin(d), jnp.min(d)
+  return jax.lax.map(one, x_NxD, batch_size=CHUNK)
+
+
 def _kmeans_pp_init(key, x_NxD, k):
   """k-means++: each new centre drawn with probability proportional to D(x)^2."""
   n = x_NxD.shape[0]
@@ -51,15 +64,15 @@ def kmeans(key, x_NxD, k: int, iters: int = 25, init: str = "kmeans++"):
     raise ValueError(f"init must be 'kmeans++', 'random' or 'constrained', got {init!r}")
 
   def step(cents, _):
-    assign = jnp.argmin(squared_distances(x_NxD, cents), axis=-1)
+    assign, _ = nearest(x_NxD, cents)
     sums = jax.ops.segment_sum(x_NxD, assign, num_segments=k)
     counts = jax.ops.segment_sum(jnp.ones(x_NxD.shape[0], x_NxD.dtype), assign, num_segments=k)
     new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None], cents)
     return new, None
 
   cents, _ = jax.lax.scan(step, cents, None, length=iters)
-  dist = squared_distances(x_NxD, cents)
-  return cents, jnp.argmin(dist, axis=-1), jnp.sum(jnp.min(dist, axis=-1))
+  assign, dist = nearest(x_NxD, cents)
+  return cents, assign, jnp.sum(dist)
 
 
 def inertia(x_NxD, cents_KxD):

@@ -28,6 +28,7 @@ import optax
 from jaxrec.checkpoint import Checkpoints
 from jaxrec.optim import TrainState, make_optimizer
 from jaxrec.tokenizer import codes as codes_lib
+from jaxrec.tokenizer import kmeans as kmeans_lib
 from jaxrec.tokenizer.kmeans import kmeans, reseed_dead_codes
 from jaxrec.tokenizer.rqvae import RQVAE, RQVAEConfig, reconstruction_loss
 from jaxrec.xla import jit_init
@@ -82,17 +83,23 @@ def train_epoch(state: TrainState, feats_NxF, idx_SxB, key, extra_data=None, *, 
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def encode_catalogue(params, feats_NxF, *, model: RQVAE):
-  """Nearest-code assignment of every item (inference mode), with residuals and recon."""
-  x_hat, rq, z = model.apply(params, feats_NxF, False)
-  return {"codes_NxC": rq.codes_BxC, "residuals_NxCxD": rq.residuals_BxCxD, "z_NxD": z,
-          "recon": reconstruction_loss(x_hat, feats_NxF)}
+  """Nearest-code assignment of every item (inference mode), with residuals and recon; in
+  chunks of kmeans.CHUNK items, so that the encoder's activations of a 10M-item catalogue
+  are never held at once."""
+  def one(x_F):
+    x_hat, rq, z = model.apply(params, x_F[None], False)
+    return (rq.codes_BxC[0], rq.residuals_BxCxD[0], z[0],
+            jnp.mean(jnp.square(x_hat[0] - x_F)))
+  codes, residuals, z, err = jax.lax.map(one, feats_NxF, batch_size=kmeans_lib.CHUNK)
+  return {"codes_NxC": codes, "residuals_NxCxD": residuals, "z_NxD": z, "recon": jnp.mean(err)}
 
 
 def kmeans_init(params, feats_NxF, key, model: RQVAE, iters: int, init: str):
   """Initialises each level's codebook with k-means on that level's residuals of the whole
   catalogue (level by level, each on what the previous levels left)."""
   cfg = model.cfg
-  z = model.apply(params, feats_NxF, method=RQVAE.encode)
+  z = jax.lax.map(lambda x_F: model.apply(params, x_F[None], method=RQVAE.encode)[0], feats_NxF,
+                  batch_size=kmeans_lib.CHUNK)
   params = flax.core.unfreeze(params)
   params["params"]["codebooks"] = kmeans_codebooks(key, z, cfg.levels, cfg.codebook_size,
                                                    iters, init)
