@@ -1,16 +1,17 @@
 """Catalogue scale, by simulation: synthetic catalogues of 100k to 10M items (the built-in
 generator, `data.synthetic.n_items`, with 1,024 subtopics and its content feature at 32-d:
-the Instruments width) through
-the tokenizer and the constrained decoder, one subprocess per size (its peak RSS is the
-size's):
+the Instruments width) through the tokenizer and the constrained decoder, one subprocess
+per size (its peak RSS is the size's):
 
 - the RQ-VAE fit (configs/tiger.py:instruments' tokenizer: 32 -> 512 -> 256 -> 128 -> 3 x 256
   codes): k-means initialisation on the whole catalogue, training steps (items/s,
   compilation excluded; an epoch's time extrapolated), the catalogue's assignment, the
   collision level (sized to the largest group the briefly trained tokenizer leaves);
-- the code table's and the prefix tables' bytes per item;
-- constrained decoding at beam 20 (configs/tiger.py:instruments' T5, random weights, batch
-  256, history bucket 8): users/s, compilation excluded;
+- the code table's and the prefix tables' bytes per item, and constrained decoding at beam
+  20, both on uniform random 3 x 256 IDs plus the collision level (what the decoder costs
+  at the size; the briefly trained tokenizer's IDs are reported, not decoded), the decoder
+  configs/tiger.py:instruments' T5 with random weights, batch 256, history bucket 8:
+  users/s, compilation excluded;
 - SASRec's sampled-softmax train step (configs/sasrec.py:instruments, 256 negatives) at
   `--sasrec_items`: samples/s and step time.
 
@@ -76,6 +77,8 @@ def catalogue(n_items: int, n_users: int, decode_batch: int, decode_reps: int,
   from jaxrec.xla import jit_init
   from jax.sharding import Mesh
 
+  from bench.speed import random_codes
+
   row = {"items": n_items}
   cfg = get_config("tiger", "instruments")
   t = time.perf_counter()
@@ -110,9 +113,13 @@ def catalogue(n_items: int, n_users: int, decode_batch: int, decode_reps: int,
   table = build.assign_catalogue(tc, enc["codes_NxC"], enc["residuals_NxCxD"][:, last],
                                  state.params["params"]["codebooks"][last], "scale", {})
   row["collision_level_s"] = round(time.perf_counter() - t, 2)
-  codes = table.codes_NxC
-  row["levels"], row["suffix_size"] = int(codes.shape[1]), int(tc.suffix_size)
-  row["distinct_ids_before_suffix"] = int(table.stats["before_resolution"]["distinct_ids"])
+  row["fitted_distinct_ids"] = int(table.stats["before_resolution"]["distinct_ids"])
+  row["fitted_largest_group"] = int(largest)
+  # Decoding is measured on uniform random 3 x 256 IDs plus the collision level (as
+  # bench/speed.py's grid): what the decoder costs at this catalogue size, not what a
+  # tokenizer trained for 200 steps leaves (its groups are thousands wide)
+  codes = random_codes(n_items)
+  row["levels"], row["collision_level_size"] = int(codes.shape[1]), int(codes[:, -1].max()) + 1
   t = time.perf_counter()
   tables = jax.block_until_ready(decode.prefix_tables(codes))
   row["prefix_tables_s"] = round(time.perf_counter() - t, 2)
@@ -120,7 +127,7 @@ def catalogue(n_items: int, n_users: int, decode_batch: int, decode_reps: int,
   row["prefix_tables_bytes_per_item"] = round(
       sum(x.nbytes for x in jax.tree.leaves(tables)) / n_items, 2)
   # constrained decoding with the fitted catalogue
-  t5 = T5(model_config(cfg.model, table.sizes, "float32"))
+  t5 = T5(model_config(cfg.model, (256,) * codes.shape[1], "float32"))
   splits = leave_one_out(ds, cfg.data.max_len)
   batch = gather_batch(ds, splits["test"], 8, np.arange(decode_batch) % len(splits["test"]))
   codes_dev = jnp.asarray(codes)

@@ -419,22 +419,25 @@ def main():
                  help="only count the programs runs of these configs compile and their compile "
                       "seconds, per data.shapes (buckets, max_len), with an empty and a warm "
                       "persistent compilation cache (one-step runs in subprocesses)")
+  p.add_argument("--programs_shapes", nargs="+", default=["buckets", "max_len"],
+                 choices=["buckets", "max_len"], help="the data.shapes values --programs measures")
   common.add_cpu_devices(p)
   p.add_argument("--out", default=None, help="default bench/results/speed-<platform>.json")
   args = p.parse_args()
   common.set_cpu_devices(args)
   if args.programs:
     rows = []
+    path = common.result_path(f"programs-{common.platform()}.json", args.out)
     for spec in args.programs:
-      for shapes in ("buckets", "max_len"):
+      for shapes in args.programs_shapes:
         rows.append(r := bench_programs(spec, shapes))
+        common.write_json(path, {"programs": rows})       # a cap never loses a finished row
         print(f"programs of {spec}, data.shapes={shapes}: " + "; ".join(
             f"{phase} cache: {r[phase]['count']} programs {r[phase]['by_program']} "
             f"({r[phase]['from_cache']} from the cache) in {r[phase]['compile_s']}s "
             f"(one-step run {r[phase]['run_s']}s)"
             for phase in ("cold", "warm")), flush=True)
-    path = common.result_path(f"programs-{common.platform()}.json", args.out)
-    print(f"wrote {common.write_json(path, {'programs': rows})}")
+    print(f"wrote {path}")
     return
   if args.quick:
     args.train_steps, args.train_reps, args.decode_reps = 20, 1, 1
