@@ -94,15 +94,26 @@ class Checkpoints:
                                                  meta=ocp.args.JsonSave(meta)))
     self._mgr.wait_until_finished()
 
-  def restore(self, abstract_state, step: Optional[int] = None) -> Optional[tuple[int, Any, dict]]:
+  def _saved_as(self, step: int, sharding):
+    """The saved state's tree as abstract arrays placed by `sharding` (so a checkpoint saved
+    on another device count restores here: orbax refuses the saved topology otherwise)."""
+    saved = ocp.StandardCheckpointer().metadata(
+        os.path.join(self.directory, str(step), "state")).item_metadata
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), saved)
+
+  def restore(self, abstract_state, step: Optional[int] = None,
+              sharding=None) -> Optional[tuple[int, Any, dict]]:
     """Restores `step` (default: the newest that is intact). Returns (step, state, meta) or
-    None when there is no usable checkpoint. Damaged checkpoints are logged loudly."""
+    None when there is no usable checkpoint. Damaged checkpoints are logged loudly. With no
+    `abstract_state`, the saved tree is restored as saved, placed by `sharding` when given."""
     candidates = [step] if step is not None else list(reversed(self.steps()))
     for s in candidates:
       try:
+        target = (self._saved_as(s, sharding) if abstract_state is None and sharding is not None
+                  else abstract_state)
         out = self._mgr.restore(s, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(jax.device_get(abstract_state) if self._host
-                                           else abstract_state), meta=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(jax.device_get(target) if self._host else target),
+            meta=ocp.args.JsonRestore()))
         state, meta = out["state"], dict(out["meta"])
         if self._host:
           state = jax.tree.map(jax.numpy.asarray, state)

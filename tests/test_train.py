@@ -390,3 +390,34 @@ def test_sigkill_at_every_phase_resumes_to_the_same_result(uninterrupted, tmp_pa
     assert {k: v for k, v in results[split].items() if k != "decode_s"} == {
         k: v for k, v in full[split].items() if k != "decode_s"}
   assert _final_state_checksum(workdir) == _final_state_checksum(full_dir)
+
+
+SAVE_ON_FOUR = r"""
+import sys, jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxrec.checkpoint import Checkpoints
+assert len(jax.devices()) == 4
+rep = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P())
+tree = jax.device_put({"w": jnp.arange(12.0).reshape(3, 4), "n": jnp.asarray(7, jnp.int32)}, rep)
+Checkpoints(sys.argv[1], max_to_keep=1).save(5, tree, {"epoch": 2})
+"""
+
+
+def test_a_checkpoint_saved_on_four_devices_restores_on_one(tmp_path):
+  """The best checkpoint of a run on 2 CPU devices (the commands' default) restores in a
+  one-device process (a notebook, a script): the saved tree placed by the given sharding,
+  where orbax alone refuses the saved topology."""
+  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+  out = subprocess.run([sys.executable, "-c", SAVE_ON_FOUR, str(tmp_path / "ck")], cwd=REPO,
+                       env=dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu"),
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert len(jax.devices()) < 4
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  ckpt = Checkpoints(str(tmp_path / "ck"), max_to_keep=1)
+  assert ckpt.restore(None) is None                  # the saved topology: refused, logged
+  step, tree, meta = ckpt.restore(None, sharding=one)
+  ckpt.close()
+  assert step == 5 and meta == {"epoch": 2}
+  chex.assert_trees_all_equal(jax.device_get(tree), {"w": np.arange(12.0).reshape(3, 4),
+                                                     "n": np.asarray(7, np.int32)})

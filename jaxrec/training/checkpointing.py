@@ -122,7 +122,7 @@ def restore_best(run: Run):
     return None
   best = Checkpoints(path, max_to_keep=1)
   try:
-    restored = best.restore(None)
+    restored = best.restore(None, sharding=run.replicated)
   finally:
     best.close()
   if restored is None:

@@ -145,18 +145,19 @@ class Loop:
     return best
 
   def train_stages(self) -> None:
+    """Epochs of each stage in turn, until the last stage (or train.max_steps) ends."""
     while not self.ls.done:
-        stage_epoch = self.train_it.epoch - self.ls.stage_start
-        if stage_epoch >= self.stage.epochs or self.ls.stage_over or self.out_of_steps:
-          if self.ls.stage + 1 < len(self.plan.stages) and not self.out_of_steps:
-            self.next_stage()
-            continue
-          self.ls.done = True
-          break
-        epoch = self.train_it.epoch
-        self.train_epoch(self.stage.step(stage_epoch), epoch)
-        self.end_epoch(epoch)
-        self.save()
+      stage_epoch = self.train_it.epoch - self.ls.stage_start
+      if stage_epoch >= self.stage.epochs or self.ls.stage_over or self.out_of_steps:
+        if self.ls.stage + 1 < len(self.plan.stages) and not self.out_of_steps:
+          self.next_stage()
+          continue
+        self.ls.done = True
+        break
+      epoch = self.train_it.epoch
+      self.train_epoch(self.stage.step(stage_epoch), epoch)
+      self.end_epoch(epoch)
+      self.save()
 
   def on_compile(self, record: dict) -> None:
     """A program compiled: one log line and a metrics.jsonl record (not a TensorBoard one)."""
