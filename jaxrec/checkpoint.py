@@ -17,6 +17,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 def write_atomic(path: str, data) -> None:
@@ -97,8 +98,9 @@ class Checkpoints:
   def _saved_as(self, step: int, sharding):
     """The saved state's tree as abstract arrays placed by `sharding` (so a checkpoint saved
     on another device count restores here: orbax refuses the saved topology otherwise)."""
-    saved = ocp.StandardCheckpointer().metadata(
-        os.path.join(self.directory, str(step), "state")).item_metadata
+    saved = ocp.PyTreeCheckpointHandler().metadata(
+        epath.Path(self.directory) / str(step) / "state")
+    saved = getattr(saved, "tree", saved)
     return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), saved)
 
   def restore(self, abstract_state, step: Optional[int] = None,
