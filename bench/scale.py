@@ -235,16 +235,18 @@ def main():
   p.add_argument("--sasrec_batch", type=int, default=256)
   p.add_argument("--out", default=None, help="default bench/results/scale-<platform>.json")
   args = p.parse_args()
-  rows = []
+  rows, result = [], {}
+  path = common.result_path(f"scale-{common.platform()}.json", args.out)
   for n in args.sizes:
     rows.append(_child(f"catalogue({n}, {args.users}, {args.decode_batch}, {args.decode_reps}, "
                        f"{args.tokenizer_steps})"))
     print(json.dumps(rows[-1]), flush=True)
-  result = {"catalogues": rows}
+    result["catalogues"] = rows
+    common.write_json(path, result)        # a stopped run keeps its finished sizes
   if args.sasrec_items:
     result["sasrec"] = _child(f"sasrec_step({args.sasrec_items}, {args.sasrec_batch}, 5)")
     print(json.dumps(result["sasrec"]), flush=True)
-  path = common.write_json(common.result_path(f"scale-{common.platform()}.json", args.out), result)
+  common.write_json(path, result)
   plot(rows, path[:-len(".json")] + ".png")
   print(f"{common.machine_line()}\nwrote {path}")
 

@@ -42,6 +42,7 @@ _WARMUP = flags.DEFINE_bool("warmup", True, "Compile every batch shape before li
                             "each compiles on its first request).")
 
 Key = Union[StrictStr, StrictInt]
+POLL_S = 0.0005   # how often a gathering batch looks for more requests
 
 
 class Request(BaseModel):
@@ -80,12 +81,17 @@ class Batcher:
     while True:
       batch = [await self.queue.get()]
       deadline = loop.time() + self.max_wait_s
+      # gathered by polling, never by wait_for(queue.get()): its cancellation at the
+      # deadline can drop an item just taken (Python < 3.12), and that request never returns
       while len(batch) < self.max_batch:
         try:
-          batch.append(self.queue.get_nowait() if loop.time() >= deadline else
-                       await asyncio.wait_for(self.queue.get(), deadline - loop.time()))
-        except (asyncio.QueueEmpty, asyncio.TimeoutError):
+          batch.append(self.queue.get_nowait())
+          continue
+        except asyncio.QueueEmpty:
+          pass
+        if loop.time() >= deadline:
           break
+        await asyncio.sleep(min(POLL_S, deadline - loop.time()))
       try:
         answers = await loop.run_in_executor(self.pool, self._answer_batch, batch)
       except Exception as e:  # noqa: BLE001  (each waiting request gets the failure)

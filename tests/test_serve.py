@@ -132,6 +132,18 @@ def test_server_answers_over_http_batches_and_rejects_bad_requests(trained, expo
     assert_same_answers(answers, want)
     health = client.get("/healthz").json()
     assert health["requests"] == 2 + len(reqs) and health["batches"] < health["requests"]
+    # many clients at once, each on its own connection: none of the requests is lost in
+    # the gathering (a wait_for(queue.get()) cancelled at the deadline once dropped one)
+    many = reqs * 4
+
+    def own_client(chunk):
+      with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
+        return [c.post("/recommend", json=r).json() for r in chunk]
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+      parts = list(pool.map(own_client, [many[i::32] for i in range(32)]))
+    assert sum(len(p) for p in parts) == len(many)
+    for i, part in enumerate(parts):
+      assert_same_answers(part, [want[j % len(reqs)] for j in range(i, len(many), 32)])
     # bad requests: 4xx with the reason, and the server still answers afterwards
     for body, reason in (('{"history": ["1"', "JSON decode error"),
                          ('{"history": ["1"], "items": 3}', "extra"),
