@@ -86,16 +86,19 @@ def main():
   export_s = time.time() - t0
   port = free_port()
   base = f"http://127.0.0.1:{port}"
+  log_path = os.path.join(os.path.dirname(folder), "server.log")   # (a pipe nobody reads
+  server_log = open(log_path, "w")                                   # would fill and block it)
   server = subprocess.Popen(
       [sys.executable, "-m", "jaxrec.serve", f"--export={folder}", f"--port={port}",
-       f"--k={args.k}", f"--max_batch={args.max_batch}", f"--max_wait_ms={args.max_wait_ms}"],
-      cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE,
+       f"--k={args.k}", f"--max_batch={args.max_batch}", f"--max_wait_ms={args.max_wait_ms}",
+       "--noaccess_log"],
+      cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=server_log,
       stderr=subprocess.STDOUT, text=True)
   try:
     t0 = time.time()
     while True:                        # the server compiles every batch shape, then listens
       if server.poll() is not None:
-        raise SystemExit(f"the server exited:\n{server.stdout.read()}")
+        raise SystemExit(f"the server exited:\n{open(log_path).read()[-3000:]}")
       try:
         if httpx.get(base + "/healthz").status_code == 200:
           break
@@ -116,6 +119,7 @@ def main():
   finally:
     server.terminate()
     server.wait(30)
+    server_log.close()
   result = {"workdir": args.workdir, "method": run.cfg.method, "dataset": ds.name,
             "n_items": ds.n_items, "k": args.k, "beam": run.cfg.train.get("beam"),
             "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,

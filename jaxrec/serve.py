@@ -38,6 +38,7 @@ _MAX_BATCH = flags.DEFINE_integer("max_batch", 64, "Most requests in one device 
 _MAX_WAIT = flags.DEFINE_float("max_wait_ms", 5.0, "How long a batch waits for more requests "
                                "after its first.", lower_bound=0.0)
 _EXCLUDE = flags.DEFINE_bool("exclude_history", False, "Leave the history's items out of the results.")
+_ACCESS_LOG = flags.DEFINE_bool("access_log", True, "Log every request (uvicorn's access log).")
 _WARMUP = flags.DEFINE_bool("warmup", True, "Compile every batch shape before listening (else "
                             "each compiles on its first request).")
 
@@ -162,7 +163,7 @@ def main(argv):
   if _WARMUP.value:
     print(f"compiled in {model.warmup(_MAX_BATCH.value):.1f}s", flush=True)
   app = create_app(model, _K.value, _MAX_BATCH.value, _MAX_WAIT.value, _EXCLUDE.value)
-  uvicorn.run(app, host=_HOST.value, port=_PORT.value)
+  uvicorn.run(app, host=_HOST.value, port=_PORT.value, access_log=_ACCESS_LOG.value)
 
 
 if __name__ == "__main__":
