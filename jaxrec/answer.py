@@ -1,4 +1,5 @@
-"""Requests in the data set's own keys answered by any ranking function: the part of
+"""Requests in the data set's own keys answered by any ranking function (and the histories
+batched for one, `rank_histories`): the part of
 `jaxrec.recommend` that the in-process command, an exported model (`jaxrec.served`) and the
 HTTP server (`jaxrec.serve`) share. Pure Python and numpy: no model, no jax.
 
@@ -23,6 +24,38 @@ FIELDS = ("user", "history")
 # (histories as item ids, user rows, how many) -> (items [U, n], scores [U, n],
 # IDs [U, n, C] or None); -1 where fewer were found
 Ranker = Callable[[list, list, int], tuple]
+
+
+def rank_histories(call, histories, users, n: int, max_len: int, buckets, batch_size: int,
+                   rows_of: Callable[[int], int], codes_NxC=None):
+  """A model's ranking of the items after each history, batch by batch: histories (item ids,
+  oldest first; the last `max_len` count) padded to the smallest bucket that holds a batch's
+  longest, `rows_of(real rows)` rows per batch; `call(history [R, L] int32, mask [R, L] bool,
+  user [R] int32)` -> (items [R, >= n], scores). Returns (items [U, n], scores [U, n], their
+  IDs [U, n, C] from `codes_NxC`, or None); -1 where fewer than n were found. `users` are
+  user rows or any integers (taken modulo int32's range)."""
+  seqs = [np.asarray(h, np.int32)[-max_len:] for h in histories]
+  users = np.asarray(users, np.int64) % np.iinfo(np.int32).max
+  items, scores = [], []
+  for start in range(0, len(seqs), batch_size):
+    chunk = seqs[start:start + batch_size]
+    rows = rows_of(len(chunk))
+    length = next(b for b in buckets if b >= max(max(len(s) for s in chunk), 1))
+    hist, mask = np.zeros((rows, length), np.int32), np.zeros((rows, length), bool)
+    for i, s in enumerate(chunk):
+      hist[i, :len(s)], mask[i, :len(s)] = s, True
+    user = np.zeros(rows, np.int32)
+    user[:len(chunk)] = users[start:start + batch_size]
+    it, sc = call(hist, mask, user)
+    items.append(np.asarray(it)[:len(chunk), :n])
+    scores.append(np.asarray(sc)[:len(chunk), :n])
+  items = np.concatenate(items) if items else np.zeros((0, n), np.int32)
+  scores = np.concatenate(scores) if scores else np.zeros((0, n), np.float32)
+  ids = None
+  if codes_NxC is not None:
+    codes_NxC = np.asarray(codes_NxC)
+    ids = np.where(items[..., None] >= 0, codes_NxC[np.maximum(items, 0)], -1)
+  return items, scores, ids
 
 
 def check(req, where: str, record: str) -> dict:

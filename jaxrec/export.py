@@ -25,7 +25,7 @@ from safetensors.numpy import save_file
 
 from jaxrec import cli, served
 from jaxrec.errors import ConfigError
-from jaxrec.pipeline import item_keys, load_run
+from jaxrec.pipeline import item_keys, load_run, user_keys
 from jaxrec.training.evaluation import most_popular
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by jaxrec.train.", required=True)
@@ -68,7 +68,6 @@ def export_run(workdir: str, out: str, k_max: int = 0, platforms=None) -> dict:
       f.write(exp.serialize())
   save_file(dict(zip(names, leaves)), os.path.join(tmp, served.WEIGHTS))
   popular, counts = most_popular(run)
-  users = ds.user_keys if ds.user_keys is not None else range(ds.n_users)
   manifest = {
       "format": served.FORMAT, "method": cfg.method, "variant": cfg.variant,
       "dataset": ds.name, "n_items": ds.n_items, "k_max": int(k_max),
@@ -77,7 +76,7 @@ def export_run(workdir: str, out: str, k_max: int = 0, platforms=None) -> dict:
       if run.codes is not None else None,
       "platforms": list(platforms or [jax.default_backend()]), "jax": jax.__version__,
       "workdir": os.path.abspath(workdir)}
-  for name, obj in (("items.json", item_keys(ds)), ("users.json", [str(u) for u in users]),
+  for name, obj in (("items.json", item_keys(ds)), ("users.json", user_keys(ds)),
                     ("popular.json", {"items": [int(i) for i in popular],
                                       "counts": [int(c) for c in counts]}),
                     (served.MANIFEST, manifest)):

@@ -40,7 +40,7 @@ from jaxrec.training.run import Run, make_mesh, set_codes
 from jaxrec.xla import compile_listener
 
 __all__ = ["setup", "train_and_evaluate", "load_run", "recommend", "restore_best", "make_mesh",
-           "ensure_features", "item_keys"]
+           "ensure_features", "item_keys", "user_keys", "recommender"]
 
 DERIVED = {"cf": "the item table of a SASRec trained on the interactions (config.cf)",
            "text": "the item text embedded by `python -m jaxrec.embed --model PATH` (config.embed)"}
@@ -80,6 +80,12 @@ def item_keys(ds: Dataset) -> list:
   """The data set's key of each item id (ASIN, RecBole token, LETTER id), as strings."""
   return [str(k) for k in ds.item_keys] if ds.item_keys is not None else [
       str(i) for i in range(ds.n_items)]
+
+
+def user_keys(ds: Dataset) -> list:
+  """The data set's key of each user row, as strings (the row itself when it has none)."""
+  return [str(u) for u in ds.user_keys] if ds.user_keys is not None else [
+      str(u) for u in range(ds.n_users)]
 
 
 def _diff_keys(a, b, prefix=""):
@@ -260,9 +266,8 @@ def recommender(workdir: str, k: int, exclude_history: bool, batch_size: int) ->
     raise ConfigError(f"k={k}: the run's beam (train.beam={beam}) returns at most {beam} "
                       "items per user")
   popular, counts = most_popular(run)
-  users = ds.user_keys if ds.user_keys is not None else range(ds.n_users)   # rows as keys
   return Answerer(lambda h, u, n: recommend_histories(run, params, h, u, n, batch_size),
-                  item_keys(ds), users, popular, counts, k, beam, exclude_history)
+                  item_keys(ds), user_keys(ds), popular, counts, k, beam, exclude_history)
 
 
 def train_and_evaluate(cfg, workdir: str, log=print) -> dict:

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from safetensors.numpy import load_file
 
-from jaxrec.answer import Answerer
+from jaxrec.answer import Answerer, rank_histories
 from jaxrec.errors import ConfigError, DataError
 
 FORMAT = "jaxrec-export/1"
@@ -73,27 +73,10 @@ class ExportedModel:
     oldest first; the last `max_len` count); -1 where fewer than n were found."""
     if n > self.manifest["k_max"]:
       raise ConfigError(f"{n} items asked of an export of at most {self.manifest['k_max']}")
-    seqs = [np.asarray(h, np.int32)[-self.manifest["max_len"]:] for h in histories]
-    users = np.asarray(users, np.int64) % np.iinfo(np.int32).max
-    items, scores = [], []
-    for start in range(0, len(seqs), batch_size):
-      chunk = seqs[start:start + batch_size]
-      rows = 1 << (len(chunk) - 1).bit_length()             # a power of two
-      length = next(b for b in self.buckets if b >= max(max(len(s) for s in chunk), 1))
-      hist, mask = np.zeros((rows, length), np.int32), np.zeros((rows, length), bool)
-      for i, s in enumerate(chunk):
-        hist[i, :len(s)], mask[i, :len(s)] = s, True
-      user = np.zeros(rows, np.int32)
-      user[:len(chunk)] = users[start:start + batch_size]
-      it, sc = self.programs[length](self.leaves, hist, mask, user)
-      items.append(np.asarray(it)[:len(chunk), :n])
-      scores.append(np.asarray(sc)[:len(chunk), :n])
-    items = np.concatenate(items) if items else np.zeros((0, n), np.int32)
-    scores = np.concatenate(scores) if scores else np.zeros((0, n), np.float32)
-    ids = None
-    if self.codes is not None:
-      ids = np.where(items[..., None] >= 0, self.codes[np.maximum(items, 0)], -1)
-    return items, scores, ids
+    return rank_histories(
+        lambda hist, mask, user: self.programs[hist.shape[1]](self.leaves, hist, mask, user),
+        histories, users, n, self.manifest["max_len"], self.buckets, batch_size,
+        lambda real: 1 << (real - 1).bit_length(), self.codes)     # rows: a power of two
 
 
 def answerer(model: ExportedModel, k: int = 10, exclude_history: bool = False) -> Answerer:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec import distributed, metrics
+from jaxrec.answer import rank_histories
 from jaxrec.data import eval_batches
 from jaxrec.training.run import Run
 
@@ -114,28 +115,12 @@ def recommend_histories(run: Run, params, histories, users, k: int = 10,
     raise ValueError(f"k={k}: a beam of train.beam={cfg.train.beam} returns at most that many")
   k = min(k, run.dataset.n_items)
   bs = batch_size or cfg.train.eval_batch_size
-  seqs = [np.asarray(h, np.int32)[-cfg.data.max_len:] for h in histories]
-  users = np.asarray(users, np.int64)
-  items, scores = [], []
-  for start in range(0, len(seqs), bs):
-    chunk = seqs[start:start + bs]
-    length = next(b for b in run.buckets if b >= max(max(len(s) for s in chunk), 1))
-    hist = np.zeros((bs, length), np.int32)
-    mask = np.zeros((bs, length), bool)
-    for i, s in enumerate(chunk):
-      hist[i, :len(s)], mask[i, :len(s)] = s, True
-    user = np.zeros(bs, np.int32)
-    user[:len(chunk)] = users[start:start + bs] % np.iinfo(np.int32).max
-    it, sc = run.recommend_fn(params, jnp.asarray(hist), jnp.asarray(mask), jnp.asarray(user),
-                              *run.code_args, k=k)
-    items.append(np.asarray(it)[:len(chunk)])
-    scores.append(np.asarray(sc)[:len(chunk)])
-  items = np.concatenate(items) if items else np.zeros((0, k), np.int32)
-  scores = np.concatenate(scores) if scores else np.zeros((0, k), np.float32)
-  ids = None
-  if run.codes is not None:
-    ids = np.where(items[..., None] >= 0, np.asarray(run.codes)[np.maximum(items, 0)], -1)
-  return items, scores, ids
+
+  def call(hist, mask, user):
+    return run.recommend_fn(params, jnp.asarray(hist), jnp.asarray(mask), jnp.asarray(user),
+                            *run.code_args, k=k)
+  return rank_histories(call, histories, users, k, cfg.data.max_len, run.buckets, bs,
+                        lambda real: bs, run.codes)     # batches padded to one fixed shape
 
 
 def recommend(run: Run, params, users, k: int = 10):
