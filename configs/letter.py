@@ -6,7 +6,9 @@
   python -m jaxrec.tokenize --config configs/letter.py:instruments --workdir runs/letter-ids
   ... --config.tokenizer.letter.alpha=0     # ablation without L_cf (beta=0: without L_div)
 
-Variants (everything not listed is configs/tiger.py's same variant):
+Variants (everything not listed is configs/tiger.py's same variant; decoder, tiny_decoder
+and scientific_decoder: default, tiny and scientific with tiger.py's decoder-only
+recommender):
   (default)    synthetic data; the tokenizer encodes the 64-d `content` feature and L_cf
                pulls towards the generator's planted 32-d `cf` embedding (built from the
                true transition structure, standing in for a trained SASRec), 3 x 64 codes
@@ -56,6 +58,8 @@ def _tiger():
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   variant = variant or "default"
+  if variant in _tiger().DECODER_VARIANTS:
+    return _tiger().decoder_variant(get_config, variant)
   if variant not in ("default", "tiny", "instruments", "instruments_paper", "scientific"):
     raise ValueError(f"unknown letter variant {variant!r}")
   paper, variant = variant.endswith("_paper"), variant.removesuffix("_paper")

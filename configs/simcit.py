@@ -5,7 +5,9 @@
   python -m jaxrec.train --config configs/simcit.py:scientific      # text + cf (embed first)
   ... --config.tokenizer.simcit.views="('text',)"                   # a single-view SimCIT
 
-Variants (everything not listed is configs/tiger.py's same variant):
+Variants (everything not listed is configs/tiger.py's same variant; decoder, tiny_decoder
+and scientific_decoder: default, tiny and scientific with tiger.py's decoder-only
+recommender):
   (default)    synthetic data, views `content` (64-d) and the planted `cf` (32-d), as LETTER's
                and ETEGRec's defaults read it; 3 x 64 codes; 300 tokenizer epochs.
                `--config.data.features="('content',)"` derives `cf` from the interactions
@@ -78,6 +80,8 @@ def _tiger():
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   variant = variant or "default"
+  if variant in _tiger().DECODER_VARIANTS:
+    return _tiger().decoder_variant(get_config, variant)
   if variant not in ("default", "tiny", "instruments", "instruments_paper", "scientific"):
     raise ValueError(f"unknown simcit variant {variant!r}")
   paper, variant = variant.endswith("_paper"), variant.removesuffix("_paper")

@@ -38,7 +38,8 @@ ADDED_KEYS = {("train", "accumulate"): 1, ("cf", "train", "accumulate"): 1,
               ("tokenizer", "simcit", "prefix_loss"): False, ("train", "dtype"): "float32",
               ("cf", "train", "dtype"): "float32", ("tokenizer", "keep"): "last",
               ("train", "tensorboard"): True, ("cf", "train", "tensorboard"): True,
-              ("etegrec", "rec_schedule"): "stage", ("data", "shapes"): "auto"}
+              ("etegrec", "rec_schedule"): "stage", ("data", "shapes"): "auto",
+              ("model", "kind"): "t5"}
 
 
 def _edit_added(d: dict, edit) -> dict:
@@ -200,10 +201,12 @@ SELECTION_K = 10          # checkpoints are selected by valid NDCG@10
 
 
 def config_problems(cfg: ml_collections.ConfigDict, kind: str = "codes",
-                    heads: tuple = ("level", "vocab")) -> list[str]:
+                    heads: tuple = ("level", "vocab"), models: tuple = ("t5", "decoder")
+                    ) -> list[str]:
   """Every out-of-domain value of `cfg`, one line each (empty when valid), for a method of
   `kind` ("codes": semantic IDs, "items": a model over item ids) whose recommender has the
-  output `heads` (the method declares both, `methods.base.Method`)."""
+  output `heads` and may be any of `models` (`model.kind`; the method declares all three,
+  `methods.base.Method`)."""
   problems = []
   for (section, key), (ok, want) in DOMAINS.items():
     node = cfg.get(section)
@@ -236,16 +239,45 @@ def config_problems(cfg: ml_collections.ConfigDict, kind: str = "codes",
   if m is not None and m.get("head") == "vocab" and "vocab" not in heads:
     problems.append(f"model.head='vocab': {cfg.method} has no such head (LETTER-TIGER's "
                     "protocol; its losses are written on per-level logits)")
+  if generative and m is not None:
+    problems += _model_problems(cfg.method, m, models)
   if not generative and tr is not None and tr.get("select") == "loss":
     problems.append(f"train.select='loss': {cfg.method} has no teacher-forced code loss to "
                     "select by; use train.select='ndcg@10'")
   return problems
 
 
+def _model_problems(method: str, m, models: tuple) -> list[str]:
+  """The generative recommender's kind, and the decoder-only model's own keys."""
+  kind = m.get("kind", "t5")
+  if kind not in ("t5", "decoder"):
+    return [f"model.kind={kind!r}: must be 't5' or 'decoder'"]
+  if kind not in models:
+    return [f"model.kind={kind!r}: {method} runs on {' or '.join(models)} only (its losses "
+            "read the T5's encoder and decoder states)"]
+  if kind != "decoder":
+    return []
+  problems = []
+  heads, kv = m.get("heads", 1), m.get("kv_heads", 0)
+  if kv and (kv < 0 or heads % kv):
+    problems.append(f"model.kv_heads={kv}: must divide model.heads={heads} (0: as many)")
+  if m.get("head_dim", 2) % 2:
+    problems.append(f"model.head_dim={m.head_dim}: rotary positions need an even width")
+  if m.get("mlp") not in ("swiglu", "relu"):
+    problems.append(f"model.mlp={m.get('mlp')!r}: must be 'swiglu' or 'relu'")
+  if m.get("loss") not in ("target", "all"):
+    problems.append(f"model.loss={m.get('loss')!r}: must be 'target' or 'all'")
+  if m.get("head", "level") != "level":
+    problems.append(f"model.head={m.head!r}: the decoder-only recommender has the 'level' "
+                    "head only")
+  return problems
+
+
 def validate_config(cfg: ml_collections.ConfigDict, kind: str = "codes",
-                    heads: tuple = ("level", "vocab")) -> None:
+                    heads: tuple = ("level", "vocab"), models: tuple = ("t5", "decoder")
+                    ) -> None:
   """Raises one ConfigError listing every problem of `config_problems`."""
-  problems = config_problems(cfg, kind, heads)
+  problems = config_problems(cfg, kind, heads, models)
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems) if len(problems) > 1
                       else problems[0])

@@ -102,7 +102,7 @@ def setup(cfg, workdir: str, log=print) -> Run:
   methods over semantic IDs the code table (built or reused), the recommender and the
   decoder tables."""
   method = get_method(cfg.method)
-  validate_config(cfg, method.kind, method.heads)
+  validate_config(cfg, method.kind, method.heads, method.models)
   _check_config(cfg, workdir)
   mesh = make_mesh()
   n_dev = mesh.devices.size

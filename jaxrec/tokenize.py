@@ -38,7 +38,7 @@ def main(argv):
 
 def _tokenize(cfg, workdir):
   method = get_method(cfg.method)
-  validate_config(cfg, method.kind, method.heads)
+  validate_config(cfg, method.kind, method.heads, method.models)
   ds = ensure_features(cfg, load_dataset(cfg.data), method, log=print)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "tokenizer_log.jsonl"), "a") as logf:

@@ -26,12 +26,14 @@ sys.path.insert(0, os.path.join(REPO, "configs"))
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-  """A tiny TIGER and a tiny SASRec run, trained once per session: {name: workdir}."""
+  """A tiny TIGER, its decoder-only variant and a tiny SASRec run, trained once per session:
+  {name: workdir}."""
   import sasrec as sasrec_config
   import tiger
   from jaxrec import pipeline
   out = {}
-  for name, cfg in (("tiger", tiger.get_config("tiny")), ("sasrec", sasrec_config.get_config("tiny"))):
+  for name, cfg in (("tiger", tiger.get_config("tiny")), ("decoder", tiger.get_config("tiny_decoder")),
+                    ("sasrec", sasrec_config.get_config("tiny"))):
     workdir = str(tmp_path_factory.mktemp(name))
     pipeline.train_and_evaluate(cfg, workdir, log=lambda m: None)
     out[name] = workdir

@@ -46,7 +46,7 @@ def assert_same_answers(got, want):
                                 rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["tiger", "sasrec"])
+@pytest.mark.parametrize("name", ["tiger", "decoder", "sasrec"])
 def test_exported_model_recommends_what_the_run_does(trained, exported, name):
   run, params, _ = pipeline.load_run(trained[name])
   model = served.ExportedModel(exported[name])
@@ -58,7 +58,7 @@ def test_exported_model_recommends_what_the_run_does(trained, exported, name):
                                                           k, batch_size=4)
   np.testing.assert_array_equal(items, want_items)
   chex.assert_trees_all_close(scores, want_scores, rtol=1e-6, atol=1e-6)
-  if name == "tiger":
+  if name != "sasrec":
     np.testing.assert_array_equal(ids, want_ids)
   else:
     assert ids is None and want_ids is None

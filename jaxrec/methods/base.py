@@ -7,6 +7,8 @@ A method declares what it is instead of being named elsewhere:
           prefix tables, beam search); "items": a model over item ids (SASRec)
   heads   the T5 output heads its losses are written for ("vocab": LETTER-TIGER's one
           softmax over the whole vocabulary)
+  models  the recommenders (`config.model.kind`, `recommender.family`) its losses are
+          written for: the shared plan runs any; ETEGRec's and SIIT's read the T5's encoder
 and overrides any of `required_features`, `tokenizer_loss`, `build_code_table`,
 `setup_model`, `training_plan`. A new method is a module that subclasses `Method` and calls
 `register`; nothing else changes (tests/test_layers.py plugs one in).
@@ -24,9 +26,7 @@ import numpy as np
 from jaxrec import distributed
 from jaxrec.data import gather_batch
 from jaxrec.errors import ConfigError
-from jaxrec.recommender import steps
-from jaxrec.recommender.t5 import T5
-from jaxrec.recommender.t5_layers import model_config
+from jaxrec.recommender import family
 from jaxrec.tokenizer import build
 from jaxrec.training.plan import Plan, single_stage_plan
 from jaxrec.training.run import Run, install_codes
@@ -41,6 +41,7 @@ class Method:
   name: str = ""
   kind: str = "codes"                 # "codes" | "items"
   heads: tuple = ("level",)           # T5 output heads the method supports
+  models: tuple = family.KINDS        # recommenders (model.kind) the method supports
 
   def required_features(self, cfg) -> tuple:
     """Item features the method reads besides its tokenizer's input."""
@@ -72,8 +73,8 @@ class Method:
     setup_generative(run, self, log)
 
   def training_plan(self, run: Run, key, steps_per_epoch: int) -> Plan:
-    """The T5's code loss (cross-entropy on logits / train.tau), one AdamW stage."""
-    step = lambda tx: functools.partial(steps.train_step, model=run.model, tx=tx,
+    """The recommender's code loss (cross-entropy on logits / train.tau), one AdamW stage."""
+    step = lambda tx: functools.partial(run.steps.train_step, model=run.model, tx=tx,
                                         tau=run.cfg.train.tau)
     return single_stage_plan(run, init_t5(run, key), step, steps_per_epoch)
 
@@ -105,8 +106,8 @@ def code_table(cfg, dataset, method: Method, workdir=None, log=print, n_devices:
 
 
 def setup_generative(run: Run, method: Method, log) -> None:
-  """Code table (trained or reused; process 0 fits it, the others read its table), T5 over
-  its codes, prefix tables, the decoding step."""
+  """Code table (trained or reused; process 0 fits it, the others read its table), the
+  recommender over its codes (`config.model.kind`), prefix tables, the decoding step."""
   cfg, ds, workdir = run.cfg, run.dataset, run.workdir
   t0 = time.time()
   primary = distributed.is_primary()
@@ -122,25 +123,26 @@ def setup_generative(run: Run, method: Method, log) -> None:
     build.remove_fit_checkpoints(workdir)  # (also when a kill came between codes.npz and this)
     distributed.barrier("code table")
   run.tokenizer = tokenizer
-  run.model = T5(model_config(cfg.model, table.sizes, cfg.train.dtype))
+  run.model, run.steps = family.build(cfg.model, table.sizes, cfg.train.dtype)
   install_codes(run, table)
   run.eval_fn = decoding_eval_fn(run, constrained=cfg.train.decode == "constrained")
-  run.loss_fn = Program("valid_loss", jax.jit(functools.partial(steps.loss_sums, model=run.model)))
-  run.recommend_fn = functools.partial(steps.recommend_step, model=run.model,
+  run.loss_fn = Program("valid_loss", jax.jit(functools.partial(run.steps.loss_sums,
+                                                                model=run.model)))
+  run.recommend_fn = functools.partial(run.steps.recommend_step, model=run.model,
                                        beam=cfg.train.beam,
                                        constrained=cfg.train.decode == "constrained")
 
 
 def decoding_eval_fn(run: Run, constrained: bool):
-  """The T5's evaluation step on the run's mesh: beam search of train.beam, constrained to
-  the catalogue or over the whole code space."""
+  """The recommender's evaluation step on the run's mesh: beam search of train.beam,
+  constrained to the catalogue or over the whole code space."""
   return distributed.per_device_eval(functools.partial(
-      steps.eval_step, model=run.model, beam=run.cfg.train.beam, constrained=constrained),
+      run.steps.eval_step, model=run.model, beam=run.cfg.train.beam, constrained=constrained),
       run.mesh)
 
 
 def init_t5(run: Run, key):
-  """The run's T5 parameters, initialised on two training samples' shapes."""
+  """The run's recommender parameters, initialised on two training samples' shapes."""
   batch = gather_batch(run.dataset, run.splits["train"], run.buckets[0],
                        np.arange(2) % max(len(run.splits["train"]), 1))
-  return steps.init_params(run.model, run.codes, batch, key)
+  return run.steps.init_params(run.model, run.codes, batch, key)

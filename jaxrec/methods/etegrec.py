@@ -318,6 +318,7 @@ def finish(run, best) -> dict:
 
 class ETEGRec(Method):
   name = "etegrec"
+  models = ("t5",)                     # its losses read the T5's encoder states
 
   def training_plan(self, run, key, steps_per_epoch: int) -> Plan:
     return training_plan(run, key, steps_per_epoch)

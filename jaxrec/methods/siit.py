@@ -300,6 +300,7 @@ def training_plan(run, key, steps_per_epoch: int):
 
 class SIIT(Method):
   name = "siit"
+  models = ("t5",)                     # its losses read the T5's encoder states
 
   def required_features(self, cfg):
     return required_features(cfg)

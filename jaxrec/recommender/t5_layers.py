@@ -84,8 +84,8 @@ class T5Config:
 def model_config(model_cfg, level_sizes, dtype: str = "float32") -> T5Config:
   """Frozen architecture from a `config.model` ConfigDict, the code table's level sizes and
   the compute dtype (`train.dtype`)."""
-  return T5Config(level_sizes=tuple(int(s) for s in level_sizes), dtype=dtype,
-                  **model_cfg.to_dict())
+  d = {k: v for k, v in model_cfg.to_dict().items() if k != "kind"}
+  return T5Config(level_sizes=tuple(int(s) for s in level_sizes), dtype=dtype, **d)
 
 
 def relative_buckets(rel_pos, bidirectional: bool, num_buckets: int, max_distance: int):

@@ -30,6 +30,7 @@ class Run:
   buckets: tuple
   mesh: Mesh
   model: Any = None
+  steps: Any = None         # the model's module of pure steps (`recommender.family`)
   eval_fn: Any = None       # jitted: (params, batch, *code_args) -> (metric sums, items)
   loss_fn: Any = None       # jitted: (params, batch, *code_args) -> (loss sum, samples); for
                             # train.select='loss' (None: the model has no such loss)

@@ -1,0 +1,284 @@
+"""A decoder-only (causal) recommender over semantic-ID codes: GRID's decoder-only TIGER
+(one sequence: the history's codes, BOS, then the target's codes), built from LLaMA's
+block (Flax Linen, used through `apply`).
+
+Pre-norm RMSNorm, rotary positions (HF LLaMA's rotate-half convention), attention scaled
+by head_dim^-0.5 with optional grouped key/value heads and q/k/v biases (Qwen2), a SwiGLU
+(LLaMA) or ReLU feed-forward, dropout on the residual branches and attention weights (0
+for an LLM). One embedding table holds every level's codes at per-level offsets and a BOS
+row; the output head is the tied table's level-l rows at the position that predicts
+level l (a softmax per level, as the T5's "level" head). Padding: histories are
+left-aligned (real items, then padding); padded positions are masked as keys and skipped
+by the rotary positions (each real token's position counts the real tokens before it),
+so a padded sequence computes what the unpadded one would.
+
+Decoding (`prefix` then `decode_step`): the prefix (user token, history, BOS) runs once per
+user, leaving each layer's keys and values [H, T, E] (the T5's cross-attention cache has
+the same role) and the first level's hidden state; each later code is one cached
+position, its keys and values one [W, H, E] array per position (as the T5 decoder's
+`Attention.attend_cached`).
+
+Shape letters: B batch, S sequence, T prefix tokens, C code levels, K codes per level
+(padded), D d_model, H heads, G key/value heads, E head width, F d_ff, W beams.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrec.recommender.t5_layers import NEG, Dropout, Projection, RMSNorm
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  level_sizes: tuple[int, ...]     # codes per level of the item code table
+  d_model: int = 128
+  d_ff: int = 1024
+  heads: int = 6
+  kv_heads: int = 0                # grouped-query attention: key/value heads (0: = heads)
+  head_dim: int = 64
+  layers: int = 8
+  dropout: float = 0.1
+  mlp: str = "swiglu"              # "swiglu" (LLaMA / Qwen) | "relu"
+  qkv_bias: bool = False           # biases on q/k/v (Qwen2)
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-6
+  user_buckets: int = 0            # hashed user token before the history; 0: none
+  loss: str = "target"             # "target": the target's codes | "all": every code (the
+                                   # history's next codes too, each against its level)
+  logit_scale: bool = True         # logits = (h x d^-0.5) . e (tied); False: h . e
+  init_std: float = 0.02           # every weight N(0, init_std) (LLaMA's initializer_range)
+  dtype: str = "float32"           # compute dtype (train.dtype), float32 parameters
+
+  @property
+  def compute(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def groups(self) -> int:
+    return self.heads // (self.kv_heads or self.heads)
+
+  @property
+  def logit_mult(self) -> float:
+    return self.d_model ** -0.5 if self.logit_scale else 1.0
+
+  @property
+  def levels(self) -> int:
+    return len(self.level_sizes)
+
+  @property
+  def offsets(self) -> tuple[int, ...]:
+    return tuple(int(x) for x in np.cumsum((0,) + tuple(self.level_sizes))[:-1])
+
+  @property
+  def bos(self) -> int:
+    return int(sum(self.level_sizes))
+
+  @property
+  def k_max(self) -> int:
+    return max(self.level_sizes)
+
+  @property
+  def vocab_size(self) -> int:
+    return self.bos + 1
+
+  # the interface the shared steps read (`T5Config` has the same)
+  full_vocab = False
+  eos = None
+
+
+def model_config(model_cfg, level_sizes, dtype: str = "float32") -> DecoderConfig:
+  """Frozen architecture from a `config.model` ConfigDict (kind 'decoder'), the code
+  table's level sizes and the compute dtype (`train.dtype`)."""
+  d = {k: v for k, v in model_cfg.to_dict().items() if k != "kind"}
+  return DecoderConfig(level_sizes=tuple(int(s) for s in level_sizes), dtype=dtype, **d)
+
+
+def rope(x_SxHxE, pos_S, theta: float):
+  """Rotary position embedding, HF LLaMA's convention (the two halves of each head rotate
+  together: x cos + rotate_half(x) sin). `pos_S` broadcasts against x's leading axes."""
+  e = x_SxHxE.shape[-1]
+  inv = 1.0 / (theta ** (np.arange(0, e, 2, dtype=np.float32) / e))
+  ang = pos_S.astype(jnp.float32)[..., None] * inv                    # [..., S, E/2]
+  cos = jnp.concatenate([jnp.cos(ang)] * 2, -1)[..., None, :]
+  sin = jnp.concatenate([jnp.sin(ang)] * 2, -1)[..., None, :]
+  x = x_SxHxE.astype(jnp.float32)
+  half = jnp.concatenate([-x[..., e // 2:], x[..., :e // 2]], -1)
+  return (x * cos + half * sin).astype(x_SxHxE.dtype)
+
+
+class CausalAttention(nn.Module):
+  cfg: DecoderConfig
+
+  def setup(self):
+    c = self.cfg
+    init = nn.initializers.normal(c.init_std)
+    kv = (c.kv_heads or c.heads) * c.head_dim
+    self.q = Projection(c.d_model, c.heads * c.head_dim, init, c.compute)
+    self.k = Projection(c.d_model, kv, init, c.compute)
+    self.v = Projection(c.d_model, kv, init, c.compute)
+    self.o = Projection(c.heads * c.head_dim, c.d_model, init, c.compute)
+    if c.qkv_bias:
+      zeros = nn.initializers.zeros
+      self.q_bias = self.param("q_bias", zeros, (c.heads * c.head_dim,))
+      self.k_bias = self.param("k_bias", zeros, (kv,))
+      self.v_bias = self.param("v_bias", zeros, (kv,))
+    self.drop = Dropout(c.dropout)
+
+  def qkv(self, x_SxD, pos_S):
+    """Rotated queries [..., S, H, E], keys and values [..., S, H, E] (key/value heads
+    repeated to H)."""
+    c = self.cfg
+    q, k, v = self.q(x_SxD), self.k(x_SxD), self.v(x_SxD)
+    if c.qkv_bias:
+      q, k, v = (a + b.astype(a.dtype) for a, b in ((q, self.q_bias), (k, self.k_bias),
+                                                     (v, self.v_bias)))
+    split = lambda a: a.reshape(a.shape[:-1] + (-1, c.head_dim))
+    q, k, v = split(q), split(k), split(v)
+    q, k = rope(q, pos_S, c.rope_theta), rope(k, pos_S, c.rope_theta)
+    if c.groups > 1:
+      k, v = jnp.repeat(k, c.groups, axis=-2), jnp.repeat(v, c.groups, axis=-2)
+    return q * jnp.asarray(c.head_dim ** -0.5, q.dtype), k, v
+
+  def __call__(self, x_BxSxD, pos_BxS, bias_BxHxSxS, train: bool):
+    """Teacher-forced attention; also returns the keys and values [B, S, H, E]."""
+    q, k, v = self.qkv(x_BxSxD, pos_BxS)
+    s = jnp.einsum("bqhe,bkhe->bhqk", q, k).astype(jnp.float32) + bias_BxHxSxS
+    w = self.drop(jax.nn.softmax(s, axis=-1).astype(q.dtype), deterministic=not train)
+    out = jnp.einsum("bhqk,bkhe->bqhe", w, v)
+    return self.o(out.reshape(out.shape[:-2] + (-1,))), (k, v)
+
+  def step(self, x_WxD, pos, prefix_kv, prefix_bias_T, cache):
+    """One new position of W beams over the prefix's keys/values [H, T, E] and the cached
+    positions (tuples of [W or 1, H, E]). Returns (output [W, D], the cache with this
+    position appended)."""
+    q, k, v = self.qkv(x_WxD, pos)                                         # [W, H, E]
+    ks, vs = cache[0] + (k,), cache[1] + (v,)
+    s_pre = jnp.einsum("whe,hte->wht", q, prefix_kv[0]).astype(jnp.float32) + prefix_bias_T
+    s_new = jnp.stack([jnp.sum((q * kp).astype(jnp.float32), -1) for kp in ks], -1)
+    w = jax.nn.softmax(jnp.concatenate([s_pre, s_new], -1), axis=-1).astype(q.dtype)
+    t = prefix_kv[0].shape[1]
+    out = jnp.einsum("wht,hte->whe", w[..., :t], prefix_kv[1])
+    out = out + sum(w[..., t + p, None] * vp for p, vp in enumerate(vs))
+    return self.o(out.reshape(out.shape[0], -1)), (ks, vs)
+
+
+class MLP(nn.Module):
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    c = self.cfg
+    init = nn.initializers.normal(c.init_std)
+    up = Projection(c.d_model, c.d_ff, init, c.compute, name="up")(x)
+    if c.mlp == "swiglu":
+      h = nn.silu(Projection(c.d_model, c.d_ff, init, c.compute, name="gate")(x)) * up
+    else:
+      h = nn.relu(up)
+    h = Dropout(c.dropout)(h, deterministic=not train)
+    return Projection(c.d_ff, c.d_model, init, c.compute, name="down")(h)
+
+
+class Block(nn.Module):
+  cfg: DecoderConfig
+
+  def setup(self):
+    self.norm1 = RMSNorm(self.cfg.norm_eps)
+    self.norm2 = RMSNorm(self.cfg.norm_eps)
+    self.attn = CausalAttention(self.cfg)
+    self.mlp = MLP(self.cfg)
+    self.drop = Dropout(self.cfg.dropout)
+
+  def __call__(self, x, pos, bias, train: bool):
+    a, kv = self.attn(self.norm1(x), pos, bias, train)
+    x = x + self.drop(a, deterministic=not train)
+    return x + self.drop(self.mlp(self.norm2(x), train), deterministic=not train), kv
+
+  def step(self, x_WxD, pos, prefix_kv, prefix_bias_T, cache):
+    a, cache = self.attn.step(self.norm1(x_WxD), pos, prefix_kv, prefix_bias_T, cache)
+    x = x_WxD + a
+    return x + self.mlp(self.norm2(x), False), cache
+
+
+class Decoder(nn.Module):
+  cfg: DecoderConfig
+
+  def setup(self):
+    c = self.cfg
+    init = nn.initializers.normal(c.init_std)
+    self.embed = self.param("embed", init, (c.vocab_size, c.d_model))
+    if c.user_buckets:
+      self.user_embed = self.param("user_embed", init, (c.user_buckets, c.d_model))
+    self.blocks = [Block(c) for _ in range(c.layers)]
+    self.norm = RMSNorm(c.norm_eps)
+    self.drop = Dropout(c.dropout)
+
+  def level_tables(self):
+    """Output tables [C, K, D]: level l's rows of the tied embedding (zero-padded to K)."""
+    c = self.cfg
+    rows = [jnp.pad(self.embed[o:o + k].astype(c.compute), ((0, c.k_max - k), (0, 0)))
+            for o, k in zip(c.offsets, c.level_sizes)]
+    return jnp.stack(rows)
+
+  def inputs(self, tokens_BxS, mask_BxS, user_B=None):
+    """Input vectors [B, S(+1), D] and mask, the user token first (if any)."""
+    c = self.cfg
+    x = self.embed[tokens_BxS].astype(c.compute)
+    if c.user_buckets and user_B is not None:
+      u = self.user_embed[jnp.mod(user_B, c.user_buckets)][:, None, :].astype(c.compute)
+      x = jnp.concatenate([u, x], axis=1)
+      mask_BxS = jnp.concatenate([jnp.ones_like(mask_BxS[:, :1]), mask_BxS], axis=1)
+    return x, mask_BxS
+
+  def __call__(self, tokens_BxS, mask_BxS, user_B=None, train: bool = False):
+    """Hidden states [B, S', D] (S' = S + 1 with a user token), each layer's keys and values
+    [B, S', H, E], and the mask [B, S']. Positions count real tokens; a position attends to
+    the real positions up to itself."""
+    x, mask = self.inputs(tokens_BxS, mask_BxS, user_B)
+    s = x.shape[1]
+    pos = jnp.cumsum(mask, axis=1) - 1
+    causal = np.tril(np.ones((s, s), bool))
+    bias = jnp.where(causal[None, None] & mask[:, None, None, :], 0.0, NEG)
+    x = self.drop(x, deterministic=not train)
+    kvs = []
+    for block in self.blocks:
+      x, kv = block(x, pos, bias, train)
+      kvs.append(kv)
+    return self.drop(self.norm(x), deterministic=not train), kvs, mask
+
+  def logits(self, hidden_BxSxD, levels_S):
+    """Logits [B, S, K] of each position against its level's codes (`levels_S`: a static
+    numpy array); padding codes get NEG."""
+    c = self.cfg
+    tables = self.level_tables()[levels_S]                                 # [S, K, D]
+    logits = (jnp.einsum("bsd,skd->bsk", hidden_BxSxD, tables) * c.logit_mult).astype(jnp.float32)
+    valid = np.arange(c.k_max)[None, :] < np.asarray(c.level_sizes)[levels_S][:, None]
+    return jnp.where(valid[None], logits, NEG)
+
+  def prefix(self, tokens_BxT, mask_BxT, user_B=None):
+    """The prefix pass for decoding (tokens end with BOS): (the last position's hidden state
+    [B, D], per layer (keys, values) [B, H, T', E], the key bias [B, T'] and the position
+    of the first decoded code [B])."""
+    hidden, kvs, mask = self(tokens_BxT, mask_BxT, user_B, False)
+    heads_first = lambda a: jnp.swapaxes(a, 1, 2)
+    kvs = [(heads_first(k), heads_first(v)) for k, v in kvs]
+    return hidden[:, -1], kvs, jnp.where(mask, 0.0, NEG), jnp.sum(mask, axis=1)
+
+  def decode_step(self, tokens_W, pos, cache, prefix_kv, prefix_bias_T):
+    """One decoded position (scalar `pos`) for W beams of one user: (hidden [W, D], the
+    cache with this position appended)."""
+    x = self.embed[tokens_W].astype(self.cfg.compute)
+    new_cache = []
+    for block, layer_cache, kv in zip(self.blocks, cache, prefix_kv):
+      x, layer_cache = block.step(x, pos, kv, prefix_bias_T, layer_cache)
+      new_cache.append(layer_cache)
+    return self.norm(x), new_cache
+
+
+def empty_cache(cfg: DecoderConfig):
+  """The decoded positions' key/value cache before any: per layer a pair of empty tuples."""
+  return [((), ()) for _ in range(cfg.layers)]

@@ -1,0 +1,172 @@
+"""The decoder-only recommender's pure steps, with the T5's signatures
+(`recommender.steps`): the code loss, train step, init, its decoding step functions,
+generation and the evaluation step, so that a method's plan and the loop run either model
+(`config.model.kind`, `recommender.family`).
+
+One sequence per sample: [user] history codes (left-aligned, padding after), BOS, the
+target's codes but the last; the positions from BOS on predict the target's codes.
+
+Shape letters: B batch, L history items, C code levels, K codes, N items, S sequence,
+W beams.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxrec import decode, metrics
+from jaxrec.optim import TrainState
+from jaxrec.recommender.decoder import Decoder, DecoderConfig, empty_cache
+from jaxrec.recommender.steps import code_loss
+from jaxrec.xla import jit_init
+
+
+def prefix_tokens(codes_NxC, history_BxL, mask_BxL, cfg: DecoderConfig):
+  """The history's codes as embedding rows then BOS: tokens [B, L*C + 1] and mask."""
+  b, l = history_BxL.shape
+  c = codes_NxC.shape[1]
+  tok = (codes_NxC[history_BxL] + jnp.asarray(cfg.offsets, jnp.int32)).reshape(b, l * c)
+  mask = jnp.broadcast_to(mask_BxL[:, :, None], (b, l, c)).reshape(b, l * c)
+  ones = jnp.ones((b, 1), mask.dtype)
+  return (jnp.concatenate([tok, jnp.full((b, 1), cfg.bos, jnp.int32)], 1),
+          jnp.concatenate([mask, ones], 1))
+
+
+def sequence(codes_NxC, batch, cfg: DecoderConfig):
+  """Teacher-forcing tokens [B, L*C + C] and mask: the prefix, then the target's codes but
+  the last; and the target's codes [B, C]."""
+  tok, mask = prefix_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"], cfg)
+  codes = codes_NxC[batch["target_B"]]
+  rows = codes[:, :-1] + jnp.asarray(cfg.offsets[:-1], jnp.int32)
+  return (jnp.concatenate([tok, rows], 1),
+          jnp.concatenate([mask, jnp.ones(rows.shape, mask.dtype)], 1), codes)
+
+
+def forward(params, model: Decoder, batch, codes_NxC, train: bool, key=None):
+  """Teacher-forced pass: (target logits [B, C, K], labels [B, C], and with loss 'all' the
+  history's next-code (logits [B, L*C - 1, K], labels, weights), else None)."""
+  cfg = model.cfg
+  tokens, mask, target = sequence(codes_NxC, batch, cfg)
+  rngs = {"dropout": key} if train else {}
+  hidden, _, _ = model.apply(params, tokens, mask, batch["user_B"], train, rngs=rngs)
+  c = cfg.levels
+  hist = tokens.shape[1] - c                                # L*C history positions
+  start = hidden.shape[1] - c                               # BOS's position
+  logits = model.apply(params, hidden[:, start:], np.arange(c), method=Decoder.logits)
+  if cfg.loss != "all":
+    return logits, target, None
+  h0 = start - hist                                         # 1 with a user token
+  levels = (np.arange(1, hist) % c)
+  hist_logits = model.apply(params, hidden[:, h0:h0 + hist - 1], levels, method=Decoder.logits)
+  labels = tokens[:, 1:hist] - jnp.asarray(cfg.offsets, jnp.int32)[levels]
+  weight = mask[:, 1:hist].astype(jnp.float32)
+  return logits, target, (hist_logits, labels, weight)
+
+
+def loss_terms(logits, labels, extra, weight_B, tau: float = 1.0):
+  """The code loss on the target's codes (as the T5's), plus with loss 'all' the mean
+  next-code cross-entropy over the history's real codes."""
+  loss, out = code_loss(logits, labels, weight_B, tau)
+  if extra is not None:
+    h_logits, h_labels, h_weight = extra
+    ce = optax.softmax_cross_entropy_with_integer_labels(h_logits / tau, h_labels)
+    h_weight = h_weight * weight_B[:, None]
+    out["history_loss"] = jnp.sum(ce * h_weight) / jnp.maximum(jnp.sum(h_weight), 1.0)
+    loss = loss + out["history_loss"]
+    out["loss"] = loss
+  return loss, out
+
+
+def train_step(state: TrainState, batch, codes_NxC, key, *, model: Decoder, tx, tau: float = 1.0):
+  """One AdamW step on the code loss; dropout key = fold_in(key, step)."""
+  step_key = jax.random.fold_in(key, state.step)
+
+  def loss_fn(params):
+    logits, labels, extra = forward(params, model, batch, codes_NxC, True, step_key)
+    return loss_terms(logits, labels, extra, batch["weight_B"], tau)
+
+  (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  out["grad_norm"] = optax.tree.norm(grads)
+  return TrainState(state.step + 1, params, opt_state), out
+
+
+def loss_sums(params, batch, codes_NxC, tables, *, model: Decoder):
+  """Teacher-forced cross-entropy of the target's codes in inference mode: (sum over real
+  samples of their mean over levels, number of real samples)."""
+  del tables
+  logits, labels, _ = forward(params, model, batch, codes_NxC, False)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(-1)
+  return jnp.sum(ce * batch["weight_B"]), jnp.sum(batch["weight_B"])
+
+
+def init_params(model: Decoder, codes_NxC, batch, key):
+  """The decoder's parameters, initialised on `batch`'s shapes through the code table."""
+  tokens, mask, _ = sequence(codes_NxC, batch, model.cfg)
+  return jit_init(model, {"params": key}, tokens, mask, batch["user_B"], train=False)
+
+
+def step_fns(model: Decoder, params, tables_CxKxD, root_hidden_D, prefix_kv, prefix_bias_T,
+             pos0):
+  """`step_fn` for `decode.search` for one user, after the prefix pass: level 0's
+  log-probabilities come from the prefix's last (BOS) position; each later level decodes
+  one position (position pos0 + level - 1) over the prefix and the cached positions."""
+  cfg = model.cfg
+  j = jnp.arange(cfg.k_max)
+
+  def logp(hidden_WxD, level):
+    logits = ((hidden_WxD * cfg.logit_mult) @ tables_CxKxD[level].T).astype(jnp.float32)
+    return jax.nn.log_softmax(jnp.where(j < cfg.level_sizes[level], logits, -jnp.inf), -1)
+
+  root = logp(root_hidden_D[None], 0)
+
+  def step_fn(cache, tokens, level):
+    if level == 0:
+      return root, cache
+    hidden, cache = model.apply(params, tokens, pos0 + level - 1, cache, prefix_kv,
+                                prefix_bias_T, method=Decoder.decode_step)
+    return logp(hidden, level), cache
+
+  return step_fn
+
+
+@functools.partial(jax.jit, static_argnames=("model", "beam", "constrained"))
+def generate(params, tokens_BxT, mask_BxT, user_B, tables: decode.PrefixTables, *,
+             model: Decoder, beam: int, constrained: bool = True):
+  """Runs every user's prefix once and beam-searches: (items [B, W], scores [B, W])."""
+  cfg = model.cfg
+  root, kvs, bias, pos0 = model.apply(params, tokens_BxT, mask_BxT, user_B,
+                                      method=Decoder.prefix)
+  out_tables = model.apply(params, method=Decoder.level_tables)
+
+  def one(root_D, kv, bias_T, p0):
+    step_fn = step_fns(model, params, out_tables, root_D, kv, bias_T, p0)
+    return decode.beam_search(step_fn, empty_cache(cfg), tables, cfg.level_sizes, cfg.offsets,
+                              cfg.bos, beam, constrained)
+  return jax.vmap(one)(root, kvs, bias, pos0)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "beam", "constrained", "k"))
+def recommend_step(params, history_BxL, mask_BxL, user_B, codes_NxC, tables, *,
+                   model: Decoder, beam: int, constrained: bool, k: int):
+  """The next items after each history, best first: (items [B, k], log-probabilities)."""
+  tokens, mask = prefix_tokens(codes_NxC, history_BxL, mask_BxL, model.cfg)
+  items, scores = generate(params, tokens, mask, user_B, tables, model=model, beam=beam,
+                           constrained=constrained)
+  return items[:, :k], scores[:, :k]
+
+
+def eval_step(params, batch, codes_NxC, tables, *, model: Decoder, beam: int,
+              constrained: bool = True):
+  """Decoding of a batch and the metric sums: (sums, items [B, W]) (as the T5's)."""
+  tokens, mask = prefix_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"], model.cfg)
+  items, scores = generate(params, tokens, mask, batch["user_B"], tables, model=model,
+                           beam=beam, constrained=constrained)
+  sums = metrics.rank_metric_sums(items, tables.rep_item_N[batch["target_B"]], batch["weight_B"])
+  sums.update(metrics.invalid_id_sums(items, scores, batch["weight_B"]))
+  return sums, items
