@@ -12,6 +12,11 @@ left-aligned (real items, then padding); padded positions are masked as keys and
 by the rotary positions (each real token's position counts the real tokens before it),
 so a padded sequence computes what the unpadded one would.
 
+The same module is a pretrained LLaMA / Qwen2 / Qwen3 decoder (`recommender/hf.py` maps a
+Hugging Face folder onto it): the code tokens are rows appended after its vocabulary, the
+prompt's token ids (`prompt_head`, `prompt_sep`, `prompt_tail`) frame the history, and
+its own output table (`lm_head`) may be untied.
+
 Decoding (`prefix` then `decode_step`): the prefix (user token, history, BOS) runs once per
 user, leaving each layer's keys and values [H, T, E] (the T5's cross-attention cache has
 the same role) and the first level's hidden state; each later code is one cached
@@ -53,6 +58,14 @@ class DecoderConfig:
   logit_scale: bool = True         # logits = (h x d^-0.5) . e (tied); False: h . e
   init_std: float = 0.02           # every weight N(0, init_std) (LLaMA's initializer_range)
   dtype: str = "float32"           # compute dtype (train.dtype), float32 parameters
+  # a pretrained LLM (`recommender/hf.py`): its vocabulary's rows come first and the code
+  # tokens after them; the prompt's token ids frame the history's codes
+  vocab_rows: int = 0              # rows before the code tokens (0: none, and a BOS row after)
+  tie_embeddings: bool = True      # False: an output table `lm_head` of its own (LLaMA)
+  qk_norm: bool = False            # RMSNorm over each head's queries and keys (Qwen3)
+  prompt_head: tuple = ()          # token ids before the history
+  prompt_sep: tuple = ()           # token ids after each history item's codes
+  prompt_tail: tuple = ()          # token ids after the history; () -> (BOS,)
 
   @property
   def compute(self):
@@ -72,11 +85,17 @@ class DecoderConfig:
 
   @property
   def offsets(self) -> tuple[int, ...]:
-    return tuple(int(x) for x in np.cumsum((0,) + tuple(self.level_sizes))[:-1])
+    return tuple(self.vocab_rows + int(x) for x in np.cumsum((0,) + tuple(self.level_sizes))[:-1])
 
   @property
   def bos(self) -> int:
-    return int(sum(self.level_sizes))
+    """The row that ends the prefix of the from-scratch model (the row after the codes);
+    an LLM's prompt ends with its `prompt_tail` instead."""
+    return self.vocab_rows + int(sum(self.level_sizes))
+
+  @property
+  def tail(self) -> tuple:
+    return tuple(self.prompt_tail) or (self.bos,)
 
   @property
   def k_max(self) -> int:
@@ -84,7 +103,7 @@ class DecoderConfig:
 
   @property
   def vocab_size(self) -> int:
-    return self.bos + 1
+    return self.bos + (0 if self.vocab_rows else 1)
 
   # the interface the shared steps read (`T5Config` has the same)
   full_vocab = False
@@ -122,6 +141,8 @@ class CausalAttention(nn.Module):
     self.k = Projection(c.d_model, kv, init, c.compute)
     self.v = Projection(c.d_model, kv, init, c.compute)
     self.o = Projection(c.heads * c.head_dim, c.d_model, init, c.compute)
+    if c.qk_norm:
+      self.q_norm, self.k_norm = RMSNorm(c.norm_eps), RMSNorm(c.norm_eps)
     if c.qkv_bias:
       zeros = nn.initializers.zeros
       self.q_bias = self.param("q_bias", zeros, (c.heads * c.head_dim,))
@@ -139,6 +160,8 @@ class CausalAttention(nn.Module):
                                                      (v, self.v_bias)))
     split = lambda a: a.reshape(a.shape[:-1] + (-1, c.head_dim))
     q, k, v = split(q), split(k), split(v)
+    if c.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
     q, k = rope(q, pos_S, c.rope_theta), rope(k, pos_S, c.rope_theta)
     if c.groups > 1:
       k, v = jnp.repeat(k, c.groups, axis=-2), jnp.repeat(v, c.groups, axis=-2)
@@ -211,18 +234,30 @@ class Decoder(nn.Module):
     c = self.cfg
     init = nn.initializers.normal(c.init_std)
     self.embed = self.param("embed", init, (c.vocab_size, c.d_model))
+    if not c.tie_embeddings:
+      self.lm_head = self.param("lm_head", init, (c.vocab_size, c.d_model))
     if c.user_buckets:
       self.user_embed = self.param("user_embed", init, (c.user_buckets, c.d_model))
     self.blocks = [Block(c) for _ in range(c.layers)]
     self.norm = RMSNorm(c.norm_eps)
     self.drop = Dropout(c.dropout)
 
+  def output_table(self):
+    """[V, D]: the tied embedding, or `lm_head`."""
+    return self.embed if self.cfg.tie_embeddings else self.lm_head
+
   def level_tables(self):
-    """Output tables [C, K, D]: level l's rows of the tied embedding (zero-padded to K)."""
+    """Output tables [C, K, D]: level l's rows of the output table (zero-padded to K)."""
     c = self.cfg
-    rows = [jnp.pad(self.embed[o:o + k].astype(c.compute), ((0, c.k_max - k), (0, 0)))
+    out = self.output_table()
+    rows = [jnp.pad(out[o:o + k].astype(c.compute), ((0, c.k_max - k), (0, 0)))
             for o, k in zip(c.offsets, c.level_sizes)]
     return jnp.stack(rows)
+
+  def vocab_logits(self, hidden_xD):
+    """Logits over the whole vocabulary (float32): an LLM's next-token distribution."""
+    c = self.cfg
+    return ((hidden_xD * c.logit_mult) @ self.output_table().astype(c.compute).T).astype(jnp.float32)
 
   def inputs(self, tokens_BxS, mask_BxS, user_B=None):
     """Input vectors [B, S(+1), D] and mask, the user token first (if any)."""

@@ -26,19 +26,26 @@ from jaxrec.xla import jit_init
 
 
 def prefix_tokens(codes_NxC, history_BxL, mask_BxL, cfg: DecoderConfig):
-  """The history's codes as embedding rows then BOS: tokens [B, L*C + 1] and mask."""
+  """The prefix: the prompt's head, each history item's codes (embedding rows) followed by
+  the prompt's separator, then its tail (BOS for the from-scratch model): tokens
+  [B, |head| + L (C + |sep|) + |tail|] and mask (padded items masked)."""
   b, l = history_BxL.shape
   c = codes_NxC.shape[1]
-  tok = (codes_NxC[history_BxL] + jnp.asarray(cfg.offsets, jnp.int32)).reshape(b, l * c)
-  mask = jnp.broadcast_to(mask_BxL[:, :, None], (b, l, c)).reshape(b, l * c)
-  ones = jnp.ones((b, 1), mask.dtype)
-  return (jnp.concatenate([tok, jnp.full((b, 1), cfg.bos, jnp.int32)], 1),
-          jnp.concatenate([mask, ones], 1))
+  rows = codes_NxC[history_BxL] + jnp.asarray(cfg.offsets, jnp.int32)   # [B, L, C]
+  sep = jnp.broadcast_to(jnp.asarray(cfg.prompt_sep, jnp.int32), (b, l, len(cfg.prompt_sep)))
+  w = c + len(cfg.prompt_sep)
+  tok = jnp.concatenate([rows, sep], -1).reshape(b, l * w)
+  mask = jnp.broadcast_to(mask_BxL[:, :, None], (b, l, w)).reshape(b, l * w)
+  head, tail = (jnp.broadcast_to(jnp.asarray(t, jnp.int32), (b, len(t)))
+                for t in (cfg.prompt_head, cfg.tail))
+  ones = lambda t: jnp.ones(t.shape, mask.dtype)
+  return (jnp.concatenate([head, tok, tail], 1),
+          jnp.concatenate([ones(head), mask, ones(tail)], 1))
 
 
 def sequence(codes_NxC, batch, cfg: DecoderConfig):
-  """Teacher-forcing tokens [B, L*C + C] and mask: the prefix, then the target's codes but
-  the last; and the target's codes [B, C]."""
+  """Teacher-forcing tokens [B, T + C - 1] and mask: the prefix, then the target's codes
+  but the last; and the target's codes [B, C]."""
   tok, mask = prefix_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"], cfg)
   codes = codes_NxC[batch["target_B"]]
   rows = codes[:, :-1] + jnp.asarray(cfg.offsets[:-1], jnp.int32)
@@ -59,6 +66,8 @@ def forward(params, model: Decoder, batch, codes_NxC, train: bool, key=None):
   logits = model.apply(params, hidden[:, start:], np.arange(c), method=Decoder.logits)
   if cfg.loss != "all":
     return logits, target, None
+  if cfg.prompt_head or cfg.prompt_sep or cfg.prompt_tail:
+    raise ValueError("model.loss='all' is for the codes-only sequence (no prompt tokens)")
   h0 = start - hist                                         # 1 with a user token
   levels = (np.arange(1, hist) % c)
   hist_logits = model.apply(params, hidden[:, h0:h0 + hist - 1], levels, method=Decoder.logits)
