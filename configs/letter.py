@@ -27,6 +27,13 @@ recommender):
                tiger:letter_ids_paper (batch 1,024, loss selection, i.i.d. batches, ...).
                Not matched: constrained k-means initialisation (here k-means++) and LLaMA
                text embeddings as input (not shipped; the 32-d SASRec ones instead).
+  instruments_lcrec  LETTER's IDs on an LLM as the paper's LC-Rec instantiation: the
+               instruments tokenizer, then the Hugging Face folder $JAXREC_LLM_DIR (or
+               model.path; LLaMA-7B in the paper) with LC-Rec's prompt, LoRA (r 8, alpha
+               32) and training (lr 5e-5, 4 epochs, batch 128, bf16, best valid loss).
+               Needs the weights and an accelerator (tiger.py:llm_model_config).
+  tiny_lcrec   the same on the tiny random Qwen2 of the tests (tests/fixtures/hf/qwen2):
+               seconds on a CPU, for CI.
   scientific   Amazon Industrial & Scientific 2018: the tokenizer on the MiniLM text
                embeddings (python -m jaxrec.embed first), L_cf towards a 32-d SASRec trained
                in-run on the interactions (`cf`); 3 x 256 codes, Sinkhorn on level 3.
@@ -56,10 +63,37 @@ def _tiger():
   return load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiger.py"))
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def lcrec(cfg: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+  """LETTER's IDs on an LLM (LETTER's second instantiation, LC-Rec): the LLM of model.path
+  with LoRA, LC-Rec's prompt and training (RUCAIBox/LC-Rec run.sh and utils.py)."""
+  t = _tiger()
+  cfg.variant = variant
+  if variant == "tiny_lcrec":
+    # the tiny random Qwen2 of the tests (tests/fixtures/hf), a prompt in its 30 words
+    cfg.model = t.llm_model_config(os.path.join(REPO, "tests", "fixtures", "hf", "qwen2"))
+    cfg.model.update(prompt_head="here is the purchase history of a user :", prompt_sep=",",
+                     prompt_tail="what is the next item ?", lora_rank=4)
+    return cfg
+  cfg.model = t.llm_model_config(os.environ.get("JAXREC_LLM_DIR", ""))   # LLaMA-7B in LC-Rec
+  tr = cfg.train
+  tr.lr, tr.epochs, tr.weight_decay, tr.decay = 5e-5, 4, 0.01, "matrices"   # run.sh
+  tr.batch_size, tr.accumulate = 8, 16     # 8 per GPU x 2 accumulation x 8 GPUs = 128
+  tr.warmup_frac, tr.schedule, tr.lr_end = 0.01, "cosine", 0.0
+  tr.select, tr.eval_every, tr.patience = "loss", 1, 4                    # best eval loss
+  tr.eval_batch_size, tr.beam, tr.dtype = 8, 20, "bfloat16"
+  cfg.data.batching, cfg.data.max_len = "iid", 20                         # max_his_len 20
+  return cfg
+
+
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   variant = variant or "default"
   if variant in _tiger().DECODER_VARIANTS:
     return _tiger().decoder_variant(get_config, variant)
+  if variant in ("tiny_lcrec", "instruments_lcrec"):
+    return lcrec(get_config(variant.removesuffix("_lcrec")), variant)
   if variant not in ("default", "tiny", "instruments", "instruments_paper", "scientific"):
     raise ValueError(f"unknown letter variant {variant!r}")
   paper, variant = variant.endswith("_paper"), variant.removesuffix("_paper")

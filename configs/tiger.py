@@ -225,6 +225,41 @@ def decoder_model_config(variant: str) -> ml_collections.ConfigDict:
   return m
 
 
+# LC-Rec's sequential-recommendation prompt (RUCAIBox/LC-Rec prompt.py: sft_prompt around
+# seqrec prompt 0; history items joined by his_sep ", ")
+LCREC_HEAD = ("Below is an instruction that describes a task. Write a response that "
+              "appropriately completes the request.\n\n### Instruction:\nThe user has "
+              "interacted with items ")
+LCREC_TAIL = (" in chronological order. Can you predict the next possible item that the user "
+              "may expect?\n\n### Response:")
+
+
+def llm_model_config(path: str = "") -> ml_collections.ConfigDict:
+  """A pretrained LLM as the recommender (`model.kind='decoder'` with a `path`): its
+  architecture comes from the folder's config.json; here only what the run adds. Defaults
+  are LC-Rec's LoRA setting (RUCAIBox/LC-Rec utils.py: r 8, alpha 32, dropout 0.05 on all
+  seven projections, embed_tokens and lm_head trained in full) and its prompt. Differences:
+  the loss is a softmax per code level over that level's ID tokens (LC-Rec: over the whole
+  vocabulary, the response ending with EOS), and the parts of the prompt are tokenised
+  one by one (as HF tokenizers split text at the added ID tokens)."""
+  m = ml_collections.ConfigDict()
+  m.kind = "decoder"
+  m.path = path                    # a local Hugging Face folder (config.json, safetensors,
+                                   # tokenizer.json): LLaMA, Qwen2 / 2.5, Qwen3 or Mistral
+  m.id_init = "normal"             # ID rows: normal (LC-Rec) | mean (transformers >= 4.46)
+  m.prompt_head = LCREC_HEAD
+  m.prompt_sep = ", "
+  m.prompt_tail = LCREC_TAIL
+  m.lora_rank = 8                  # 0: full fine-tuning (LC-Rec's finetune.py)
+  m.lora_alpha = 32.0
+  m.lora_dropout = 0.05
+  m.lora_targets = ("q", "k", "v", "o", "gate", "up", "down")
+  m.train_rows = "all"             # with LoRA: all (embed and lm_head) | ids (the ID rows only)
+  m.user_buckets = 0
+  m.loss = "target"
+  return m
+
+
 DECODER_VARIANTS = ("decoder", "tiny_decoder", "scientific_decoder")
 
 

@@ -257,6 +257,8 @@ def _model_problems(method: str, m, models: tuple) -> list[str]:
             "read the T5's encoder and decoder states)"]
   if kind != "decoder":
     return []
+  if "path" in m:
+    return _llm_problems(m)
   problems = []
   heads, kv = m.get("heads", 1), m.get("kv_heads", 0)
   if kv and (kv < 0 or heads % kv):
@@ -270,6 +272,29 @@ def _model_problems(method: str, m, models: tuple) -> list[str]:
   if m.get("head", "level") != "level":
     problems.append(f"model.head={m.head!r}: the decoder-only recommender has the 'level' "
                     "head only")
+  return problems
+
+
+def _llm_problems(m) -> list[str]:
+  """A pretrained LLM recommender's settings (its architecture is the folder's)."""
+  problems = []
+  folder = os.path.expandvars(os.path.expanduser(m.path or ""))
+  if not folder or not os.path.isfile(os.path.join(folder, "config.json")):
+    problems.append(f"model.path={m.path!r}: not a Hugging Face model folder (config.json, "
+                    "safetensors weights, tokenizer.json); set it to a local copy, nothing is "
+                    "downloaded")
+  if m.get("id_init") not in ("normal", "mean"):
+    problems.append(f"model.id_init={m.get('id_init')!r}: must be 'normal' or 'mean'")
+  if m.get("train_rows") not in ("all", "ids"):
+    problems.append(f"model.train_rows={m.get('train_rows')!r}: must be 'all' or 'ids'")
+  if not isinstance(m.get("lora_rank"), int) or m.lora_rank < 0:
+    problems.append(f"model.lora_rank={m.get('lora_rank')!r}: must be an integer >= 0 (0: full "
+                    "fine-tuning)")
+  bad = [t for t in m.get("lora_targets", ()) if t not in ("q", "k", "v", "o", "gate", "up", "down")]
+  if bad:
+    problems.append(f"model.lora_targets: {bad[0]!r} is not one of q, k, v, o, gate, up, down")
+  if m.get("loss") != "target":
+    problems.append(f"model.loss={m.get('loss')!r}: a prompted LLM has the 'target' loss only")
   return problems
 
 

@@ -56,7 +56,7 @@ def decay_mask(rule: str):
 
 def optimizer_and_schedule(lr: float, weight_decay: float, total_steps: int, warmup_steps: int,
                            clip: float, schedule: str = "cosine", accumulate: int = 1,
-                           decay: str = "all", end_frac: float = 0.0):
+                           decay: str = "all", end_frac: float = 0.0, trainable=None):
   """AdamW on the schedule above, after global-norm clipping (clip <= 0: none); returns
   (optimizer, schedule of the step) so that callers can log the learning rate of a step.
   `decay`: `decay_mask`'s rule; `end_frac`: where the cosine ends, as a fraction of lr.
@@ -65,12 +65,19 @@ def optimizer_and_schedule(lr: float, weight_decay: float, total_steps: int, war
   consecutive steps are averaged, clipped and applied as one AdamW update on the last of
   them (the others leave the parameters as they are), as HF Trainer's
   `gradient_accumulation_steps`; `total_steps` and `warmup_steps` count steps (micro-batches),
-  the schedule advances once per update."""
+  the schedule advances once per update.
+
+  `trainable`: a function of the parameters to a tree of bools (LoRA); the others are
+  frozen: no update, no weight decay, no optimizer state."""
   k = max(int(accumulate), 1)
   sched = learning_rate_schedule(lr, -(-int(total_steps) // k), int(warmup_steps) // k, schedule,
                                  end_frac)
   chain = [optax.clip_by_global_norm(clip)] if clip and clip > 0 else []
   tx = optax.chain(*chain, optax.adamw(sched, weight_decay=weight_decay, mask=decay_mask(decay)))
+  if trainable is not None:
+    tx = optax.multi_transform(
+        {"train": tx, "frozen": optax.set_to_zero()},
+        lambda params: jax.tree.map(lambda t: "train" if t else "frozen", trainable(params)))
   if k == 1:
     return tx, sched
   return optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation(), lambda s: sched(s // k)

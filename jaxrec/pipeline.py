@@ -286,7 +286,8 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
   loop = Loop(run, plan, train_it, k_train, log)
   loop.resume()
   log(f"{cfg.method}: {run.dataset.n_items} items, {len(run.splits['train'])} train samples, "
-      f"{len(train_it)} steps/epoch, {plan.n_params:,} parameters, {run.mesh.devices.size} "
+      f"{len(train_it)} steps/epoch, {plan.n_params:,} parameters"
+      f"{'' if plan.n_trained is None else f' ({plan.n_trained:,} trained)'}, {run.mesh.devices.size} "
       f"device(s) [{jax.devices()[0].platform}], buckets {run.buckets}")
   compiled = []
   with compile_listener(compiled.append):
@@ -313,6 +314,7 @@ def _finish(run: Run, plan: Plan, best_tree, loop: Loop, t_start, log, compiled:
       "train_samples_per_s": round(ls.train_samples / max(ls.train_seconds, 1e-9), 1),
       "steps": loop.step,
       "parameters": plan.n_params,
+      **({} if plan.n_trained is None else {"parameters_trained": plan.n_trained}),
       "device": f"{jax.devices()[0].device_kind} x{run.mesh.devices.size}",
       "wall_seconds_this_invocation": round(time.time() - t_start, 1),
       **extra,

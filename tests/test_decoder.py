@@ -21,6 +21,11 @@ from jaxrec.recommender.decoder import Decoder, DecoderConfig, rope
 TINY = DecoderConfig(level_sizes=(6, 5, 4), d_model=16, d_ff=24, heads=4, kv_heads=2,
                      head_dim=8, layers=2, dropout=0.0, user_buckets=7, qkv_bias=True)
 TINY_RELU = dataclasses.replace(TINY, mlp="relu", kv_heads=0, qkv_bias=False, user_buckets=0)
+# an LLM's layout: 20 text rows before the codes, untied output, Qwen3's q/k norms, a prompt
+# framing the history, LoRA adapters
+TINY_LLM = dataclasses.replace(TINY, vocab_rows=20, tie_embeddings=False, qk_norm=True,
+                               qkv_bias=False, user_buckets=0, prompt_head=(1, 2),
+                               prompt_sep=(3,), prompt_tail=(4, 5), lora_rank=2)
 
 HIST = np.array([[3, 7, 0], [1, 2, 0], [4, 0, 0], [9, 8, 5], [6, 6, 0]], np.int32)
 MASK = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]], bool)
@@ -54,7 +59,7 @@ def _target_logp(params, batch, codes, *, model):
   return jnp.take_along_axis(logp, labels[..., None], -1)[..., 0]
 
 
-@pytest.mark.parametrize("cfg", [TINY, TINY_RELU], ids=["gqa_bias_user", "relu"])
+@pytest.mark.parametrize("cfg", [TINY, TINY_RELU, TINY_LLM], ids=["gqa_bias_user", "relu", "llm"])
 def test_beam_scores_equal_teacher_forced_log_probs(cfg):
   """The prefix pass plus cached positions must score every returned ID exactly as the
   teacher-forced sequence does, for histories of every length (padding between the
@@ -74,6 +79,40 @@ def test_beam_scores_equal_teacher_forced_log_probs(cfg):
       batch["user_B"] = jnp.full((beam,), b, jnp.int32)
       total = np.asarray(_target_logp(params, batch, codes, model=model)).sum(-1)
       np.testing.assert_allclose(np.asarray(scores[b]), total, rtol=1e-4, atol=1e-4)
+
+
+def test_prompt_frames_the_history():
+  """With prompt tokens: head, the items' codes joined by the separator (none before the
+  first item), tail; padded items and the separators before them are masked."""
+  codes = jnp.array([[0, 1, 2], [5, 4, 3], [1, 1, 1]], jnp.int32)
+  tok, m = steps.prefix_tokens(codes, jnp.array([[1, 2, 0]]), jnp.array([[1, 1, 0]], bool),
+                               TINY_LLM)
+  row = lambda i: (np.asarray(codes[i]) + np.asarray(TINY_LLM.offsets)).tolist()
+  assert TINY_LLM.offsets == (20, 26, 31)
+  assert np.asarray(tok)[0].tolist() == [1, 2] + row(1) + [3] + row(2) + [3] + row(0) + [4, 5]
+  assert np.asarray(m)[0].tolist() == [True] * 9 + [False] * 4 + [True] * 2
+
+
+def test_lora_trains_only_the_adapters_and_id_rows():
+  """With LoRA and train_rows='ids', AdamW steps (weight decay on) change the adapters and
+  the ID rows only: every pretrained kernel, norm and row stays bit for bit."""
+  from jaxrec.optim import TrainState, optimizer_and_schedule
+  cfg = dataclasses.replace(TINY_LLM, train_rows="ids", lora_targets=("q", "v", "up"))
+  model, params, codes = _tiny(cfg)
+  tx, _ = optimizer_and_schedule(1e-2, 0.1, 10, 0, 1.0, trainable=steps.trainable(model))
+  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx))
+  for _ in range(3):
+    state, out = step(state, _batch(HIST, MASK, np.arange(5)), codes, jax.random.key(0))
+  changed = jax.tree_util.tree_map_with_path(
+      lambda path, a, b: (jax.tree_util.keystr(path), bool(np.any(np.asarray(a) != np.asarray(b)))),
+      params, state.params)
+  flags = dict(jax.tree.leaves(changed, is_leaf=lambda x: isinstance(x, tuple)))
+  moved = sorted(k for k, v in flags.items() if v)
+  assert moved and all(("lora_b" in k or "lora_a" in k or "id_" in k) for k in moved), moved
+  assert any("id_embed" in k for k in moved) and any("lora_b" in k for k in moved)
+  assert not any("'k'" in k and "lora" in k for k in flags)        # k: not a target
+  assert np.isfinite(float(out["loss"]))
 
 
 def test_exhaustive_beam_ranks_the_catalogue():

@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -77,10 +78,10 @@ def test_id_tokens_are_appended_rows(how):
   cfg, params = hf.load(folder, (4, 3), id_init=how, seed=1,
                         prompt=("here is the purchase history :", ",", "what is the next item ?"))
   p = params["params"]
-  assert cfg.vocab_size == 96 + 7 and cfg.offsets == (96, 100) and p["embed"].shape == (103, 32)
-  for name in ("embed", "lm_head"):
-    np.testing.assert_array_equal(p[name][:96], base[name])
-    new = p[name][96:]
+  assert cfg.vocab_size == 96 + 7 and cfg.offsets == (96, 100) and p["id_embed"].shape == (7, 32)
+  for name, ids in (("embed", "id_embed"), ("lm_head", "id_head")):
+    np.testing.assert_array_equal(p[name], base[name])
+    new = p[ids]
     if how == "mean":
       np.testing.assert_allclose(new, np.broadcast_to(base[name].mean(0), new.shape), rtol=1e-6)
     else:
@@ -110,3 +111,25 @@ def test_broken_folders_name_the_file(tmp_path):
   weights["model.layers.0.mlp.up_proj.weight"] = weights["model.layers.0.mlp.up_proj.weight"][:5]
   with pytest.raises(DataError, match=r"up_proj.weight: shape \(32, 5\), expected \(32, 64\)"):
     hf.to_params(weights, hf.architecture(os.path.join(FIXTURES, "qwen2")))
+
+
+def test_lcrec_variant_trains_and_decodes_end_to_end(tmp_path):
+  """letter:tiny_lcrec: LETTER's tokenizer, then the tiny Qwen2 folder with ID tokens, the
+  prompt and LoRA, trained and decoded (constrained) with the usual results; the best
+  checkpoint keeps every pretrained kernel and norm of the folder bit for bit."""
+  sys.path.insert(0, os.path.join(os.path.dirname(FIXTURES), "..", "..", "configs"))
+  import letter
+  from jaxrec import pipeline
+  cfg = letter.get_config("tiny_lcrec")
+  results = pipeline.train_and_evaluate(cfg, str(tmp_path), log=lambda m: None)
+  assert 0 < results["parameters_trained"] < results["parameters"]
+  assert 0.0 < results["test"]["recall@10"] <= 1.0
+  run, params, _ = pipeline.load_run(str(tmp_path))
+  folder = cfg.model.path
+  base = hf.to_params(hf.read_weights(folder), hf.architecture(folder))["params"]
+  p = params["params"]
+  np.testing.assert_array_equal(np.asarray(p["blocks_1"]["attn"]["q"]["kernel"]),
+                                base["blocks_1"]["attn"]["q"]["kernel"])
+  np.testing.assert_array_equal(np.asarray(p["norm"]["scale"]), base["norm"]["scale"])
+  assert np.any(np.asarray(p["blocks_1"]["attn"]["q"]["lora_b"]) != 0)    # the adapter trained
+  assert not np.array_equal(np.asarray(p["embed"]), base["embed"])        # train_rows='all'

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.recommender.t5_layers import NEG, Dropout, Projection, RMSNorm
+from jaxrec.recommender.t5_layers import NEG, Dropout, RMSNorm, matmul
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +66,16 @@ class DecoderConfig:
   prompt_head: tuple = ()          # token ids before the history
   prompt_sep: tuple = ()           # token ids after each history item's codes
   prompt_tail: tuple = ()          # token ids after the history; () -> (BOS,)
+  path: str = ""                   # the Hugging Face folder its weights come from ("": none)
+  id_init: str = "normal"          # the ID rows' initialisation (`hf.add_id_rows`)
+  # LoRA (Hu et al. 2021, as peft's LoraConfig): each targeted projection computes
+  # x W + (alpha / rank) dropout(x) A B, W frozen, A ~ U(+-1/sqrt(in)) and B = 0 at the start
+  lora_rank: int = 0               # 0: full fine-tuning (every parameter trains)
+  lora_alpha: float = 16.0
+  lora_dropout: float = 0.0
+  lora_targets: tuple = ("q", "k", "v", "o", "gate", "up", "down")
+  train_rows: str = "all"          # with LoRA, which embedding rows train: "all" (LC-Rec's
+                                   # modules_to_save: embed and lm_head) | "ids" (the ID rows)
 
   @property
   def compute(self):
@@ -130,17 +140,42 @@ def rope(x_SxHxE, pos_S, theta: float):
   return (x * cos + half * sin).astype(x_SxHxE.dtype)
 
 
+class Linear(nn.Module):
+  """A bias-free projection (parameter "kernel" [in, out], as `Projection`); when the
+  config's LoRA targets it, the kernel is frozen (no gradient is computed for it) and the
+  low-rank `lora_a` [in, r] and `lora_b` [r, out] train."""
+  cfg: DecoderConfig
+  in_features: int
+  features: int
+  target: str
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    c = self.cfg
+    w = self.param("kernel", nn.initializers.normal(c.init_std), (self.in_features, self.features))
+    x = x.astype(c.compute)
+    if not (c.lora_rank and self.target in c.lora_targets):
+      return matmul(x, w.astype(c.compute))
+    bound = self.in_features ** -0.5              # peft: kaiming_uniform(a=sqrt(5)) on A
+    a = self.param("lora_a", lambda key, shape: jax.random.uniform(key, shape, jnp.float32,
+                                                                   -bound, bound),
+                   (self.in_features, c.lora_rank))
+    b = self.param("lora_b", nn.initializers.zeros, (c.lora_rank, self.features))
+    y = jnp.dot(x, jax.lax.stop_gradient(w).astype(c.compute))
+    h = jnp.dot(Dropout(c.lora_dropout)(x, deterministic=not train), a.astype(c.compute))
+    return y + jnp.dot(h, b.astype(c.compute)) * jnp.asarray(c.lora_alpha / c.lora_rank, c.compute)
+
+
 class CausalAttention(nn.Module):
   cfg: DecoderConfig
 
   def setup(self):
     c = self.cfg
-    init = nn.initializers.normal(c.init_std)
     kv = (c.kv_heads or c.heads) * c.head_dim
-    self.q = Projection(c.d_model, c.heads * c.head_dim, init, c.compute)
-    self.k = Projection(c.d_model, kv, init, c.compute)
-    self.v = Projection(c.d_model, kv, init, c.compute)
-    self.o = Projection(c.heads * c.head_dim, c.d_model, init, c.compute)
+    self.q = Linear(c, c.d_model, c.heads * c.head_dim, "q")
+    self.k = Linear(c, c.d_model, kv, "k")
+    self.v = Linear(c, c.d_model, kv, "v")
+    self.o = Linear(c, c.heads * c.head_dim, c.d_model, "o")
     if c.qk_norm:
       self.q_norm, self.k_norm = RMSNorm(c.norm_eps), RMSNorm(c.norm_eps)
     if c.qkv_bias:
@@ -150,11 +185,11 @@ class CausalAttention(nn.Module):
       self.v_bias = self.param("v_bias", zeros, (kv,))
     self.drop = Dropout(c.dropout)
 
-  def qkv(self, x_SxD, pos_S):
+  def qkv(self, x_SxD, pos_S, train: bool = False):
     """Rotated queries [..., S, H, E], keys and values [..., S, H, E] (key/value heads
     repeated to H)."""
     c = self.cfg
-    q, k, v = self.q(x_SxD), self.k(x_SxD), self.v(x_SxD)
+    q, k, v = self.q(x_SxD, train), self.k(x_SxD, train), self.v(x_SxD, train)
     if c.qkv_bias:
       q, k, v = (a + b.astype(a.dtype) for a, b in ((q, self.q_bias), (k, self.k_bias),
                                                      (v, self.v_bias)))
@@ -169,11 +204,11 @@ class CausalAttention(nn.Module):
 
   def __call__(self, x_BxSxD, pos_BxS, bias_BxHxSxS, train: bool):
     """Teacher-forced attention; also returns the keys and values [B, S, H, E]."""
-    q, k, v = self.qkv(x_BxSxD, pos_BxS)
+    q, k, v = self.qkv(x_BxSxD, pos_BxS, train)
     s = jnp.einsum("bqhe,bkhe->bhqk", q, k).astype(jnp.float32) + bias_BxHxSxS
     w = self.drop(jax.nn.softmax(s, axis=-1).astype(q.dtype), deterministic=not train)
     out = jnp.einsum("bhqk,bkhe->bqhe", w, v)
-    return self.o(out.reshape(out.shape[:-2] + (-1,))), (k, v)
+    return self.o(out.reshape(out.shape[:-2] + (-1,)), train), (k, v)
 
   def step(self, x_WxD, pos, prefix_kv, prefix_bias_T, cache):
     """One new position of W beams over the prefix's keys/values [H, T, E] and the cached
@@ -196,14 +231,13 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     c = self.cfg
-    init = nn.initializers.normal(c.init_std)
-    up = Projection(c.d_model, c.d_ff, init, c.compute, name="up")(x)
+    up = Linear(c, c.d_model, c.d_ff, "up", name="up")(x, train)
     if c.mlp == "swiglu":
-      h = nn.silu(Projection(c.d_model, c.d_ff, init, c.compute, name="gate")(x)) * up
+      h = nn.silu(Linear(c, c.d_model, c.d_ff, "gate", name="gate")(x, train)) * up
     else:
       h = nn.relu(up)
     h = Dropout(c.dropout)(h, deterministic=not train)
-    return Projection(c.d_ff, c.d_model, init, c.compute, name="down")(h)
+    return Linear(c, c.d_ff, c.d_model, "down", name="down")(h, train)
 
 
 class Block(nn.Module):
@@ -233,18 +267,35 @@ class Decoder(nn.Module):
   def setup(self):
     c = self.cfg
     init = nn.initializers.normal(c.init_std)
-    self.embed = self.param("embed", init, (c.vocab_size, c.d_model))
+    # an LLM's pretrained rows and the ID rows are separate parameters (one may train
+    # without the other); the from-scratch model has one table
+    rows = c.vocab_rows or c.vocab_size
+    self.embed = self.param("embed", init, (rows, c.d_model))
+    n_ids = c.vocab_size - rows
+    if n_ids:
+      self.id_embed = self.param("id_embed", init, (n_ids, c.d_model))
     if not c.tie_embeddings:
-      self.lm_head = self.param("lm_head", init, (c.vocab_size, c.d_model))
+      self.lm_head = self.param("lm_head", init, (rows, c.d_model))
+      if n_ids:
+        self.id_head = self.param("id_head", init, (n_ids, c.d_model))
     if c.user_buckets:
       self.user_embed = self.param("user_embed", init, (c.user_buckets, c.d_model))
     self.blocks = [Block(c) for _ in range(c.layers)]
     self.norm = RMSNorm(c.norm_eps)
     self.drop = Dropout(c.dropout)
 
+  def input_table(self):
+    """[V, D]: the embedding, ID rows after the pretrained ones."""
+    return self._rows(self.embed, "id_embed")
+
   def output_table(self):
-    """[V, D]: the tied embedding, or `lm_head`."""
-    return self.embed if self.cfg.tie_embeddings else self.lm_head
+    """[V, D]: the tied embedding, or `lm_head` (with its ID rows)."""
+    if self.cfg.tie_embeddings:
+      return self.input_table()
+    return self._rows(self.lm_head, "id_head")
+
+  def _rows(self, table, ids: str):
+    return jnp.concatenate([table, getattr(self, ids)]) if self.cfg.vocab_size > table.shape[0] else table
 
   def level_tables(self):
     """Output tables [C, K, D]: level l's rows of the output table (zero-padded to K)."""
@@ -262,7 +313,7 @@ class Decoder(nn.Module):
   def inputs(self, tokens_BxS, mask_BxS, user_B=None):
     """Input vectors [B, S(+1), D] and mask, the user token first (if any)."""
     c = self.cfg
-    x = self.embed[tokens_BxS].astype(c.compute)
+    x = self.input_table()[tokens_BxS].astype(c.compute)
     if c.user_buckets and user_B is not None:
       u = self.user_embed[jnp.mod(user_B, c.user_buckets)][:, None, :].astype(c.compute)
       x = jnp.concatenate([u, x], axis=1)
@@ -306,7 +357,7 @@ class Decoder(nn.Module):
   def decode_step(self, tokens_W, pos, cache, prefix_kv, prefix_bias_T):
     """One decoded position (scalar `pos`) for W beams of one user: (hidden [W, D], the
     cache with this position appended)."""
-    x = self.embed[tokens_W].astype(self.cfg.compute)
+    x = self.input_table()[tokens_W].astype(self.cfg.compute)
     new_cache = []
     for block, layer_cache, kv in zip(self.blocks, cache, prefix_kv):
       x, layer_cache = block.step(x, pos, kv, prefix_bias_T, layer_cache)

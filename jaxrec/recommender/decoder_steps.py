@@ -20,22 +20,24 @@ import optax
 
 from jaxrec import decode, metrics
 from jaxrec.optim import TrainState
+from jaxrec.recommender import hf
 from jaxrec.recommender.decoder import Decoder, DecoderConfig, empty_cache
 from jaxrec.recommender.steps import code_loss
 from jaxrec.xla import jit_init
 
 
 def prefix_tokens(codes_NxC, history_BxL, mask_BxL, cfg: DecoderConfig):
-  """The prefix: the prompt's head, each history item's codes (embedding rows) followed by
-  the prompt's separator, then its tail (BOS for the from-scratch model): tokens
-  [B, |head| + L (C + |sep|) + |tail|] and mask (padded items masked)."""
+  """The prefix: the prompt's head, the history items' codes (embedding rows) joined by the
+  prompt's separator, then its tail (BOS for the from-scratch model): tokens
+  [B, |head| + L (C + |sep|) - |sep| + |tail|] and mask (padded items masked; histories are
+  left-aligned, so the first item is real and the separators before padding are masked)."""
   b, l = history_BxL.shape
-  c = codes_NxC.shape[1]
+  c, n_sep = codes_NxC.shape[1], len(cfg.prompt_sep)
   rows = codes_NxC[history_BxL] + jnp.asarray(cfg.offsets, jnp.int32)   # [B, L, C]
-  sep = jnp.broadcast_to(jnp.asarray(cfg.prompt_sep, jnp.int32), (b, l, len(cfg.prompt_sep)))
-  w = c + len(cfg.prompt_sep)
-  tok = jnp.concatenate([rows, sep], -1).reshape(b, l * w)
-  mask = jnp.broadcast_to(mask_BxL[:, :, None], (b, l, w)).reshape(b, l * w)
+  sep = jnp.broadcast_to(jnp.asarray(cfg.prompt_sep, jnp.int32), (b, l, n_sep))
+  w = c + n_sep
+  tok = jnp.concatenate([sep, rows], -1).reshape(b, l * w)[:, n_sep:]
+  mask = jnp.broadcast_to(mask_BxL[:, :, None], (b, l, w)).reshape(b, l * w)[:, n_sep:]
   head, tail = (jnp.broadcast_to(jnp.asarray(t, jnp.int32), (b, len(t)))
                 for t in (cfg.prompt_head, cfg.tail))
   ones = lambda t: jnp.ones(t.shape, mask.dtype)
@@ -93,8 +95,11 @@ def loss_terms(logits, labels, extra, weight_B, tau: float = 1.0):
 def train_step(state: TrainState, batch, codes_NxC, key, *, model: Decoder, tx, tau: float = 1.0):
   """One AdamW step on the code loss; dropout key = fold_in(key, step)."""
   step_key = jax.random.fold_in(key, state.step)
+  mask = trainable(model)
 
   def loss_fn(params):
+    if mask is not None:    # frozen parameters: no gradient is computed for them at all
+      params = jax.tree.map(lambda t, p: p if t else jax.lax.stop_gradient(p), mask(params), params)
     logits, labels, extra = forward(params, model, batch, codes_NxC, True, step_key)
     return loss_terms(logits, labels, extra, batch["weight_B"], tau)
 
@@ -115,9 +120,30 @@ def loss_sums(params, batch, codes_NxC, tables, *, model: Decoder):
 
 
 def init_params(model: Decoder, codes_NxC, batch, key):
-  """The decoder's parameters, initialised on `batch`'s shapes through the code table."""
+  """The decoder's parameters, initialised on `batch`'s shapes through the code table; a
+  pretrained LLM's (`cfg.path`) from its folder, the ID rows and adapters initialised."""
   tokens, mask, _ = sequence(codes_NxC, batch, model.cfg)
-  return jit_init(model, {"params": key}, tokens, mask, batch["user_B"], train=False)
+  params = jit_init(model, {"params": key}, tokens, mask, batch["user_B"], train=False)
+  if model.cfg.path:
+    seed = int(jax.random.randint(key, (), 0, 2 ** 31 - 1))
+    params = jax.tree.map(jnp.asarray, hf.pretrained_params(model.cfg, params, seed))
+  return params
+
+
+def trainable(model: Decoder):
+  """Which parameters train (a function of the parameter tree to a tree of bools), or None
+  for all: with LoRA the adapters, the ID rows, the user rows and, with train_rows='all',
+  the pretrained embedding and output rows."""
+  c = model.cfg
+  if not c.lora_rank:
+    return None
+  names = {"lora_a", "lora_b", "id_embed", "id_head", "user_embed"}
+  if c.train_rows == "all":
+    names |= {"embed", "lm_head"}
+
+  def train(path, _):
+    return str(getattr(path[-1], "key", path[-1])) in names
+  return lambda params: jax.tree_util.tree_map_with_path(train, params)
 
 
 def step_fns(model: Decoder, params, tables_CxKxD, root_hidden_D, prefix_kv, prefix_bias_T,

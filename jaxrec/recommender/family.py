@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import types
 
-from jaxrec.recommender import decoder, decoder_steps, steps, t5, t5_layers
+from jaxrec.recommender import decoder, decoder_steps, hf, steps, t5, t5_layers
 
 KINDS = ("t5", "decoder")
 
@@ -40,6 +40,8 @@ def family(kind: str) -> Family:
 
 
 def build(model_cfg, level_sizes, dtype: str = "float32"):
-  """(the model over codes of `level_sizes`, its steps module) for a `config.model`."""
+  """(the model over codes of `level_sizes`, its steps module) for a `config.model`; a
+  decoder with a `path` is that Hugging Face folder's pretrained LLM (`hf.model_config`)."""
   f = family(kind_of(model_cfg))
-  return f.model(f.model_config(model_cfg, level_sizes, dtype)), f.steps
+  make = hf.model_config if model_cfg.get("path") else f.model_config
+  return f.model(make(model_cfg, level_sizes, dtype)), f.steps

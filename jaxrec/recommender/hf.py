@@ -6,7 +6,8 @@ A folder holds `config.json`, the weights as `model.safetensors` or shards liste
 ever downloaded: a missing or malformed file is a `DataError` naming it.
 
 The ID tokens (`<a_12>`, `<b_7>`, ... one per code per level, LC-Rec's names) are rows
-appended after the checkpoint's embedding rows (and `lm_head`'s when untied). Their
+after the checkpoint's embedding rows (and `lm_head`'s when untied), held as parameters of
+their own (`id_embed`, `id_head`). Their
 initialisation (`id_init`):
   "normal"  N(0, initializer_range): what LC-Rec's `resize_token_embeddings` did (transformers
             before 4.46 initialised new rows with the model's `_init_weights`)
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
 
 from jaxrec.errors import DataError
@@ -149,10 +151,11 @@ def id_tokens(level_sizes) -> list[str]:
 
 
 def add_id_rows(params: dict, n_rows: int, how: str, std: float, seed: int) -> dict:
-  """`params` with `n_rows` ID-token rows appended to the embedding (and `lm_head`)."""
+  """`params` with `n_rows` ID-token rows after the embedding's (`id_embed`) and, untied,
+  `lm_head`'s (`id_head`): parameters of their own, so that they may train alone."""
   rng = np.random.default_rng(seed)
   p = dict(params["params"])
-  for name in ("embed", "lm_head"):
+  for name, ids in (("embed", "id_embed"), ("lm_head", "id_head")):
     if name not in p:
       continue
     old = np.asarray(p[name])
@@ -162,7 +165,7 @@ def add_id_rows(params: dict, n_rows: int, how: str, std: float, seed: int) -> d
       new = np.broadcast_to(old.mean(0), (n_rows, old.shape[1]))
     else:
       raise ValueError(f"model.id_init={how!r}: must be 'normal' or 'mean'")
-    p[name] = np.concatenate([old, new.astype(old.dtype)])
+    p[ids] = new.astype(old.dtype)
   return {"params": p}
 
 
@@ -179,25 +182,68 @@ def tokenizer(folder: str):
 
 
 def prompt_ids(folder: str, head: str, sep: str, tail: str) -> tuple:
-  """(head, separator, tail) token ids of a prompt template, without special tokens."""
+  """(head, separator, tail) token ids of a prompt template, each part tokenised on its own
+  as HF tokenizers split text at added tokens (the ID tokens); the head with the
+  tokenizer's special tokens (LLaMA's <s>), the others without."""
   tok = tokenizer(folder)
-  enc = lambda text: tuple(tok.encode(text, add_special_tokens=False).ids) if text else ()
-  return enc(head), enc(sep), enc(tail)
+  enc = lambda text, special=False: (tuple(tok.encode(text, add_special_tokens=special).ids)
+                                     if text else ())
+  return enc(head, True), enc(sep), enc(tail)
 
 
 def decoder_config(folder: str, level_sizes=(), dtype: str = "float32", prompt=("", "", ""),
-                   user_buckets: int = 0):
+                   **options) -> DecoderConfig:
   """The `DecoderConfig` of the folder's model with ID tokens for codes of `level_sizes`
-  after its vocabulary and the prompt (head, separator, tail) tokenised."""
+  after its vocabulary, the prompt (head, separator, tail) tokenised, and `options` (LoRA,
+  `id_init`, `user_buckets`, ...)."""
   head, sep, tail = prompt_ids(folder, *prompt) if any(prompt) else ((), (), ())
   return DecoderConfig(level_sizes=tuple(int(s) for s in level_sizes), dtype=dtype,
-                       user_buckets=user_buckets, prompt_head=head, prompt_sep=sep,
-                       prompt_tail=tail, **architecture(folder))
+                       prompt_head=head, prompt_sep=sep, prompt_tail=tail, path=folder,
+                       **options, **architecture(folder))
+
+
+def model_config(model_cfg, level_sizes, dtype: str = "float32") -> DecoderConfig:
+  """The `DecoderConfig` of a `config.model` with a `path` (`configs/tiger.py:llm_model_config`):
+  the folder's architecture, the config's prompt, LoRA and ID-row settings."""
+  m = model_cfg.to_dict()
+  folder = os.path.expandvars(os.path.expanduser(m.pop("path")))
+  prompt = (m.pop("prompt_head"), m.pop("prompt_sep"), m.pop("prompt_tail"))
+  m.pop("kind", None)
+  if "lora_targets" in m:
+    m["lora_targets"] = tuple(m["lora_targets"])
+  return decoder_config(folder, level_sizes, dtype, prompt, **m)
+
+
+def pretrained_params(cfg: DecoderConfig, init_params: dict, seed: int) -> dict:
+  """`init_params` (the decoder's own initialisation: LoRA adapters, user rows) with the
+  folder's weights and the ID rows (`cfg.id_init`) in place of the rest."""
+  loaded = to_params(read_weights(cfg.path), architecture(cfg.path), cfg.path)
+  if sum(cfg.level_sizes):
+    loaded = add_id_rows(loaded, sum(cfg.level_sizes), cfg.id_init, cfg.init_std, seed)
+  placed = []
+
+  def put(path, leaf):
+    node = loaded
+    for key in path:
+      name = getattr(key, "key", None)
+      if not isinstance(node, dict) or name not in node:
+        return leaf
+      node = node[name]
+    if np.shape(node) != leaf.shape:
+      raise DataError(cfg.path, jax.tree_util.keystr(path),
+                      f"shape {np.shape(node)}, the model needs {leaf.shape}")
+    placed.append(path)
+    return np.asarray(node, leaf.dtype)
+  out = jax.tree_util.tree_map_with_path(put, init_params)
+  if len(placed) != len(jax.tree.leaves(loaded)):     # (a naming mismatch, never silent)
+    raise ValueError(f"{cfg.path}: {len(jax.tree.leaves(loaded))} pretrained tensors, "
+                     f"{len(placed)} placed in the model")
+  return out
 
 
 def load(folder: str, level_sizes=(), id_init: str = "normal", seed: int = 0, **kw):
   """(DecoderConfig, parameters) of the folder's model with its ID-token rows added."""
-  cfg = decoder_config(folder, level_sizes, **kw)
+  cfg = decoder_config(folder, level_sizes, id_init=id_init, **kw)
   params = to_params(read_weights(folder), architecture(folder), folder)
   if sum(cfg.level_sizes):
     params = add_id_rows(params, sum(cfg.level_sizes), id_init, cfg.init_std, seed)

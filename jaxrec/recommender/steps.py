@@ -105,6 +105,12 @@ def init_params(model: T5, codes_NxC, batch, key):
   return jit_init(model, {"params": key}, tok, mask, batch["user_B"], dec_in, train=False)
 
 
+def trainable(model: T5):
+  """Every parameter of the T5 trains (`decoder_steps.trainable` has the LoRA case)."""
+  del model
+  return None
+
+
 def t5_step_fns(model: T5, params, head, cross_kv, enc_mask_T):
   """The T5's `(step_fn, eos_fn)` for `decode.search` (or any search that starts from
   `empty_cache` and calls levels 0, 1, ... in order), for one user. The state is the

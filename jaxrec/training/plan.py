@@ -74,6 +74,7 @@ class Plan:
   lr_at: Optional[Callable[[Any, int], float]]  # (state, step) -> learning rate to log
                                           # (None: the steps return it as out["lr"])
   n_params: int
+  n_trained: Optional[int] = None         # parameters that train, when not all (LoRA)
   dynamic_codes: bool = False             # the code table changes during training
   finish: Optional[FinishFn] = None
 
@@ -91,7 +92,8 @@ def adamw(run: Run, params, steps_per_epoch: int):
   tc = run.cfg.train
   total = total_steps(run, steps_per_epoch)
   tx, lr_at = optimizer_and_schedule(tc.lr, tc.weight_decay, total, int(tc.warmup_frac * total),
-                                     tc.clip, tc.schedule, tc.accumulate, tc.decay, tc.lr_end)
+                                     tc.clip, tc.schedule, tc.accumulate, tc.decay, tc.lr_end,
+                                     run.steps.trainable(run.model) if run.steps else None)
   state = distributed.replicate(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
                                 run.replicated)
   return tx, lr_at, state
@@ -122,6 +124,14 @@ def n_params(tree) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(tree))
 
 
+def n_trained(run: Run, params) -> Optional[int]:
+  """How many of `params` train, when the model freezes some (LoRA); else None."""
+  mask = run.steps.trainable(run.model) if run.steps else None
+  if mask is None:
+    return None
+  return sum(int(x.size) for x, t in zip(jax.tree.leaves(params), jax.tree.leaves(mask(params))) if t)
+
+
 def single_stage_plan(run: Run, params, make_step: Callable, steps_per_epoch: int,
                       finish: Optional[FinishFn] = None) -> Plan:
   """One stage, one jitted step: AdamW (train.* settings) over `params`;
@@ -132,4 +142,4 @@ def single_stage_plan(run: Run, params, make_step: Callable, steps_per_epoch: in
   stage = Stage("train", tc.epochs, lambda epoch: train_fn, tc.eval_every, tc.patience)
   return Plan(state, [stage], rec_params=lambda s: s.params, best_extra=lambda s: {},
               global_step=lambda s: int(s.step), lr_at=lambda s, step: float(lr_at(step)),
-              n_params=n_params(params), finish=finish)
+              n_params=n_params(params), n_trained=n_trained(run, params), finish=finish)
