@@ -63,28 +63,15 @@ def _tiger():
   return load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiger.py"))
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def lcrec(cfg: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
   """LETTER's IDs on an LLM (LETTER's second instantiation, LC-Rec): the LLM of model.path
-  with LoRA, LC-Rec's prompt and training (RUCAIBox/LC-Rec run.sh and utils.py)."""
-  t = _tiger()
+  with LoRA, LC-Rec's prompt and training (tiger.py: llm_model_config, lcrec_training)."""
   cfg.variant = variant
   if variant == "tiny_lcrec":
-    # the tiny random Qwen2 of the tests (tests/fixtures/hf), a prompt in its 30 words
-    cfg.model = t.llm_model_config(os.path.join(REPO, "tests", "fixtures", "hf", "qwen2"))
-    cfg.model.update(prompt_head="here is the purchase history of a user :", prompt_sep=",",
-                     prompt_tail="what is the next item ?", lora_rank=4)
-    return cfg
-  cfg.model = t.llm_model_config(os.environ.get("JAXREC_LLM_DIR", ""))   # LLaMA-7B in LC-Rec
-  tr = cfg.train
-  tr.lr, tr.epochs, tr.weight_decay, tr.decay = 5e-5, 4, 0.01, "matrices"   # run.sh
-  tr.batch_size, tr.accumulate = 8, 16     # 8 per GPU x 2 accumulation x 8 GPUs = 128
-  tr.warmup_frac, tr.schedule, tr.lr_end = 0.01, "cosine", 0.0
-  tr.select, tr.eval_every, tr.patience = "loss", 1, 4                    # best eval loss
-  tr.eval_batch_size, tr.beam, tr.dtype = 8, 20, "bfloat16"
-  cfg.data.batching, cfg.data.max_len = "iid", 20                         # max_his_len 20
+    cfg.model = _tiger().tiny_llm_model_config()
+  else:
+    cfg.model = _tiger().llm_model_config(os.environ.get("JAXREC_LLM_DIR", ""))  # LLaMA-7B
+    _tiger().lcrec_training(cfg)
   return cfg
 
 

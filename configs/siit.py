@@ -9,7 +9,12 @@ penalty and assigned greedily without collisions; `rounds` times.
 
 No code or hyper-parameter table was released: every value below is this reconstruction's.
 Variants (everything not listed is configs/tiger.py's same variant): default, tiny,
-instruments (content = the 32-d SASRec embedding), scientific (content = MiniLM text).
+instruments (content = the 32-d SASRec embedding), scientific (content = MiniLM text);
+decoder, tiny_decoder, scientific_decoder with tiger.py's decoder-only recommender;
+scientific_llm: the paper's setting, SIIT on a pretrained LLM ($JAXREC_LLM_DIR or
+model.path, tiger.py:llm_model_config: LoRA, LC-Rec's prompt and fine-tuning recipe, 16
+epochs so that the 3 refinement rounds happen; needs weights and an accelerator);
+tiny_llm: the same on the tests' tiny random Qwen2 (seconds on a CPU, for CI).
 
 siit:
   init_codes     "" (the start IDs come from `tokenizer`: rqvae / given / random) or a
@@ -42,6 +47,18 @@ def _tiger():
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   variant = variant or "default"
+  if variant in _tiger().DECODER_VARIANTS:
+    return _tiger().decoder_variant(get_config, variant)
+  if variant in ("tiny_llm", "scientific_llm"):
+    cfg = get_config(variant.removesuffix("_llm"))
+    cfg.variant = variant
+    if variant == "tiny_llm":
+      cfg.model = _tiger().tiny_llm_model_config()
+    else:
+      cfg.model = _tiger().llm_model_config(os.environ.get("JAXREC_LLM_DIR", ""))
+      _tiger().lcrec_training(cfg)
+      cfg.train.epochs = 4 * cfg.siit.refine_every     # room for the refinement rounds
+    return cfg
   if variant not in ("default", "tiny", "instruments", "scientific"):
     raise ValueError(f"unknown siit variant {variant!r}")
   cfg = _tiger().get_config(variant)

@@ -109,24 +109,45 @@ def test_resume_across_a_refinement_round_is_exact(tmp_path, monkeypatch):
                                 np.load(os.path.join(str(tmp_path / "full"), "codes_final.npz"))["codes"])
 
 
-def test_task_a_scores_of_the_beams_candidates_equal_the_beam_scores():
+@pytest.mark.parametrize("kind", ["t5", "decoder"])
+def test_task_a_scores_of_the_beams_candidates_equal_the_beam_scores(kind):
+  """Task A's full-code-space search scores each candidate as the teacher-forced pass does,
+  on either recommender (the T5 reads the soft tokens as encoder input, the decoder as its
+  prefix)."""
   import jax
   import jax.numpy as jnp
-  from jaxrec.recommender import steps
+  from jaxrec.recommender import decoder_steps, steps
+  from jaxrec.recommender.decoder import Decoder, DecoderConfig
   from jaxrec.recommender.t5 import T5
   from jaxrec.recommender.t5_layers import T5Config
-  from jaxrec.xla import jit_init
-  cfg = T5Config(level_sizes=(6, 5, 4), d_model=16, d_ff=32, heads=2, head_dim=8, enc_layers=1,
-                 dec_layers=2, dropout=0.0, rel_buckets=8, rel_max_distance=16, user_buckets=0)
-  t5, soft = T5(cfg), siit.SoftTokens(3, cfg.d_model)
-  feats = jnp.asarray(np.random.default_rng(0).normal(size=(5, 7)), jnp.float32)
   codes = jnp.zeros((5, 3), jnp.int32)
-  tok, m = steps.history_tokens(codes, np.zeros((5, 2), np.int32), np.ones((5, 2), bool), cfg)
-  dec_in, _ = steps.decoder_io(codes, jnp.arange(5), cfg)
-  params = {"t5": jit_init(t5, jax.random.key(0), tok, m, None, dec_in),
+  batch = {"history_BxL": jnp.zeros((5, 2), jnp.int32), "mask_BxL": jnp.ones((5, 2), bool),
+           "user_B": jnp.arange(5), "target_B": jnp.arange(5)}
+  if kind == "t5":
+    rec, model = steps, T5(T5Config(level_sizes=(6, 5, 4), d_model=16, d_ff=32, heads=2,
+                                    head_dim=8, enc_layers=1, dec_layers=2, dropout=0.0,
+                                    rel_buckets=8, rel_max_distance=16, user_buckets=0))
+  else:
+    rec, model = decoder_steps, Decoder(DecoderConfig(level_sizes=(6, 5, 4), d_model=16, d_ff=24,
+                                                      heads=2, head_dim=8, layers=2, dropout=0.0,
+                                                      init_std=0.3))
+  soft = siit.SoftTokens(3, model.cfg.d_model)
+  feats = jnp.asarray(np.random.default_rng(0).normal(size=(5, 7)), jnp.float32)
+  params = {"t5": rec.init_params(model, codes, batch, jax.random.key(0)),
             "soft": soft.init(jax.random.key(1), feats)}
-  cand, score = siit.decode_items(params, feats, t5=t5, soft=soft, beam=4)
+  cand, score = siit.decode_items(params, feats, rec=rec, model=model, soft=soft, beam=4)
   for w in range(4):
-    got = siit.score_ids(params, feats, cand[:, w], t5=t5, soft=soft)
+    got = siit.score_ids(params, feats, cand[:, w], rec=rec, model=model, soft=soft)
     np.testing.assert_allclose(got, score[:, w], rtol=1e-5, atol=1e-5)
   assert (np.diff(np.asarray(score), axis=1) <= 1e-6).all()           # best first
+
+
+def test_siit_on_the_tiny_llm_refines_and_decodes(tmp_path):
+  """siit:tiny_llm (the paper's setting in miniature): a refinement round and the usual
+  results on the tests' tiny random Qwen2 with LoRA."""
+  cfg = siit_config.get_config("tiny_llm")
+  results = pipeline.train_and_evaluate(cfg, str(tmp_path), log=lambda m: None)
+  assert 0 < results["parameters_trained"] < results["parameters"]
+  assert 0.0 < results["test"]["recall@10"] <= 1.0
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert any("round" in l for l in lines)

@@ -2,8 +2,9 @@
 Recommendation through Self-Improvement"): the recommender refines its own item IDs.
 
 A documented RECONSTRUCTION: no code was released and the paper gives no hyper-parameter
-table; the paper's recommender is an LLM, here it is the shared T5. Every choice below is
-ours and is a config value (`config.siit`):
+table; the paper's recommender is an LLM: here any recommender (`model.kind`: the shared
+T5 by default; the decoder-only model or a pretrained LLM, `siit:tiny_llm`). Every choice
+below is ours and is a config value (`config.siit`):
 
   start      any code table: the run's `tokenizer` (RQ-VAE as TIGER / LETTER, `given`,
              `random`), or `siit.init_codes` = a workdir holding codes.npz (e.g. a SimCIT
@@ -11,7 +12,8 @@ ours and is a config value (`config.siit`):
   training   every step is the usual history -> next-ID loss (R) plus `align_ratio` x batch
              items of the alignment task (A): the item's content vector (the tokenizer's
              input feature `siit.feature`), projected to `soft_tokens` vectors of the
-             encoder's width, as encoder input; the item's current ID as target. The paper
+             model's width, as the T5's encoder input (a decoder's prefix, before its
+             BOS or prompt tail); the item's current ID as target. The paper
              mixes the two tasks' batches; one A item per four R samples (ratio 0.25) is
              the same mix within every step, without a second compiled step.
   refining   after every `refine_every` epochs, `rounds` times: each item's ID is decoded
@@ -28,7 +30,7 @@ ours and is a config value (`config.siit`):
              than the margin, and current IDs stay reserved for their items: a weak task-A
              model otherwise scatters items over free IDs (most best candidates collide)
              and the recommender loses what it learnt. The table is swapped on device (the
-             T5 keeps its weights) and training continues.
+             recommender keeps its weights) and training continues.
   logged     per round: fraction of items whose ID changed (per level), collisions among the
              best candidates before the greedy assignment, codes used and perplexity per
              level, valid metrics before and after.
@@ -46,16 +48,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrec import decode, distributed
+from jaxrec import distributed
 from jaxrec.errors import ConfigError
 from jaxrec.methods.base import Method, init_t5, register
 from jaxrec.optim import TrainState
-from jaxrec.recommender import steps
-from jaxrec.recommender.t5 import T5, empty_cache
 from jaxrec.tokenizer import build
 from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.training.evaluation import evaluate_split
-from jaxrec.training.plan import Bound, Plan, Stage, adamw, jit_step, n_params
+from jaxrec.training.plan import Bound, Plan, Stage, adamw, jit_step, n_params, n_trained
 from jaxrec.training.run import save_final_codes, set_codes
 
 
@@ -91,37 +91,26 @@ class SoftTokens(nn.Module):
     return y.reshape(x_BxF.shape[0], self.tokens, self.width)
 
 
-def align_encode(params, soft: SoftTokens, t5: T5, feats_BxF, train: bool, key=None):
-  x = soft.apply(params["soft"], feats_BxF)
-  mask = jnp.ones(x.shape[:2], bool)
-  rngs = {"dropout": key} if train else {}
-  return t5.apply(params["t5"], x, mask, None, train, method=T5.encode_inputs, rngs=rngs)
+def soft_inputs(params, soft: SoftTokens, feats_BxF):
+  """Items' content vectors as the recommender's input vectors [B, S, D]."""
+  return soft.apply(params["soft"], feats_BxF)
 
 
-def align_loss(params, soft, t5, items_B, feats_NxF, codes_NxC, key):
-  """Task A: item content -> the item's current ID (teacher-forced cross-entropy)."""
-  k_enc, k_dec = jax.random.split(key)
-  enc, enc_mask = align_encode(params, soft, t5, feats_NxF[items_B], True, k_enc)
-  dec_in, labels = steps.decoder_io(codes_NxC, items_B, t5.cfg)
-  hidden = t5.apply(params["t5"], enc, enc_mask, dec_in, True, method=T5.decode,
-                    rngs={"dropout": k_dec})
-  logits = t5.apply(params["t5"], hidden, method=T5.logits)
-  loss, _ = steps.code_loss(logits, labels, jnp.ones(items_B.shape[0]))
-  return loss
-
-
-def train_step(state: TrainState, batch, codes_NxC, key, feats_NxF, *, t5, soft, tx, tau,
-               n_align: int):
-  """R on the batch plus A on `n_align` items drawn uniformly; keys from fold_in(step)."""
+def train_step(state: TrainState, batch, codes_NxC, key, feats_NxF, *, rec, model, soft, tx,
+               tau, n_align: int):
+  """R on the batch plus A on `n_align` items drawn uniformly; keys from fold_in(step).
+  `rec` is the recommender's steps module (`recommender.family`), `model` its model;
+  params {"t5": the recommender's (whichever kind: the name older checkpoints have),
+  "soft": SoftTokens'}."""
   step_key = jax.random.fold_in(key, state.step)
   k_items, k_align = jax.random.split(jax.random.fold_in(step_key, 1))
 
   def loss_fn(params):
-    logits, labels = steps.forward(params["t5"], t5, batch, codes_NxC, True, step_key)
-    loss, out = steps.code_loss(logits, labels, batch["weight_B"], tau)
+    loss, out = rec.batch_loss(params["t5"], batch, codes_NxC, step_key, model=model, tau=tau)
     if n_align:
       items = jax.random.randint(k_items, (n_align,), 0, codes_NxC.shape[0])
-      a = align_loss(params, soft, t5, items, feats_NxF, codes_NxC, k_align)
+      a = rec.soft_loss(params["t5"], soft_inputs(params, soft, feats_NxF[items]),
+                        codes_NxC[items], k_align, model=model)
       loss = loss + a
       out = dict(out, align=a, loss=loss)
     return loss, out
@@ -133,31 +122,18 @@ def train_step(state: TrainState, batch, codes_NxC, key, feats_NxF, *, t5, soft,
 
 
 # ------------------------------------------------------------------------- refinement
-@functools.partial(jax.jit, static_argnames=("t5", "soft", "beam"))
-def decode_items(params, feats_BxF, *, t5: T5, soft: SoftTokens, beam: int):
+@functools.partial(jax.jit, static_argnames=("rec", "model", "soft", "beam"))
+def decode_items(params, feats_BxF, *, rec, model, soft: SoftTokens, beam: int):
   """Task-A decoding of a batch of items over the full code space: codes [B, W, C], scores."""
-  enc, enc_mask = align_encode(params, soft, t5, feats_BxF, False)
-  cross = t5.apply(params["t5"], enc, method=T5.cross_kv)
-  head = t5.apply(params["t5"], method=T5.output_head)
-  cfg = t5.cfg
-
-  def one(cross_kv, enc_mask_T):        # the whole code space: no prefix tables
-    step_fn, _ = steps.t5_step_fns(t5, params["t5"], head, cross_kv, enc_mask_T)
-    codes, scores, _ = decode.search(step_fn, empty_cache(cfg), None, cfg.level_sizes,
-                                     cfg.offsets, cfg.bos, beam)
-    return codes, scores
-
-  return jax.vmap(one)(cross, enc_mask)
+  return rec.soft_search(params["t5"], soft_inputs(params, soft, feats_BxF), model=model,
+                         beam=beam)
 
 
-@functools.partial(jax.jit, static_argnames=("t5", "soft"))
-def score_ids(params, feats_BxF, codes_BxC, *, t5: T5, soft: SoftTokens):
+@functools.partial(jax.jit, static_argnames=("rec", "model", "soft"))
+def score_ids(params, feats_BxF, codes_BxC, *, rec, model, soft: SoftTokens):
   """Task-A log-probability of the given IDs (teacher-forced; the beam's scores)."""
-  enc, enc_mask = align_encode(params, soft, t5, feats_BxF, False)
-  dec_in, labels = steps.decoder_io(codes_BxC, jnp.arange(codes_BxC.shape[0]), t5.cfg)
-  hidden = t5.apply(params["t5"], enc, enc_mask, dec_in, False, method=T5.decode)
-  logp = jax.nn.log_softmax(t5.apply(params["t5"], hidden, method=T5.logits), axis=-1)
-  return jnp.sum(jnp.take_along_axis(logp, labels[..., None], -1)[..., 0], axis=-1)
+  return rec.soft_score(params["t5"], soft_inputs(params, soft, feats_BxF), codes_BxC,
+                        model=model)
 
 
 def greedy_assign(cand_NxWxC, score_NxW, current_NxC, sizes, capacity: int = 0,
@@ -224,18 +200,19 @@ def greedy_assign(cand_NxWxC, score_NxW, current_NxC, sizes, capacity: int = 0,
   return out.astype(np.int32), int(collisions)
 
 
-def candidates(params, feats_NxF, codes_NxC, t5, soft, beam: int, batch: int, own: bool):
+def candidates(params, feats_NxF, codes_NxC, rec, model, soft, beam: int, batch: int,
+               own: bool):
   """Every item's task-A candidates over the full code space, batch by batch: (codes
   [N, W, C], scores [N, W], the current IDs' own task-A scores [N] or None)."""
   cands, scores, current = [], [], []
   for s in range(0, feats_NxF.shape[0], batch):
     rows = slice(s, s + batch)
-    c, sc = decode_items(params, feats_NxF[rows], t5=t5, soft=soft, beam=beam)
+    c, sc = decode_items(params, feats_NxF[rows], rec=rec, model=model, soft=soft, beam=beam)
     cands.append(np.asarray(c))
     scores.append(np.asarray(sc))
     if own:
-      current.append(np.asarray(score_ids(params, feats_NxF[rows], codes_NxC[rows], t5=t5,
-                                          soft=soft)))
+      current.append(np.asarray(score_ids(params, feats_NxF[rows], codes_NxC[rows], rec=rec,
+                                          model=model, soft=soft)))
   return (np.concatenate(cands), np.concatenate(scores),
           np.concatenate(current) if current else None)
 
@@ -251,16 +228,19 @@ def training_plan(run, key, steps_per_epoch: int):
   if sc.capacity and sc.capacity * min(run.table.sizes) < run.dataset.n_items:
     raise ConfigError(f"siit.capacity={sc.capacity}: {min(run.table.sizes)} codes of the "
                       f"smallest level cannot hold {run.dataset.n_items} items")
-  t5 = run.model
+  model, rec = run.model, run.steps
   feats = distributed.replicate(jnp.asarray(run.dataset.features[sc.feature], jnp.float32),
                                 run.replicated)
-  soft = SoftTokens(int(sc.soft_tokens), t5.cfg.d_model)
+  soft = SoftTokens(int(sc.soft_tokens), model.cfg.d_model)
   params = {"t5": init_t5(run, key),
             "soft": soft.init(jax.random.fold_in(key, 1), feats[:1])}
-  tx, lr_at, state = adamw(run, params, steps_per_epoch)
+  frozen = rec.trainable(model)          # LoRA: the recommender's mask; the soft tokens train
+  trainable = None if frozen is None else (
+      lambda p: {"t5": frozen(p["t5"]), "soft": jax.tree.map(lambda _: True, p["soft"])})
+  tx, lr_at, state = adamw(run, params, steps_per_epoch, trainable)
   n_align = int(round(sc.align_ratio * tc.batch_size))
-  fn = jit_step(run, functools.partial(train_step, t5=t5, soft=soft, tx=tx, tau=tc.tau,
-                                       n_align=n_align))
+  fn = jit_step(run, functools.partial(train_step, rec=rec, model=model, soft=soft, tx=tx,
+                                       tau=tc.tau, n_align=n_align))
   step = Bound(fn, feats)
   sizes = run.table.sizes
 
@@ -274,7 +254,7 @@ def training_plan(run, key, steps_per_epoch: int):
     current = np.asarray(run.codes)
     margin = sc.get("keep_margin", -1.0)
     margin = None if margin < 0 else float(margin)
-    cands, scores, current_score = candidates(state.params, feats, run.codes, t5, soft,
+    cands, scores, current_score = candidates(state.params, feats, run.codes, rec, model, soft,
                                               int(sc.beam), tc.eval_batch_size, margin is not None)
     new, collisions = greedy_assign(cands, scores, current, sizes, int(sc.capacity),
                                     float(sc.usage_penalty), current_score, margin)
@@ -295,12 +275,12 @@ def training_plan(run, key, steps_per_epoch: int):
   return Plan(state, [stage], rec_params=lambda s: s.params["t5"],
               best_extra=lambda s: {"soft": s.params["soft"]},
               global_step=lambda s: int(s.step), lr_at=lambda s, i: float(lr_at(i)),
-              n_params=n_params(params), dynamic_codes=True, finish=save_final_codes)
+              n_params=n_params(params), n_trained=n_trained(params, trainable),
+              dynamic_codes=True, finish=save_final_codes)
 
 
 class SIIT(Method):
   name = "siit"
-  models = ("t5",)                     # its losses read the T5's encoder states
 
   def required_features(self, cfg):
     return required_features(cfg)

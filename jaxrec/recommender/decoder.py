@@ -313,18 +313,26 @@ class Decoder(nn.Module):
   def inputs(self, tokens_BxS, mask_BxS, user_B=None):
     """Input vectors [B, S(+1), D] and mask, the user token first (if any)."""
     c = self.cfg
-    x = self.input_table()[tokens_BxS].astype(c.compute)
+    x = self.embed_rows(tokens_BxS)
     if c.user_buckets and user_B is not None:
       u = self.user_embed[jnp.mod(user_B, c.user_buckets)][:, None, :].astype(c.compute)
       x = jnp.concatenate([u, x], axis=1)
       mask_BxS = jnp.concatenate([jnp.ones_like(mask_BxS[:, :1]), mask_BxS], axis=1)
     return x, mask_BxS
 
+  def embed_rows(self, tokens):
+    """Input vectors of token ids (any shape), in the compute dtype."""
+    return self.input_table()[tokens].astype(self.cfg.compute)
+
   def __call__(self, tokens_BxS, mask_BxS, user_B=None, train: bool = False):
     """Hidden states [B, S', D] (S' = S + 1 with a user token), each layer's keys and values
-    [B, S', H, E], and the mask [B, S']. Positions count real tokens; a position attends to
-    the real positions up to itself."""
-    x, mask = self.inputs(tokens_BxS, mask_BxS, user_B)
+    [B, S', H, E], and the mask [B, S']."""
+    return self.run(*self.inputs(tokens_BxS, mask_BxS, user_B), train)
+
+  def run(self, x, mask, train: bool = False):
+    """`__call__` from input vectors [B, S, D] (token rows, or SIIT's soft item tokens).
+    Positions count real tokens; a position attends to the real positions up to itself."""
+    x = x.astype(self.cfg.compute)
     s = x.shape[1]
     pos = jnp.cumsum(mask, axis=1) - 1
     causal = np.tril(np.ones((s, s), bool))
@@ -349,7 +357,11 @@ class Decoder(nn.Module):
     """The prefix pass for decoding (tokens end with BOS): (the last position's hidden state
     [B, D], per layer (keys, values) [B, H, T', E], the key bias [B, T'] and the position
     of the first decoded code [B])."""
-    hidden, kvs, mask = self(tokens_BxT, mask_BxT, user_B, False)
+    return self.prefix_vectors(*self.inputs(tokens_BxT, mask_BxT, user_B))
+
+  def prefix_vectors(self, x_BxTxD, mask_BxT):
+    """`prefix` from input vectors."""
+    hidden, kvs, mask = self.run(x_BxTxD, mask_BxT, False)
     heads_first = lambda a: jnp.swapaxes(a, 1, 2)
     kvs = [(heads_first(k), heads_first(v)) for k, v in kvs]
     return hidden[:, -1], kvs, jnp.where(mask, 0.0, NEG), jnp.sum(mask, axis=1)
@@ -357,7 +369,7 @@ class Decoder(nn.Module):
   def decode_step(self, tokens_W, pos, cache, prefix_kv, prefix_bias_T):
     """One decoded position (scalar `pos`) for W beams of one user: (hidden [W, D], the
     cache with this position appended)."""
-    x = self.input_table()[tokens_W].astype(self.cfg.compute)
+    x = self.embed_rows(tokens_W)
     new_cache = []
     for block, layer_cache, kv in zip(self.blocks, cache, prefix_kv):
       x, layer_cache = block.step(x, pos, kv, prefix_bias_T, layer_cache)

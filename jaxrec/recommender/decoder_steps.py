@@ -100,8 +100,7 @@ def train_step(state: TrainState, batch, codes_NxC, key, *, model: Decoder, tx, 
   def loss_fn(params):
     if mask is not None:    # frozen parameters: no gradient is computed for them at all
       params = jax.tree.map(lambda t, p: p if t else jax.lax.stop_gradient(p), mask(params), params)
-    logits, labels, extra = forward(params, model, batch, codes_NxC, True, step_key)
-    return loss_terms(logits, labels, extra, batch["weight_B"], tau)
+    return batch_loss(params, batch, codes_NxC, step_key, model=model, tau=tau)
 
   (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -205,3 +204,62 @@ def eval_step(params, batch, codes_NxC, tables, *, model: Decoder, beam: int,
   sums = metrics.rank_metric_sums(items, tables.rep_item_N[batch["target_B"]], batch["weight_B"])
   sums.update(metrics.invalid_id_sums(items, scores, batch["weight_B"]))
   return sums, items
+
+
+# ------------------------------------------- SIIT's task A: input vectors instead of a history
+def batch_loss(params, batch, codes_NxC, key, *, model: Decoder, tau: float = 1.0):
+  """The training code loss of a batch: (loss, metrics) (the train step's objective)."""
+  logits, labels, extra = forward(params, model, batch, codes_NxC, True, key)
+  return loss_terms(logits, labels, extra, batch["weight_B"], tau)
+
+
+def _soft_sequence(params, model: Decoder, x_BxSxD, codes_BxC):
+  """Input vectors, the prefix's tail (BOS; an LLM's prompt tail), then the codes but the
+  last: (vectors, mask)."""
+  cfg = model.cfg
+  b = x_BxSxD.shape[0]
+  rows = jnp.concatenate([jnp.broadcast_to(jnp.asarray(cfg.tail, jnp.int32), (b, len(cfg.tail))),
+                          codes_BxC[:, :-1] + jnp.asarray(cfg.offsets[:-1], jnp.int32)], 1)
+  x = jnp.concatenate([x_BxSxD.astype(cfg.compute),
+                       model.apply(params, rows, method=Decoder.embed_rows)], 1)
+  return x, jnp.ones(x.shape[:2], bool)
+
+
+def soft_logits(params, model, x_BxSxD, codes_BxC, train: bool, key=None):
+  x, mask = _soft_sequence(params, model, x_BxSxD, codes_BxC)
+  rngs = {"dropout": key} if train else {}
+  hidden, _, _ = model.apply(params, x, mask, train, method=Decoder.run, rngs=rngs)
+  c = model.cfg.levels
+  return model.apply(params, hidden[:, -c:], np.arange(c), method=Decoder.logits)
+
+
+def soft_loss(params, x_BxSxD, codes_BxC, key, *, model: Decoder):
+  """Teacher-forced code loss of IDs `codes_BxC` after input vectors (SIIT's soft item
+  tokens, then the prompt's tail), in training mode."""
+  logits = soft_logits(params, model, x_BxSxD, codes_BxC, True, key)
+  return code_loss(logits, codes_BxC, jnp.ones(codes_BxC.shape[0]))[0]
+
+
+def soft_search(params, x_BxSxD, *, model: Decoder, beam: int):
+  """Beam search over the whole code space after input vectors: (codes [B, W, C], scores)."""
+  cfg = model.cfg
+  b = x_BxSxD.shape[0]
+  tail = model.apply(params, jnp.broadcast_to(jnp.asarray(cfg.tail, jnp.int32), (b, len(cfg.tail))),
+                     method=Decoder.embed_rows)
+  x = jnp.concatenate([x_BxSxD.astype(cfg.compute), tail], 1)
+  root, kvs, bias, pos0 = model.apply(params, x, jnp.ones(x.shape[:2], bool),
+                                      method=Decoder.prefix_vectors)
+  out_tables = model.apply(params, method=Decoder.level_tables)
+
+  def one(root_D, kv, bias_T, p0):     # no prefix tables: every code of every level
+    step_fn = step_fns(model, params, out_tables, root_D, kv, bias_T, p0)
+    codes, scores, _ = decode.search(step_fn, empty_cache(cfg), None, cfg.level_sizes,
+                                     cfg.offsets, cfg.bos, beam)
+    return codes, scores
+  return jax.vmap(one)(root, kvs, bias, pos0)
+
+
+def soft_score(params, x_BxSxD, codes_BxC, *, model: Decoder):
+  """Teacher-forced log-probability [B] of IDs after input vectors (the search's scores)."""
+  logp = jax.nn.log_softmax(soft_logits(params, model, x_BxSxD, codes_BxC, False), axis=-1)
+  return jnp.sum(jnp.take_along_axis(logp, codes_BxC[..., None], -1)[..., 0], axis=-1)

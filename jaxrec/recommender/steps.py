@@ -78,8 +78,7 @@ def train_step(state: TrainState, batch, codes_NxC, key, *, model: T5, tx, tau: 
   step_key = jax.random.fold_in(key, state.step)
 
   def loss_fn(params):
-    logits, labels = forward(params, model, batch, codes_NxC, True, step_key)
-    return code_loss(logits, labels, batch["weight_B"], tau)
+    return batch_loss(params, batch, codes_NxC, step_key, model=model, tau=tau)
 
   (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -184,3 +183,50 @@ def eval_step(params, batch, codes_NxC, tables, *, model: T5, beam: int, constra
   sums = metrics.rank_metric_sums(items, tables.rep_item_N[batch["target_B"]], batch["weight_B"])
   sums.update(metrics.invalid_id_sums(items, scores, batch["weight_B"]))
   return sums, items
+
+
+# ------------------------------------------- SIIT's task A: input vectors instead of a history
+def batch_loss(params, batch, codes_NxC, key, *, model: T5, tau: float = 1.0):
+  """The training code loss of a batch: (loss, metrics) (the T5 train step's objective)."""
+  logits, labels = forward(params, model, batch, codes_NxC, True, key)
+  return code_loss(logits, labels, batch["weight_B"], tau)
+
+
+def soft_loss(params, x_BxSxD, codes_BxC, key, *, model: T5):
+  """Teacher-forced code loss of IDs `codes_BxC` after input vectors (the encoder reads
+  them; SIIT's soft item tokens), in training mode."""
+  k_enc, k_dec = jax.random.split(key)
+  mask = jnp.ones(x_BxSxD.shape[:2], bool)
+  enc, enc_mask = model.apply(params, x_BxSxD, mask, None, True, method=T5.encode_inputs,
+                              rngs={"dropout": k_enc})
+  dec_in, labels = decoder_io(codes_BxC, jnp.arange(codes_BxC.shape[0]), model.cfg)
+  hidden = model.apply(params, enc, enc_mask, dec_in, True, method=T5.decode,
+                       rngs={"dropout": k_dec})
+  return code_loss(model.apply(params, hidden, method=T5.logits), labels,
+                   jnp.ones(codes_BxC.shape[0]))[0]
+
+
+def soft_search(params, x_BxSxD, *, model: T5, beam: int):
+  """Beam search over the whole code space after input vectors: (codes [B, W, C], scores)."""
+  mask = jnp.ones(x_BxSxD.shape[:2], bool)
+  enc, enc_mask = model.apply(params, x_BxSxD, mask, None, False, method=T5.encode_inputs)
+  cross = model.apply(params, enc, method=T5.cross_kv)
+  head = model.apply(params, method=T5.output_head)
+  cfg = model.cfg
+
+  def one(cross_kv, enc_mask_T):        # no prefix tables: every code of every level
+    step_fn, _ = t5_step_fns(model, params, head, cross_kv, enc_mask_T)
+    codes, scores, _ = decode.search(step_fn, empty_cache(cfg), None, cfg.level_sizes,
+                                     cfg.offsets, cfg.bos, beam)
+    return codes, scores
+  return jax.vmap(one)(cross, enc_mask)
+
+
+def soft_score(params, x_BxSxD, codes_BxC, *, model: T5):
+  """Teacher-forced log-probability [B] of IDs after input vectors (the search's scores)."""
+  mask = jnp.ones(x_BxSxD.shape[:2], bool)
+  enc, enc_mask = model.apply(params, x_BxSxD, mask, None, False, method=T5.encode_inputs)
+  dec_in, labels = decoder_io(codes_BxC, jnp.arange(codes_BxC.shape[0]), model.cfg)
+  hidden = model.apply(params, enc, enc_mask, dec_in, False, method=T5.decode)
+  logp = jax.nn.log_softmax(model.apply(params, hidden, method=T5.logits), axis=-1)
+  return jnp.sum(jnp.take_along_axis(logp, labels[..., None], -1)[..., 0], axis=-1)

@@ -86,14 +86,17 @@ def total_steps(run: Run, steps_per_epoch: int) -> int:
   return min(total, tc.max_steps) if tc.max_steps else total
 
 
-def adamw(run: Run, params, steps_per_epoch: int):
+def adamw(run: Run, params, steps_per_epoch: int, trainable="model"):
   """AdamW with train.*'s schedule over `params`: (tx, lr_at(step), a TrainState replicated
-  over the run's mesh)."""
+  over the run's mesh). `trainable`: which parameters train (a function of the tree to
+  bools, None: all); by default the run's model's rule (`steps.trainable`: LoRA)."""
   tc = run.cfg.train
   total = total_steps(run, steps_per_epoch)
+  if trainable == "model":
+    trainable = run.steps.trainable(run.model) if run.steps else None
   tx, lr_at = optimizer_and_schedule(tc.lr, tc.weight_decay, total, int(tc.warmup_frac * total),
                                      tc.clip, tc.schedule, tc.accumulate, tc.decay, tc.lr_end,
-                                     run.steps.trainable(run.model) if run.steps else None)
+                                     trainable)
   state = distributed.replicate(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
                                 run.replicated)
   return tx, lr_at, state
@@ -124,9 +127,8 @@ def n_params(tree) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(tree))
 
 
-def n_trained(run: Run, params) -> Optional[int]:
-  """How many of `params` train, when the model freezes some (LoRA); else None."""
-  mask = run.steps.trainable(run.model) if run.steps else None
+def n_trained(params, mask) -> Optional[int]:
+  """How many of `params` train under `mask` (`adamw`'s `trainable`); None when all do."""
   if mask is None:
     return None
   return sum(int(x.size) for x, t in zip(jax.tree.leaves(params), jax.tree.leaves(mask(params))) if t)
@@ -142,4 +144,5 @@ def single_stage_plan(run: Run, params, make_step: Callable, steps_per_epoch: in
   stage = Stage("train", tc.epochs, lambda epoch: train_fn, tc.eval_every, tc.patience)
   return Plan(state, [stage], rec_params=lambda s: s.params, best_extra=lambda s: {},
               global_step=lambda s: int(s.step), lr_at=lambda s, step: float(lr_at(step)),
-              n_params=n_params(params), n_trained=n_trained(run, params), finish=finish)
+              n_params=n_params(params), n_trained=n_trained(params, run.steps.trainable(run.model) if run.steps else None),
+              finish=finish)
