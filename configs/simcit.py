@@ -7,7 +7,9 @@
 
 Variants (everything not listed is configs/tiger.py's same variant; decoder, tiny_decoder
 and scientific_decoder: default, tiny and scientific with tiger.py's decoder-only
-recommender):
+recommender; scientific_llm: SimCIT's IDs on a pretrained LLM as the paper evaluates them
+in LLM-based recommendation ($JAXREC_LLM_DIR or model.path, tiger.py:llm_model_config, LC-Rec's
+prompt and recipe; needs weights and an accelerator); tiny_llm: on the tests' tiny Qwen2):
   (default)    synthetic data, views `content` (64-d) and the planted `cf` (32-d), as LETTER's
                and ETEGRec's defaults read it; 3 x 64 codes; 300 tokenizer epochs.
                `--config.data.features="('content',)"` derives `cf` from the interactions
@@ -82,6 +84,15 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   variant = variant or "default"
   if variant in _tiger().DECODER_VARIANTS:
     return _tiger().decoder_variant(get_config, variant)
+  if variant in ("tiny_llm", "scientific_llm"):
+    cfg = get_config(variant.removesuffix("_llm"))
+    cfg.variant = variant
+    if variant == "tiny_llm":
+      cfg.model = _tiger().tiny_llm_model_config()
+    else:
+      cfg.model = _tiger().llm_model_config(os.environ.get("JAXREC_LLM_DIR", ""))
+      _tiger().lcrec_training(cfg)
+    return cfg
   if variant not in ("default", "tiny", "instruments", "instruments_paper", "scientific"):
     raise ValueError(f"unknown simcit variant {variant!r}")
   paper, variant = variant.endswith("_paper"), variant.removesuffix("_paper")
