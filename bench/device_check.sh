@@ -2,7 +2,8 @@
 # The accelerator check, one 10-minute run (the device's whole budget): the programs a run
 # compiles and their compile seconds, jaxrec's train step in fp32 and bf16 at batch 256 and
 # 1024 (paper model, no accumulation, one history length: data.shapes' accelerator default),
-# the decode of the whole Instruments test split, the PyTorch + HF anchor on the same device,
+# the decode of the whole Instruments test split, a Qwen2.5-0.5B-shaped LLM recommender's
+# LoRA step (bf16, random weights), the PyTorch + HF anchor on the same device,
 # then the claims issue's reproduction queue until the time is up (it resumes next time).
 # Each part has a time cap so that the whole check ends within 570 s.
 #
@@ -55,6 +56,11 @@ done
 # 3. the decode of the whole test split (DEC=0: every batch)
 timeout $(left 330) python3 -m bench.speed $Q --buckets $LEN --skip grid tokenizer sasrec input train \
   --decode_batches $DEC --out $R/decode.json 2>&1 | grep -v Warning | tee -a $R/speed.log
+# 3b. the LLM recommender's LoRA step: a Qwen2.5-0.5B-shaped model, random weights, bf16
+if [ -z "$TINY" ]; then LLM="--shape qwen2.5-0.5b --dtype bfloat16 --batch 16"
+else LLM="--folder tests/fixtures/hf/qwen2 --batch 2 --steps 2 --warmup 1"; fi
+timeout $(left 390) python3 -m bench.llm $LLM --out $R/llm.json 2>&1 | grep -v Warning \
+  | tee -a $R/speed.log
 # 4. the anchor beside it (needs torch)
 if python3 -c "import torch" 2>/dev/null; then
   timeout $(left 420) python3 -m bench.anchor_device --anchors $ANCHORS --amp --device $TORCH \

@@ -3,6 +3,7 @@
   python -m bench.speed                       # TIGER preset, Instruments-sized inputs
   python -m bench.speed --quick               # a smaller grid (minutes on 2 CPU cores)
   python -m bench.speed --programs tiger:scientific tiger:instruments   # programs per run
+  python -m bench.speed --data scientific --model tiger:scientific_decoder   # decoder-only
 
 (`python bench/speed.py` works too.) Prints a table and writes JSON (the machine: device,
 CPU, jax / flax versions; the config) to --out, default bench/results/speed-<platform>.json.
@@ -35,13 +36,11 @@ from jaxrec.config import get_config  # noqa: E402
 from jaxrec.data import (bucket_lengths, eval_batches, leave_one_out,  # noqa: E402
                          load_dataset, plan_batches, gather_batch)
 from jaxrec.optim import TrainState, make_optimizer  # noqa: E402
-from jaxrec.recommender import steps  # noqa: E402
-from jaxrec.recommender.t5 import T5  # noqa: E402
-from jaxrec.recommender.t5_layers import model_config  # noqa: E402
+from jaxrec.recommender import family  # noqa: E402
 from jaxrec.tokenizer import codes as codes_lib  # noqa: E402
 from jaxrec.tokenizer import train as tok_train  # noqa: E402
 from jaxrec.tokenizer.rqvae import RQVAE, rqvae_config  # noqa: E402
-from jaxrec.xla import compiler_options, jit_init  # noqa: E402
+from jaxrec.xla import compiler_options  # noqa: E402
 
 
 def _flops(compiled) -> float:
@@ -86,12 +85,15 @@ def random_codes(n_items, levels=3, k=256, seed=0):
 
 
 def load_inputs(args):
-  """Instruments splits when available (real length distribution), else synthetic."""
-  cfg = get_config("tiger", "instruments")   # its data.dir: $JAXREC_DATA_DIR/instruments
-  variant = ("instruments" if os.path.exists(os.path.join(cfg.data.dir, "Instruments.inter.json"))
+  """Instruments (or --data scientific) splits when available (real length distribution),
+  else synthetic; the recommender of --model."""
+  cfg = get_config("tiger", args.data)   # its data.dir: $JAXREC_DATA_DIR/<data>
+  variant = (args.data if os.path.exists(os.path.join(cfg.data.dir, f"{cfg.data.name}.inter.json"))
              else "default")
   if variant == "default":
     cfg.data = get_config("tiger", "default").data
+  method, _, model_variant = args.model.partition(":")
+  cfg.model = get_config(method, model_variant).model
   if args.buckets:
     cfg.data.buckets = tuple(args.buckets)
   ds = load_dataset(cfg.data)
@@ -105,17 +107,22 @@ def epoch_totals(plan, step_s, flops):
   return real, sum(step_s[b] for b, _ in plan), sum(flops[b] for b, _ in plan)
 
 
+def build_model(cfg, ds, splits, codes_np, dtype: str):
+  """(model, its steps module, parameters) of cfg.model (`recommender.family`: the T5 or
+  the decoder-only recommender) over 256-code levels, random weights."""
+  model, rec = family.build(cfg.model, [256] * codes_np.shape[1], dtype)
+  first = gather_batch(ds, splits["train"], 4, np.arange(2))
+  return model, rec, rec.init_params(model, jnp.asarray(codes_np), first, jax.random.key(0))
+
+
 def train_setup(cfg, ds, splits, codes_np, batch: int, dtype: str = "float32"):
-  """What a timed T5 train step needs: (model, tx, state, codes on device, buckets, one
-  whole shuffled epoch's plan [(bucket, indices)], each bucket's first batch indices)."""
-  model = T5(model_config(cfg.model, [256] * codes_np.shape[1], dtype))
+  """What a timed train step needs: (model, steps module, tx, state, codes on device,
+  buckets, one whole shuffled epoch's plan [(bucket, indices)], each bucket's first batch
+  indices)."""
+  model, rec, params = build_model(cfg, ds, splits, codes_np, dtype)
   buckets = bucket_lengths(cfg.data.buckets, cfg.data.max_len)
   codes = jnp.asarray(codes_np)
   tx = make_optimizer(5e-4, 0.01, 10_000, 100, 1.0)
-  first = gather_batch(ds, splits["train"], buckets[0], np.arange(2))
-  tok, mask = steps.history_tokens(codes, first["history_BxL"], first["mask_BxL"], model.cfg)
-  dec_in, _ = steps.decoder_io(codes, first["target_B"], model.cfg)
-  params = jit_init(model, jax.random.key(0), tok, mask, first["user_B"], dec_in)
   rep, _ = placements()
   state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), rep)
   codes = jax.device_put(codes, rep)
@@ -123,14 +130,14 @@ def train_setup(cfg, ds, splits, codes_np, batch: int, dtype: str = "float32"):
   first_idx = {}
   for b, idx in plan:
     first_idx.setdefault(b, idx)
-  return model, tx, state, codes, buckets, plan, first_idx
+  return model, rec, tx, state, codes, buckets, plan, first_idx
 
 
 def bench_train(cfg, ds, splits, codes_np, args):
-  model, tx, state, codes, buckets, plan, first_idx = train_setup(cfg, ds, splits, codes_np,
-                                                                  args.batch, args.dtype)
+  model, rec, tx, state, codes, buckets, plan, first_idx = train_setup(cfg, ds, splits, codes_np,
+                                                                       args.batch, args.dtype)
   params = state.params
-  fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx), donate_argnums=0,
+  fn = jax.jit(functools.partial(rec.train_step, model=model, tx=tx), donate_argnums=0,
                compiler_options=compiler_options("train"))
   key = jax.random.key(1)
   _, split = placements()
@@ -168,10 +175,10 @@ def bench_train(cfg, ds, splits, codes_np, args):
           "gflop_per_sample": total_flops / real / 1e9, "achieved_gflops": total_flops / dt / 1e9,
           "per_bucket": per_bucket, "compile_s": {str(k): round(v, 1) for k, v in compile_s.items()},
           "compile_s_total": round(sum(compile_s.values()), 1), "parameters": n_params,
-          "buckets": list(buckets)}, model, state.params
+          "buckets": list(buckets)}, model, rec, state.params
 
 
-def bench_decode(model, params, ds, splits, codes_np, args, beams, catalogues, length):
+def bench_decode(model, rec, params, ds, splits, codes_np, args, beams, catalogues, length):
   """Users/s across beam widths and catalogue sizes at one history bucket."""
   rows = []
   fn_cache = {}
@@ -184,7 +191,7 @@ def bench_decode(model, params, ds, splits, codes_np, args, beams, catalogues, l
     batch = jax.device_put(gather_batch(ds, splits["test"], length, np.arange(args.decode_batch)),
                            split)
     for beam in beams:
-      fn = fn_cache.setdefault(beam, eval_jit(steps.eval_step, model=model, beam=beam))
+      fn = fn_cache.setdefault(beam, eval_jit(rec.eval_step, model=model, beam=beam))
       t = time.perf_counter()
       compiled = fn.lower(params, batch, codes, tables).compile()
       compile_s = time.perf_counter() - t
@@ -221,13 +228,13 @@ def bench_input(ds, splits, buckets, batch_sizes, n_batches: int):
   return out
 
 
-def bench_decode_split(model, params, ds, splits, codes_np, args, buckets):
+def bench_decode_split(model, rec, params, ds, splits, codes_np, args, buckets):
   """Users/s over the real test split (its bucket mix), beam 20."""
   rep, split = placements()
   params = jax.device_put(params, rep)
   tables = jax.device_put(decode.prefix_tables(codes_np), rep)
   codes = jax.device_put(codes_np, rep)
-  fn = eval_jit(steps.eval_step, model=model, beam=20)
+  fn = eval_jit(rec.eval_step, model=model, beam=20)
   batches = [jax.device_put(b, split)
              for b in eval_batches(ds, splits["test"], args.decode_batch, buckets)]
   if args.decode_batches:   # a fixed sample of the split's batches (every bucket length kept)
@@ -415,6 +422,11 @@ def main():
   p.add_argument("--extra_vocab", type=int, default=0, help="model.extra_vocab ('vocab' head)")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                  help="the T5's compute dtype (train.dtype; float32 parameters either way)")
+  p.add_argument("--model", default="tiger:instruments", metavar="METHOD:VARIANT",
+                 help="the config whose model is timed (tiger:scientific_decoder: the "
+                      "decoder-only recommender)")
+  p.add_argument("--data", default="instruments", choices=["instruments", "scientific"],
+                 help="whose history lengths the batches have")
   p.add_argument("--programs", nargs="*", default=[], metavar="METHOD:VARIANT",
                  help="only count the programs runs of these configs compile and their compile "
                       "seconds, per data.shapes (buckets, max_len), with an empty and a warm "
@@ -443,7 +455,8 @@ def main():
     args.train_steps, args.train_reps, args.decode_reps = 20, 1, 1
     args.beams, args.catalogues = [1, 20], [10_000, 1_000_000]
   cfg, ds, splits, source = load_inputs(args)
-  cfg.model.head, cfg.model.extra_vocab = args.head, args.extra_vocab
+  if family.kind_of(cfg.model) == "t5":
+    cfg.model.head, cfg.model.extra_vocab = args.head, args.extra_vocab
   codes_np = random_codes(ds.n_items)
   result = {"dtype": args.dtype, "inputs": source, "items": ds.n_items, "max_len": cfg.data.max_len,
             "model": cfg.model.to_dict(), "compiler_options": {k: compiler_options(k) for k in ("train", "decode")}}
@@ -468,26 +481,22 @@ def main():
         for b, v in r.items()), flush=True)
   model, params = None, None
   if "train" not in args.skip:
-    result["train"], model, params = bench_train(cfg, ds, splits, codes_np, args)
+    result["train"], model, rec, params = bench_train(cfg, ds, splits, codes_np, args)
     r = result["train"]
     print(f"train step (batch {r['batch']}, buckets {r['buckets']}): {r['samples_per_s']:.1f} samples/s, "
           f"{r['step_ms']:.0f} ms/step, {r['gflop_per_sample']:.3f} GFLOP/sample, "
           f"{r['achieved_gflops']:.1f} GFLOP/s, compile {r['compile_s_total']}s", flush=True)
   if model is None:
-    model = T5(model_config(cfg.model, [256] * codes_np.shape[1], args.dtype))
-    b = gather_batch(ds, splits["train"], 4, np.arange(2))
-    tok, mask = steps.history_tokens(jnp.asarray(codes_np), b["history_BxL"], b["mask_BxL"], model.cfg)
-    dec_in, _ = steps.decoder_io(jnp.asarray(codes_np), b["target_B"], model.cfg)
-    params = jit_init(model, jax.random.key(0), tok, mask, b["user_B"], dec_in)
+    model, rec, params = build_model(cfg, ds, splits, codes_np, args.dtype)
   if "decode" not in args.skip:
-    result["decode_test_split"] = bench_decode_split(model, params, ds, splits, codes_np, args,
+    result["decode_test_split"] = bench_decode_split(model, rec, params, ds, splits, codes_np, args,
                                                      bucket_lengths(cfg.data.buckets, cfg.data.max_len))
     r = result["decode_test_split"]
     print(f"decode test split (beam 20, batch {r['batch']}, {r['users']} users): {r['users_per_s']:.1f} users/s, "
           f"{r['gflop_per_user']:.3f} GFLOP/user, {r['achieved_gflops']:.1f} GFLOP/s, "
           f"compile {r['compile_s_total']}s", flush=True)
   if "grid" not in args.skip:
-    result["decode_grid"] = bench_decode(model, params, ds, splits, codes_np, args, args.beams,
+    result["decode_grid"] = bench_decode(model, rec, params, ds, splits, codes_np, args, args.beams,
                                          args.catalogues, args.grid_history)
   print(f"wrote {common.write_json(common.result_path(f'speed-{common.platform()}.json', args.out), result)}")
 
