@@ -323,6 +323,9 @@ def train_config(variant: str) -> ml_collections.ConfigDict:
   t.tensorboard = True             # the same records as TensorBoard events (<workdir>/tensorboard)
   t.save_every = 500               # steps between resumable checkpoints
   t.max_steps = 0                  # stop after this many steps (0: no limit); for budgets
+  t.shard_params = False           # FSDP-style: parameters and optimizer state split over the
+                                   # devices (a model too large for one trains on several;
+                                   # decoding gathers them; ETEGRec keeps its state replicated)
   if variant == "default":
     t.lr = 2e-3
     t.epochs = 15

@@ -39,7 +39,7 @@ ADDED_KEYS = {("train", "accumulate"): 1, ("cf", "train", "accumulate"): 1,
               ("cf", "train", "dtype"): "float32", ("tokenizer", "keep"): "last",
               ("train", "tensorboard"): True, ("cf", "train", "tensorboard"): True,
               ("etegrec", "rec_schedule"): "stage", ("data", "shapes"): "auto",
-              ("model", "kind"): "t5"}
+              ("model", "kind"): "t5", ("train", "shard_params"): False}
 
 
 def _edit_added(d: dict, edit) -> dict:

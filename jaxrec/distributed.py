@@ -126,6 +126,14 @@ def replicate(tree, sharding):
   return jax.device_put(tree, sharding)
 
 
+def place(tree, shardings):
+  """`tree` placed leaf by leaf by `shardings` (a matching tree); through the host with
+  several processes, as `replicate`."""
+  if multi_process():
+    tree = jax.device_get(tree)
+  return jax.device_put(tree, shardings)
+
+
 def per_device_eval(step, mesh):
   """`step(params, batch, *rest) -> (metric sums, per-row outputs)` compiled (`jax.jit`,
   decoding's compiler options) to run on every device over its own rows of the batch

@@ -232,3 +232,49 @@ def test_a_tiny_run_learns_and_writes_the_usual_outputs(trained):
   for split in ("valid", "test"):
     assert 0.0 < results[split]["recall@10"] <= 1.0
     assert results[split]["recall@10"] >= results[split]["recall@5"]
+
+
+FSDP = r"""
+import sys, jax, numpy as np
+sys.path.insert(0, "configs")
+import tiger
+from jaxrec import pipeline
+from jaxrec.data import BatchIterator
+from jaxrec.methods.base import get_method
+assert len(jax.devices()) == 4
+losses, spec = {}, {}
+for shard in (False, True):
+  cfg = tiger.get_config("tiny_decoder")
+  cfg.train.shard_params = shard
+  run = pipeline.setup(cfg, sys.argv[1] + str(shard), log=lambda m: None)
+  plan = get_method("tiger").training_plan(run, jax.random.key(0), 10)
+  step, state = plan.stages[0].step(0), plan.state
+  it = BatchIterator(run.dataset, run.splits["train"], 64, run.buckets, shuffle=True, seed=0)
+  out = []
+  for i, batch in zip(range(4), it.epoch_batches()):
+    state, m = step(state, run.shard(batch), run.codes, jax.random.key(1))
+    out.append(float(m["loss"]))
+  losses[shard] = out
+  spec[shard] = (state.params["params"]["embed"].sharding.spec,
+                 state.opt_state[1][0].mu["params"]["embed"].sharding.spec)
+print("FSDP", losses, spec)
+# the embedding [V, 32] split along its width (the larger axis 4 divides), moments alike
+assert spec[True] == (jax.sharding.PartitionSpec(None, "data"),) * 2, spec
+assert spec[False] == (jax.sharding.PartitionSpec(),) * 2, spec
+np.testing.assert_allclose(losses[False][0], losses[True][0], rtol=1e-6)
+np.testing.assert_allclose(losses[False], losses[True], rtol=1e-3)
+print("FSDP_OK")
+"""
+
+
+def test_sharded_parameters_train_as_replicated_ones(tmp_path):
+  """train.shard_params on 4 CPU devices: parameters and Adam moments split over the
+  devices, the same losses as replicated parameters (to the gradient sum's order)."""
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", JAXREC_CPU_DEVICES="4")
+  out = subprocess.run([sys.executable, "-c", FSDP, str(tmp_path / "w")], cwd=repo, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert "FSDP_OK" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]

@@ -240,7 +240,7 @@ def training_plan(run, key, steps_per_epoch: int):
   tx, lr_at, state = adamw(run, params, steps_per_epoch, trainable)
   n_align = int(round(sc.align_ratio * tc.batch_size))
   fn = jit_step(run, functools.partial(train_step, rec=rec, model=model, soft=soft, tx=tx,
-                                       tau=tc.tau, n_align=n_align))
+                                       tau=tc.tau, n_align=n_align), state=state)
   step = Bound(fn, feats)
   sizes = run.table.sizes
 

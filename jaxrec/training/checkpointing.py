@@ -106,7 +106,7 @@ class RunCheckpoints:
                             "a new --workdir")
     if distributed.is_primary():
       truncate_jsonl(os.path.join(run.workdir, "metrics.jsonl"), step0)
-    return step0, distributed.replicate(tree["train"], run.replicated), meta
+    return step0, run.place_state(tree["train"]), meta
 
   def close(self) -> None:
     self.train.close()

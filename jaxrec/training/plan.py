@@ -14,7 +14,6 @@ from typing import Any, Callable, Optional, Protocol
 import jax
 import jax.numpy as jnp
 
-from jaxrec import distributed
 from jaxrec.optim import TrainState, optimizer_and_schedule
 from jaxrec.training.run import Run
 from jaxrec.xla import Program, compiler_options
@@ -97,15 +96,17 @@ def adamw(run: Run, params, steps_per_epoch: int, trainable="model"):
   tx, lr_at = optimizer_and_schedule(tc.lr, tc.weight_decay, total, int(tc.warmup_frac * total),
                                      tc.clip, tc.schedule, tc.accumulate, tc.decay, tc.lr_end,
                                      trainable)
-  state = distributed.replicate(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
-                                run.replicated)
+  state = run.place_state(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)))
   return tx, lr_at, state
 
 
-def jit_step(run: Run, fn: Callable, name: str = "train") -> Program:
-  """A train step compiled for the run's mesh: state donated, outputs replicated; a
-  `Program`, so the loop compiles it ahead of time for every batch shape."""
-  return Program(name, jax.jit(fn, donate_argnums=0, out_shardings=run.replicated,
+def jit_step(run: Run, fn: Callable, name: str = "train", state=None) -> Program:
+  """A train step compiled for the run's mesh: state donated, the new state placed as
+  `state` is (`Run.state_sharding`: replicated, or split with train.shard_params), the
+  outputs replicated; a `Program`, so the loop compiles it ahead of time for every batch
+  shape."""
+  out = run.replicated if state is None else (run.state_sharding(state), run.replicated)
+  return Program(name, jax.jit(fn, donate_argnums=0, out_shardings=out,
                                compiler_options=compiler_options("train")))
 
 
@@ -140,7 +141,7 @@ def single_stage_plan(run: Run, params, make_step: Callable, steps_per_epoch: in
   `make_step(tx)` is the step `(state, batch, codes, key) -> (state, out)`."""
   tc = run.cfg.train
   tx, lr_at, state = adamw(run, params, steps_per_epoch)
-  train_fn = jit_step(run, make_step(tx))
+  train_fn = jit_step(run, make_step(tx), state=state)
   stage = Stage("train", tc.epochs, lambda epoch: train_fn, tc.eval_every, tc.patience)
   return Plan(state, [stage], rec_params=lambda s: s.params, best_extra=lambda s: {},
               global_step=lambda s: int(s.step), lr_at=lambda s, step: float(lr_at(step)),

@@ -49,6 +49,29 @@ class Run:
   def replicated(self):
     return NamedSharding(self.mesh, P())
 
+  def state_sharding(self, tree):
+    """Where each leaf of a training state lives: replicated, or with train.shard_params
+    (FSDP-style) split over the mesh's "data" axis along its largest axis that the device
+    count divides (parameters and their optimizer moments alike; a leaf with no such axis,
+    a scalar or a bias of odd width, stays replicated). XLA's sharding propagation then
+    gathers each parameter where a step uses it and reduce-scatters its gradient."""
+    n = self.mesh.devices.size
+    if n == 1 or not self.cfg.train.get("shard_params", False):
+      return jax.tree.map(lambda _: self.replicated, tree)
+
+    def place(x):
+      shape = getattr(x, "shape", ())
+      axes = [a for a in range(len(shape)) if shape[a] % n == 0 and shape[a] >= n]
+      if not axes:
+        return self.replicated
+      a = max(axes, key=lambda i: shape[i])
+      return NamedSharding(self.mesh, P(*([None] * a + ["data"])))
+    return jax.tree.map(place, tree)
+
+  def place_state(self, tree):
+    """`tree` (a training state) placed by `state_sharding`."""
+    return distributed.place(tree, self.state_sharding(tree))
+
   @property
   def code_args(self) -> tuple:
     """What the steps read besides params and batch: the current code table and its prefix
