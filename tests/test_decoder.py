@@ -115,6 +115,28 @@ def test_lora_trains_only_the_adapters_and_id_rows():
   assert np.isfinite(float(out["loss"]))
 
 
+def test_lora_in_bf16_stores_frozen_weights_in_bf16():
+  """train.dtype='bfloat16' with LoRA: the frozen kernels and norms are stored in bf16, the
+  adapters and ID rows stay float32, and a step keeps those dtypes."""
+  from jaxrec.optim import TrainState, optimizer_and_schedule
+  cfg = dataclasses.replace(TINY_LLM, train_rows="ids", dtype="bfloat16", init_std=0.3)
+  model = Decoder(cfg)
+  rng = np.random.default_rng(1)
+  codes = jnp.asarray(rng.integers(0, 4, (30, 3)), jnp.int32)
+  params = steps.init_params(model, codes, _batch(HIST, MASK, np.arange(5)), jax.random.key(0))
+  p = params["params"]
+  assert p["blocks_0"]["attn"]["q"]["kernel"].dtype == jnp.bfloat16
+  assert p["blocks_0"]["norm1"]["scale"].dtype == jnp.bfloat16
+  assert p["blocks_0"]["attn"]["q"]["lora_b"].dtype == jnp.float32
+  assert p["id_embed"].dtype == jnp.float32 and p["embed"].dtype == jnp.bfloat16
+  tx, _ = optimizer_and_schedule(1e-2, 0.1, 10, 0, 1.0, trainable=steps.trainable(model))
+  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  state, out = jax.jit(functools.partial(steps.train_step, model=model, tx=tx))(
+      state, _batch(HIST, MASK, np.arange(5)), codes, jax.random.key(0))
+  chex.assert_trees_all_equal_dtypes(state.params, params)
+  assert np.isfinite(float(out["loss"]))
+
+
 def test_exhaustive_beam_ranks_the_catalogue():
   """A beam as wide as the catalogue returns all 30 items in the order of their
   teacher-forced scores: the search's answer is known."""

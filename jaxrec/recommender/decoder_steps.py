@@ -126,6 +126,11 @@ def init_params(model: Decoder, codes_NxC, batch, key):
   if model.cfg.path:
     seed = int(jax.random.randint(key, (), 0, 2 ** 31 - 1))
     params = jax.tree.map(jnp.asarray, hf.pretrained_params(model.cfg, params, seed))
+  mask = trainable(model)
+  if mask is not None and model.cfg.compute == jnp.bfloat16:
+    # LoRA in bf16: the frozen weights are stored in bf16 (half the memory), the trained
+    # ones (adapters, rows) stay float32 master copies
+    params = jax.tree.map(lambda t, p: p if t else p.astype(jnp.bfloat16), mask(params), params)
   return params
 
 
