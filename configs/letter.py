@@ -63,24 +63,12 @@ def _tiger():
   return load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiger.py"))
 
 
-def lcrec(cfg: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-  """LETTER's IDs on an LLM (LETTER's second instantiation, LC-Rec): the LLM of model.path
-  with LoRA, LC-Rec's prompt and training (tiger.py: llm_model_config, lcrec_training)."""
-  cfg.variant = variant
-  if variant == "tiny_lcrec":
-    cfg.model = _tiger().tiny_llm_model_config()
-  else:
-    cfg.model = _tiger().llm_model_config(os.environ.get("JAXREC_LLM_DIR", ""))  # LLaMA-7B
-    _tiger().lcrec_training(cfg)
-  return cfg
-
-
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   variant = variant or "default"
   if variant in _tiger().DECODER_VARIANTS:
     return _tiger().decoder_variant(get_config, variant)
-  if variant in ("tiny_lcrec", "instruments_lcrec"):
-    return lcrec(get_config(variant.removesuffix("_lcrec")), variant)
+  if variant in ("tiny_lcrec", "instruments_lcrec"):     # LETTER's IDs on an LLM (LC-Rec)
+    return _tiger().llm_variant(get_config, variant, "_lcrec")
   if variant not in ("default", "tiny", "instruments", "instruments_paper", "scientific"):
     raise ValueError(f"unknown letter variant {variant!r}")
   paper, variant = variant.endswith("_paper"), variant.removesuffix("_paper")

@@ -12,8 +12,9 @@ Variants (everything not listed is configs/tiger.py's same variant): default, ti
 instruments (content = the 32-d SASRec embedding), scientific (content = MiniLM text);
 decoder, tiny_decoder, scientific_decoder with tiger.py's decoder-only recommender;
 scientific_llm: the paper's setting, SIIT on a pretrained LLM ($JAXREC_LLM_DIR or
-model.path, tiger.py:llm_model_config: LoRA, LC-Rec's prompt and fine-tuning recipe, 16
-epochs so that the 3 refinement rounds happen; needs weights and an accelerator);
+model.path, tiger.py:llm_model_config: LoRA, LC-Rec's prompt and fine-tuning recipe, 4 x
+siit.refine_every = 32 epochs so that the 3 refinement rounds happen; needs weights and
+an accelerator);
 tiny_llm: the same on the tests' tiny random Qwen2 (seconds on a CPU, for CI).
 
 siit:
@@ -50,13 +51,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   if variant in _tiger().DECODER_VARIANTS:
     return _tiger().decoder_variant(get_config, variant)
   if variant in ("tiny_llm", "scientific_llm"):
-    cfg = get_config(variant.removesuffix("_llm"))
-    cfg.variant = variant
-    if variant == "tiny_llm":
-      cfg.model = _tiger().tiny_llm_model_config()
-    else:
-      cfg.model = _tiger().llm_model_config(os.environ.get("JAXREC_LLM_DIR", ""))
-      _tiger().lcrec_training(cfg)
+    cfg = _tiger().llm_variant(get_config, variant)
+    if variant == "scientific_llm":
       cfg.train.epochs = 4 * cfg.siit.refine_every     # room for the refinement rounds
     return cfg
   if variant not in ("default", "tiny", "instruments", "scientific"):

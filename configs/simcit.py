@@ -85,14 +85,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   if variant in _tiger().DECODER_VARIANTS:
     return _tiger().decoder_variant(get_config, variant)
   if variant in ("tiny_llm", "scientific_llm"):
-    cfg = get_config(variant.removesuffix("_llm"))
-    cfg.variant = variant
-    if variant == "tiny_llm":
-      cfg.model = _tiger().tiny_llm_model_config()
-    else:
-      cfg.model = _tiger().llm_model_config(os.environ.get("JAXREC_LLM_DIR", ""))
-      _tiger().lcrec_training(cfg)
-    return cfg
+    return _tiger().llm_variant(get_config, variant)
   if variant not in ("default", "tiny", "instruments", "instruments_paper", "scientific"):
     raise ValueError(f"unknown simcit variant {variant!r}")
   paper, variant = variant.endswith("_paper"), variant.removesuffix("_paper")

@@ -281,6 +281,21 @@ def lcrec_training(cfg: ml_collections.ConfigDict) -> None:
   cfg.data.batching, cfg.data.max_len = "iid", 20                         # max_his_len 20
 
 
+def llm_variant(get_config, variant: str, suffix: str = "_llm") -> ml_collections.ConfigDict:
+  """A method's `<base><suffix>`: its `get_config(base)` with a pretrained LLM as the
+  recommender: the tests' tiny Qwen2 for base 'tiny', else $JAXREC_LLM_DIR (or model.path)
+  with LC-Rec's fine-tuning recipe."""
+  base = variant.removesuffix(suffix)
+  cfg = get_config(base)
+  cfg.variant = variant
+  if base == "tiny":
+    cfg.model = tiny_llm_model_config()
+  else:
+    cfg.model = llm_model_config(os.environ.get("JAXREC_LLM_DIR", ""))
+    lcrec_training(cfg)
+  return cfg
+
+
 DECODER_VARIANTS = ("decoder", "tiny_decoder", "scientific_decoder")
 
 

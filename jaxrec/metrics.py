@@ -50,6 +50,14 @@ def invalid_id_sums(items_UxR, scores_UxR, weight_U, ks: Sequence[int] = ERR_KS)
           for k in ks if k <= items_UxR.shape[1]}
 
 
+def decoded_sums(items_UxR, scores_UxR, target_U, weight_U) -> dict:
+  """A beam search's metric sums: the rank metrics against each user's target (the
+  target's representative item, with shared IDs) and err@K."""
+  sums = rank_metric_sums(items_UxR, target_U, weight_U)
+  sums.update(invalid_id_sums(items_UxR, scores_UxR, weight_U))
+  return sums
+
+
 def finalize(sums: dict) -> dict:
   """Divides accumulated sums by the user count."""
   n = max(float(sums["count"]), 1.0)

@@ -146,6 +146,7 @@ def test_siit_on_the_tiny_llm_refines_and_decodes(tmp_path):
   """siit:tiny_llm (the paper's setting in miniature): a refinement round and the usual
   results on the tests' tiny random Qwen2 with LoRA."""
   cfg = siit_config.get_config("tiny_llm")
+  cfg.train.epochs = 1                     # the round comes after epoch 1 (refine_every 1)
   results = pipeline.train_and_evaluate(cfg, str(tmp_path), log=lambda m: None)
   assert 0 < results["parameters_trained"] < results["parameters"]
   assert 0.0 < results["test"]["recall@10"] <= 1.0

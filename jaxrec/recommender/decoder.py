@@ -115,10 +115,6 @@ class DecoderConfig:
   def vocab_size(self) -> int:
     return self.bos + (0 if self.vocab_rows else 1)
 
-  # the interface the shared steps read (`T5Config` has the same)
-  full_vocab = False
-  eos = None
-
 
 def model_config(model_cfg, level_sizes, dtype: str = "float32") -> DecoderConfig:
   """Frozen architecture from a `config.model` ConfigDict (kind 'decoder'), the code

@@ -206,9 +206,8 @@ def eval_step(params, batch, codes_NxC, tables, *, model: Decoder, beam: int,
   tokens, mask = prefix_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"], model.cfg)
   items, scores = generate(params, tokens, mask, batch["user_B"], tables, model=model,
                            beam=beam, constrained=constrained)
-  sums = metrics.rank_metric_sums(items, tables.rep_item_N[batch["target_B"]], batch["weight_B"])
-  sums.update(metrics.invalid_id_sums(items, scores, batch["weight_B"]))
-  return sums, items
+  return metrics.decoded_sums(items, scores, tables.rep_item_N[batch["target_B"]],
+                              batch["weight_B"]), items
 
 
 # ------------------------------------------- SIIT's task A: input vectors instead of a history
