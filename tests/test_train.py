@@ -72,6 +72,20 @@ def read_events(folder):
   return out
 
 
+def test_rerunning_a_finished_run_compiles_no_train_step(uninterrupted, tmp_path):
+  """A run that already ended (here: its epochs done) reruns to its results without
+  compiling a training program ahead (they would never run)."""
+  import shutil
+  workdir = str(tmp_path / "again")
+  shutil.copytree(uninterrupted[0], workdir)
+  logs = []
+  results = pipeline.train_and_evaluate(tiny_config(), workdir, log=logs.append)
+  assert not [m for m in logs if m.startswith("compiled train")], logs
+  assert any(m.startswith("resumed from") for m in logs), logs
+  strip = lambda r: {k: v for k, v in r.items() if not k.endswith("_s")}   # (timings)
+  assert strip(results["test"]) == strip(uninterrupted[1]["test"])
+
+
 def test_training_metrics_are_also_tensorboard_events(uninterrupted):
   workdir, _ = uninterrupted
   events = read_events(os.path.join(workdir, "tensorboard"))

@@ -128,8 +128,8 @@ class Loop:
                                     purge_step=self.step or None)
     try:
       with compile_listener(self.on_compile):
-        if not self.ls.done:
-          self.compile_ahead()
+        if not (self.ls.done or (self.stage_ends() and self.last_stage())):
+          self.compile_ahead()       # (a resumed run that already ended compiles nothing)
         self.train_stages()
     finally:
       if self.metrics_f is not None:
@@ -147,17 +147,25 @@ class Loop:
   def train_stages(self) -> None:
     """Epochs of each stage in turn, until the last stage (or train.max_steps) ends."""
     while not self.ls.done:
-      stage_epoch = self.train_it.epoch - self.ls.stage_start
-      if stage_epoch >= self.stage.epochs or self.ls.stage_over or self.out_of_steps:
-        if self.ls.stage + 1 < len(self.plan.stages) and not self.out_of_steps:
+      if self.stage_ends():
+        if not self.last_stage():
           self.next_stage()
           continue
         self.ls.done = True
         break
       epoch = self.train_it.epoch
-      self.train_epoch(self.stage.step(stage_epoch), epoch)
+      self.train_epoch(self.stage.step(epoch - self.ls.stage_start), epoch)
       self.end_epoch(epoch)
       self.save()
+
+  def stage_ends(self) -> bool:
+    """The current stage has run its epochs, stopped early, or train.max_steps is spent."""
+    return (self.train_it.epoch - self.ls.stage_start >= self.stage.epochs
+            or self.ls.stage_over or self.out_of_steps)
+
+  def last_stage(self) -> bool:
+    """No stage follows the current one (or train.max_steps ends the run)."""
+    return self.ls.stage + 1 >= len(self.plan.stages) or self.out_of_steps
 
   def on_compile(self, record: dict) -> None:
     """A program compiled: one log line and a metrics.jsonl record (not a TensorBoard one)."""
