@@ -87,3 +87,12 @@ def make_optimizer(lr: float, weight_decay: float, total_steps: int, warmup_step
                    clip: float, schedule: str = "cosine") -> optax.GradientTransformation:
   """`optimizer_and_schedule` without the schedule."""
   return optimizer_and_schedule(lr, weight_decay, total_steps, warmup_steps, clip, schedule)[0]
+
+
+def apply_step(state: TrainState, loss_fn, tx):
+  """One optimizer step: `loss_fn(params) -> (loss, metrics)` differentiated at
+  state.params, `tx` applied; returns (the next state, metrics with the gradient norm)."""
+  (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  out["grad_norm"] = optax.tree.norm(grads)
+  return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), out

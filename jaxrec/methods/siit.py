@@ -46,12 +46,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxrec import distributed
 from jaxrec.errors import ConfigError
 from jaxrec.methods.base import Method, init_t5, register
-from jaxrec.optim import TrainState
+from jaxrec.optim import TrainState, apply_step
 from jaxrec.tokenizer import build
 from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.training.evaluation import evaluate_split
@@ -115,10 +114,7 @@ def train_step(state: TrainState, batch, codes_NxC, key, feats_NxF, *, rec, mode
       out = dict(out, align=a, loss=loss)
     return loss, out
 
-  (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  out["grad_norm"] = optax.tree.norm(grads)
-  return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), out
+  return apply_step(state, loss_fn, tx)
 
 
 # ------------------------------------------------------------------------- refinement

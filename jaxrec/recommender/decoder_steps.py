@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from jaxrec import decode, metrics
-from jaxrec.optim import TrainState
+from jaxrec.optim import TrainState, apply_step
 from jaxrec.recommender import hf
 from jaxrec.recommender.decoder import Decoder, DecoderConfig, empty_cache
 from jaxrec.recommender.steps import code_loss
@@ -102,11 +102,7 @@ def train_step(state: TrainState, batch, codes_NxC, key, *, model: Decoder, tx, 
       params = jax.tree.map(lambda t, p: p if t else jax.lax.stop_gradient(p), mask(params), params)
     return batch_loss(params, batch, codes_NxC, step_key, model=model, tau=tau)
 
-  (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  out["grad_norm"] = optax.tree.norm(grads)
-  return TrainState(state.step + 1, params, opt_state), out
+  return apply_step(state, loss_fn, tx)
 
 
 def loss_sums(params, batch, codes_NxC, tables, *, model: Decoder):

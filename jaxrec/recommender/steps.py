@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxrec import decode, metrics
-from jaxrec.optim import TrainState
+from jaxrec.optim import TrainState, apply_step
 from jaxrec.recommender.t5 import T5, empty_cache, eos_logp, level_logp
 from jaxrec.recommender.t5_layers import T5Config
 from jaxrec.xla import jit_init
@@ -80,11 +80,7 @@ def train_step(state: TrainState, batch, codes_NxC, key, *, model: T5, tx, tau: 
   def loss_fn(params):
     return batch_loss(params, batch, codes_NxC, step_key, model=model, tau=tau)
 
-  (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  out["grad_norm"] = optax.tree.norm(grads)
-  return TrainState(state.step + 1, params, opt_state), out
+  return apply_step(state, loss_fn, tx)
 
 
 def loss_sums(params, batch, codes_NxC, tables, *, model: T5):
