@@ -27,19 +27,17 @@ RESULT_NEUTRAL = (("tokenizer", "save_every"), ("tokenizer", "log_every"),
 # Keys added after runs were recorded, with the value that does what those runs did: a saved
 # config without the key reads as having it, and a key at that value is left out of config
 # comparisons and fingerprints, so that those runs (and cached features) are still theirs.
-ADDED_KEYS = {("train", "accumulate"): 1, ("cf", "train", "accumulate"): 1,
-              ("train", "decode"): "constrained", ("cf", "train", "decode"): "constrained",
-              ("tokenizer", "shared_ids"): False, ("train", "select"): "ndcg@10",
-              ("cf", "train", "select"): "ndcg@10", ("data", "batching"): "buckets",
-              ("train", "lr_end"): 0.0, ("cf", "train", "lr_end"): 0.0,
-              ("train", "decay"): "all", ("cf", "train", "decay"): "all",
-              ("model", "logit_scale"): True, ("model", "init_std"): 0.0,
-              ("model", "head"): "level", ("model", "extra_vocab"): 0,
-              ("tokenizer", "simcit", "prefix_loss"): False, ("train", "dtype"): "float32",
-              ("cf", "train", "dtype"): "float32", ("tokenizer", "keep"): "last",
-              ("train", "tensorboard"): True, ("cf", "train", "tensorboard"): True,
-              ("etegrec", "rec_schedule"): "stage", ("data", "shapes"): "auto",
-              ("model", "kind"): "t5", ("train", "shard_params"): False}
+_ADDED = {("train", "accumulate"): 1, ("train", "decode"): "constrained",
+          ("tokenizer", "shared_ids"): False, ("train", "select"): "ndcg@10",
+          ("data", "batching"): "buckets", ("train", "lr_end"): 0.0, ("train", "decay"): "all",
+          ("model", "logit_scale"): True, ("model", "init_std"): 0.0, ("model", "head"): "level",
+          ("model", "extra_vocab"): 0, ("tokenizer", "simcit", "prefix_loss"): False,
+          ("train", "dtype"): "float32", ("tokenizer", "keep"): "last",
+          ("train", "tensorboard"): True, ("etegrec", "rec_schedule"): "stage",
+          ("data", "shapes"): "auto", ("model", "kind"): "t5", ("train", "shard_params"): False}
+# A `train` key is a key of the collaborative pre-training's `cf.train` too (same TrainConfig).
+ADDED_KEYS = {**_ADDED, **{("cf",) + path: value for path, value in _ADDED.items()
+                           if path[0] == "train"}}
 
 
 def _edit_added(d: dict, edit) -> dict:

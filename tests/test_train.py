@@ -177,6 +177,25 @@ def test_changed_config_in_same_workdir_is_refused(uninterrupted):
     pipeline.train_and_evaluate(tiny_config(lr=0.5), workdir, log=lambda m: None)
 
 
+@pytest.mark.parametrize("method", ["tiger", "letter", "etegrec", "siit"])
+def test_a_run_saved_by_an_older_version_resumes(tmp_path, method):
+  """config.json files the claims queue's runs wrote weeks of commits ago (before most of
+  config.ADDED_KEYS, `train.shard_params` and `cf.train.shard_params` among them) are the
+  same runs as today's `scientific` configs: their workdirs resume."""
+  import importlib
+  saved = os.path.join(os.path.dirname(__file__), "fixtures", "saved_configs",
+                       f"{method}-scientific.json")
+  with open(saved) as f:
+    old = json.load(f)
+  cfg = importlib.import_module(method).get_config("scientific")
+  cfg.data.dir = old["data"]["dir"]  # the machine's data path, not the run's
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  pipeline._check_config(cfg, str(tmp_path))
+  cfg.train.lr *= 2
+  with pytest.raises(ConfigMismatchError, match="train.lr"):
+    pipeline._check_config(cfg, str(tmp_path))
+
+
 MULTI = r"""
 import functools, jax, jax.numpy as jnp, numpy as np, sys
 sys.path.insert(0, "configs")
