@@ -24,17 +24,29 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
 
 
+class _Trained(dict):
+  """{name: workdir} of tiny runs, each trained the first time a test asks for it (a test
+  worker that never reads one does not train it)."""
+
+  def __init__(self, tmp_path_factory):
+    super().__init__()
+    self._tmp = tmp_path_factory
+
+  def __missing__(self, name):
+    import sasrec as sasrec_config
+    import tiger
+    from jaxrec import pipeline
+    cfg = {"tiger": lambda: tiger.get_config("tiny"),
+           "decoder": lambda: tiger.get_config("tiny_decoder"),
+           "sasrec": lambda: sasrec_config.get_config("tiny")}[name]()
+    workdir = str(self._tmp.mktemp(name))
+    pipeline.train_and_evaluate(cfg, workdir, log=lambda m: None)
+    self[name] = workdir
+    return workdir
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-  """A tiny TIGER, its decoder-only variant and a tiny SASRec run, trained once per session:
-  {name: workdir}."""
-  import sasrec as sasrec_config
-  import tiger
-  from jaxrec import pipeline
-  out = {}
-  for name, cfg in (("tiger", tiger.get_config("tiny")), ("decoder", tiger.get_config("tiny_decoder")),
-                    ("sasrec", sasrec_config.get_config("tiny"))):
-    workdir = str(tmp_path_factory.mktemp(name))
-    pipeline.train_and_evaluate(cfg, workdir, log=lambda m: None)
-    out[name] = workdir
-  return out
+  """A tiny TIGER, its decoder-only variant and a tiny SASRec run, each trained once per
+  session (per test worker) when first read: {name: workdir}."""
+  return _Trained(tmp_path_factory)

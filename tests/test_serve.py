@@ -24,7 +24,7 @@ def exported(trained, tmp_path_factory):
   """{name: export folder} of the session's tiny TIGER and SASRec runs."""
   root = tmp_path_factory.mktemp("exports")
   return {name: (export.export_run(workdir, str(root / name)), str(root / name))[1]
-          for name, workdir in trained.items()}
+          for name, workdir in ((n, trained[n]) for n in ("tiger", "decoder", "sasrec"))}
 
 
 def requests_of(run, users=range(7)):
