@@ -69,6 +69,11 @@ def data_config(variant: str) -> ml_collections.ConfigDict:
                                    # every batch to max_len, one compiled shape per program |
                                    # "auto": buckets on CPU (padding costs compute there),
                                    # max_len on GPU / TPU (compiling costs more than padding)
+  d.align = ml_collections.ConfigDict(dict(   # item-ID alignment tasks mixed into every
+      tasks=(),                    # training batch (an LLM recommender: model.path): LC-Rec's
+      fields=("title",),           # 'item2index' (title -> ID), 'index2item' (ID -> title);
+      max_tokens=32,               # the item text's fields, its tokens kept; alignment items
+      per_batch=0))                # per batch (0: every item once per epoch, as LC-Rec)
   d.synthetic = ml_collections.ConfigDict(dict(
       n_users=3000, n_items=2000, n_topics=8, n_subtopics=6, n_successors=3,
       preferred_topics=2, noise=0.15, mean_length=9.0, min_length=5, max_length=60,
@@ -281,6 +286,10 @@ def lcrec_training(cfg: ml_collections.ConfigDict) -> None:
   tr.select, tr.eval_every, tr.patience = "loss", 1, 4                    # best eval loss
   tr.eval_batch_size, tr.beam, tr.dtype = 8, 20, "bfloat16"
   cfg.data.batching, cfg.data.max_len = "iid", 20                         # max_his_len 20
+  # run.sh --tasks: the sequential task with item2index and index2item of its five others
+  # (fusionseqrec, itemsearch and preferenceobtain read titles of the history and user
+  # intentions / preferences an LLM wrote for LC-Rec's data sets: not built here)
+  cfg.data.align.tasks = ("item2index", "index2item")
 
 
 def llm_variant(get_config, variant: str, suffix: str = "_llm") -> ml_collections.ConfigDict:

@@ -34,7 +34,8 @@ _ADDED = {("train", "accumulate"): 1, ("train", "decode"): "constrained",
           ("model", "extra_vocab"): 0, ("tokenizer", "simcit", "prefix_loss"): False,
           ("train", "dtype"): "float32", ("tokenizer", "keep"): "last",
           ("train", "tensorboard"): True, ("etegrec", "rec_schedule"): "stage",
-          ("data", "shapes"): "auto", ("model", "kind"): "t5", ("train", "shard_params"): False}
+          ("data", "shapes"): "auto", ("model", "kind"): "t5", ("train", "shard_params"): False,
+          ("data", "align"): {"tasks": [], "fields": ["title"], "max_tokens": 32, "per_batch": 0}}
 # A `train` key is a key of the collaborative pre-training's `cf.train` too (same TrainConfig).
 ADDED_KEYS = {**_ADDED, **{("cf",) + path: value for path, value in _ADDED.items()
                            if path[0] == "train"}}
@@ -242,6 +243,32 @@ def config_problems(cfg: ml_collections.ConfigDict, kind: str = "codes",
   if not generative and tr is not None and tr.get("select") == "loss":
     problems.append(f"train.select='loss': {cfg.method} has no teacher-forced code loss to "
                     "select by; use train.select='ndcg@10'")
+  problems += _align_problems(cfg)
+  return problems
+
+
+ALIGN_TASKS = ("item2index", "index2item")     # jaxrec/data/align.py
+
+
+def _align_problems(cfg) -> list[str]:
+  """data.align: known tasks, on an LLM recommender (its tokenizer writes the prompts)."""
+  a = cfg.get("data", {}).get("align")
+  if a is None or not a.get("tasks"):
+    return []
+  problems = [f"data.align.tasks: {t!r} is not one of {', '.join(ALIGN_TASKS)}"
+              for t in a.tasks if t not in ALIGN_TASKS]
+  m = cfg.get("model")
+  if m is None or m.get("kind") != "decoder" or not m.get("path"):
+    problems.append("data.align.tasks: the alignment tasks are prompts for a pretrained LLM "
+                    "recommender (model.kind='decoder' with a model.path); this run's model "
+                    "has no tokenizer")
+  if not a.get("fields"):
+    problems.append("data.align.fields: give the item text fields of the prompts (e.g. title)")
+  if not isinstance(a.get("max_tokens"), int) or a.max_tokens < 1:
+    problems.append(f"data.align.max_tokens={a.get('max_tokens')!r}: must be an integer >= 1")
+  if not isinstance(a.get("per_batch"), int) or a.per_batch < 0:
+    problems.append(f"data.align.per_batch={a.get('per_batch')!r}: must be an integer >= 0 "
+                    "(0: every item once per epoch)")
   return problems
 
 

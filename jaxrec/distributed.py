@@ -99,12 +99,13 @@ def process_rows(sharding, n: int) -> slice:
   return slice(start, stop)
 
 
-def global_batch(batch: dict, sharding, n: int) -> dict:
-  """The global arrays of a batch of `n` rows from this process's rows of it (all of them
-  with one process)."""
+def global_batch(batch: dict, sharding) -> dict:
+  """The global arrays of a batch from this process's rows of it (all of them with one
+  process; every process holds as many rows of each field)."""
   if not multi_process():
     return jax.device_put(batch, sharding)
-  return {k: jax.make_array_from_process_local_data(sharding, v, (n,) + v.shape[1:])
+  n = jax.process_count()
+  return {k: jax.make_array_from_process_local_data(sharding, v, (len(v) * n,) + v.shape[1:])
           for k, v in batch.items()}
 
 

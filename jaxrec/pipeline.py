@@ -24,11 +24,12 @@ from jaxrec.cache import Claim, check, clean_temporaries, move_aside, read_sidec
 from jaxrec.checkpoint import write_atomic
 from jaxrec.config import (cache_root, config_from_json, config_to_json, validate_config,
                            without_added_defaults, without_neutral)
-from jaxrec.data import BatchIterator, Dataset, bucket_lengths, leave_one_out, load_dataset
+from jaxrec.data import BatchIterator, Dataset, align, bucket_lengths, leave_one_out, load_dataset
 from jaxrec.data.dataset import validate_features
 from jaxrec.errors import CheckpointError, ConfigError, ConfigMismatchError
 from jaxrec.fingerprint import fingerprint
 from jaxrec.methods import Method, get_method
+from jaxrec.recommender import hf
 from jaxrec.report import write_report
 from jaxrec.text.embedding import text_embeddings
 from jaxrec.training.checkpointing import restore_best
@@ -146,6 +147,8 @@ def sasrec_run_config(cfg) -> ml_collections.ConfigDict:
   s.data = ml_collections.ConfigDict(cfg.data.to_dict())
   s.data.features = ()
   s.data.index = False
+  if "align" in s.data:
+    s.data.align.tasks = ()        # SASRec has no prompts
   s.model = ml_collections.ConfigDict(cfg.cf.model.to_dict())
   s.train = ml_collections.ConfigDict(cfg.cf.train.to_dict())
   return s
@@ -270,6 +273,23 @@ def recommender(workdir: str, k: int, exclude_history: bool, batch_size: int) ->
                   item_keys(ds), user_keys(ds), popular, counts, k, beam, exclude_history)
 
 
+def align_sampler(run: Run, log=print):
+  """`data.align`'s alignment rows of each training batch (jaxrec/data/align.py), or None."""
+  cfg = run.cfg
+  a = cfg.data.get("align")
+  if a is None or not a.tasks:
+    return None
+  folder = os.path.expandvars(os.path.expanduser(cfg.model.path))
+  texts = align.titles(run.dataset, tuple(a.fields))
+  arrays = align.item_arrays(texts, hf.tokenizer(folder), hf.eos_id(folder), tuple(a.tasks),
+                             a.max_tokens)
+  n_items = run.dataset.n_items
+  n = align.per_batch(a.per_batch, cfg.train.batch_size, n_items, len(run.splits["train"]),
+                      run.mesh.devices.size)
+  log(f"align: {', '.join(a.tasks)}, {n} items per batch of {cfg.train.batch_size}")
+  return align.Sampler(arrays, tuple(a.tasks), n_items, n, cfg.seed, run.rows(n))
+
+
 def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
   """The whole run; resumes from workdir's latest intact checkpoint when there is one."""
   t_start = time.time()
@@ -281,7 +301,7 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
   k_init, k_train = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
   train_it = BatchIterator(run.dataset, run.splits["train"], tc.batch_size, run.buckets,
                            shuffle=True, seed=cfg.seed, iid=cfg.data.batching == "iid",
-                           rows=run.rows(tc.batch_size))
+                           rows=run.rows(tc.batch_size), extra=align_sampler(run, log))
   plan = get_method(cfg.method).training_plan(run, k_init, len(train_it))
   loop = Loop(run, plan, train_it, k_train, log)
   loop.resume()

@@ -113,17 +113,30 @@ def test_broken_folders_name_the_file(tmp_path):
     hf.to_params(weights, hf.architecture(os.path.join(FIXTURES, "qwen2")))
 
 
-def test_lcrec_variant_trains_and_decodes_end_to_end(tmp_path):
+def test_lcrec_variant_trains_and_decodes_end_to_end(tmp_path, monkeypatch):
   """letter:tiny_lcrec: LETTER's tokenizer, then the tiny Qwen2 folder with ID tokens, the
-  prompt and LoRA, trained and decoded (constrained) with the usual results; the best
+  prompt and LoRA, trained with LC-Rec's item2index and index2item tasks (on titles given
+  to the synthetic items) and decoded (constrained) with the usual results; the best
   checkpoint keeps every pretrained kernel and norm of the folder bit for bit."""
+  import dataclasses
   sys.path.insert(0, os.path.join(os.path.dirname(FIXTURES), "..", "..", "configs"))
   import letter
   from jaxrec import pipeline
+  load = pipeline.load_dataset
+  words = ("the next item", "a user", "its id", "what is the purchase history")
+  monkeypatch.setattr(pipeline, "load_dataset", lambda c: dataclasses.replace(
+      load(c), item_text=[{"title": words[i % 4]} for i in range(load(c).n_items)]))
   cfg = letter.get_config("tiny_lcrec")
-  results = pipeline.train_and_evaluate(cfg, str(tmp_path), log=lambda m: None)
+  cfg.data.align.tasks = ("item2index", "index2item")
+  logs = []
+  results = pipeline.train_and_evaluate(cfg, str(tmp_path), log=logs.append)
+  # LC-Rec's share: every item once per epoch, ceil(64 x 120 items / 1,143 samples) = 7
+  assert any(l.startswith("align: item2index, index2item, 7 items per batch of 64") for l in logs), logs
   assert 0 < results["parameters_trained"] < results["parameters"]
   assert 0.0 < results["test"]["recall@10"] <= 1.0
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  trained = [l for l in lines if "item2index" in l]
+  assert trained and all(l["item2index"] > 0 and l["index2item"] > 0 for l in trained)
   run, params, _ = pipeline.load_run(str(tmp_path))
   folder = cfg.model.path
   base = hf.to_params(hf.read_weights(folder), hf.architecture(folder))["params"]

@@ -10,11 +10,13 @@ Batch fields (B batch, L bucket length):
   target_B    int32 target item id
   user_B      int32 user row
   weight_B    float32, 1 for real samples, 0 for the padding of a last partial batch
+and, with `BatchIterator(extra=...)`, the fields it adds to each training batch
+(`data.align`'s alignment items: jaxrec/data/align.py).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import grain
 import numpy as np
@@ -152,21 +154,26 @@ class BatchIterator:
   Its state ({"epoch", "grain"}) is JSON-serialisable: a restored iterator yields exactly
   the batches the original would have yielded next. `rows` (a multi-process run: this
   process's block of every batch) gathers only those rows of the planned batches, which are
-  the same in every process."""
+  the same in every process. `extra(epoch, index)`: more fields for batch `index` of `epoch`
+  (a function of those two only, so that a restored iterator adds the same)."""
 
   def __init__(self, ds: Dataset, split: Split, batch_size: int, buckets: Sequence[int],
                shuffle: bool, seed: int, epoch: int = 0, iid: bool = False,
-               rows: slice = slice(None)):
+               rows: slice = slice(None), extra: Optional[Callable[[int, int], dict]] = None):
     self._args = (ds, split, batch_size, tuple(buckets), shuffle, seed, iid)
     self._rows = rows
+    self._extra = extra
     self.epoch = epoch
     self._start_epoch(epoch)
 
   def _dataset(self, epoch):
     ds, split, batch_size, buckets, shuffle, seed, iid = self._args
     plan = plan_batches(split, batch_size, buckets, shuffle, seed, epoch, iid)
-    rows = self._rows
-    return grain.MapDataset.source(plan).map(lambda p: gather_batch(ds, split, p[0], p[1][rows]))
+    rows, extra = self._rows, self._extra
+    if extra is None:
+      return grain.MapDataset.source(plan).map(lambda p: gather_batch(ds, split, p[0], p[1][rows]))
+    return grain.MapDataset.source(list(enumerate(plan))).map(
+        lambda p: {**gather_batch(ds, split, p[1][0], p[1][1][rows]), **extra(epoch, p[0])})
 
   def _start_epoch(self, epoch):
     self.epoch = epoch
@@ -193,7 +200,8 @@ class BatchIterator:
     """A batch of padding rows only, padded to `length` (this process's rows): the shapes and
     types of a real one, for compiling ahead."""
     ds, split, batch_size = self._args[:3]
-    return gather_batch(ds, split, length, np.full(batch_size, -1)[self._rows])
+    batch = gather_batch(ds, split, length, np.full(batch_size, -1)[self._rows])
+    return batch if self._extra is None else {**batch, **self._extra(0, 0)}
 
   def get_state(self) -> dict:
     return {"epoch": int(self.epoch), "grain": self._it.get_state()}

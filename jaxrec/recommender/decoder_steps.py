@@ -206,11 +206,52 @@ def eval_step(params, batch, codes_NxC, tables, *, model: Decoder, beam: int,
                               batch["weight_B"]), items
 
 
-# ------------------------------------------- SIIT's task A: input vectors instead of a history
 def batch_loss(params, batch, codes_NxC, key, *, model: Decoder, tau: float = 1.0):
-  """The training code loss of a batch: (loss, metrics) (the train step's objective)."""
+  """The training loss of a batch: (loss, metrics) (the train step's objective): the code
+  loss, plus each `data.align` task's mean loss over its A items weighted A / B (every
+  alignment sample weighs as one sequential one, as in LC-Rec's mixed batches)."""
   logits, labels, extra = forward(params, model, batch, codes_NxC, True, key)
-  return loss_terms(logits, labels, extra, batch["weight_B"], tau)
+  loss, out = loss_terms(logits, labels, extra, batch["weight_B"], tau)
+  for task, value in align_losses(params, model, batch, codes_NxC, True,
+                                  jax.random.fold_in(key, 3)).items():
+    out[task] = value
+    loss = loss + value * (batch[f"{task}_item_A"].shape[0] / batch["weight_B"].shape[0])
+  return loss, dict(out, loss=loss)
+
+
+# ------------------------------------------- data.align's item-ID tasks (jaxrec/data/align.py)
+def align_losses(params, model: Decoder, batch, codes_NxC, train: bool, key=None) -> dict:
+  """The mean loss of each alignment task in the batch: {task: loss}. item2index: the code
+  loss of the item's ID after its title prompt; index2item: the next-token cross-entropy
+  over the whole vocabulary of the title and EOS after the ID prompt (LC-Rec's LM loss)."""
+  cfg, c = model.cfg, model.cfg.levels
+  offsets = jnp.asarray(cfg.offsets, jnp.int32)
+  rngs = lambda i: {"dropout": jax.random.fold_in(key, i)} if train else {}
+  out = {}
+  if "item2index_item_A" in batch:
+    codes = codes_NxC[batch["item2index_item_A"]]
+    tail = batch["item2index_tail_AxP"]
+    tok = jnp.concatenate([batch["item2index_tokens_AxX"], tail, codes[:, :-1] + offsets[:-1]], 1)
+    mask = jnp.concatenate([batch["item2index_mask_AxX"],
+                            jnp.ones((tok.shape[0], tail.shape[1] + c - 1), bool)], 1)
+    hidden, _, _ = model.apply(params, tok, mask, None, train, rngs=rngs(0))
+    logits = model.apply(params, hidden[:, -c:], np.arange(c), method=Decoder.logits)
+    out["item2index"] = code_loss(logits, codes, jnp.ones(codes.shape[0]))[0]
+  if "index2item_item_A" in batch:
+    head, rest = batch["index2item_head_AxP"], batch["index2item_tokens_AxX"]
+    ids = codes_NxC[batch["index2item_item_A"]] + offsets
+    tok = jnp.concatenate([head, ids, rest[:, :-1]], 1)
+    mask = jnp.concatenate([jnp.ones(head.shape[:1] + (head.shape[1] + c,), bool),
+                            batch["index2item_mask_AxX"][:, :-1]], 1)
+    hidden, _, _ = model.apply(params, tok, mask, None, train, rngs=rngs(1))
+    logits = model.apply(params, hidden[:, head.shape[1] + c - 1:], method=Decoder.vocab_logits)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, rest)
+    w = batch["index2item_label_AxX"].astype(jnp.float32)
+    out["index2item"] = jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
+  return out
+
+
+# ------------------------------------------- SIIT's task A: input vectors instead of a history
 
 
 def _soft_sequence(params, model: Decoder, x_BxSxD, codes_BxC):

@@ -181,6 +181,20 @@ def tokenizer(folder: str):
     raise DataError(path, "file", f"not a tokenizers file ({e})") from None
 
 
+def eos_id(folder: str) -> int:
+  """The end-of-sequence token id: config.json's (or generation_config.json's)
+  `eos_token_id`, the first where it is a list."""
+  for name in ("config.json", "generation_config.json"):
+    path = os.path.join(folder, name)
+    eos = _read_json(path).get("eos_token_id") if os.path.isfile(path) else None
+    if isinstance(eos, list):
+      eos = eos[0] if eos else None
+    if isinstance(eos, int):
+      return eos
+  raise DataError(os.path.join(folder, "config.json"), "eos_token_id",
+                  "missing (here and in generation_config.json): the title's end is a token")
+
+
 def prompt_ids(folder: str, head: str, sep: str, tail: str) -> tuple:
   """(head, separator, tail) token ids of a prompt template, each part tokenised on its own
   as HF tokenizers split text at added tokens (the ID tokens); the head with the

@@ -84,8 +84,7 @@ class Run:
 
   def shard(self, batch):
     """A batch (this process's rows of it) as global arrays sharded over the mesh."""
-    n = len(batch["weight_B"]) * jax.process_count()
-    return distributed.global_batch(batch, self.batch_sharding, n)
+    return distributed.global_batch(batch, self.batch_sharding)
 
 
 def make_mesh() -> Mesh:
