@@ -245,10 +245,11 @@ def llm_model_config(path: str = "") -> ml_collections.ConfigDict:
   """A pretrained LLM as the recommender (`model.kind='decoder'` with a `path`): its
   architecture comes from the folder's config.json; here only what the run adds. Defaults
   are LC-Rec's LoRA setting (RUCAIBox/LC-Rec utils.py: r 8, alpha 32, dropout 0.05 on all
-  seven projections, embed_tokens and lm_head trained in full) and its prompt. Differences:
-  the loss is a softmax per code level over that level's ID tokens (LC-Rec: over the whole
-  vocabulary, the response ending with EOS), and the parts of the prompt are tokenised
-  one by one (as HF tokenizers split text at the added ID tokens)."""
+  seven projections, embed_tokens and lm_head trained in full) and its prompt. The loss:
+  'target', a softmax per code level over that level's ID tokens, or 'lm', LC-Rec's: the ID
+  tokens and EOS over the whole vocabulary, the beam scoring codes over it too
+  (`lcrec_training` sets it). The parts of the prompt are tokenised one by one (as HF
+  tokenizers split text at the added ID tokens)."""
   m = ml_collections.ConfigDict()
   m.kind = "decoder"
   m.path = path                    # a local Hugging Face folder (config.json, safetensors,
@@ -290,6 +291,7 @@ def lcrec_training(cfg: ml_collections.ConfigDict) -> None:
   # (fusionseqrec, itemsearch and preferenceobtain read titles of the history and user
   # intentions / preferences an LLM wrote for LC-Rec's data sets: not built here)
   cfg.data.align.tasks = ("item2index", "index2item")
+  cfg.model.loss = "lm"            # the LM loss on the response: ID tokens and EOS, whole vocabulary
 
 
 def llm_variant(get_config, variant: str, suffix: str = "_llm") -> ml_collections.ConfigDict:

@@ -318,8 +318,10 @@ def _llm_problems(m) -> list[str]:
   bad = [t for t in m.get("lora_targets", ()) if t not in ("q", "k", "v", "o", "gate", "up", "down")]
   if bad:
     problems.append(f"model.lora_targets: {bad[0]!r} is not one of q, k, v, o, gate, up, down")
-  if m.get("loss") != "target":
-    problems.append(f"model.loss={m.get('loss')!r}: a prompted LLM has the 'target' loss only")
+  if m.get("loss") not in ("target", "lm"):
+    problems.append(f"model.loss={m.get('loss')!r}: a prompted LLM has the 'target' loss (a "
+                    "softmax per level over its ID tokens) or 'lm' (the ID tokens and EOS over "
+                    "the whole vocabulary, LC-Rec's)")
   return problems
 
 

@@ -26,6 +26,8 @@ TINY_RELU = dataclasses.replace(TINY, mlp="relu", kv_heads=0, qkv_bias=False, us
 TINY_LLM = dataclasses.replace(TINY, vocab_rows=20, tie_embeddings=False, qk_norm=True,
                                qkv_bias=False, user_buckets=0, prompt_head=(1, 2),
                                prompt_sep=(3,), prompt_tail=(4, 5), lora_rank=2)
+# LC-Rec's loss: the codes and EOS (row 0) over the whole vocabulary
+TINY_LM = dataclasses.replace(TINY_LLM, loss="lm", eos=0)
 
 HIST = np.array([[3, 7, 0], [1, 2, 0], [4, 0, 0], [9, 8, 5], [6, 6, 0]], np.int32)
 MASK = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]], bool)
@@ -56,10 +58,11 @@ def _target_logp(params, batch, codes, *, model):
   """log p of each target code, teacher-forced: [B, C]."""
   logits, labels, _ = steps.forward(params, model, batch, codes, False)
   logp = jax.nn.log_softmax(logits, -1)
-  return jnp.take_along_axis(logp, labels[..., None], -1)[..., 0]
+  return jnp.take_along_axis(logp, labels[..., None], -1)[..., 0][:, :model.cfg.levels]
 
 
-@pytest.mark.parametrize("cfg", [TINY, TINY_RELU, TINY_LLM], ids=["gqa_bias_user", "relu", "llm"])
+@pytest.mark.parametrize("cfg", [TINY, TINY_RELU, TINY_LLM, TINY_LM],
+                         ids=["gqa_bias_user", "relu", "llm", "lm_loss"])
 def test_beam_scores_equal_teacher_forced_log_probs(cfg):
   """The prefix pass plus cached positions must score every returned ID exactly as the
   teacher-forced sequence does, for histories of every length (padding between the
@@ -79,6 +82,27 @@ def test_beam_scores_equal_teacher_forced_log_probs(cfg):
       batch["user_B"] = jnp.full((beam,), b, jnp.int32)
       total = np.asarray(_target_logp(params, batch, codes, model=model)).sum(-1)
       np.testing.assert_allclose(np.asarray(scores[b]), total, rtol=1e-4, atol=1e-4)
+
+
+def test_lm_loss_is_the_vocabulary_cross_entropy_of_the_codes_and_eos():
+  """model.loss='lm' (LC-Rec): the mean over the target's C code tokens and EOS of their
+  negative log-probability over the whole vocabulary, from one teacher-forced pass."""
+  model, params, codes = _tiny(TINY_LM)
+  cfg = model.cfg
+  batch = _batch(HIST, MASK, np.arange(5))
+  loss, out = steps.batch_loss(params, batch, codes, jax.random.key(0), model=model)
+  want = []
+  for b in range(5):
+    tok, m = steps.prefix_tokens(codes, jnp.asarray(HIST[b:b + 1]), jnp.asarray(MASK[b:b + 1]), cfg)
+    tok = np.asarray(tok)[0][np.asarray(m)[0]]                 # the real tokens only
+    ids = np.asarray(codes[b]) + np.asarray(cfg.offsets)
+    seq = jnp.asarray(np.concatenate([tok, ids])[None])
+    hidden, _, _ = model.apply(params, seq, jnp.ones(seq.shape, bool), jnp.asarray([b]))
+    logp = jax.nn.log_softmax(model.apply(params, hidden[0], method=Decoder.vocab_logits))
+    n = len(tok)
+    want += [-logp[n - 1 + i, t] for i, t in enumerate(list(ids) + [cfg.eos])]
+  np.testing.assert_allclose(loss, np.mean(want), rtol=1e-5)
+  assert 0.0 <= out["id_accuracy"] <= 1.0
 
 
 def test_prompt_frames_the_history():

@@ -115,8 +115,8 @@ def test_broken_folders_name_the_file(tmp_path):
 
 def test_lcrec_variant_trains_and_decodes_end_to_end(tmp_path, monkeypatch):
   """letter:tiny_lcrec: LETTER's tokenizer, then the tiny Qwen2 folder with ID tokens, the
-  prompt and LoRA, trained with LC-Rec's item2index and index2item tasks (on titles given
-  to the synthetic items) and decoded (constrained) with the usual results; the best
+  prompt and LoRA, trained with LC-Rec's loss and its item2index and index2item tasks (on
+  titles given to the synthetic items) and decoded (constrained) with the usual results; the best
   checkpoint keeps every pretrained kernel and norm of the folder bit for bit."""
   import dataclasses
   sys.path.insert(0, os.path.join(os.path.dirname(FIXTURES), "..", "..", "configs"))
@@ -128,6 +128,7 @@ def test_lcrec_variant_trains_and_decodes_end_to_end(tmp_path, monkeypatch):
       load(c), item_text=[{"title": words[i % 4]} for i in range(load(c).n_items)]))
   cfg = letter.get_config("tiny_lcrec")
   cfg.data.align.tasks = ("item2index", "index2item")
+  cfg.model.loss = "lm"                       # LC-Rec's recipe (tiger.lcrec_training)
   logs = []
   results = pipeline.train_and_evaluate(cfg, str(tmp_path), log=logs.append)
   # LC-Rec's share: every item once per epoch, ceil(64 x 120 items / 1,143 samples) = 7

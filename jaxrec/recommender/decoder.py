@@ -54,7 +54,10 @@ class DecoderConfig:
   norm_eps: float = 1e-6
   user_buckets: int = 0            # hashed user token before the history; 0: none
   loss: str = "target"             # "target": the target's codes | "all": every code (the
-                                   # history's next codes too, each against its level)
+                                   # history's next codes too, each against its level) | "lm"
+                                   # (an LLM): the target's codes and EOS over the whole
+                                   # vocabulary, as LC-Rec's LM loss on the response
+  eos: int = -1                    # an LLM's end-of-sequence token (loss "lm")
   logit_scale: bool = True         # logits = (h x d^-0.5) . e (tied); False: h . e
   init_std: float = 0.02           # every weight N(0, init_std) (LLaMA's initializer_range)
   dtype: str = "float32"           # compute dtype (train.dtype), float32 parameters

@@ -57,10 +57,21 @@ def sequence(codes_NxC, batch, cfg: DecoderConfig):
 
 def forward(params, model: Decoder, batch, codes_NxC, train: bool, key=None):
   """Teacher-forced pass: (target logits [B, C, K], labels [B, C], and with loss 'all' the
-  history's next-code (logits [B, L*C - 1, K], labels, weights), else None)."""
+  history's next-code (logits [B, L*C - 1, K], labels, weights), else None). With loss
+  'lm': (logits over the whole vocabulary [B, C + 1, V], the target's code tokens and EOS
+  [B, C + 1], "lm")."""
   cfg = model.cfg
-  tokens, mask, target = sequence(codes_NxC, batch, cfg)
   rngs = {"dropout": key} if train else {}
+  if cfg.loss == "lm":
+    tok, mask = prefix_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"], cfg)
+    ids = codes_NxC[batch["target_B"]] + jnp.asarray(cfg.offsets, jnp.int32)
+    tokens = jnp.concatenate([tok, ids], 1)
+    mask = jnp.concatenate([mask, jnp.ones(ids.shape, mask.dtype)], 1)
+    hidden, _, _ = model.apply(params, tokens, mask, batch["user_B"], train, rngs=rngs)
+    logits = model.apply(params, hidden[:, -cfg.levels - 1:], method=Decoder.vocab_logits)
+    eos = jnp.full(ids.shape[:1] + (1,), cfg.eos, jnp.int32)
+    return logits, jnp.concatenate([ids, eos], 1), "lm"
+  tokens, mask, target = sequence(codes_NxC, batch, cfg)
   hidden, _, _ = model.apply(params, tokens, mask, batch["user_B"], train, rngs=rngs)
   c = cfg.levels
   hist = tokens.shape[1] - c                                # L*C history positions
@@ -80,7 +91,13 @@ def forward(params, model: Decoder, batch, codes_NxC, train: bool, key=None):
 
 def loss_terms(logits, labels, extra, weight_B, tau: float = 1.0):
   """The code loss on the target's codes (as the T5's), plus with loss 'all' the mean
-  next-code cross-entropy over the history's real codes."""
+  next-code cross-entropy over the history's real codes; with loss 'lm', the mean
+  cross-entropy over the vocabulary of the target's code tokens and EOS (its id_accuracy:
+  the codes' argmax over the vocabulary)."""
+  if isinstance(extra, str):        # "lm"
+    loss, out = code_loss(logits, labels, weight_B, tau)
+    out["id_accuracy"] = code_loss(logits[:, :-1], labels[:, :-1], weight_B)[1]["id_accuracy"]
+    return loss, out
   loss, out = code_loss(logits, labels, weight_B, tau)
   if extra is not None:
     h_logits, h_labels, h_weight = extra
@@ -109,7 +126,7 @@ def loss_sums(params, batch, codes_NxC, tables, *, model: Decoder):
   """Teacher-forced cross-entropy of the target's codes in inference mode: (sum over real
   samples of their mean over levels, number of real samples)."""
   del tables
-  logits, labels, _ = forward(params, model, batch, codes_NxC, False)
+  logits, labels, _ = forward(params, model, batch, codes_NxC, False)   # (loss 'lm': with EOS)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(-1)
   return jnp.sum(ce * batch["weight_B"]), jnp.sum(batch["weight_B"])
 
@@ -147,16 +164,22 @@ def trainable(model: Decoder):
 
 
 def step_fns(model: Decoder, params, tables_CxKxD, root_hidden_D, prefix_kv, prefix_bias_T,
-             pos0):
+             pos0, vocab_VxD=None):
   """`step_fn` for `decode.search` for one user, after the prefix pass: level 0's
   log-probabilities come from the prefix's last (BOS) position; each later level decodes
-  one position (position pos0 + level - 1) over the prefix and the cached positions."""
+  one position (position pos0 + level - 1) over the prefix and the cached positions.
+  With `vocab_VxD` (loss 'lm') a level's codes have their log-probabilities over the whole
+  vocabulary, as LC-Rec's constrained beam scores them (its final EOS left out)."""
   cfg = model.cfg
   j = jnp.arange(cfg.k_max)
 
   def logp(hidden_WxD, level):
-    logits = ((hidden_WxD * cfg.logit_mult) @ tables_CxKxD[level].T).astype(jnp.float32)
-    return jax.nn.log_softmax(jnp.where(j < cfg.level_sizes[level], logits, -jnp.inf), -1)
+    h = hidden_WxD * cfg.logit_mult
+    logits = jnp.where(j < cfg.level_sizes[level],
+                       (h @ tables_CxKxD[level].T).astype(jnp.float32), -jnp.inf)
+    if vocab_VxD is None:
+      return jax.nn.log_softmax(logits, -1)
+    return logits - jax.nn.logsumexp((h @ vocab_VxD.T).astype(jnp.float32), -1, keepdims=True)
 
   root = logp(root_hidden_D[None], 0)
 
@@ -178,9 +201,11 @@ def generate(params, tokens_BxT, mask_BxT, user_B, tables: decode.PrefixTables, 
   root, kvs, bias, pos0 = model.apply(params, tokens_BxT, mask_BxT, user_B,
                                       method=Decoder.prefix)
   out_tables = model.apply(params, method=Decoder.level_tables)
+  vocab = (model.apply(params, method=Decoder.output_table).astype(cfg.compute)
+           if cfg.loss == "lm" else None)
 
   def one(root_D, kv, bias_T, p0):
-    step_fn = step_fns(model, params, out_tables, root_D, kv, bias_T, p0)
+    step_fn = step_fns(model, params, out_tables, root_D, kv, bias_T, p0, vocab)
     return decode.beam_search(step_fn, empty_cache(cfg), tables, cfg.level_sizes, cfg.offsets,
                               cfg.bos, beam, constrained)
   return jax.vmap(one)(root, kvs, bias, pos0)

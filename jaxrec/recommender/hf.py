@@ -211,6 +211,8 @@ def decoder_config(folder: str, level_sizes=(), dtype: str = "float32", prompt=(
   after its vocabulary, the prompt (head, separator, tail) tokenised, and `options` (LoRA,
   `id_init`, `user_buckets`, ...)."""
   head, sep, tail = prompt_ids(folder, *prompt) if any(prompt) else ((), (), ())
+  if options.get("loss") == "lm":
+    options = dict(options, eos=eos_id(folder))
   return DecoderConfig(level_sizes=tuple(int(s) for s in level_sizes), dtype=dtype,
                        prompt_head=head, prompt_sep=sep, prompt_tail=tail, path=folder,
                        **options, **architecture(folder))
