@@ -30,10 +30,14 @@ recommender):
   instruments_lcrec  LETTER's IDs on an LLM as the paper's LC-Rec instantiation: the
                instruments tokenizer, then the Hugging Face folder $JAXREC_LLM_DIR (or
                model.path; LLaMA-7B in the paper) with LC-Rec's prompt, LoRA (r 8, alpha
-               32) and training (lr 5e-5, 4 epochs, batch 128, bf16, best valid loss).
-               Needs the weights and an accelerator (tiger.py:llm_model_config).
-  tiny_lcrec   the same on the tiny random Qwen2 of the tests (tests/fixtures/hf/qwen2):
-               seconds on a CPU, for CI.
+               32) and training (lr 5e-5, 4 epochs, batch 128, bf16, best valid loss, the
+               LM loss over the vocabulary, the item2index / index2item tasks on the items'
+               titles: <name>.item.json, which the shared copy lacks; without them
+               --config.data.align.tasks='()'). Needs the weights and an accelerator
+               (tiger.py:llm_model_config, lcrec_training).
+  tiny_lcrec   the same on the tiny random Qwen2 of the tests (tests/fixtures/hf/qwen2),
+               its per-level loss and no alignment tasks (the synthetic items have no
+               text): seconds on a CPU, for CI.
   scientific   Amazon Industrial & Scientific 2018: the tokenizer on the MiniLM text
                embeddings (python -m jaxrec.embed first), L_cf towards a 32-d SASRec trained
                in-run on the interactions (`cf`); 3 x 256 codes, Sinkhorn on level 3.
