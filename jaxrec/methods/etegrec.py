@@ -192,6 +192,9 @@ def _validate(run) -> None:
                       "tokenizer.collision must be 'suffix'")
   if ec.sia_sign not in ("negative", "positive"):
     raise ConfigError(f"etegrec.sia_sign must be 'negative' or 'positive', got {ec.sia_sign!r}")
+  if not 0.0 <= ec.get("warmup_frac", 0.0) < 1.0:
+    raise ConfigError(f"etegrec.warmup_frac must be in [0, 1) (0: the step counts), got "
+                      f"{ec.warmup_frac!r}")
   if ec.get("rec_schedule", "stage") not in ("stage", "all"):
     raise ConfigError(f"etegrec.rec_schedule must be 'stage' or 'all', got {ec.rec_schedule!r}")
 
@@ -210,8 +213,14 @@ def _optimizers(tc, ec, steps_per_epoch: int) -> dict:
     return optimizer_and_schedule(lr, tc.weight_decay, max(epochs, 1) * steps_per_epoch, warmup,
                                   tc.clip, "cosine", tc.accumulate, tc.decay, end_frac)
 
-  return {"rec": adamw(tc.lr, span, ec.rec_warmup_steps, tc.lr_end),
-          "tok": adamw(ec.tok_lr, n_tok, ec.tok_warmup_steps),
+  # the warm-ups: a fraction of each schedule's steps (`etegrec.warmup_frac`), or the
+  # official step counts, counted in optimizer updates as its scheduler counts them (one
+  # update per `train.accumulate` micro-batches)
+  frac = ec.get("warmup_frac", 0.0)
+  rec_w = frac * span * steps_per_epoch if frac else ec.rec_warmup_steps * tc.accumulate
+  tok_w = frac * n_tok * steps_per_epoch if frac else ec.tok_warmup_steps * tc.accumulate
+  return {"rec": adamw(tc.lr, span, round(rec_w), tc.lr_end),
+          "tok": adamw(ec.tok_lr, n_tok, round(tok_w)),
           "ft": adamw(ec.finetune_lr, ec.finetune_epochs, 0)}
 
 
