@@ -235,3 +235,60 @@ def test_command_line_prepares_and_reports_a_broken_line(tmp_path):
       "after 2-core (3 rounds): 3 users, 3 items, 9 interactions",
       "metadata: 2 of 3 items"]
   check_output(out, "Cat")
+
+
+def test_a_bad_row_of_a_csv_or_parquet_log_is_named(tmp_path):
+  """The columnar reader checks every value: an empty key, a missing or non-numeric time
+  is one error naming the file and the row (data rows counted from 1), in any batch."""
+  pa = pytest.importorskip("pyarrow")
+  import pyarrow.parquet as pq
+  rows = ["user,item,timestamp", "a,b,1", " ,b,2", "c,d,3"]
+  with pytest.raises(DataError, match=r"log.csv: row 2: field 'user' is empty"):
+    P.prepare("csv", str(tmp_path / "o"), "X", interactions=_write(tmp_path / "log.csv", rows,
+                                                                    gz=False), log=lambda m: None)
+  rows = ["user,item,timestamp", "a,b,1", "a,c,soon"]
+  with pytest.raises(DataError, match=r"log2.csv: row 2: field 'timestamp' is 'soon', not a number"):
+    P.prepare("csv", str(tmp_path / "o"), "X", interactions=_write(tmp_path / "log2.csv", rows,
+                                                                    gz=False), log=lambda m: None)
+  pq.write_table(pa.table({"user": ["a", "b", "c"], "item": ["x", None, "z"],
+                           "timestamp": [1.0, 2.0, 3.0]}), tmp_path / "n.parquet")
+  with pytest.raises(DataError, match=r"n.parquet: row 2: field 'item' is None"):
+    P.prepare("csv", str(tmp_path / "o"), "X", interactions=str(tmp_path / "n.parquet"),
+              log=lambda m: None)
+  pq.write_table(pa.table({"user": ["a", "b"], "item": ["x", "y"],
+                           "timestamp": pa.array([1, None], pa.timestamp("ms"))}),
+                 tmp_path / "t.parquet")
+  with pytest.raises(DataError, match=r"t.parquet: row 2: field 'timestamp' is None"):
+    P.prepare("csv", str(tmp_path / "o"), "X", interactions=str(tmp_path / "t.parquet"),
+              log=lambda m: None)
+
+
+def test_the_arrays_layout_loads_as_the_json_one(tmp_path):
+  """--layout arrays: the sequences as memory-mapped .npy (no inter.json), the same Dataset
+  as the JSON layout's; both layouts at once, or a bad item id, is one clear error."""
+  reviews, meta = amazon_files(tmp_path, "amazon2018", False, False)
+  P.prepare("amazon2018", str(tmp_path / "a"), "Cat", reviews=reviews, meta=meta, core=2,
+            layout="arrays", log=lambda m: None)
+  assert not os.path.exists(tmp_path / "a" / "Cat.inter.json")
+  offsets = np.load(tmp_path / "a" / "Cat.inter_offsets.npy")
+  items = np.load(tmp_path / "a" / "Cat.inter_items.npy")
+  assert offsets.dtype == np.int64 and items.dtype == np.int32
+  assert [items[offsets[u]:offsets[u + 1]].tolist() for u in range(3)] == [INTER[str(u)] for u in range(3)]
+  inter = json.dumps(INTER)
+  with open(tmp_path / "a" / "Cat.inter.json", "w") as f:   # check_output reads the json
+    f.write(inter)
+  with pytest.raises(DataError, match=r"Cat.inter.json: and Cat.inter_items.npy both hold"):
+    check_output(tmp_path / "a", "Cat")
+  os.remove(tmp_path / "a" / "Cat.inter.json")
+  cfg = get_config("tiger", "tiny")
+  cfg.data.source, cfg.data.dir, cfg.data.name, cfg.data.features = "letter", str(tmp_path / "a"), "Cat", ()
+  ds = load_dataset(cfg.data)
+  assert isinstance(ds.items_I, np.memmap) or isinstance(ds.items_I.base, np.memmap)
+  assert [ds.sequence(u).tolist() for u in range(3)] == [INTER[str(u)] for u in range(3)]
+  assert list(ds.user_keys) == [USER_MAP[str(u)] for u in range(3)]
+  assert ds.item_text[0]["description"] == "Soft & gentle cleanser"
+  items[4] = 7
+  np.save(tmp_path / "a" / "Cat.inter_items.npy", items)
+  with pytest.raises(DataError, match=r"Cat.inter_items.npy: user 1 position 1: item id 7 is "
+                     r"outside 0..2"):
+    load_dataset(cfg.data)

@@ -33,6 +33,9 @@ _CORE = flags.DEFINE_integer("core", 5, "prepare: k of the k-core filter (0 or 1
 _USER_COL = flags.DEFINE_string("user_col", "user", "prepare (csv): the user column.")
 _ITEM_COL = flags.DEFINE_string("item_col", "item", "prepare (csv): the item column.")
 _TIME_COL = flags.DEFINE_string("time_col", "timestamp", "prepare (csv): the timestamp column.")
+_LAYOUT = flags.DEFINE_enum("layout", "json", list(prepare_lib.LAYOUTS),
+                            "prepare: the sequences as <name>.inter.json, or as memory-mappable "
+                            "<name>.inter_offsets.npy / inter_items.npy (large logs).")
 
 COMMANDS = ("prepare",)
 
@@ -45,7 +48,7 @@ def prepare(rest):
   prepare_lib.prepare(_FORMAT.value, _OUT.value, _NAME.value, reviews=_REVIEWS.value,
                       meta=_META.value, interactions=_INTERACTIONS.value, items=_ITEMS.value,
                       core=_CORE.value, user_col=_USER_COL.value, item_col=_ITEM_COL.value,
-                      time_col=_TIME_COL.value)
+                      time_col=_TIME_COL.value, layout=_LAYOUT.value)
 
 
 def main(argv):

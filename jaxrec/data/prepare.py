@@ -32,7 +32,9 @@ Processing, in this order:
      categories (flattened, duplicates dropped, joined with ", "), description (joined with
      spaces); HTML tags removed, entities unescaped, whitespace collapsed; "" where missing.
 
-Output in --out: <name>.inter.json {"<user id>": [item ids, oldest first]},
+Output in --out: <name>.inter.json {"<user id>": [item ids, oldest first]} (or, with
+--layout arrays, <name>.inter_offsets.npy and <name>.inter_items.npy: user u's items are
+items[offsets[u]:offsets[u + 1]], memory-mapped by the reader),
 <name>.item.json {"<item id>": {"title", "brand", "categories", "description"}},
 <name>.user_map.json and <name>.item_map.json {"<id>": "<raw key>"}.
 
@@ -56,6 +58,7 @@ from jaxrec.data.raw import (META_FIELDS, Log, iter_records, iter_table, pyarrow
 from jaxrec.errors import ConfigError, DataError
 
 FORMATS = ("amazon2014", "amazon2018", "amazon2023", "csv")
+LAYOUTS = ("json", "arrays")
 TEXT_FIELDS = ("title", "brand", "categories", "description")
 
 _TAG_RE = re.compile(r"<\s*/?\s*[A-Za-z!][^<>]*>")
@@ -139,6 +142,24 @@ def _write_json(path, obj):
   os.replace(tmp, path)
 
 
+def _write_inter_json(path, uid, iid, bounds):
+  """`{"<user id>": [item ids]}`, written a user at a time (never the whole as objects)."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write("{")
+    for u in range(len(bounds) - 1):
+      items = ", ".join(map(str, iid[bounds[u]:bounds[u + 1]].tolist()))
+      f.write(f'{", " if u else ""}"{u}": [{items}]')
+    f.write("}")
+  os.replace(tmp, path)
+
+
+def _write_npy(path, array):
+  tmp = path + ".tmp.npy"
+  np.save(tmp, array)
+  os.replace(tmp, path)
+
+
 def _inputs(fmt, out, name, reviews, meta, interactions, items, core):
   """(the interactions file, the metadata file or None), the arguments checked."""
   if fmt not in FORMATS:
@@ -212,10 +233,14 @@ def _item_texts(fmt, meta_path, item_map, item_col) -> list:
 def prepare(fmt: str, out: str, name: str, reviews: Optional[str] = None,
             meta: Optional[str] = None, interactions: Optional[str] = None,
             items: Optional[str] = None, core: int = 5, user_col: str = "user",
-            item_col: str = "item", time_col: str = "timestamp",
+            item_col: str = "item", time_col: str = "timestamp", layout: str = "json",
             log: Callable[[str], None] = print) -> dict:
   """Converts raw files to `<out>/<name>.{inter,item,user_map,item_map}.json`; returns the
-  counts it printed."""
+  counts it printed. `layout='arrays'` writes the sequences as `<name>.inter_offsets.npy`
+  (int64 [users + 1]) and `<name>.inter_items.npy` (int32 [interactions]) instead of
+  inter.json: a reader memory-maps them (logs of 100M interactions)."""
+  if layout not in LAYOUTS:
+    raise ConfigError(f"--layout={layout!r}: must be one of {', '.join(LAYOUTS)}")
   source, meta_path = _inputs(fmt, out, name, reviews, meta, interactions, items, core)
   raw = Log()                                   # pass 1: the interactions, as int arrays
   if fmt == "csv":
@@ -245,19 +270,26 @@ def prepare(fmt: str, out: str, name: str, reviews: Optional[str] = None,
   log(f"after {core}-core ({rounds} rounds): {n_users:,} users, {n_items:,} items, "
       f"{len(uid):,} interactions")
   bounds = np.searchsorted(uid, np.arange(n_users + 1))
-  inter = {str(u): iid[bounds[u]:bounds[u + 1]].tolist() for u in range(n_users)}
   text = _item_texts(fmt, meta_path, item_map, item_col)    # pass 2: the metadata
   counts["items_with_meta"] = sum(t is not None for t in text)
   log(f"metadata: {counts['items_with_meta']:,} of {n_items:,} items"
       + ("" if meta_path else " (no --meta / --items given)"))
   empty = {f: "" for f in TEXT_FIELDS}
   os.makedirs(out, exist_ok=True)
-  outputs = {"inter": inter,
-             "item": {str(i): t if t is not None else dict(empty) for i, t in enumerate(text)},
+  paths = []
+  if layout == "json":
+    paths.append(os.path.join(out, f"{name}.inter.json"))
+    _write_inter_json(paths[-1], uid, iid, bounds)
+  else:
+    for kind, array in (("offsets", bounds.astype(np.int64)), ("items", iid.astype(np.int32))):
+      paths.append(os.path.join(out, f"{name}.inter_{kind}.npy"))
+      _write_npy(paths[-1], array)
+  del uid, iid
+  outputs = {"item": {str(i): t if t is not None else dict(empty) for i, t in enumerate(text)},
              "user_map": {str(i): k for i, k in enumerate(user_map)},
              "item_map": {str(i): k for i, k in enumerate(item_map)}}
-  paths = [os.path.join(out, f"{name}.{kind}.json") for kind in outputs]
-  for path, obj in zip(paths, outputs.values()):
-    _write_json(path, obj)
+  for kind, obj in outputs.items():
+    paths.append(os.path.join(out, f"{name}.{kind}.json"))
+    _write_json(paths[-1], obj)
   log("wrote " + ", ".join(paths))
   return counts

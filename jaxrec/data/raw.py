@@ -105,6 +105,12 @@ class Log:
     self.items.append(i)
     self.times.append(time)
 
+  def add_batch(self, users, items, times):
+    """Ids (of `user_ids` / `item_ids`) and times of many interactions at once."""
+    self.users.frombytes(np.ascontiguousarray(users, np.int32).tobytes())
+    self.items.frombytes(np.ascontiguousarray(items, np.int32).tobytes())
+    self.times.frombytes(np.ascontiguousarray(times, np.float64).tobytes())
+
   def arrays(self):
     return (np.frombuffer(self.users, np.int32).copy(), np.frombuffer(self.items, np.int32).copy(),
             np.frombuffer(self.times, np.float64).copy())
@@ -166,6 +172,13 @@ def iter_table(path, columns, optional=(), text_columns=()) -> Iterator[tuple[in
   file, with pyarrow's batched readers; row numbers count data rows from 1. The `columns`
   must exist; the `optional` ones are read where they do; a CSV's `text_columns` are read as
   text (ids stay "007", not 7), the others with pyarrow's type inference."""
+  pa = pyarrow_module()
+  for row, batch in iter_batches(path, columns, optional, text_columns):
+    yield row, {name: _column(pa, batch.column(name)) for name in batch.schema.names}
+
+
+def iter_batches(path, columns, optional=(), text_columns=(), batch_rows: int = 65536):
+  """`iter_table`'s batches as pyarrow RecordBatches: (first row number, batch)."""
   require(path)
   pa = pyarrow_module()
   try:
@@ -174,7 +187,7 @@ def iter_table(path, columns, optional=(), text_columns=()) -> Iterator[tuple[in
       have = pf.schema_arrow.names
       _check_columns(path, have, columns)
       wanted = list(columns) + [c for c in optional if c in have and c not in columns]
-      batches = pf.iter_batches(columns=wanted, batch_size=65536)
+      batches = pf.iter_batches(columns=wanted, batch_size=batch_rows)
     else:
       stream = pa.input_stream(path, compression="gzip" if _is_gzip(path) else None)
       header = pa.csv.open_csv(stream, read_options=pa.csv.ReadOptions(block_size=1 << 16))
@@ -190,7 +203,7 @@ def iter_table(path, columns, optional=(), text_columns=()) -> Iterator[tuple[in
               column_types={c: pa.string() for c in wanted if c in text_columns}))
     row = 1
     for batch in batches:
-      yield row, {name: _column(pa, batch.column(name)) for name in batch.schema.names}
+      yield row, batch
       row += batch.num_rows
   except pa.lib.ArrowException as e:
     text = str(e).strip().splitlines()
@@ -216,14 +229,51 @@ def _column(pa, col) -> list:
   return col.to_pylist()
 
 
+def _times(pa, path, first, name, col) -> np.ndarray:
+  """A batch's time column as float64 seconds (timestamps and dates converted, as
+  `_column`), every value checked: the first missing or non-finite one is named."""
+  num = lambda c: c.to_numpy(zero_copy_only=False).astype(np.float64)   # nulls -> NaN
+  if pa.types.is_timestamp(col.type):
+    unit = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}.get(col.type.unit, 1)
+    values = num(col.cast(pa.int64())) / unit
+  elif pa.types.is_date(col.type):
+    values = num(col.cast(pa.date32()).cast(pa.int32())) * 86400.0
+  elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+    values = num(col.cast(pa.float64()))
+  else:                          # text: each value must parse as a number (the error names it)
+    return np.array([_time(path, f"row {first + r}", name, v)
+                     for r, v in enumerate(col.to_pylist())], np.float64)
+  bad = np.flatnonzero(~np.isfinite(values))
+  if len(bad):
+    r = int(bad[0])
+    _time(path, f"row {first + r}", name, col[r].as_py())       # raises, naming the value
+  return values
+
+
+def _keys(pa, path, first, name, col, ids: dict) -> np.ndarray:
+  """A batch's key column as ids into `ids` (raw key -> id, extended as keys come): the
+  batch's distinct keys are mapped once each (pyarrow's dictionary encoding), not row by row."""
+  pc = pa.compute
+  col = pc.utf8_trim_whitespace(col.cast(pa.string()))
+  bad = pc.or_kleene(pc.is_null(col), pc.equal(col, ""))
+  if pc.any(bad).as_py():
+    r = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
+    _key(path, f"row {first + r}", name, col[r].as_py())        # raises: empty or missing
+  enc = pc.dictionary_encode(col)
+  remap = np.fromiter((ids.setdefault(k, len(ids)) for k in enc.dictionary.to_pylist()),
+                      np.int32, len(enc.dictionary))
+  return remap[enc.indices.to_numpy(zero_copy_only=False)]
+
+
 def read_table_interactions(path, log: Log, user_col, item_col, time_col):
-  # CSV: the user and item columns are read as text; the time column as pyarrow infers it
-  for first, cols in iter_table(path, [user_col, item_col, time_col],
-                                text_columns=(user_col, item_col)):
-    for r, (u, i, t) in enumerate(zip(cols[user_col], cols[item_col], cols[time_col])):
-      record = f"row {first + r}"
-      log.add(_key(path, record, user_col, u), _key(path, record, item_col, i),
-              _time(path, record, time_col, t))
+  """A CSV / Parquet log into `log`, a batch at a time (columnar: no Python work per row).
+  CSV: the user and item columns are read as text; the time column as pyarrow infers it."""
+  pa = pyarrow_module()
+  for first, batch in iter_batches(path, [user_col, item_col, time_col],
+                                   text_columns=(user_col, item_col), batch_rows=1 << 20):
+    log.add_batch(_keys(pa, path, first, user_col, batch.column(user_col), log.user_ids),
+                  _keys(pa, path, first, item_col, batch.column(item_col), log.item_ids),
+                  _times(pa, path, first, time_col, batch.column(time_col)))
 
 
 # ----------------------------------------------------------------------------- processing

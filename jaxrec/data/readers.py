@@ -130,12 +130,82 @@ def read_index_json(path, n_items: int):
   return codes, sizes
 
 
+def _read_inter_arrays(directory, name, n_items: Optional[int]):
+  """`jaxrec.data prepare --layout arrays`' sequences, memory-mapped and checked a block at a
+  time: (offsets [U + 1] int64, items [I] int32, 1 + the largest item id)."""
+  off_path, items_path = (os.path.join(directory, f"{name}.inter_{k}.npy") for k in ("offsets", "items"))
+  _require(off_path)
+  try:
+    offsets = np.load(off_path, mmap_mode="r", allow_pickle=False)
+    items = np.load(items_path, mmap_mode="r", allow_pickle=False)
+  except (ValueError, OSError) as e:
+    raise DataError(off_path, None, f"unreadable with {os.path.basename(items_path)} ({e})") from None
+  if offsets.ndim != 1 or offsets.dtype.kind != "i" or len(offsets) < 1 or offsets[0] != 0:
+    raise DataError(off_path, None, "expected int64 offsets [users + 1] starting at 0")
+  if items.ndim != 1 or items.dtype != np.int32 or offsets[-1] != len(items):
+    raise DataError(items_path, None, f"expected int32 item ids [{int(offsets[-1]):,}] (the "
+                    f"offsets' end), found {items.dtype} {items.shape}")
+  steps = np.diff(offsets)
+  if (steps < 0).any():
+    raise DataError(off_path, f"user {int(np.flatnonzero(steps < 0)[0])}", "offsets decrease")
+  used = 0
+  for s in range(0, len(items), 1 << 24):           # a block at a time: bounded memory
+    block = np.asarray(items[s:s + (1 << 24)])
+    bad = np.flatnonzero((block < 0) | (block >= (n_items or MAX_ITEM_ID)))
+    if len(bad):
+      pos = s + int(bad[0])
+      user = int(np.searchsorted(offsets, pos, side="right")) - 1
+      raise DataError(items_path, f"user {user} position {pos - int(offsets[user])}",
+                      f"item id {int(block[bad[0]])} is outside 0..{(n_items or MAX_ITEM_ID) - 1}")
+    used = max(used, int(block.max(initial=-1)) + 1)
+  return np.asarray(offsets, np.int64), items, used
+
+
 def read_letter(directory, name, features=(), index=False) -> Dataset:
-  """LETTER / LC-Rec JSON: `{"user": [item ids]}` with chronological items."""
+  """LETTER / LC-Rec JSON: `{"user": [item ids]}` with chronological items; or the same
+  sequences as memory-mapped arrays (`<name>.inter_offsets.npy`, `<name>.inter_items.npy`,
+  `jaxrec.data prepare --layout arrays`) where there is no inter.json."""
   inter_path = os.path.join(directory, f"{name}.inter.json")
+  if os.path.exists(os.path.join(directory, f"{name}.inter_items.npy")):
+    if os.path.exists(inter_path):
+      raise DataError(inter_path, None, f"and {name}.inter_items.npy both hold the sequences: "
+                      "keep one of them")
+    return _read_letter_arrays(directory, name, features, index)
   raw = read_json(inter_path)
   if not isinstance(raw, dict):
     raise DataError(inter_path, None, "expected a JSON object mapping user to a list of item ids")
+  n_items, item_keys, item_text = _read_items(directory, name)
+  seqs, users = [], []
+  for user, items in raw.items():
+    if not isinstance(items, list):
+      raise DataError(inter_path, f"user {user!r}", "value must be a list of item ids")
+    seqs.append([_as_item_id(inter_path, f"user {user!r} position {p}", it, n_items)
+                 for p, it in enumerate(items)])
+    users.append(str(user))
+  used = 1 + max((max(s) for s in seqs if s), default=-1)
+  where = lambda: users[next(i for i, s in enumerate(seqs) if s and max(s) == used - 1)]
+  n_items, feats, codes, sizes, item_keys = _catalogue(directory, name, features, index,
+                                                       n_items, used, inter_path, where, item_keys)
+  return from_sequences(name, seqs, n_items, features=feats, codes_NxC=codes, code_sizes=sizes,
+                        user_keys=_user_keys(directory, name, users), item_keys=item_keys,
+                        item_text=item_text)
+
+
+def _read_letter_arrays(directory, name, features, index) -> Dataset:
+  n_items, item_keys, item_text = _read_items(directory, name)
+  offsets, items, used = _read_inter_arrays(directory, name, n_items)
+  items_path = os.path.join(directory, f"{name}.inter_items.npy")
+  where = lambda: str(int(np.searchsorted(offsets, int(np.argmax(items)), side="right")) - 1)
+  n_items, feats, codes, sizes, item_keys = _catalogue(directory, name, features, index,
+                                                       n_items, used, items_path, where, item_keys)
+  users = _user_keys(directory, name, [str(u) for u in range(len(offsets) - 1)])
+  return Dataset(name=name, n_items=n_items, offsets_U1=offsets, items_I=items, features=feats,
+                 codes_NxC=codes, code_sizes=sizes, user_keys=users, item_keys=item_keys,
+                 item_text=item_text)
+
+
+def _read_items(directory, name):
+  """`<name>.item.json`: (number of items, keys, text per item), or Nones without it."""
   item_path = os.path.join(directory, f"{name}.item.json")
   item_keys = item_text = None
   n_items = None
@@ -154,14 +224,12 @@ def read_letter(directory, name, features=(), index=False) -> Dataset:
     item_text = [None] * n_items
     for k, attrs in meta.items():
       item_text[int(k)] = _item_text(item_path, f"item {k!r}", attrs)
-  seqs, users = [], []
-  for user, items in raw.items():
-    if not isinstance(items, list):
-      raise DataError(inter_path, f"user {user!r}", "value must be a list of item ids")
-    seqs.append([_as_item_id(inter_path, f"user {user!r} position {p}", it, n_items)
-                 for p, it in enumerate(items)])
-    users.append(str(user))
-  used = 1 + max((max(s) for s in seqs if s), default=-1)
+  return n_items, item_keys, item_text
+
+
+def _catalogue(directory, name, features, index, n_items, used, inter_path, where, item_keys):
+  """The catalogue's size (item.json's, else the features' rows, else the ids used), its
+  features, given codes and item keys. `where()`: the user holding the largest item id."""
   if n_items is None and features:
     # Without an item file the feature matrices define the catalogue (row i = item i).
     first = os.path.join(directory, f"{name}.{features[0]}.npy")
@@ -171,9 +239,8 @@ def read_letter(directory, name, features=(), index=False) -> Dataset:
     except Exception:  # unreadable: read_features reports it below
       n_items = None
     if n_items is not None and n_items < used:
-      u = next(i for i, s in enumerate(seqs) if s and max(s) == used - 1)
       raise DataError(first, None, f"has {n_items} rows but {inter_path} uses item id "
-                      f"{used - 1} (user {users[u]!r}): row i must be item i for every item "
+                      f"{used - 1} (user {where()!r}): row i must be item i for every item "
                       "id the interactions use")
     if n_items is not None and n_items > used:
       import logging
@@ -188,11 +255,15 @@ def read_letter(directory, name, features=(), index=False) -> Dataset:
     codes, sizes = read_index_json(os.path.join(directory, f"{name}.index.json"), n_items)
   # `jaxrec.data prepare` writes the raw keys (ASINs, user ids) of the ids beside them
   item_keys = _key_map(directory, name, "item", n_items) or item_keys
+  return n_items, feats, codes, sizes, item_keys
+
+
+def _user_keys(directory, name, users: list) -> list:
+  """The users' raw keys from `<name>.user_map.json` where it names them."""
   user_map = _key_map(directory, name, "user", None)
-  if user_map is not None:
-    users = [user_map[int(u)] if u.isdigit() and int(u) < len(user_map) else u for u in users]
-  return from_sequences(name, seqs, n_items, features=feats, codes_NxC=codes, code_sizes=sizes,
-                        user_keys=users, item_keys=item_keys, item_text=item_text)
+  if user_map is None:
+    return users
+  return [user_map[int(u)] if u.isdigit() and int(u) < len(user_map) else u for u in users]
 
 
 def _key_map(directory, name, kind: str, n: Optional[int]):
