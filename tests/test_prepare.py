@@ -292,3 +292,22 @@ def test_the_arrays_layout_loads_as_the_json_one(tmp_path):
   with pytest.raises(DataError, match=r"Cat.inter_items.npy: user 1 position 1: item id 7 is "
                      r"outside 0..2"):
     load_dataset(cfg.data)
+
+
+def test_sort_and_dedup_equals_first_occurrences_in_time_order():
+  """Against the definition: the first line of each distinct (user, item, time), then each
+  user's rows by time, ties in input order; logs with many ties and duplicates."""
+  rng = np.random.default_rng(0)
+  for trial in range(30):
+    n = int(rng.integers(1, 200))
+    users, items = rng.integers(0, 5, n).astype(np.int32), rng.integers(0, 6, n).astype(np.int32)
+    times = rng.integers(0, 4, n).astype(np.float64)
+    seen, rows = set(), []
+    for r in range(n):
+      if (users[r], items[r], times[r]) not in seen:
+        seen.add((users[r], items[r], times[r]))
+        rows.append(r)
+    rows.sort(key=lambda r: (users[r], times[r]))           # stable: input order on ties
+    got = P.sort_and_dedup(users, items, times)
+    for a, b in zip(got, (users[rows], items[rows], times[rows])):
+      np.testing.assert_array_equal(a, b)

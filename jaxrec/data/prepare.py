@@ -65,15 +65,31 @@ _TAG_RE = re.compile(r"<\s*/?\s*[A-Za-z!][^<>]*>")
 _SPACE_RE = re.compile(r"\s+")
 
 
-def dedup(users, items, times) -> np.ndarray:
-  """Indices (ascending) of the first line of each distinct (user, item, time)."""
-  if len(users) == 0:
-    return np.zeros(0, np.int64)
-  order = np.lexsort((times, items, users))        # stable: equal triples keep input order
-  u, i, t = users[order], items[order], times[order]
-  first = np.ones(len(order), bool)
-  first[1:] = (u[1:] != u[:-1]) | (i[1:] != i[:-1]) | (t[1:] != t[:-1])
-  return np.sort(order[first])
+def sort_and_dedup(users, items, times):
+  """The interactions sorted by (user, time), ties in input order, each distinct (user,
+  item, time) kept once (its first line): (users, items, times). One stable sort of the
+  whole log; the duplicates are found among the rows that share a (user, time) with another
+  (few), so that the memory is a few arrays of the log's length."""
+  order = np.lexsort((times, users))               # stable: ties keep input order
+  users, items, times = users[order], items[order], times[order]
+  del order
+  n = len(users)
+  tie = np.zeros(n, bool)
+  if n > 1:
+    tie[1:] = (users[1:] == users[:-1]) & (times[1:] == times[:-1])
+  drop = np.zeros(n, bool)
+  rows = np.flatnonzero(tie | np.append(tie[1:], False))   # every row of a multi-row run
+  if len(rows):
+    run = np.cumsum(~tie)[rows]                    # (user, time) run of each such row
+    sub = np.lexsort((rows, items[rows], run))     # by run, item, then position (input order)
+    r, it = run[sub], items[rows][sub]
+    again = np.zeros(len(sub), bool)
+    again[1:] = (r[1:] == r[:-1]) & (it[1:] == it[:-1])
+    drop[rows[sub][again]] = True
+  if drop.any():
+    keep = ~drop
+    users, items, times = users[keep], items[keep], times[keep]
+  return users, items, times
 
 
 def k_core(users, items, k: int, n_users: int, n_items: int):
@@ -189,20 +205,17 @@ def _inputs(fmt, out, name, reviews, meta, interactions, items, core):
   return source, meta_path
 
 
-def _renumber(users, items, times, user_keys, item_keys):
-  """Ids by raw key; each user's items by time, ties in input order: (user ids, item ids,
-  raw key of each user id, of each item id), sorted by user."""
-  u_old, u_new = np.unique(users, return_inverse=True)
-  i_old, i_new = np.unique(items, return_inverse=True)
-  u_rank, i_rank = _key_order(user_keys[u_old]), _key_order(item_keys[i_old])
-  u_id = np.empty(len(u_old), np.int64)
-  u_id[u_rank] = np.arange(len(u_old))
-  i_id = np.empty(len(i_old), np.int64)
-  i_id[i_rank] = np.arange(len(i_old))
-  uid, iid = u_id[u_new.ravel()], i_id[i_new.ravel()]
-  order = np.lexsort((np.arange(len(uid)), times, uid))
-  return (uid[order], iid[order], [str(k) for k in user_keys[u_old[u_rank]]],
-          [str(k) for k in item_keys[i_old[i_rank]]])
+def _ranks(keys) -> np.ndarray:
+  """Each raw id's rank among the raw keys sorted as strings: int32 [len(keys)]."""
+  rank = np.empty(len(keys), np.int32)
+  rank[_key_order(keys)] = np.arange(len(keys), dtype=np.int32)
+  return rank
+
+
+def _compact(ids, n: int):
+  """Ids 0..n-1 (some unused) -> 0..m-1 keeping their order: (new ids, used mask [n])."""
+  used = np.bincount(ids, minlength=n) > 0
+  return (np.cumsum(used, dtype=np.int64) - 1).astype(np.int32)[ids], used
 
 
 def _item_texts(fmt, meta_path, item_map, item_col) -> list:
@@ -247,25 +260,36 @@ def prepare(fmt: str, out: str, name: str, reviews: Optional[str] = None,
     read_table_interactions(source, raw, user_col, item_col, time_col)
   else:
     read_amazon_reviews(source, fmt, raw)
-  users, items_, times = raw.arrays()
-  n_raw = len(users)
   user_keys = np.array(list(raw.user_ids), dtype=object)
   item_keys = np.array(list(raw.item_ids), dtype=object)
-  del raw
+  users, items_, times = raw.arrays()
+  n_raw = len(users)
   log(f"raw: {n_raw:,} interactions, {len(user_keys):,} users, {len(item_keys):,} items")
   if n_raw == 0:
     raise DataError(source, None, "has no interactions")
-  keep = dedup(users, items_, times)
-  users, items_, times = users[keep], items_[keep], times[keep]
-  log(f"after dedup: {len(users):,} interactions ({n_raw - len(users):,} duplicates removed)")
+  # ids in the order of their raw keys (sorted as strings): the output's order
+  u_rank, i_rank = _ranks(user_keys), _ranks(item_keys)
+  user_keys, item_keys = user_keys[np.argsort(u_rank)], item_keys[np.argsort(i_rank)]
+  users, items_ = u_rank[users], i_rank[items_]
+  del raw, u_rank, i_rank
+  users, items_, times = sort_and_dedup(users, items_, times)
+  n_dedup = len(users)
+  log(f"after dedup: {n_dedup:,} interactions ({n_raw - n_dedup:,} duplicates removed)")
+  del times                                       # the order is all the output needs of it
   mask, rounds = k_core(users, items_, core, len(user_keys), len(item_keys))
   if not mask.any():
     raise DataError(source, None, f"no interactions survive the {core}-core (--core): no user "
                     f"and item set where each has {core} interactions; try a smaller --core")
-  uid, iid, user_map, item_map = _renumber(users[mask], items_[mask], times[mask], user_keys,
-                                           item_keys)
+  if not mask.all():
+    users, items_ = users[mask], items_[mask]
+  del mask
+  uid, u_used = _compact(users, len(user_keys))
+  iid, i_used = _compact(items_, len(item_keys))
+  del users, items_
+  user_map = [str(k) for k in user_keys[u_used]]
+  item_map = [str(k) for k in item_keys[i_used]]
   n_users, n_items = len(user_map), len(item_map)
-  counts = {"raw": n_raw, "dedup": int(len(keep)), "core": core, "rounds": rounds,
+  counts = {"raw": n_raw, "dedup": n_dedup, "core": core, "rounds": rounds,
             "users": n_users, "items": n_items, "interactions": int(len(uid))}
   log(f"after {core}-core ({rounds} rounds): {n_users:,} users, {n_items:,} items, "
       f"{len(uid):,} interactions")
