@@ -129,6 +129,7 @@ def test_lcrec_variant_trains_and_decodes_end_to_end(tmp_path, monkeypatch):
   cfg = letter.get_config("tiny_lcrec")
   cfg.data.align.tasks = ("item2index", "index2item")
   cfg.model.loss = "lm"                       # LC-Rec's recipe (tiger.lcrec_training)
+  cfg.train.epochs = 1
   logs = []
   results = pipeline.train_and_evaluate(cfg, str(tmp_path), log=logs.append)
   # LC-Rec's share: every item once per epoch, ceil(64 x 120 items / 1,143 samples) = 7
