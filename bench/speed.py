@@ -362,27 +362,40 @@ cfg = get_config(method, variant)
 cfg.data.shapes = shapes
 cfg.train.max_steps, cfg.train.tensorboard = 1, False   # the programs of a run, one step of it
 cfg.tokenizer.epochs = 1                                  # (its own programs are not counted)
-res = pipeline.train_and_evaluate(cfg, workdir, log=lambda m: None)
-recs = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-print(json.dumps({"programs": [r for r in recs if "compile" in r],
-                  "total": res["programs_this_invocation"]}))
+if os.environ.get("JAXREC_PROGRAMS_AHEAD") == "1":   # the loop's ahead-of-time programs only
+  from jaxrec.xla import compile_listener
+  loop, compiled = pipeline.resumed_loop(pipeline.setup(cfg, workdir, log=lambda m: None),
+                                         log=lambda m: None), []
+  with compile_listener(compiled.append):
+    loop.compile_ahead()
+  programs = [dict(r, compile=r["program"]) for r in compiled]
+  total = {"count": len(compiled), "from_cache": sum(c["from_cache"] for c in compiled),
+           "compile_seconds": round(sum(c["seconds"] for c in compiled), 1)}
+else:
+  res = pipeline.train_and_evaluate(cfg, workdir, log=lambda m: None)
+  recs = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  programs, total = [r for r in recs if "compile" in r], res["programs_this_invocation"]
+print(json.dumps({"programs": programs, "total": total}, default=str))
 """
 
 
-def bench_programs(spec: str, shapes: str) -> dict:
+def bench_programs(spec: str, shapes: str, ahead_only: bool = False) -> dict:
   """The programs a run of `spec` compiles with data.shapes=`shapes` (the loop's, ahead of
   time, and the test split's), their compile seconds with an empty persistent cache, and
   again on the same host with the cache the first run filled: two one-step runs in
-  subprocesses (tokenizer fit cut to one epoch; its programs are not among these)."""
+  subprocesses (tokenizer fit cut to one epoch; its programs are not among these).
+  `ahead_only`: only the programs the loop compiles before its first step (train and
+  validation), no step and no decoding (a large set's test decode is what takes long)."""
   import json
   import subprocess
   import tempfile
   method, _, variant = spec.partition(":")
   root = tempfile.mkdtemp(prefix="jaxrec-programs-")
-  out = {"spec": spec, "shapes": shapes}
+  out = {"spec": spec, "shapes": shapes, "ahead_only": ahead_only}
   for phase in ("cold", "warm"):
     env = dict(os.environ, JAXREC_COMPILE_CACHE=os.path.join(root, "xla"),
-               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+               JAXREC_PROGRAMS_AHEAD="1" if ahead_only else "0")
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-c", PROGRAMS_CHILD, method, variant or "default",
                            shapes, os.path.join(root, phase)], capture_output=True, text=True,
@@ -433,6 +446,9 @@ def main():
                       "persistent compilation cache (one-step runs in subprocesses)")
   p.add_argument("--programs_shapes", nargs="+", default=["buckets", "max_len"],
                  choices=["buckets", "max_len"], help="the data.shapes values --programs measures")
+  p.add_argument("--programs_ahead", action="store_true",
+                 help="--programs: only the programs compiled before the first step (train and "
+                      "validation; no step, no decoding: for sets whose decode takes long)")
   common.add_cpu_devices(p)
   p.add_argument("--out", default=None, help="default bench/results/speed-<platform>.json")
   args = p.parse_args()
@@ -442,12 +458,12 @@ def main():
     path = common.result_path(f"programs-{common.platform()}.json", args.out)
     for spec in args.programs:
       for shapes in args.programs_shapes:
-        rows.append(r := bench_programs(spec, shapes))
+        rows.append(r := bench_programs(spec, shapes, args.programs_ahead))
         common.write_json(path, {"programs": rows})       # a cap never loses a finished row
         print(f"programs of {spec}, data.shapes={shapes}: " + "; ".join(
             f"{phase} cache: {r[phase]['count']} programs {r[phase]['by_program']} "
             f"({r[phase]['from_cache']} from the cache) in {r[phase]['compile_s']}s "
-            f"(one-step run {r[phase]['run_s']}s)"
+            f"({'set-up and compile' if args.programs_ahead else 'one-step run'} {r[phase]['run_s']}s)"
             for phase in ("cold", "warm")), flush=True)
     print(f"wrote {path}")
     return

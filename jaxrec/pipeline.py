@@ -296,7 +296,17 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
   primary = distributed.is_primary()
   log = log if primary else (lambda m: None)   # logs and files from process 0 only
   run = setup(cfg, workdir, log)
-  tc = cfg.train
+  loop = resumed_loop(run, log)
+  compiled = []
+  with compile_listener(compiled.append):
+    best = loop.train()
+    return _finish(run, loop.plan, best, loop, t_start, log, compiled)
+
+
+def resumed_loop(run: Run, log=print) -> Loop:
+  """The run's training loop (its batches and the method's plan), resumed from the
+  workdir's latest intact checkpoint when there is one."""
+  cfg, tc = run.cfg, run.cfg.train
   root = jax.random.key(cfg.seed)
   k_init, k_train = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
   train_it = BatchIterator(run.dataset, run.splits["train"], tc.batch_size, run.buckets,
@@ -309,10 +319,7 @@ def train_and_evaluate(cfg, workdir: str, log=print) -> dict:
       f"{len(train_it)} steps/epoch, {plan.n_params:,} parameters"
       f"{'' if plan.n_trained is None else f' ({plan.n_trained:,} trained)'}, {run.mesh.devices.size} "
       f"device(s) [{jax.devices()[0].platform}], buckets {run.buckets}")
-  compiled = []
-  with compile_listener(compiled.append):
-    best = loop.train()
-    return _finish(run, plan, best, loop, t_start, log, compiled)
+  return loop
 
 
 def _finish(run: Run, plan: Plan, best_tree, loop: Loop, t_start, log, compiled: list) -> dict:
