@@ -122,20 +122,38 @@ def setup(cfg, workdir: str, log=print) -> Run:
 
 
 def ensure_features(cfg, ds: Dataset, method: Method, log=print) -> Dataset:
-  """`ds` with every feature the method reads present, deriving `cf` and `text`."""
+  """`ds` with every feature the method reads present, deriving `cf` and `text`, and a
+  joined feature "a+b" (`joined_views`) from its parts."""
   for name in method.features(cfg):
-    if name in ds.features:
-      continue
-    if name not in DERIVED:
-      have = ", ".join(sorted(ds.features)) or "none"
-      raise ConfigError(
-          f"item feature {name!r} is needed (tokenizer.feature or a method's feature) but "
-          f"data set {ds.name!r} has features: {have}. Load <data.dir>/{ds.name}.{name}.npy by "
-          f"adding {name!r} to data.features, or use 'cf' ({DERIVED['cf']}) or 'text' "
-          f"({DERIVED['text']})")
-    derive = cf_embeddings if name == "cf" else text_embeddings
-    ds = dataclasses.replace(ds, features={**ds.features, name: derive(cfg, ds, log)})
+    parts = name.split("+")
+    for part in parts:
+      ds = _ensure_feature(cfg, ds, part, log)
+    if len(parts) > 1 and name not in ds.features:
+      ds = dataclasses.replace(ds, features={
+          **ds.features, name: joined_views([ds.features[p] for p in parts])})
   return ds
+
+
+def joined_views(views: list) -> np.ndarray:
+  """Several item features as one ("text+cf": an RQ-VAE on the information SimCIT's views
+  hold, its equal-information control): each row of each view scaled to unit L2 norm (so
+  that no view outweighs another by its scale), then concatenated: float32 [N, sum of D]."""
+  unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  return np.concatenate([unit(np.asarray(v, np.float32)) for v in views], axis=1)
+
+
+def _ensure_feature(cfg, ds: Dataset, name: str, log) -> Dataset:
+  if name in ds.features:
+    return ds
+  if name not in DERIVED:
+    have = ", ".join(sorted(ds.features)) or "none"
+    raise ConfigError(
+        f"item feature {name!r} is needed (tokenizer.feature or a method's feature) but "
+        f"data set {ds.name!r} has features: {have}. Load <data.dir>/{ds.name}.{name}.npy by "
+        f"adding {name!r} to data.features, or use 'cf' ({DERIVED['cf']}), 'text' "
+        f"({DERIVED['text']}) or several joined, 'text+cf'")
+  derive = cf_embeddings if name == "cf" else text_embeddings
+  return dataclasses.replace(ds, features={**ds.features, name: derive(cfg, ds, log)})
 
 
 def sasrec_run_config(cfg) -> ml_collections.ConfigDict:

@@ -249,3 +249,25 @@ def test_missing_feature_is_one_clear_error(tmp_path):
   cfg.tokenizer.feature = "text"            # derivable, but the synthetic set has no text
   with pytest.raises(DataError, match="synthetic: the data set has no item text"):
     pipeline.train_and_evaluate(cfg, str(tmp_path / "w"), log=lambda m: None)
+
+
+def test_joined_views_feed_one_tokenizer(tmp_path):
+  """tokenizer.feature='content+cf': the parts (each row at unit L2 norm) side by side, the
+  feature the RQ-VAE fits (SimCIT's equal-information control)."""
+  import tiger
+  cfg = tiger.get_config("tiny")
+  cfg.data.features = ("content", "cf")
+  cfg.tokenizer.feature = "content+cf"
+  run = pipeline.setup(cfg, str(tmp_path), log=lambda m: None)
+  parts = [run.dataset.features[p] for p in ("content", "cf")]
+  joined = run.dataset.features["content+cf"]
+  assert joined.shape == (run.dataset.n_items, sum(p.shape[1] for p in parts))
+  d = parts[0].shape[1]
+  for half, part in ((joined[:, :d], parts[0]), (joined[:, d:], parts[1])):
+    np.testing.assert_allclose(np.linalg.norm(half, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(half * np.linalg.norm(part, axis=1, keepdims=True), part, rtol=1e-4,
+                               atol=1e-5)
+  assert run.codes.shape[0] == run.dataset.n_items
+  with pytest.raises(ConfigError, match="item feature 'image' is needed"):
+    cfg.tokenizer.feature = "content+image"
+    pipeline.ensure_features(cfg, load_dataset(cfg.data), get_method("tiger"), log=lambda m: None)
