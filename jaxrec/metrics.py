@@ -11,8 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-KS = (1, 5, 10, 20)
-NDCG_KS = (5, 10, 20)
+KS = (1, 5, 10, 20, 50, 100)     # those up to the ranked list's length are reported
+NDCG_KS = (5, 10, 20, 50, 100)
+RANKED = 20                      # the list a run ranks (train.beam for the generative ones);
+                                 # `jaxrec.evaluate --beam 100` ranks more (R@50, R@100)
 
 
 def _names(ks, ndcg_ks):

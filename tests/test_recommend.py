@@ -72,14 +72,33 @@ def test_recommend_command_in_keys_with_unknowns_fallback_and_a_bad_line(trained
 
 
 def test_evaluate_predictions_hits_are_the_reported_recall(trained, tmp_path):
+  """--predictions' ranks give the reported recalls; --beam 50 ranks 50 items (R@50)."""
   out = tmp_path / "pred.jsonl"
-  res = command("jaxrec.evaluate", f"--workdir={trained['tiger']}", f"--predictions={out}")
+  res = command("jaxrec.evaluate", f"--workdir={trained['tiger']}", f"--predictions={out}",
+                "--beam=50")
   assert res.returncode == 0, res.stderr[-2000:]
   ev = json.load(open(os.path.join(trained["tiger"], "eval.json")))
+  assert ev["beam"] == 50 and "recall@100" not in ev["test"]
   lines = [json.loads(l) for l in out.read_text().splitlines()]
   for split in ("valid", "test"):
     mine = [l for l in lines if l["split"] == split]
     assert len(mine) == ev[split]["users"]
-    hits = sum(l["rank"] is not None and l["rank"] <= 10 for l in mine)
-    assert hits / len(mine) == pytest.approx(ev[split]["recall@10"], abs=1e-9)
+    for k in (10, 50):
+      hits = sum(l["rank"] is not None and l["rank"] <= k for l in mine)
+      assert hits / len(mine) == pytest.approx(ev[split][f"recall@{k}"], abs=1e-9)
     assert all(l["rank"] is None or l["items"][l["rank"] - 1] == l["target"] for l in mine)
+
+
+def test_a_wider_ranking_keeps_sasrecs_top_20(trained):
+  """SASRec ranks the whole catalogue: its top 50 (`jaxrec.evaluate --beam 50`) begins with
+  its top 20, so every metric up to @20 is unchanged and R@50 / N@50 are added."""
+  from jaxrec.methods import get_method
+  from jaxrec.training.evaluation import evaluate_split
+  run, params, _ = pipeline.load_run(trained["sasrec"])
+  default = evaluate_split(run, params, "test")
+  wide = evaluate_split(run, params, "test", eval_fn=get_method("sasrec").eval_fn(run, 50))
+  assert "recall@50" in wide and "ndcg@50" in wide and "recall@50" not in default
+  assert wide["recall@50"] >= wide["recall@20"]
+  for k in default:
+    if "@" in k:
+      assert wide[k] == pytest.approx(default[k], abs=1e-9), k

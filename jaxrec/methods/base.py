@@ -72,6 +72,11 @@ class Method:
     evaluation steps."""
     setup_generative(run, self, log)
 
+  def eval_fn(self, run: Run, width: int):
+    """The evaluation step ranking `width` items per user (`jaxrec.evaluate --beam`): the
+    run's decoding with a beam of that width."""
+    return decoding_eval_fn(run, run.cfg.train.decode == "constrained", width)
+
   def training_plan(self, run: Run, key, steps_per_epoch: int) -> Plan:
     """The recommender's code loss (cross-entropy on logits / train.tau), one AdamW stage."""
     step = lambda tx: functools.partial(run.steps.train_step, model=run.model, tx=tx,
@@ -133,12 +138,12 @@ def setup_generative(run: Run, method: Method, log) -> None:
                                        constrained=cfg.train.decode == "constrained")
 
 
-def decoding_eval_fn(run: Run, constrained: bool):
-  """The recommender's evaluation step on the run's mesh: beam search of train.beam,
-  constrained to the catalogue or over the whole code space."""
+def decoding_eval_fn(run: Run, constrained: bool, beam: int = 0):
+  """The recommender's evaluation step on the run's mesh: beam search of `beam` (0:
+  train.beam), constrained to the catalogue or over the whole code space."""
   return distributed.per_device_eval(functools.partial(
-      run.steps.eval_step, model=run.model, beam=run.cfg.train.beam, constrained=constrained),
-      run.mesh)
+      run.steps.eval_step, model=run.model, beam=beam or run.cfg.train.beam,
+      constrained=constrained), run.mesh)
 
 
 def init_t5(run: Run, key):

@@ -55,9 +55,14 @@ def setup_model(run) -> None:
   validate(cfg, ds.n_items)
   run.splits = {**run.splits, "train": sequence_windows(ds, cfg.data.max_len)}
   run.model = sasrec.SASRec(sasrec.model_config(cfg.model, ds.n_items, cfg.data.max_len))
-  run.eval_fn = distributed.per_device_eval(functools.partial(
-      sasrec.eval_step, model=run.model, k=min(max(metrics.KS), ds.n_items)), run.mesh)
+  run.eval_fn = ranking_eval_fn(run, metrics.RANKED)
   run.recommend_fn = functools.partial(sasrec.recommend_step, model=run.model)
+
+
+def ranking_eval_fn(run, k: int):
+  """Full-catalogue ranking on the run's mesh: the top `k` items (at most the catalogue)."""
+  return distributed.per_device_eval(functools.partial(
+      sasrec.eval_step, model=run.model, k=min(k, run.dataset.n_items)), run.mesh)
 
 
 def _train_step(state, batch, codes, key, **kw):
@@ -96,6 +101,9 @@ class SASRec(Method):
   def setup_model(self, run, log=print) -> None:
     del log
     setup_model(run)
+
+  def eval_fn(self, run, width: int):
+    return ranking_eval_fn(run, width)
 
   def training_plan(self, run, key, steps_per_epoch: int):
     return training_plan(run, key, steps_per_epoch)

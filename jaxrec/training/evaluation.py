@@ -94,7 +94,7 @@ def most_popular(run: Run):
 def popularity_baseline(run: Run) -> dict:
   """Most-popular items ranked identically for every user, on the same splits."""
   ds = run.dataset
-  top = most_popular(run)[0][:max(metrics.KS)]
+  top = most_popular(run)[0][:metrics.RANKED]
   out = {}
   for name in ("valid", "test"):
     targets = ds.items_I[run.splits[name].end_S]
