@@ -65,6 +65,11 @@ tokenizer.simcit (official values from alibaba/SimCIT's config and train script)
   prefix_loss     False (the released forward) | True: each view's InfoNCE averaged over the
                   prefixes of the levels (1, 2, ..., L codewords summed), the alternative
                   left commented out in the official forward (ssid_rq.py:165-166, 172)
+  holdout         0.0: every item trains and the last epoch's tokenizer codes the catalogue;
+                  > 0: that share of the items is held out of training (the released
+                  val.txt) and the logged epoch with the lowest held-out InfoNCE of hard IDs
+                  codes every item (the released trainer's checkpoint_best.pt; its early stop
+                  is not reproduced: tokenizer.epochs caps the fit)
 tokenizer: AdamW lr 2e-4, weight decay 1e-3, batch 256 (released script); jaxrec's defaults
 L = 3 levels of K = 256 (released: L = 2, K = 128; the code's defaults L = 3, K = 512);
 collisions resolved by the appended level (the official code does not resolve them).
@@ -96,7 +101,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   t.simcit = ml_collections.ConfigDict(dict(
       views=("content", "cf"), hidden=(512, 384, 256), dim=128, gumbel_tau=0.2, gumbel_scale=0.0,
       temperature=0.07, w_div=1.0, w_commit=0.0, codebook_init="kmeans",
-      warmup_frac=100 / 15000, negatives="global", prefix_loss=False))
+      warmup_frac=100 / 15000, negatives="global", prefix_loss=False, holdout=0.0))
   t.lr = 2e-4
   t.weight_decay = 1e-3
   t.batch_size = 256

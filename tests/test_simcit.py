@@ -134,3 +134,52 @@ def test_prefix_loss_averages_the_levels_prefixes():
   assert float(loss(prefix_loss=True)[1]["nce_view0"]) == pytest.approx(
       float(full + part) / 2, rel=1e-5)
   assert abs(float(full) - float(part)) > 1e-3
+
+
+def test_heldout_selection_keeps_the_best_logged_epoch(tmp_path):
+  """tokenizer.simcit.holdout: the held-out items never train the tokenizer, each logged
+  epoch reports their hard-ID InfoNCE, and the tokenizer kept (which codes the catalogue) is
+  the logged epoch with the lowest one."""
+  from jaxrec.data import load_dataset
+  train, held = simcit.split_heldout(100, 0.2, 8, seed=0)
+  assert held.shape == (2, 8) and len(train) == 80
+  assert not set(held.ravel()) & set(train) and len(set(held.ravel())) == 16
+  assert simcit.split_heldout(100, 0.0, 8, 0)[1].size == 0
+  cfg = simcit_config.get_config("tiny")
+  cfg.tokenizer.simcit.holdout = 0.25
+  cfg.tokenizer.epochs, cfg.tokenizer.log_every = 6, 2
+  ds = load_dataset(cfg.data)
+  logs = []
+  table, (model, params) = simcit.build_code_table(cfg, ds, jax.random.key(0), str(tmp_path),
+                                                   log=logs.append)
+  records = [r for r in logs if isinstance(r, dict) and "heldout_nce" in r]
+  nces = [r["heldout_nce"] for r in records]
+  assert len(nces) == 3
+  views = [jnp.asarray(v) for v in simcit.load_views(cfg, ds)]
+  _, held = simcit.split_heldout(ds.n_items, 0.25, cfg.tokenizer.batch_size, cfg.seed)
+  kept = float(simcit.heldout_nce(params, views, jnp.asarray(held), model=model,
+                                  temperature=cfg.tokenizer.simcit.temperature, groups=1))
+  assert kept == pytest.approx(min(nces), abs=1e-5)
+  assert records[int(np.argmin(nces))].get("kept")
+  codes = simcit.encode_catalogue(params, views, model=model)["codes_NxC"]
+  np.testing.assert_array_equal(np.asarray(codes), table.codes_NxC[:, :codes.shape[1]])
+
+
+def test_heldout_selection_takes_the_lowest_not_the_last(tmp_path, monkeypatch):
+  """With held-out losses 3, 1, 2 at the logged epochs the tokenizer kept is the second
+  logged epoch's (the parameters the loss was computed on), not the last one's."""
+  from jaxrec.data import load_dataset
+  seen, script = [], iter([3.0, 1.0, 2.0])
+
+  def scripted(params, *a, **k):
+    seen.append(jax.tree.map(np.asarray, params))
+    return next(script)
+  monkeypatch.setattr(simcit, "heldout_nce", scripted)
+  cfg = simcit_config.get_config("tiny")
+  cfg.tokenizer.simcit.holdout = 0.25
+  cfg.tokenizer.epochs, cfg.tokenizer.log_every = 6, 2
+  _, (_, params) = simcit.build_code_table(cfg, load_dataset(cfg.data), jax.random.key(0),
+                                           str(tmp_path), log=lambda m: None)
+  assert len(seen) == 3
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, params), seen[1])
+  assert not np.array_equal(seen[1]["params"]["codebooks"], seen[2]["params"]["codebooks"])

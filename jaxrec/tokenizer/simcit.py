@@ -190,6 +190,33 @@ def train_epoch(state: TrainState, views, idx_SxB, key, *, model, tx, temperatur
   return state, jax.tree.map(jnp.mean, metrics)
 
 
+@functools.partial(jax.jit, static_argnames=("model", "temperature", "groups"))
+def heldout_nce(params, views, idx_SxB, *, model: SimCIT, temperature: float, groups: int):
+  """The mean over views and batches of held-out items (rows of `idx_SxB`) of the InfoNCE
+  between the items' hard IDs (inference: no Gumbel soft assignment) and each view, in-batch
+  negatives as in training: the released trainer's validation loss (batch_trainer.py eval,
+  the model's losses on val.txt's items)."""
+  nce_fn = jax.vmap(functools.partial(grace_nce, temperature=temperature))
+
+  def batch(idx_B):
+    _, q, p_VxBxD = model.apply(params, [x[idx_B] for x in views], False)
+    return sum(jnp.mean(nce_fn(q.reshape(groups, -1, q.shape[-1]),
+                               p.reshape(groups, -1, p.shape[-1]))) for p in p_VxBxD)
+  return jnp.mean(jax.lax.map(batch, idx_SxB))
+
+
+def split_heldout(n: int, frac: float, batch_size: int, seed: int):
+  """(training items, held-out batches [S, B]): a seeded `frac` of the items held out of
+  training (the released code's val.txt), in batches of at most `batch_size` (the rest of
+  a partial batch left out, as a drop-last loader)."""
+  n_held = int(round(frac * n))
+  if n_held == 0:
+    return np.arange(n), np.zeros((0, 0), np.int64)
+  perm = np.random.default_rng([seed, 11]).permutation(n)
+  held, b = perm[:n_held], min(batch_size, n_held)
+  return np.sort(perm[n_held:]), held[:n_held // b * b].reshape(-1, b)
+
+
 @functools.partial(jax.jit, static_argnames=("model",))
 def encode_catalogue(params, views, *, model: SimCIT):
   """Hard codes of every item (inference), the residuals and the fusion weights."""
@@ -237,40 +264,71 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
     raise ConfigError(f"tokenizer.simcit.negatives must be 'global' or 'local', got {s.negatives!r}")
   groups = n_devices if s.negatives == "local" else 1
   n = dataset.n_items
-  batch_size = min(int(t.batch_size), n) // groups * groups
+  holdout = float(s.get("holdout", 0.0))
+  if not 0.0 <= holdout < 0.5:
+    raise ConfigError(f"tokenizer.simcit.holdout={holdout}: a fraction of the items in [0, 0.5)")
+  train_items, held_SxB = split_heldout(n, holdout, int(t.batch_size), cfg.seed)
+  if holdout and (held_SxB.size == 0 or held_SxB.shape[1] < 2 * groups):
+    raise ConfigError(f"tokenizer.simcit.holdout={holdout}: {n} items leave too few held-out "
+                      f"items for in-batch negatives ({groups} group(s))")
+  n_train = len(train_items)
+  batch_size = min(int(t.batch_size), n_train) // groups * groups
   if batch_size < 2 * groups:
     raise ConfigError(f"tokenizer.batch_size={t.batch_size}: SimCIT's in-batch negatives need "
-                      f"at least 2 items per group ({groups} group(s), {n} items)")
+                      f"at least 2 items per group ({groups} group(s), {n_train} items)")
   k_init, k_km, k_train = jax.random.split(key, 3)
   views_dev = [jnp.asarray(v) for v in views]
-  state, tx = _initial_state(cfg, model, views_dev, k_init, k_km, -(-n // batch_size))
+  state, tx = _initial_state(cfg, model, views_dev, k_init, k_km, -(-n_train // batch_size))
   sizes = (t.codebook_size,) * t.levels
   common = dict(model=model, tx=tx, temperature=float(s.temperature), w_div=float(s.w_div),
                 w_commit=float(s.w_commit), groups=groups, prefix_loss=bool(s.prefix_loss))
+  # with a held-out split, the fit carries the parameters of the logged epoch with the lowest
+  # held-out InfoNCE (the released trainer's checkpoint_best.pt), copied (the train state is
+  # donated to each epoch); without, the last epoch's
+  train_dev = jnp.asarray(train_items, jnp.int32)
+  if holdout:
+    state = {"train": state, "kept": jax.tree.map(jnp.copy, state.params),
+             "best": jnp.asarray(jnp.inf)}
+  train_of = (lambda st: st["train"]) if holdout else (lambda st: st)
+  with_train = (lambda st, tr: {**st, "train": tr}) if holdout else (lambda st, tr: tr)
 
   def run_epoch(state, epoch):
-    idx = epoch_batches(jax.random.fold_in(k_train, epoch), n, batch_size)
-    return train_epoch(state, views_dev, idx, jax.random.fold_in(k_train, 1 << 20), **common)
+    idx = epoch_batches(jax.random.fold_in(k_train, epoch), n_train, batch_size)
+    if holdout:
+      idx = train_dev[idx]
+    tr, metrics = train_epoch(train_of(state), views_dev, idx, jax.random.fold_in(k_train, 1 << 20),
+                              **common)
+    return with_train(state, tr), metrics
 
   def describe(state, epoch, last):
-    enc = encode_catalogue(state.params, views_dev, model=model)
-    return state, {"fusion_weights": [round(float(w), 4) for w in enc["fusion_NxV"].mean(0)],
-                   **codes_lib.health_dict(enc["codes_NxC"], sizes)}
+    params = train_of(state).params
+    enc = encode_catalogue(params, views_dev, model=model)
+    out = {"fusion_weights": [round(float(w), 4) for w in enc["fusion_NxV"].mean(0)],
+           **codes_lib.health_dict(enc["codes_NxC"], sizes)}
+    if holdout:
+      nce = float(heldout_nce(params, views_dev, jnp.asarray(held_SxB), model=model,
+                              temperature=float(s.temperature), groups=groups))
+      out["heldout_nce"] = round(nce, 6)
+      if nce < float(state["best"]):
+        state = {**state, "kept": jax.tree.map(jnp.copy, params), "best": jnp.asarray(nce)}
+        out["kept"] = True
+    return state, out
 
   t0 = time.time()
   state, history = fit_epochs(state, t.epochs, run_epoch, describe,
                               fit_checkpoints(t, workdir, fp, log), log, what="SimCIT tokenizer",
                               due=lambda epoch: (epoch + 1) % t.log_every == 0)
-  enc = encode_catalogue(state.params, views_dev, model=model)
+  params = state["kept"] if holdout else state.params
+  enc = encode_catalogue(params, views_dev, model=model)
   last = model.cfg.levels - 1
   table = assign_catalogue(
       t, enc["codes_NxC"], enc["residuals_NxCxD"][:, last],
-      state.params["params"]["codebooks"][last], fp,
+      params["params"]["codebooks"][last], fp,
       {"source": "simcit", "fit_seconds": round(time.time() - t0, 2),
        "history": history[-1] if history else {},
        "fusion_weights": [round(float(w), 4) for w in enc["fusion_NxV"].mean(0)]})
-  save_tokenizer(workdir, state.params)
-  return table, (model, state.params)
+  save_tokenizer(workdir, params)
+  return table, (model, params)
 
 
 def _initial_state(cfg, model: SimCIT, views, k_init, k_km, steps_per_epoch: int):
