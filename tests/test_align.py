@@ -75,7 +75,7 @@ def test_losses_are_the_teacher_forced_ones_of_the_whole_prompt():
   batch = {"item2index_item_A": items, "index2item_item_A": items,
            **{k + ("_AxP" if k.endswith(("_head", "_tail")) else "_AxX"): v[items]
               for k, v in a.items()}}
-  got = decoder_steps.align_losses(params, model, batch, codes, False)
+  got = jax.jit(lambda p, b: decoder_steps.align_losses(p, model, b, codes, False))(params, batch)
   off = np.asarray(cfg.offsets)
   i2i, i2t = [], []
   for row, i in enumerate(items):
