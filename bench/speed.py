@@ -363,14 +363,12 @@ cfg.data.shapes = shapes
 cfg.train.max_steps, cfg.train.tensorboard = 1, False   # the programs of a run, one step of it
 cfg.tokenizer.epochs = 1                                  # (its own programs are not counted)
 if os.environ.get("JAXREC_PROGRAMS_AHEAD") == "1":   # the loop's ahead-of-time programs only
-  from jaxrec.xla import compile_listener
+  from jaxrec.xla import compile_listener, compile_summary
   loop, compiled = pipeline.resumed_loop(pipeline.setup(cfg, workdir, log=lambda m: None),
                                          log=lambda m: None), []
   with compile_listener(compiled.append):
     loop.compile_ahead()
-  programs = [dict(r, compile=r["program"]) for r in compiled]
-  total = {"count": len(compiled), "from_cache": sum(c["from_cache"] for c in compiled),
-           "compile_seconds": round(sum(c["seconds"] for c in compiled), 1)}
+  programs, total = [dict(r, compile=r["program"]) for r in compiled], compile_summary(compiled)
 else:
   res = pipeline.train_and_evaluate(cfg, workdir, log=lambda m: None)
   recs = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]

@@ -38,7 +38,7 @@ from jaxrec.training.evaluation import (evaluate_split, fmt, most_popular, popul
 from jaxrec.training.loop import Loop
 from jaxrec.training.plan import Plan
 from jaxrec.training.run import Run, make_mesh, set_codes
-from jaxrec.xla import compile_listener
+from jaxrec.xla import compile_listener, compile_summary
 
 __all__ = ["setup", "train_and_evaluate", "load_run", "recommend", "restore_best", "make_mesh",
            "ensure_features", "item_keys", "user_keys", "recommender"]
@@ -297,7 +297,7 @@ def align_sampler(run: Run, log=print):
   a = cfg.data.get("align")
   if a is None or not a.tasks:
     return None
-  folder = os.path.expandvars(os.path.expanduser(cfg.model.path))
+  folder = hf.model_folder(cfg.model.path)
   texts = align.titles(run.dataset, tuple(a.fields))
   arrays = align.item_arrays(texts, hf.tokenizer(folder), hf.eos_id(folder), tuple(a.tasks),
                              a.max_tokens)
@@ -364,9 +364,7 @@ def _finish(run: Run, plan: Plan, best_tree, loop: Loop, t_start, log, compiled:
       "wall_seconds_this_invocation": round(time.time() - t_start, 1),
       **extra,
   }
-  results["programs_this_invocation"] = {   # after the test split's: counted complete
-      "count": len(compiled), "from_cache": sum(r["from_cache"] for r in compiled),
-      "compile_seconds": round(sum(r["seconds"] for r in compiled), 1)}
+  results["programs_this_invocation"] = compile_summary(compiled)   # the test split's included
   if distributed.is_primary():
     write_atomic(os.path.join(run.workdir, "results.json"), json.dumps(results, indent=2))
     log("test " + fmt(results["test"]))

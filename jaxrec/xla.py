@@ -116,6 +116,13 @@ def _count_cache_hit(event: str, **kwargs) -> None:
 jax.monitoring.register_event_listener(_count_cache_hit)
 
 
+def compile_summary(records: list) -> dict:
+  """Programs compiled (`compile_listener`'s records): their count, how many XLA's persistent
+  cache answered, and the seconds in all."""
+  return {"count": len(records), "from_cache": sum(r["from_cache"] for r in records),
+          "compile_seconds": round(sum(r["seconds"] for r in records), 1)}
+
+
 @contextlib.contextmanager
 def compile_listener(fn: Callable[[dict], None]):
   """Within the block, `fn` hears of every `Program` compilation (the loop writes them to

@@ -72,9 +72,8 @@ def test_losses_are_the_teacher_forced_ones_of_the_whole_prompt():
   a = _arrays(["the next item", "item", "next next"])
   params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), bool))
   items = np.array([2, 0])
-  batch = {"item2index_item_A": items, "index2item_item_A": items,
-           **{k + ("_AxP" if k.endswith(("_head", "_tail")) else "_AxX"): v[items]
-              for k, v in a.items()}}
+  batch = {**align.batch_fields(a, "item2index", items),
+           **align.batch_fields(a, "index2item", items)}
   got = jax.jit(lambda p, b: decoder_steps.align_losses(p, model, b, codes, False))(params, batch)
   off = np.asarray(cfg.offsets)
   i2i, i2t = [], []

@@ -129,9 +129,15 @@ class Sampler:
   def __call__(self, epoch: int, index: int) -> dict:
     out = {}
     for task in self.tasks:
-      items = self.items(task, epoch, index)[self.rows]
-      out[f"{task}_item_A"] = items
-      for name, table in self.arrays.items():
-        if name.startswith(task + "_"):
-          out[name + ("_AxP" if name.endswith(("_head", "_tail")) else "_AxX")] = table[items]
+      out.update(batch_fields(self.arrays, task, self.items(task, epoch, index)[self.rows]))
     return out
+
+
+def batch_fields(arrays: dict, task: str, items) -> dict:
+  """A task's batch fields (the module docstring's) for alignment items `items` [A], from
+  `item_arrays`' per-item arrays."""
+  out = {f"{task}_item_A": items}
+  for name, table in arrays.items():
+    if name.startswith(task + "_"):
+      out[name + ("_AxP" if name.endswith(("_head", "_tail")) else "_AxX")] = table[items]
+  return out

@@ -169,9 +169,7 @@ class BatchIterator:
   def _dataset(self, epoch):
     ds, split, batch_size, buckets, shuffle, seed, iid = self._args
     plan = plan_batches(split, batch_size, buckets, shuffle, seed, epoch, iid)
-    rows, extra = self._rows, self._extra
-    if extra is None:
-      return grain.MapDataset.source(plan).map(lambda p: gather_batch(ds, split, p[0], p[1][rows]))
+    rows, extra = self._rows, self._extra or (lambda epoch, index: {})
     return grain.MapDataset.source(list(enumerate(plan))).map(
         lambda p: {**gather_batch(ds, split, p[1][0], p[1][1][rows]), **extra(epoch, p[0])})
 
@@ -201,7 +199,7 @@ class BatchIterator:
     types of a real one, for compiling ahead."""
     ds, split, batch_size = self._args[:3]
     batch = gather_batch(ds, split, length, np.full(batch_size, -1)[self._rows])
-    return batch if self._extra is None else {**batch, **self._extra(0, 0)}
+    return {**batch, **(self._extra(0, 0) if self._extra else {})}
 
   def get_state(self) -> dict:
     return {"epoch": int(self.epoch), "grain": self._it.get_state()}

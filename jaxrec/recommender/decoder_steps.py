@@ -94,12 +94,10 @@ def loss_terms(logits, labels, extra, weight_B, tau: float = 1.0):
   next-code cross-entropy over the history's real codes; with loss 'lm', the mean
   cross-entropy over the vocabulary of the target's code tokens and EOS (its id_accuracy:
   the codes' argmax over the vocabulary)."""
-  if isinstance(extra, str):        # "lm"
-    loss, out = code_loss(logits, labels, weight_B, tau)
-    out["id_accuracy"] = code_loss(logits[:, :-1], labels[:, :-1], weight_B)[1]["id_accuracy"]
-    return loss, out
   loss, out = code_loss(logits, labels, weight_B, tau)
-  if extra is not None:
+  if isinstance(extra, str):        # "lm": the accuracy of the codes, not of EOS
+    out["id_accuracy"] = code_loss(logits[:, :-1], labels[:, :-1], weight_B)[1]["id_accuracy"]
+  elif extra is not None:
     h_logits, h_labels, h_weight = extra
     ce = optax.softmax_cross_entropy_with_integer_labels(h_logits / tau, h_labels)
     h_weight = h_weight * weight_B[:, None]
@@ -277,8 +275,6 @@ def align_losses(params, model: Decoder, batch, codes_NxC, train: bool, key=None
 
 
 # ------------------------------------------- SIIT's task A: input vectors instead of a history
-
-
 def _soft_sequence(params, model: Decoder, x_BxSxD, codes_BxC):
   """Input vectors, the prefix's tail (BOS; an LLM's prompt tail), then the codes but the
   last: (vectors, mask)."""

@@ -218,11 +218,16 @@ def decoder_config(folder: str, level_sizes=(), dtype: str = "float32", prompt=(
                        **options, **architecture(folder))
 
 
+def model_folder(path: str) -> str:
+  """`config.model.path` as a folder: `~` and environment variables expanded."""
+  return os.path.expandvars(os.path.expanduser(path))
+
+
 def model_config(model_cfg, level_sizes, dtype: str = "float32") -> DecoderConfig:
   """The `DecoderConfig` of a `config.model` with a `path` (`configs/tiger.py:llm_model_config`):
   the folder's architecture, the config's prompt, LoRA and ID-row settings."""
   m = model_cfg.to_dict()
-  folder = os.path.expandvars(os.path.expanduser(m.pop("path")))
+  folder = model_folder(m.pop("path"))
   prompt = (m.pop("prompt_head"), m.pop("prompt_sep"), m.pop("prompt_tail"))
   m.pop("kind", None)
   if "lora_targets" in m:

@@ -62,7 +62,7 @@ from jaxrec.tokenizer import codes as codes_lib
 from jaxrec.tokenizer.build import (assign_catalogue, fit_checkpoints, reuse, save_tokenizer,
                                    tokenizer_bytes)
 from jaxrec.tokenizer.rq import residual_quantize
-from jaxrec.tokenizer.train import epoch_batches, fit_epochs, kmeans_codebooks
+from jaxrec.tokenizer.train import KeepLowest, epoch_batches, fit_epochs, kmeans_codebooks
 from jaxrec.xla import jit_init
 
 
@@ -282,26 +282,22 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
   sizes = (t.codebook_size,) * t.levels
   common = dict(model=model, tx=tx, temperature=float(s.temperature), w_div=float(s.w_div),
                 w_commit=float(s.w_commit), groups=groups, prefix_loss=bool(s.prefix_loss))
-  # with a held-out split, the fit carries the parameters of the logged epoch with the lowest
-  # held-out InfoNCE (the released trainer's checkpoint_best.pt), copied (the train state is
-  # donated to each epoch); without, the last epoch's
+  # with a held-out split, the fit keeps the parameters of the logged epoch with the lowest
+  # held-out InfoNCE (the released trainer's checkpoint_best.pt); without, the last epoch's
   train_dev = jnp.asarray(train_items, jnp.int32)
-  if holdout:
-    state = {"train": state, "kept": jax.tree.map(jnp.copy, state.params),
-             "best": jnp.asarray(jnp.inf)}
-  train_of = (lambda st: st["train"]) if holdout else (lambda st: st)
-  with_train = (lambda st, tr: {**st, "train": tr}) if holdout else (lambda st, tr: tr)
+  keep = KeepLowest(bool(holdout))
+  state = keep.wrap(state)
 
   def run_epoch(state, epoch):
     idx = epoch_batches(jax.random.fold_in(k_train, epoch), n_train, batch_size)
     if holdout:
       idx = train_dev[idx]
-    tr, metrics = train_epoch(train_of(state), views_dev, idx, jax.random.fold_in(k_train, 1 << 20),
-                              **common)
-    return with_train(state, tr), metrics
+    tr, metrics = train_epoch(keep.train(state), views_dev, idx,
+                              jax.random.fold_in(k_train, 1 << 20), **common)
+    return keep.with_train(state, tr), metrics
 
   def describe(state, epoch, last):
-    params = train_of(state).params
+    params = keep.train(state).params
     enc = encode_catalogue(params, views_dev, model=model)
     out = {"fusion_weights": [round(float(w), 4) for w in enc["fusion_NxV"].mean(0)],
            **codes_lib.health_dict(enc["codes_NxC"], sizes)}
@@ -309,8 +305,8 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
       nce = float(heldout_nce(params, views_dev, jnp.asarray(held_SxB), model=model,
                               temperature=float(s.temperature), groups=groups))
       out["heldout_nce"] = round(nce, 6)
-      if nce < float(state["best"]):
-        state = {**state, "kept": jax.tree.map(jnp.copy, params), "best": jnp.asarray(nce)}
+      state, kept = keep.offer(state, nce)
+      if kept:
         out["kept"] = True
     return state, out
 
@@ -318,7 +314,7 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
   state, history = fit_epochs(state, t.epochs, run_epoch, describe,
                               fit_checkpoints(t, workdir, fp, log), log, what="SimCIT tokenizer",
                               due=lambda epoch: (epoch + 1) % t.log_every == 0)
-  params = state["kept"] if holdout else state.params
+  params = keep.params(state)
   enc = encode_catalogue(params, views_dev, model=model)
   last = model.cfg.levels - 1
   table = assign_catalogue(

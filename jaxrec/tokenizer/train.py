@@ -171,6 +171,36 @@ class FitCheckpoints:
       self._ckpt.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class KeepLowest:
+  """A fit that keeps, beside its train state, the parameters of the logged epoch with the
+  lowest score (copied: the train state is donated to each epoch), and returns those; off,
+  the state is the train state and the last epoch's parameters are returned."""
+  on: bool
+
+  def wrap(self, state):
+    if not self.on:
+      return state
+    return {"train": state, "kept": jax.tree.map(jnp.copy, state.params),
+            "score": jnp.asarray(jnp.inf)}
+
+  def train(self, state):
+    return state["train"] if self.on else state
+
+  def with_train(self, state, train):
+    return {**state, "train": train} if self.on else train
+
+  def offer(self, state, score: float):
+    """(state, whether the current parameters were kept: `score` below every earlier one)."""
+    if not self.on or score >= float(state["score"]):
+      return state, False
+    return {**state, "kept": jax.tree.map(jnp.copy, state["train"].params),
+            "score": jnp.asarray(score)}, True
+
+  def params(self, state):
+    return state["kept"] if self.on else state.params
+
+
 def fit_epochs(state, epochs: int, run_epoch: Callable, describe: Callable,
                checkpoints: Optional[FitCheckpoints], log: Callable[[dict], None],
                what: str = "tokenizer", due: Optional[Callable[[int], bool]] = None):
@@ -226,41 +256,36 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[
   k_perm, k_step = fit_streams(k_train)
   every = tok_cfg.reseed_every
   # tokenizer.keep='lowest_collision' (ETEGRec's pre-training, RQVAE/trainer.py: it returns
-  # best_collision_model.pth): the fit carries the parameters of the logged epoch with the
-  # fewest colliding IDs (1 - distinct IDs / items, the official rate), copied (the train
-  # state is donated to each epoch)
-  keep = tok_cfg.get("keep", "last") == "lowest_collision"
-  if keep:
-    state = {"train": state, "kept": jax.tree.map(jnp.copy, params), "rate": jnp.asarray(2.0)}
-  train_of = (lambda s: s["train"]) if keep else (lambda s: s)
-  with_train = (lambda s, t: {**s, "train": t}) if keep else (lambda s, t: t)
+  # best_collision_model.pth): the fit keeps the parameters of the logged epoch with the
+  # fewest colliding IDs (1 - distinct IDs / items, the official rate)
+  keep = KeepLowest(tok_cfg.get("keep", "last") == "lowest_collision")
+  state = keep.wrap(state)
 
   def run_epoch(state, epoch):
     idx = epoch_batches(jax.random.fold_in(k_perm, epoch), n, batch_size)
-    train, metrics = train_epoch(train_of(state), feats, idx, k_step, extra_data, model=model,
+    train, metrics = train_epoch(keep.train(state), feats, idx, k_step, extra_data, model=model,
                                  tx=tx, extra_loss=extra_fn)
-    return with_train(state, train), metrics
+    return keep.with_train(state, train), metrics
 
   def reseed_due(epoch):
     return bool(every) and (epoch + 1) % every == 0 and epoch != tok_cfg.epochs - 1
 
   def describe(state, epoch, last):
-    train = train_of(state)
-    enc = encode_catalogue(train.params, feats, model=model)
+    enc = encode_catalogue(keep.train(state).params, feats, model=model)
     health = {"catalogue_recon": round(float(enc["recon"]), 6),
               **codes_lib.health_dict(enc["codes_NxC"], sizes)}
-    if keep and 1.0 - health["distinct_ids"] / n < float(state["rate"]):
-      state = {**state, "kept": jax.tree.map(jnp.copy, train.params),
-               "rate": jnp.asarray(1.0 - health["distinct_ids"] / n)}
+    state, kept = keep.offer(state, 1.0 - health["distinct_ids"] / n)
+    if kept:
       health["kept"] = True
+    train = keep.train(state)
     if reseed_due(epoch):
       train, health["revived"] = _reseed(train, enc, jax.random.fold_in(k_seed, epoch), sizes)
-    return with_train(state, train), health
+    return keep.with_train(state, train), health
 
   state, history = fit_epochs(
       state, tok_cfg.epochs, run_epoch, describe, checkpoints, log,
       due=lambda epoch: reseed_due(epoch) or (epoch + 1) % tok_cfg.log_every == 0)
-  return model, (state["kept"] if keep else state.params), history
+  return model, keep.params(state), history
 
 
 def check_finite_loss(epoch: int, loss, what: str = "tokenizer") -> None:
