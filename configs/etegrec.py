@@ -65,6 +65,9 @@ etegrec:
                       official share on another data set's size: `scientific`)
   finetune_epochs     0 skips the final stage
   finetune_lr, finetune_patience, finetune_eval_every
+  alternation         'alternate' (the method); ablations: 'joint' (both models updated in
+                      every step on all the losses at once) or 'frozen' (the pre-trained
+                      tokenizer never trains; SIA and PSA train the recommender only)
   rec_schedule        'stage': the recommender's cosine spans its own steps; 'all': the
                       official trainer's (over every epoch's steps, advanced in recommender
                       epochs only)
@@ -95,7 +98,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       cycle=2, warm_epochs=10, w_sia=1e-4, w_psa=3e-4, sia_sign="negative",
       psa_temperature=0.07, tok_lr=1e-4, rec_warmup_steps=8000, tok_warmup_steps=4000,
       finetune_epochs=100, finetune_lr=5e-4, finetune_patience=10, finetune_eval_every=1,
-      rec_schedule="stage", warmup_frac=0.0))
+      rec_schedule="stage", warmup_frac=0.0, alternation="alternate"))
   e = cfg.etegrec
   m.user_buckets = 0
   tr.lr = 5e-3

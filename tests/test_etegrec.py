@@ -101,6 +101,47 @@ def test_each_step_updates_only_its_model(tiny_run):
   plan.state = state
 
 
+@pytest.mark.parametrize("mode", ["joint", "frozen"])
+def test_ablations_of_the_alternation(tiny_run, mode):
+  """'joint': every epoch's step updates both models and every epoch re-codes the items;
+  'frozen': every epoch's step updates the recommender only and no epoch re-codes."""
+  cfg, run, _, batch = tiny_run
+  run.cfg.etegrec.alternation = mode
+  try:
+    plan = etegrec.training_plan(run, jax.random.key(1), 4)
+  finally:
+    run.cfg.etegrec.alternation = "alternate"
+  stage, state = plan.stages[0], plan.state
+  before = _copy(state)
+  for epoch in (0, 0, 3):     # the first step of a warm-up schedule has learning rate 0
+    state, out = stage.step(epoch)(state, batch, run.codes, jax.random.key(0))
+  changed = lambda a, b: any(jax.tree.leaves(jax.tree.map(lambda x, y: not np.allclose(x, y),
+                                                          _copy(a), b)))
+  assert changed(state.rec.params, before.rec.params)
+  assert changed(state.tok.params, before.tok.params) == (mode == "joint")
+  assert np.isfinite(float(out["loss"])) and ("lr_tok" in out) == (mode == "joint")
+  codes, record = stage.after_epoch(state, 1, run)
+  assert (codes is not None, record is not None) == ((mode == "joint",) * 2)
+
+
+def test_ablation_schedules_span_the_epochs_each_model_trains():
+  """4 epochs of 10 steps, cycles of 2, no warm-up: the tokenizer's cosine spans 2 epochs when
+  alternating (ended at step 20), 4 when 'joint' (half-way at 20); the recommender's spans 4
+  in 'joint' and 'frozen' (half-way at 20), 2 when alternating (ended at 20)."""
+  cfg = etegrec_configs.get_config("tiny")
+  tc, ec = cfg.train, cfg.etegrec
+  tc.epochs, ec.cycle, tc.accumulate, tc.lr_end = 4, 2, 1, 0.0
+  ec.rec_warmup_steps = ec.tok_warmup_steps = 0
+  at20 = {}
+  for mode in etegrec.MODES:
+    ec.alternation = mode
+    opt = etegrec._optimizers(tc, ec, 10)
+    at20[mode] = (float(opt["rec"][1](20)) / tc.lr, float(opt["tok"][1](20)) / ec.tok_lr)
+  np.testing.assert_allclose(at20["alternate"], (0.0, 0.0), atol=1e-6)
+  np.testing.assert_allclose(at20["joint"], (0.5, 0.5), atol=1e-6)
+  np.testing.assert_allclose(at20["frozen"][0], 0.5, atol=1e-6)
+
+
 def test_recode_rebuilds_tables_and_decoding_stays_valid(tiny_run):
   cfg, run, plan, batch = tiny_run
   old = np.asarray(run.codes)

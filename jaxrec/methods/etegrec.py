@@ -9,7 +9,11 @@ The schedule (a `Plan` of two `Stage`s for the shared training loop, not a secon
   alternation  epoch e is a tokenizer epoch when e % cycle == 0, else a recommender epoch;
                both read the same sequence batches. w_sia = w_psa = 0 for the first
                `warm_epochs`. After every tokenizer epoch all items are re-coded and the
-               decoding tables rebuilt, on device (`recode`).
+               decoding tables rebuilt, on device (`recode`). Ablations of the alternation
+               (`etegrec.alternation`): 'joint' updates both models in every step on the sum
+               of all the losses (the paper's motivation for alternating: end-to-end training
+               of both at once is unstable), 'frozen' never trains the pre-trained tokenizer
+               (the two-stage pipeline with the alignment losses on the recommender).
   finetune     from the best checkpoint of the alternation: tokenizer frozen, codes
                recomputed, the recommender trained on L_code alone (lr 5e-4, cosine, its own
                early stopping). Test metrics are those of this stage's best checkpoint.
@@ -145,26 +149,36 @@ def train_step(state: EteState, batch, codes_NxC, key, weights, feats_NxF, *, pa
                tok, tx, lr_fn, sia_sign, psa_temperature):
   """One AdamW step of one model (`part`), the other frozen and in inference mode:
   'rec': L_code + w_sia * SIA + w_psa * PSA -> recommender (and its adapters) only;
-  'tok': L_recon + L_rq + w_sia * SIA + w_psa * PSA -> tokenizer only."""
+  'tok': L_recon + L_rq + w_sia * SIA + w_psa * PSA -> tokenizer only;
+  'both' (`etegrec.alternation='joint'`, the ablation without alternation): L_code + L_recon
+  + L_rq + w_sia * SIA + w_psa * PSA -> both models at once, both in training mode; `tx` and
+  `lr_fn` are then dicts by part."""
   k = jax.random.fold_in(key, state.step)
-  rec = part == "rec"
+  parts = ("rec", "tok") if part == "both" else (part,)
+  txs, lr_fns = (tx, lr_fn) if part == "both" else ({part: tx}, {part: lr_fn})
 
   def loss_fn(params):
-    rec_params, tok_params = ((params, sg(state.tok.params)) if rec
-                              else (sg(state.rec.params), params))
+    rec_params = params.get("rec", sg(state.rec.params))
+    tok_params = params.get("tok", sg(state.tok.params))
     t = forward_terms(rec_params, tok_params, batch, codes_NxC, feats_NxF, k, t5=t5, tok=tok,
-                      train_rec=rec, train_tok=not rec, sia_sign=sia_sign,
+                      train_rec="rec" in params, train_tok="tok" in params, sia_sign=sia_sign,
                       psa_temperature=psa_temperature)
-    own = t["code"] if rec else t["recon"] + t["rq"]
+    own = ((t["code"] if "rec" in params else 0.0)
+           + (t["recon"] + t["rq"] if "tok" in params else 0.0))
     return own + weights[0] * t["sia"] + weights[1] * t["psa"], t
 
-  sub = state.rec if rec else state.tok
-  (loss, t), grads = jax.value_and_grad(loss_fn, has_aux=True)(sub.params)
-  updates, opt_state = tx.update(grads, sub.opt_state, sub.params)
-  new = TrainState(sub.step + 1, optax.apply_updates(sub.params, updates), opt_state)
-  out = {"loss": loss, **t, "grad_norm": optax.tree.norm(grads), "lr": lr_fn(sub.step)}
-  state = state.replace(step=state.step + 1, **{part: new})
-  return state, out
+  subs = {p: getattr(state, p) for p in parts}
+  (loss, t), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      {p: sub.params for p, sub in subs.items()})
+  new = {}
+  for p, sub in subs.items():
+    updates, opt_state = txs[p].update(grads[p], sub.opt_state, sub.params)
+    new[p] = TrainState(sub.step + 1, optax.apply_updates(sub.params, updates), opt_state)
+  out = {"loss": loss, **t, "grad_norm": optax.tree.norm(grads),
+         "lr": lr_fns[parts[0]](subs[parts[0]].step)}
+  if part == "both":
+    out["lr_tok"] = lr_fns["tok"](subs["tok"].step)
+  return state.replace(step=state.step + 1, **new), out
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -197,6 +211,21 @@ def _validate(run) -> None:
                       f"{ec.warmup_frac!r}")
   if ec.get("rec_schedule", "stage") not in ("stage", "all"):
     raise ConfigError(f"etegrec.rec_schedule must be 'stage' or 'all', got {ec.rec_schedule!r}")
+  if _mode(ec) not in MODES:
+    raise ConfigError(f"etegrec.alternation must be one of {MODES}, got {ec.alternation!r}")
+
+
+MODES = ("alternate", "joint", "frozen")
+
+
+def _mode(ec) -> str:
+  return ec.get("alternation", "alternate")
+
+
+def _tokenizer_epoch(mode: str, cycle: int, epoch: int) -> bool:
+  """Whether the tokenizer trains in this epoch of the alternation stage: every `cycle`-th
+  epoch (the method), every epoch ('joint', with the recommender), never ('frozen')."""
+  return {"alternate": epoch % cycle == 0, "joint": True, "frozen": False}[mode]
 
 
 def _optimizers(tc, ec, steps_per_epoch: int) -> dict:
@@ -204,9 +233,10 @@ def _optimizers(tc, ec, steps_per_epoch: int) -> dict:
   2 * cycle, ... train the tokenizer, the others the recommender; cosine schedules. The
   recommender's cosine spans its own steps (`etegrec.rec_schedule='stage'`), or, as the
   official trainer builds it, the steps of every epoch while advancing only in recommender
-  epochs ('all': it ends part-way down)."""
-  n_tok = -(-tc.epochs // ec.cycle)
-  n_rec = tc.epochs - n_tok
+  epochs ('all': it ends part-way down). The ablations: 'joint' trains both in every epoch,
+  'frozen' the recommender only."""
+  n_tok = sum(_tokenizer_epoch(_mode(ec), ec.cycle, e) for e in range(tc.epochs))
+  n_rec = tc.epochs if _mode(ec) == "joint" else tc.epochs - n_tok
   span = tc.epochs if ec.get("rec_schedule", "stage") == "all" else n_rec
 
   def adamw(lr, epochs, warmup, end_frac=0.0):
@@ -234,7 +264,8 @@ def _initial_state(run, key, tx_rec, tx_tok) -> EteState:
   rec_params = {"t5": init_t5(run, k_t5),
                 "enc_adapter": dense(tok_model.cfg.code_dim).init(k_enc, jnp.zeros((1, d)))["params"],
                 "dec_adapter": dense(f).init(k_dec, jnp.zeros((1, d)))["params"]}
-  tok_params = jax.tree.map(jnp.asarray, flax.core.unfreeze(tok_params))
+  # a copy: the steps donate the state, and run.tokenizer keeps the pre-trained parameters
+  tok_params = jax.tree.map(jnp.array, flax.core.unfreeze(tok_params))
   state = EteState(jnp.zeros((), jnp.int32),
                    TrainState(jnp.zeros((), jnp.int32), rec_params, tx_rec.init(rec_params)),
                    TrainState(jnp.zeros((), jnp.int32), tok_params, tx_tok.init(tok_params)))
@@ -252,9 +283,16 @@ def training_plan(run, key, steps_per_epoch: int) -> Plan:
   state = _initial_state(run, key, opt["rec"][0], opt["tok"][0])
   common = dict(t5=run.model, tok=tok_model, sia_sign=ec.sia_sign,
                 psa_temperature=ec.psa_temperature)
-  fns = {name: jit_step(run, functools.partial(train_step, part="tok" if name == "tok" else "rec",
-                                               tx=tx, lr_fn=sched, **common), f"train:{name}")
-         for name, (tx, sched) in opt.items()}
+  mode = _mode(ec)
+  parts = {"alternate": ("rec", "tok"), "joint": ("both",), "frozen": ("rec",)}[mode] + ("ft",)
+  fns = {}
+  for name in parts:
+    if name == "both":
+      tx, sched = ({p: opt[p][i] for p in ("rec", "tok")} for i in (0, 1))
+    else:
+      tx, sched = opt[name]
+    fns[name] = jit_step(run, functools.partial(train_step, part="rec" if name == "ft" else name,
+                                                tx=tx, lr_fn=sched, **common), f"train:{name}")
   aligned = jnp.asarray([ec.w_sia, ec.w_psa], jnp.float32)
   off = jnp.zeros(2, jnp.float32)
 
@@ -263,7 +301,9 @@ def training_plan(run, key, steps_per_epoch: int) -> Plan:
 
   def alternation_step(epoch):
     w = aligned if epoch >= ec.warm_epochs else off
-    return bind(fns["tok"] if epoch % ec.cycle == 0 else fns["rec"], w)
+    if mode != "alternate":
+      return bind(fns["both" if mode == "joint" else "rec"], w)
+    return bind(fns["tok"] if _tokenizer_epoch(mode, ec.cycle, epoch) else fns["rec"], w)
 
   sizes = run.table.sizes
 
@@ -277,7 +317,7 @@ def training_plan(run, key, steps_per_epoch: int) -> Plan:
     return codes, float(changed)
 
   def after_alternation_epoch(state, epoch, run):
-    if epoch % ec.cycle:
+    if not _tokenizer_epoch(mode, ec.cycle, epoch):
       return None, None
     codes, changed = recode_checked(state, f"tokenizer epoch {epoch + 1}")
     health = codes_lib.health_dict(codes[:, :-1], sizes[:-1])
