@@ -24,6 +24,8 @@ siit:
   soft_tokens    encoder input vectors the content vector is projected to (4)
   align_ratio    alignment items per history sample in every step (0.25: one A per four R)
   refine_every   epochs between refinements; rounds: how many (0: no refinement)
+  first_refine   epochs before the first round (0: refine_every); e.g. one round once the
+                 alignment task is learnt (`align_top1` in metrics.jsonl says how well)
   beam           task-A beam over the full code space per level (10)
   usage_penalty  score - usage_penalty * log(1 + items whose best candidate has that
                  first-level code) (0.5)
@@ -62,7 +64,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   cfg.siit = ml_collections.ConfigDict(dict(
       init_codes="", feature=cfg.tokenizer.feature, soft_tokens=4, align_ratio=0.25,
       refine_every=4, rounds=3, beam=10, usage_penalty=0.5, capacity=0,
-      keep_margin=1.0))
+      keep_margin=1.0, first_refine=0))
   if variant == "tiny":
     cfg.siit.refine_every = 1
     cfg.siit.rounds = 1

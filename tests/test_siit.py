@@ -71,6 +71,16 @@ def _checksum(workdir):
   return raw["state"]["params"]
 
 
+def test_refinement_rounds_start_at_first_refine():
+  at = lambda first, every, rounds: [d for d in range(1, 40)
+                                     if siit.refine_round(d, first=first, every=every, rounds=rounds)]
+  assert at(0, 8, 3) == [8, 16, 24]
+  assert at(20, 8, 3) == [20, 28, 36]
+  assert at(30, 8, 1) == [30]
+  assert at(0, 8, 0) == []
+  assert siit.refine_round(28, first=20, every=8, rounds=3) == 2
+
+
 def test_refinement_off_equals_tiger_bit_for_bit(tmp_path):
   import jax
   base = pipeline.train_and_evaluate(tiger.get_config("tiny"), str(tmp_path / "tiger"),
@@ -105,6 +115,7 @@ def test_resume_across_a_refinement_round_is_exact(tmp_path, monkeypatch):
     assert resumed[split] == {**full[split], "decode_s": resumed[split]["decode_s"]}
   rounds = lambda d: [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl")) if '"round"' in l]
   assert rounds(workdir) == rounds(str(tmp_path / "full")) and len(rounds(workdir)) == 1
+  assert 0.0 <= rounds(workdir)[0]["align_top1"] <= 1.0
   np.testing.assert_array_equal(np.load(os.path.join(workdir, "codes_final.npz"))["codes"],
                                 np.load(os.path.join(str(tmp_path / "full"), "codes_final.npz"))["codes"])
 

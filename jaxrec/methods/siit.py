@@ -16,7 +16,8 @@ below is ours and is a config value (`config.siit`):
              BOS or prompt tail); the item's current ID as target. The paper
              mixes the two tasks' batches; one A item per four R samples (ratio 0.25) is
              the same mix within every step, without a second compiled step.
-  refining   after every `refine_every` epochs, `rounds` times: each item's ID is decoded
+  refining   after `first_refine` epochs (0: `refine_every`), then after every `refine_every`
+             more, `rounds` times in all: each item's ID is decoded
              from task A by a beam of width `beam` over the FULL code space per level (not
              the constrained beam: refinement may create IDs no item had); candidates are
              rescored with a usage penalty, score - `usage_penalty` * log(1 + n), n the
@@ -31,7 +32,9 @@ below is ours and is a config value (`config.siit`):
              model otherwise scatters items over free IDs (most best candidates collide)
              and the recommender loses what it learnt. The table is swapped on device (the
              recommender keeps its weights) and training continues.
-  logged     per round: fraction of items whose ID changed (per level), collisions among the
+  logged     per round: how well task A is learnt (`align_top1`: the share of items whose
+             best task-A candidate is their current ID), fraction of items whose ID changed
+             (per level), collisions among the
              best candidates before the greedy assignment, codes used and perplexity per
              level, valid metrics before and after.
 
@@ -214,13 +217,23 @@ def candidates(params, feats_NxF, codes_NxC, rec, model, soft, beam: int, batch:
 
 
 # ------------------------------------------------------------------------- the plan
+def refine_round(done: int, *, first: int, every: int, rounds: int):
+  """The refinement round (1, 2, ...) that ends after `done` epochs, or None: rounds after
+  `first` epochs (0: `every`), then every `every` more, `rounds` in all."""
+  first = first or every
+  k, r = divmod(done - first, every)
+  return k + 1 if done >= first and not r and k < rounds else None
+
+
 def training_plan(run, key, steps_per_epoch: int):
   """One stage whose epochs end, every `refine_every` of them (up to `rounds` times), with
   a refinement of the code table."""
   sc, tc = run.cfg.siit, run.cfg.train
-  if sc.rounds < 0 or sc.refine_every < 1 or sc.beam < 1 or not 0 <= sc.align_ratio <= 4:
+  if (sc.rounds < 0 or sc.refine_every < 1 or sc.beam < 1 or not 0 <= sc.align_ratio <= 4
+      or sc.get("first_refine", 0) < 0):
     raise ConfigError(f"siit: rounds={sc.rounds} (>= 0), refine_every={sc.refine_every} (>= 1), "
-                      f"beam={sc.beam} (>= 1), align_ratio={sc.align_ratio} (0..4)")
+                      f"beam={sc.beam} (>= 1), align_ratio={sc.align_ratio} (0..4), "
+                      f"first_refine={sc.get('first_refine', 0)} (>= 0)")
   if sc.capacity and sc.capacity * min(run.table.sizes) < run.dataset.n_items:
     raise ConfigError(f"siit.capacity={sc.capacity}: {min(run.table.sizes)} codes of the "
                       f"smallest level cannot hold {run.dataset.n_items} items")
@@ -239,12 +252,14 @@ def training_plan(run, key, steps_per_epoch: int):
                                        tau=tc.tau, n_align=n_align), state=state)
   step = Bound(fn, feats)
   sizes = run.table.sizes
+  round_at = functools.partial(refine_round, first=int(sc.get("first_refine", 0)),
+                               every=sc.refine_every, rounds=sc.rounds)
 
   def refine(state, epoch, run):
     """A refinement round; it installs the new table itself (to evaluate it), so the loop
     gets no table to install."""
-    done = epoch + 1
-    if not sc.rounds or done % sc.refine_every or done // sc.refine_every > sc.rounds:
+    k = round_at(epoch + 1)
+    if k is None:
       return None, None
     before = evaluate_split(run, state.params["t5"], "valid")
     current = np.asarray(run.codes)
@@ -255,7 +270,8 @@ def training_plan(run, key, steps_per_epoch: int):
     new, collisions = greedy_assign(cands, scores, current, sizes, int(sc.capacity),
                                     float(sc.usage_penalty), current_score, margin)
     health = codes_lib.health_dict(new, sizes)
-    record = {"round": done // sc.refine_every,
+    record = {"round": k,
+              "align_top1": round(float(np.mean(np.all(cands[:, 0] == current, axis=1))), 5),
               "ids_changed": round(float(np.mean(np.any(new != current, axis=1))), 5),
               "changed_per_level": [round(float(x), 5) for x in np.mean(new != current, axis=0)],
               "best_candidate_collisions": collisions, "used": health["used"],
