@@ -60,6 +60,10 @@ tokenizer.simcit (official values from alibaba/SimCIT's config and train script)
                   outputs, so every item takes the smallest-norm codeword and, within the
                   budgets here, the IDs collapse: tiny, 20 epochs: 1 / 2 / 2 codes used,
                   2 distinct IDs for 120 items; k-means: 16 / 16 / 15, 115 distinct)
+  w_recon         0.0 (SimCIT has no reconstruction); > 0: the control that adds one back,
+                  w_recon x the sum over views of each unit-norm view's squared L2 error,
+                  decoded from the quantized vector by a per-view MLP (the encoder's widths
+                  reversed)
   warmup_frac     100 / 15,000 of all steps (the released 100 warm-up epochs of 15,000)
   negatives       global (the whole batch) | local (each device's share, as the code)
   prefix_loss     False (the released forward) | True: each view's InfoNCE averaged over the
@@ -101,7 +105,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   t.simcit = ml_collections.ConfigDict(dict(
       views=("content", "cf"), hidden=(512, 384, 256), dim=128, gumbel_tau=0.2, gumbel_scale=0.0,
       temperature=0.07, w_div=1.0, w_commit=0.0, codebook_init="kmeans",
-      warmup_frac=100 / 15000, negatives="global", prefix_loss=False, holdout=0.0))
+      warmup_frac=100 / 15000, negatives="global", prefix_loss=False, holdout=0.0,
+      w_recon=0.0))
   t.lr = 2e-4
   t.weight_decay = 1e-3
   t.batch_size = 256

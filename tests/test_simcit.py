@@ -136,6 +136,36 @@ def test_prefix_loss_averages_the_levels_prefixes():
   assert abs(float(full) - float(part)) > 1e-3
 
 
+def test_reconstruction_control_adds_each_views_decoded_error():
+  """w_recon > 0 (the control that adds a reconstruction loss back): the loss is the
+  contrastive one plus w_recon times the sum over views of the squared error of each view
+  decoded from the quantized vector; a step of it lowers that error; without it the model has
+  no decoders and the same other parameters."""
+  cfg = dict(view_dims=(6, 3), hidden=(8,), dim=4, levels=2, codebook_size=3,
+             gumbel_tau=0.2, gumbel_scale=0.0)
+  plain = simcit.SimCIT(simcit.SimCITConfig(**cfg))
+  model = simcit.SimCIT(simcit.SimCITConfig(**cfg, decoders=True))
+  rng = np.random.default_rng(0)
+  views = [jnp.asarray(rng.normal(size=(5, d)), jnp.float32) for d in (6, 3)]
+  params = simcit.init_params(model, jax.random.key(0), views)
+  base = simcit.init_params(plain, jax.random.key(0), views)
+  assert {"decoder0", "decoder1"} <= set(params["params"]) and "decoder0" not in base["params"]
+  chex.assert_trees_all_equal({k: v for k, v in params["params"].items()
+                               if not k.startswith("decoder")}, base["params"])
+  loss = functools.partial(simcit.loss_fn, views=views, key=jax.random.key(2), model=model,
+                           temperature=0.07, w_div=0.5, w_commit=0.0, groups=1)
+  total, m = loss(params, w_recon=2.0)
+  rq, _, _ = model.apply(params, views, True, jax.random.key(2))
+  outs = model.apply(params, rq.quantized_BxD, method=simcit.SimCIT.reconstruct)
+  want = sum(np.mean(np.sum((np.asarray(o) - np.asarray(x)) ** 2, axis=1))
+             for o, x in zip(outs, views))
+  assert float(m["recon"]) == pytest.approx(want, rel=1e-5)
+  assert float(total) == pytest.approx(float(m["nce"] + 0.5 * m["gram"] + 2.0 * want), rel=1e-5)
+  grads = jax.grad(lambda p: loss(p, w_recon=2.0)[0])(params)
+  stepped = jax.tree.map(lambda p, g: p - 0.05 * g, params, grads)
+  assert float(loss(stepped, w_recon=2.0)[1]["recon"]) < float(m["recon"])
+
+
 def test_heldout_selection_keeps_the_best_logged_epoch(tmp_path):
   """tokenizer.simcit.holdout: the held-out items never train the tokenizer, each logged
   epoch reports their hard-ID InfoNCE, and the tokenizer kept (which codes the catalogue) is

@@ -27,8 +27,9 @@ Following the official code (alibaba/SimCIT, generate_sid/models/ssid_rq.py):
              sum_j e(q_i.q_j) + sum_j e(q_i.v_j) - e(q_i.q_i). Plus `w_div` (1.0) times the
              codebook Gram penalty: the signed mean of each level's Gram matrix of
              L2-normalised codewords (diagonal included, as the code), averaged over levels.
-             No reconstruction. The code computes a commitment loss with weight 0:
-             `w_commit` (default 0) adds it.
+             No reconstruction (`w_recon` > 0 adds one back as a control: per-view MLP
+             decoders from the quantized vector, `recon_loss`). The code computes a
+             commitment loss with weight 0: `w_commit` (default 0) adds it.
   optimiser  AdamW lr 2e-4, weight decay 1e-3; the released schedule (warm-up 100 of 15,000
              epochs from 1e-6, then cosine to 1e-6) expressed in steps: warm-up =
              `warmup_frac` (100 / 15,000) of all steps.
@@ -75,6 +76,7 @@ class SimCITConfig:
   codebook_size: int = 256
   gumbel_tau: float = 0.2
   gumbel_scale: float = 1.0
+  decoders: bool = False      # the reconstruction control's per-view decoders (w_recon > 0)
 
 
 class MLP(nn.Module):
@@ -101,6 +103,9 @@ class SimCIT(nn.Module):
     self.codebooks = self.param("codebooks", nn.initializers.uniform(1.0),
                                 (cfg.levels, cfg.codebook_size, cfg.dim))
     self.proj = nn.Dense(cfg.dim)
+    if cfg.decoders:
+      self.decoders = [MLP(tuple(reversed(cfg.hidden)) + (d,), name=f"decoder{v}")
+                       for v, d in enumerate(cfg.view_dims)]
 
   def encode(self, views):
     """(fused [B, D], per-view encodings [V, B, D], fusion weights [B, V])."""
@@ -120,6 +125,15 @@ class SimCIT(nn.Module):
 
   def project(self, x_BxD):
     return self.proj(x_BxD)
+
+  def reconstruct(self, x_BxD):
+    """Each view reconstructed from the quantized vector: [V] of [B, F_v]."""
+    return [dec(x_BxD) for dec in self.decoders]
+
+  def init_all(self, views):
+    """Initialisation path that creates every parameter (the decoders too)."""
+    rq, _, _ = self(views, False)
+    return self.reconstruct(rq.quantized_BxD) if self.cfg.decoders else rq
 
 
 def _normalize(x, axis=-1):
@@ -143,14 +157,21 @@ def gram_penalty(codebooks_CxKxD):
   return jnp.mean(jnp.einsum("ckd,cjd->ckj", n, n))
 
 
+def recon_loss(x_hat_BxF, x_BxF):
+  """Mean over the items of the squared L2 error of a (unit-norm) view."""
+  return jnp.mean(jnp.sum(jnp.square(x_hat_BxF - x_BxF), axis=-1))
+
+
 def loss_fn(params, views, key, *, model: SimCIT, temperature: float, w_div: float,
-            w_commit: float, groups: int, prefix_loss: bool = False):
+            w_commit: float, groups: int, prefix_loss: bool = False, w_recon: float = 0.0):
   """SimCIT's loss over a batch of items ([V] views of [B, F_v]). `groups` > 1 splits the
   batch into that many equal parts (one per device) for 'local' negatives. `prefix_loss`:
   each view's InfoNCE is the mean over the prefixes of the levels (the sum of the first
   1, 2, ..., C soft codewords, each projected, as anchor): the alternative left commented
   out in the official forward (ssid_rq.py:165-166, 172), which asks every prefix of an ID
-  to tell the item apart, so that the first levels carry the coarse structure."""
+  to tell the item apart, so that the first levels carry the coarse structure. `w_recon` > 0:
+  the reconstruction control, plus w_recon times each view's squared error from the
+  quantized vector through its decoder (`recon_loss`, summed over views)."""
   rq, q, p_VxBxD = model.apply(params, views, True, key)
   anchors = [q]
   if prefix_loss:          # prefix i = z - (the residual entering level i)
@@ -167,21 +188,26 @@ def loss_fn(params, views, key, *, model: SimCIT, temperature: float, w_div: flo
     nce = nce + term
   div = gram_penalty(params["params"]["codebooks"])
   loss = nce + w_div * div + w_commit * rq.commit_loss
+  if w_recon:
+    recon = sum(recon_loss(x_hat, x) for x_hat, x in
+                zip(model.apply(params, rq.quantized_BxD, method=SimCIT.reconstruct), views))
+    loss = loss + w_recon * recon
+    metrics["recon"] = recon
   metrics.update(loss=loss, nce=nce, gram=div, commit=rq.commit_loss)
   return loss, metrics
 
 
 @functools.partial(jax.jit, static_argnames=("model", "tx", "temperature", "w_div", "w_commit",
-                                             "groups", "prefix_loss"), donate_argnums=0)
+                                             "groups", "prefix_loss", "w_recon"), donate_argnums=0)
 def train_epoch(state: TrainState, views, idx_SxB, key, *, model, tx, temperature, w_div,
-                w_commit, groups, prefix_loss=False):
+                w_commit, groups, prefix_loss=False, w_recon=0.0):
   """One epoch: a scan of steps over the planned item batches; key = fold_in(key, step)."""
   def step(state, idx_B):
     k = jax.random.fold_in(key, state.step)
     batch = [x[idx_B] for x in views]
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, batch, k, model=model, temperature=temperature, w_div=w_div,
-        w_commit=w_commit, groups=groups, prefix_loss=prefix_loss)
+        w_commit=w_commit, groups=groups, prefix_loss=prefix_loss, w_recon=w_recon)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     metrics["grad_norm"] = optax.tree.norm(grads)
     return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), metrics
@@ -233,13 +259,21 @@ def load_views(cfg, dataset):
   return [np.asarray(_normalize(jnp.asarray(dataset.features[v], jnp.float32))) for v in views]
 
 
+def init_params(model: SimCIT, key, views):
+  """Every parameter (the reconstruction control's decoders too), from two items' views."""
+  if model.cfg.decoders:
+    return jit_init(model, key, [v[:2] for v in views], method=SimCIT.init_all)
+  return jit_init(model, key, [v[:2] for v in views], train=False)
+
+
 def model_for(cfg, views) -> SimCIT:
   t = cfg.tokenizer
   return SimCIT(SimCITConfig(view_dims=tuple(int(v.shape[1]) for v in views),
                              hidden=tuple(t.simcit.hidden), dim=int(t.simcit.dim),
                              levels=int(t.levels), codebook_size=int(t.codebook_size),
                              gumbel_tau=float(t.simcit.gumbel_tau),
-                             gumbel_scale=float(t.simcit.get("gumbel_scale", 1.0))))
+                             gumbel_scale=float(t.simcit.get("gumbel_scale", 1.0)),
+                             decoders=float(t.simcit.get("w_recon", 0.0)) > 0))
 
 
 def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int = 1):
@@ -254,7 +288,7 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
     data = tokenizer_bytes(workdir)
     if data is None:
       return None
-    params = jit_init(model, jax.random.key(0), [v[:2] for v in views], train=False)
+    params = init_params(model, jax.random.key(0), views)
     return model, flax.serialization.from_bytes(params, data)
 
   saved = reuse(workdir, fp, load, log)
@@ -281,7 +315,8 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
   state, tx = _initial_state(cfg, model, views_dev, k_init, k_km, -(-n_train // batch_size))
   sizes = (t.codebook_size,) * t.levels
   common = dict(model=model, tx=tx, temperature=float(s.temperature), w_div=float(s.w_div),
-                w_commit=float(s.w_commit), groups=groups, prefix_loss=bool(s.prefix_loss))
+                w_commit=float(s.w_commit), groups=groups, prefix_loss=bool(s.prefix_loss),
+                w_recon=float(s.get("w_recon", 0.0)))
   # with a held-out split, the fit keeps the parameters of the logged epoch with the lowest
   # held-out InfoNCE (the released trainer's checkpoint_best.pt); without, the last epoch's
   train_dev = jnp.asarray(train_items, jnp.int32)
@@ -331,7 +366,7 @@ def _initial_state(cfg, model: SimCIT, views, k_init, k_km, steps_per_epoch: int
   """Parameters (codebooks by k-means on the fused vectors' residuals, or uniform) and
   AdamW with the released schedule: (TrainState, tx)."""
   t, s = cfg.tokenizer, cfg.tokenizer.simcit
-  params = flax.core.unfreeze(jit_init(model, k_init, [v[:2] for v in views], train=False))
+  params = flax.core.unfreeze(init_params(model, k_init, views))
   if s.codebook_init == "kmeans":     # on the fused vectors' residuals, as the RQ-VAE's
     fused, _, _ = model.apply(params, views, method=SimCIT.encode)
     params["params"]["codebooks"] = kmeans_codebooks(k_km, fused, model.cfg.levels,
