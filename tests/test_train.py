@@ -482,3 +482,26 @@ def test_a_checkpoint_saved_on_four_devices_restores_on_one(tmp_path):
   assert step == 5 and meta == {"epoch": 2}
   chex.assert_trees_all_equal(jax.device_get(tree), {"w": np.arange(12.0).reshape(3, 4),
                                                      "n": np.asarray(7, np.int32)})
+
+
+@pytest.mark.parametrize("method", ["tiger", "letter", "sasrec", "siit", "simcit", "etegrec"])
+def test_scientific_variants_name_their_set_only_in_data_dir_and_name(method):
+  """The claims issue's rows rerun on another Amazon set by changing data.dir and data.name
+  only: no other value of a `scientific` config names the set or its folder."""
+  import importlib
+  cfg = importlib.import_module(method).get_config("scientific")
+  cfg.data.dir, cfg.data.name = "/elsewhere/beauty", "Beauty"
+  found = []
+
+  def walk(node, path):
+    if isinstance(node, dict):
+      for k, v in node.items():
+        walk(v, f"{path}.{k}" if path else k)
+    elif isinstance(node, (list, tuple)):
+      for v in node:
+        walk(v, path)
+    elif isinstance(node, str) and path != "variant" and (
+        "scientific" in node.lower() or "shared/data" in node):
+      found.append(f"{path}={node}")
+  walk(json.loads(cfg.to_json_best_effort()), "")
+  assert not found, found
