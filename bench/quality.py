@@ -85,6 +85,15 @@ def split_spec(spec: str) -> list:
   return parts + [cur]
 
 
+def run_tag(spec: str, name: str, seed=None) -> str:
+  """The workdir name of a row's run: `<method>-<variant>[-<name>][-<override>...][-seed<k>]`."""
+  head, *own = split_spec(spec)
+  method, _, variant = head.partition(":")
+  return (f"{method}-{variant or 'default'}" + (f"-{name}" if name else "")
+          + "".join("-" + "".join(c if c.isalnum() or c in "._" else "_" for c in o) for o in own)
+          + (f"-seed{seed}" if seed is not None else ""))
+
+
 def run_one(spec: str, shared, root: str, name: str, seed=None):
   from jaxrec import pipeline
   from jaxrec.config import get_config
@@ -94,8 +103,7 @@ def run_one(spec: str, shared, root: str, name: str, seed=None):
   apply_overrides(cfg, list(shared) + [parse_override(o) for o in own])
   if seed is not None:
     cfg.seed = seed
-  tag = f"{method}-{variant or 'default'}" + (f"-{name}" if name else "") + \
-      "".join("-" + "".join(c if c.isalnum() or c in "._" else "_" for c in o) for o in own) + (f"-seed{seed}" if seed is not None else "")
+  tag = run_tag(spec, name, seed)
   workdir = os.path.join(root, tag)
   t0 = time.time()
   results = pipeline.train_and_evaluate(cfg, workdir, log=lambda m: print(f"[{tag}] {m}", flush=True))

@@ -2,14 +2,16 @@
 bench/speed.py: an epoch's throughput from per-bucket step times. bench/README.md: every
 result file it cites exists (or is cited from git history)."""
 import glob
+import json
 import os
 import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
-from bench import code_nmi, common, quality, reproduce, speed   # (pytest's pythonpath: the root)
+from bench import claims, code_nmi, common, quality, reproduce, speed   # (pytest's pythonpath: the root)
 from jaxrec.config import get_config
 
 
@@ -151,3 +153,38 @@ def test_bench_readme_cites_only_existing_results():
     found = subprocess.run(["git", "cat-file", "-e", f"{commit}:{path}"], cwd=common.ROOT,
                            capture_output=True)
     assert found.returncode == 0, f"git show {commit}:{path}"
+
+
+def test_claims_pair_seeds_and_give_the_standard_error(tmp_path):
+  """Paired differences over the seeds both rows finished (an unfinished seed is skipped),
+  with the standard error of the mean difference and the 2-SE verdict; the same from
+  quality.py's result files."""
+  def write(spec, seed, r10, n10=0.05):
+    d = tmp_path / quality.run_tag(spec, "paper", seed)
+    d.mkdir()
+    test = {"recall@5": r10 / 2, "recall@10": r10, "ndcg@5": n10 / 2, "ndcg@10": n10}
+    (d / "results.json").write_text(json.dumps({"test": test}))
+  for seed, (c, b) in enumerate([(.11, .10), (.12, .10), (.13, .10)]):
+    write("letter:sci", seed, c)
+    write("tiger:sci,tokenizer.source=rqkmeans", seed, b)
+  (tmp_path / quality.run_tag("letter:sci", "paper", 3)).mkdir()      # unfinished: skipped
+  results = lambda spec: claims.seed_results(str(tmp_path), spec, "paper")
+  row, = claims.compare(results, [("LETTER", "c", "letter:sci",
+                                   "tiger:sci,tokenizer.source=rqkmeans", .06)])
+  r10 = row["metrics"]["recall@10"]
+  assert row["seeds"] == [0, 1, 2]
+  np.testing.assert_allclose([r10["diff"], r10["se"], r10["relative"]],
+                             [.02, .01 / np.sqrt(3), .2], rtol=1e-9)
+  assert r10["verdict"] == "holds" and row["metrics"]["ndcg@10"]["verdict"] == "not resolved"
+  one, = claims.compare(lambda spec: {s: v for s, v in results(spec).items() if s == 0},
+                        [("", "control", "letter:sci", "tiger:sci,tokenizer.source=rqkmeans", None)])
+  assert one["metrics"]["recall@10"]["verdict"] == "one seed"
+  behind = claims.paired({0: {"test": {"recall@10": .1}}, 1: {"test": {"recall@10": .09}}},
+                         {0: {"test": {"recall@10": .2}}, 1: {"test": {"recall@10": .2}}},
+                         metrics=("recall@10",))
+  assert behind["metrics"]["recall@10"]["verdict"] == "fails"
+  assert "| ahead / not resolved |" in claims.table([{**row, "claim": "control"}])
+  table = tmp_path / "quality.json"
+  table.write_text(json.dumps({"rows": [{"run": "letter:sci", "seeds": [0, 1, 2], "test": {},
+                                         "test_per_seed": {k: [.11, .12, .13] for k in quality.METRICS}}]}))
+  assert claims.table_results([str(table)])["letter:sci"][2]["test"]["ndcg@10"] == .13

@@ -1,0 +1,182 @@
+"""The seed papers' claims as paired comparisons over seeds, from the runs `bench/quality.py`
+left in a workdir (each seed's `results.json`; unfinished runs are skipped).
+
+A claim compares a candidate row with a baseline row (`method:variant[,key=value...]`, as
+quality.py names rows): for every seed both have finished, the difference of each test
+metric (candidate minus baseline: same data, recommender, budget rule and seed); the table
+gives the mean difference, its standard error over the seeds (sample std / sqrt(n)), the
+relative change of the means, and a verdict: "holds" when the mean difference is positive
+and at least 2 standard errors, "fails" when negative by as much, "not resolved" in between,
+"one seed" when there is no standard error yet. `--tables` reads the rows from quality.py's
+result files instead (their per-seed test metrics), e.g. the earlier 40-epoch Scientific rows.
+
+  python -m bench.claims --workdir /work/runs/quality --name paper
+  python -m bench.claims --workdir W --name paper --variant scientific \\
+      --pair "siit:scientific,siit.rounds=0" siit:scientific
+
+  python -m bench.claims --variant scientific --name scientific-cap40 \
+      --tables bench/results/quality-scientific*.json
+
+Results: `bench/results/claims-<name>.{md,json}` (or --out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+if not __package__:
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # noqa: E402
+from bench.quality import METRICS, run_tag  # noqa: E402
+
+# (paper, its claim, candidate method, baseline method, the paper's relative R@10 gain or None)
+CLAIMS = (
+    ("LETTER", "its IDs beat TIGER's RQ-VAE IDs with the same recommender", "letter", "tiger", .06),
+    ("ETEGRec", "end-to-end training beats TIGER", "etegrec", "tiger", .09),
+    ("ETEGRec", "end-to-end training beats LETTER", "etegrec", "letter", .07),
+    ("SIIT", "refining the IDs during training beats the initial tokenization", "siit", "tiger",
+     .08),
+    ("SimCIT", "contrastive IDs beat reconstruction IDs", "simcit", "tiger", None),
+    ("TIGER", "generative retrieval beats SASRec", "tiger", "sasrec", None),
+    ("LETTER", "LETTER-TIGER beats SASRec", "letter", "sasrec", None),
+    ("ETEGRec", "beats traditional sequential recommenders (SASRec)", "etegrec", "sasrec", None),
+    ("SIIT", "beats SASRec", "siit", "sasrec", None),
+    ("SimCIT", "beats SASRec", "simcit", "sasrec", None),
+)
+
+
+def seed_results(root: str, spec: str, name: str, max_seeds: int = 100) -> dict:
+  """{seed: results.json} of the row's finished seeds."""
+  out = {}
+  for seed in range(max_seeds):
+    path = os.path.join(root, run_tag(spec, name, seed), "results.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        out[seed] = json.load(f)
+  return out
+
+
+def table_results(paths) -> dict:
+  """{row spec: {seed: {"test": metrics}}} from quality.py's result files (`--seeds` rows)."""
+  out = {}
+  for path in paths:
+    with open(path) as f:
+      for row in json.load(f)["rows"]:
+        seeds = row.get("seeds", [row.get("seed", 0)])
+        per_seed = row.get("test_per_seed") or {k: [row["test"][k]] for k in METRICS}
+        out[row["run"]] = {s: {"test": {k: per_seed[k][i] for k in METRICS}}
+                           for i, s in enumerate(seeds)}
+  return out
+
+
+def paired(cand: dict, base: dict, metrics=METRICS) -> dict:
+  """Paired differences over the seeds both rows have: per metric the mean difference, its
+  standard error (None with one seed), the relative change of the means and a verdict."""
+  seeds = sorted(set(cand) & set(base))
+  out = {"seeds": seeds, "metrics": {}}
+  for k in metrics:
+    c = np.array([cand[s]["test"][k] for s in seeds], float)
+    b = np.array([base[s]["test"][k] for s in seeds], float)
+    if not seeds:
+      continue
+    d = c - b
+    se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else None
+    mean = float(d.mean())
+    if se is None:
+      verdict = "one seed"
+    elif se == 0.0:
+      verdict = "holds" if mean > 0 else "fails" if mean < 0 else "not resolved"
+    else:
+      verdict = "holds" if mean >= 2 * se else "fails" if mean <= -2 * se else "not resolved"
+    out["metrics"][k] = {"candidate": float(c.mean()), "baseline": float(b.mean()),
+                         "diff": mean, "se": se, "per_seed": [round(float(x), 5) for x in d],
+                         "relative": float(c.mean() / b.mean() - 1) if b.mean() else None,
+                         "verdict": verdict}
+  return out
+
+
+def word(row, verdict: str) -> str:
+  """A control has no claim to hold: its candidate is ahead of or behind the baseline."""
+  if row["claim"] != "control":
+    return verdict
+  return {"holds": "ahead", "fails": "behind"}.get(verdict, verdict)
+
+
+def table(rows) -> str:
+  head = ("| paper | claim | candidate | baseline | seeds | R@10 cand / base | R@10 diff +- SE "
+          "| relative (paper) | N@10 diff +- SE | relative | verdict R@10 / N@10 |")
+  lines = [head, "|" + "---|" * (head.count("|") - 1)]
+  for r in rows:
+    m = r["metrics"]
+    if not m:
+      lines.append(f"| {r['paper']} | {r['claim']} | `{r['candidate']}` | `{r['baseline']}` | "
+                   "none finished | | | | | | |")
+      continue
+
+    def diff(k):
+      se = m[k]["se"]
+      return f"{m[k]['diff']:+.4f}" + (f" +- {se:.4f}" if se is not None else "")
+
+    def rel(k):
+      return f"{m[k]['relative']:+.1%}" if m[k]["relative"] is not None else ""
+    paper = f" ({r['paper_gain']:+.0%})" if r["paper_gain"] is not None else ""
+    r10 = m["recall@10"]
+    lines.append(
+        f"| {r['paper']} | {r['claim']} | `{r['candidate']}` | `{r['baseline']}` | "
+        f"{', '.join(map(str, r['seeds']))} | {r10['candidate']:.4f} / {r10['baseline']:.4f} | "
+        f"{diff('recall@10')} | {rel('recall@10')}{paper} | {diff('ndcg@10')} | {rel('ndcg@10')} | "
+        f"{word(r, r10['verdict'])} / {word(r, m['ndcg@10']['verdict'])} |")
+  return "\n".join(lines)
+
+
+def compare(results, pairs) -> list:
+  """`results(spec)` -> {seed: results}; `pairs`: (paper, claim, candidate spec, baseline
+  spec, paper gain) -> rows."""
+  rows = []
+  for paper, claim, cand, base, gain in pairs:
+    res = paired(results(cand), results(base))
+    rows.append({"paper": paper, "claim": claim, "candidate": cand, "baseline": base,
+                 "paper_gain": gain, **res})
+  return rows
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--workdir", default="runs/quality", help="quality.py's --workdir")
+  p.add_argument("--name", default="", help="quality.py's --name")
+  p.add_argument("--variant", default="scientific", help="the variant of the default claims")
+  p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("CANDIDATE", "BASELINE"),
+                 help="one more comparison (rows as quality.py names them)")
+  p.add_argument("--no_defaults", action="store_true", help="only the --pair comparisons")
+  p.add_argument("--tables", nargs="+", default=None,
+                 help="quality.py result files (.json) to read the rows from, not the workdir")
+  p.add_argument("--out", default=None, help="output stem (default bench/results/claims-<name>)")
+  args = p.parse_args()
+  pairs = [] if args.no_defaults else [
+      (paper, claim, f"{c}:{args.variant}", f"{b}:{args.variant}", gain)
+      for paper, claim, c, b, gain in CLAIMS]
+  pairs += [("", "control", c, b, None) for c, b in args.pair]
+  if args.tables:
+    found = table_results(args.tables)
+    results = lambda spec: found.get(spec, {})
+  else:
+    results = lambda spec: seed_results(args.workdir, spec, args.name)
+  rows = compare(results, pairs)
+  md = table(rows)
+  print(md)
+  stem = common.result_path(f"claims-{args.name or args.variant}", args.out)
+  common.write_json(stem + ".json", {"source": args.tables or args.workdir, "name": args.name,
+                                     "rows": rows})
+  with open(stem + ".md", "w") as f:
+    f.write(md + "\n")
+  print(f"wrote {stem}.md and {stem}.json")
+
+
+if __name__ == "__main__":
+  main()
