@@ -40,6 +40,7 @@ PUBLISHED = {
                                  (.0402, .0624, .0260, .0331)),
 }
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+OTHER_DECODING = ("test_constrained", "test_free")
 
 
 def parse_override(text: str):
@@ -121,6 +122,9 @@ def run_one(spec: str, shared, root: str, name: str, seed=None):
           "valid": {k: results["valid"][k] for k in METRICS},
           "test": {k: results["test"][k] for k in METRICS},
           "popularity_test": {k: results["popularity"]["test"][k] for k in METRICS},
+          # ETEGRec: its test metrics with the other decoding (constrained beside free)
+          **{other: {k: results[other][k] for k in METRICS}
+             for other in OTHER_DECODING if other in results},
           "train_seconds": results["train_seconds"],
           "wall_seconds_this_invocation": round(time.time() - t0, 1),
           "device": results["device"], "published": PUBLISHED.get((key, results["dataset"])),
@@ -132,7 +136,8 @@ def aggregate(rows) -> dict:
   (ddof 1) over the seeds, and the per-seed values."""
   out = dict(rows[0])
   out["seeds"] = [r["seed"] for r in rows]
-  for split in ("valid", "test", "popularity_test"):
+  for split in ("valid", "test", "popularity_test") + tuple(s for s in OTHER_DECODING
+                                                          if s in rows[0]):
     vals = {k: [r[split][k] for r in rows] for k in METRICS}
     out[split] = {k: float(np.mean(v)) for k, v in vals.items()}
     out[split + "_std"] = {k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
@@ -154,6 +159,10 @@ def table(rows) -> str:
     pub = r["published"]
     pub_s = f"{pub[0]}: " + " / ".join(f"{x:.4f}" for x in pub[1]) if pub else ""
     run = r["run"] + (f" ({', '.join(r['overrides'])})" if r["overrides"] else "")
+    for other, label in (("test_constrained", "decoded free; constrained"),
+                         ("test_free", "free decoding")):
+      if other in r:
+        run += f" ({label}: test R@10 / N@10 {f(other, 'recall@10')} / {f(other, 'ndcg@10')})"
     seeds = ", ".join(str(x) for x in r.get("seeds", [r.get("seed", 0)]))
     pop = r.get("popularity_test")
     pop_s = f"{pop['recall@10']:.4f} / {pop['ndcg@10']:.4f}" if pop else ""

@@ -183,8 +183,23 @@ def test_claims_pair_seeds_and_give_the_standard_error(tmp_path):
                          {0: {"test": {"recall@10": .2}}, 1: {"test": {"recall@10": .2}}},
                          metrics=("recall@10",))
   assert behind["metrics"]["recall@10"]["verdict"] == "fails"
+  free = {0: {"test": {"recall@10": .0}, "test_constrained": {"recall@10": .3}}}   # ETEGRec's
+  assert claims.paired(free, {0: {"test": {"recall@10": .2}}},
+                       metrics=("recall@10",))["metrics"]["recall@10"]["diff"] == pytest.approx(.1)
   assert "| ahead / not resolved |" in claims.table([{**row, "claim": "control"}])
   table = tmp_path / "quality.json"
   table.write_text(json.dumps({"rows": [{"run": "letter:sci", "seeds": [0, 1, 2], "test": {},
                                          "test_per_seed": {k: [.11, .12, .13] for k in quality.METRICS}}]}))
   assert claims.table_results([str(table)])["letter:sci"][2]["test"]["ndcg@10"] == .13
+
+
+def test_a_free_decoding_rows_constrained_metrics_are_aggregated_and_shown():
+  m = {"recall@5": .05, "recall@10": .07, "ndcg@5": .03, "ndcg@10": .04}
+  rows = [{"run": "etegrec:s", "overrides": [], "dataset": "S", "budget": "b", "steps": 1,
+           "device": "cpu", "train_seconds": 1.0, "valid": m, "test": m, "popularity_test": m,
+           "published": None, "seed": s,
+           "test_constrained": {k: v * (2 + s) for k, v in m.items()}} for s in (0, 1)]
+  row = quality.aggregate(rows)
+  assert row["test_constrained"]["recall@10"] == pytest.approx(.07 * 2.5)
+  assert row["test_constrained_per_seed"]["ndcg@10"] == pytest.approx([.08, .12])
+  assert "(decoded free; constrained: test R@10 / N@10 0.1750 +- 0.0495" in quality.table([row])
