@@ -12,7 +12,10 @@ negatives), with the anchor taken four ways:
 hard - soft is the gap between the objective and the IDs: a fit can lower its loss through
 mixtures of codewords no ID has. Each is given at `--batches` sizes (more in-batch negatives:
 a larger loss, and on a small catalogue more negatives that share the anchor's topic), with
-chance (log of the 2B - 1 candidates) beside it. Code-table health of the hard IDs too.
+chance (log of the 2B - 1 candidates) beside it. Code-table health of the hard IDs too. With
+the data set's own IDs loaded (`--set data.index=True`: Scientific's publisher IDs from Qwen
+text), how many of an anchor's in-batch negatives share its first-level code (its topic),
+on the same batches: the lead that small catalogues put many same-topic items in a batch.
 
   JAXREC_DATA_DIR=../shared/data python -m bench.experiments.simcit_gap \\
       --set tokenizer.simcit.gumbel_scale=1.0 --workdir /tmp/simcit-noise
@@ -95,6 +98,10 @@ def main():
       per_view = [batched_nce(q_NxD, p_NxD, idx, float(s.temperature)) for p_NxD in p_VxNxD]
       row[mode] = [round(x, 4) for x in per_view]
     row["hard_minus_soft"] = [round(h - x, 4) for h, x in zip(row["hard"], row["soft"])]
+    if ds.codes_NxC is not None:          # the data set's own IDs: level 1 as the topic
+      topic = np.asarray(ds.codes_NxC)[:, 0][np.asarray(idx)]              # [S, B]
+      same = (topic[:, :, None] == topic[:, None, :]).sum(-1) - 1
+      row["same_topic_negatives"] = round(float(same.mean()), 2)
     rows.append(row)
     print(json.dumps(row), flush=True)
   codes = np.asarray(simcit.encode_catalogue(params, views, model=model)["codes_NxC"])
