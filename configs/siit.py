@@ -22,7 +22,13 @@ siit:
                  workdir with codes.npz (another method's IDs)
   feature        the item content vector of the alignment task (the tokenizer's input)
   soft_tokens    encoder input vectors the content vector is projected to (4)
-  align_ratio    alignment items per history sample in every step (0.25: one A per four R)
+  align_ratio    alignment items per history sample in every step (0.25: one A per four R;
+                 a multi-task data set with one A sample per item has items / training
+                 samples: 0.27 on Scientific)
+  align_loss     'mixed': the per-sample mean over both tasks' samples, as one batch of a
+                 mixed multi-task data set; 'sum': R's mean + A's mean, which weighs an A item
+                 1 / align_ratio = 4 times an R sample (this reconstruction before
+                 2026-12-05, and the 40-epoch Scientific rows in the README)
   refine_every   epochs between refinements; rounds: how many (0: no refinement)
   first_refine   epochs before the first round (0: refine_every); e.g. one round once the
                  alignment task is learnt (`align_top1` in metrics.jsonl says how well)
@@ -64,7 +70,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   cfg.siit = ml_collections.ConfigDict(dict(
       init_codes="", feature=cfg.tokenizer.feature, soft_tokens=4, align_ratio=0.25,
       refine_every=4, rounds=3, beam=10, usage_penalty=0.5, capacity=0,
-      keep_margin=1.0, first_refine=0))
+      keep_margin=1.0, first_refine=0, align_loss="mixed"))
   if variant == "tiny":
     cfg.siit.refine_every = 1
     cfg.siit.rounds = 1

@@ -38,7 +38,8 @@ _ADDED = {("train", "accumulate"): 1, ("train", "decode"): "constrained",
           ("data", "align"): {"tasks": [], "fields": ["title"], "max_tokens": 32, "per_batch": 0},
           ("etegrec", "warmup_frac"): 0.0, ("tokenizer", "simcit", "holdout"): 0.0,
           ("etegrec", "alternation"): "alternate", ("siit", "first_refine"): 0,
-          ("tokenizer", "simcit", "w_recon"): 0.0}
+          ("tokenizer", "simcit", "w_recon"): 0.0,
+          ("siit", "align_loss"): "sum"}
 # A `train` key is a key of the collaborative pre-training's `cf.train` too (same TrainConfig).
 ADDED_KEYS = {**_ADDED, **{("cf",) + path: value for path, value in _ADDED.items()
                            if path[0] == "train"}}

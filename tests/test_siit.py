@@ -81,6 +81,39 @@ def test_refinement_rounds_start_at_first_refine():
   assert siit.refine_round(28, first=20, every=8, rounds=3) == 2
 
 
+def test_mixed_alignment_loss_is_the_per_sample_mean_over_both_tasks(tmp_path):
+  """align_loss='mixed': (W * R + n * A) / (W + n), W the batch's real R samples and n the A
+  items (one batch of a mixed multi-task data set); 'sum': R + A. The same keys give the
+  same R and A in both."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from jaxrec.data import BatchIterator
+  from jaxrec.optim import TrainState
+  cfg = siit_config.get_config("tiny")
+  assert cfg.siit.align_loss == "mixed"
+  run = pipeline.setup(cfg, str(tmp_path), log=lambda m: None)
+  it = BatchIterator(run.dataset, run.splits["train"], cfg.train.batch_size, run.buckets,
+                     shuffle=True, seed=0)
+  batch = next(iter(it.epoch_batches()))
+  plan = siit.training_plan(run, jax.random.key(0), len(it))
+  params = plan.state.params
+  tx = optax.sgd(0.0)
+  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  feats = jnp.asarray(run.dataset.features[cfg.siit.feature], jnp.float32)
+  soft = siit.SoftTokens(int(cfg.siit.soft_tokens), run.model.cfg.d_model)
+  n = 8
+  out = {mixed: siit.train_step(state, batch, run.codes, jax.random.key(3), feats, rec=run.steps,
+                                model=run.model, soft=soft, tx=tx, tau=1.0, n_align=n,
+                                mixed=mixed)[1] for mixed in (True, False)}
+  a = float(out[True]["align"])
+  assert a == pytest.approx(float(out[False]["align"]), rel=1e-6)
+  r = float(out[False]["loss"]) - a
+  w = float(np.sum(batch["weight_B"]))
+  assert 0 < w <= cfg.train.batch_size
+  assert float(out[True]["loss"]) == pytest.approx((w * r + n * a) / (w + n), rel=1e-5)
+
+
 def test_refinement_off_equals_tiger_bit_for_bit(tmp_path):
   import jax
   base = pipeline.train_and_evaluate(tiger.get_config("tiny"), str(tmp_path / "tiger"),

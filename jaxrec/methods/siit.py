@@ -14,8 +14,11 @@ below is ours and is a config value (`config.siit`):
              input feature `siit.feature`), projected to `soft_tokens` vectors of the
              model's width, as the T5's encoder input (a decoder's prefix, before its
              BOS or prompt tail); the item's current ID as target. The paper
-             mixes the two tasks' batches; one A item per four R samples (ratio 0.25) is
-             the same mix within every step, without a second compiled step.
+             mixes the two tasks' samples (as LC-Rec's multi-task data); one A item per
+             four R samples (ratio 0.25) is that mix within every step, without a second
+             compiled step, and the loss is the per-sample mean over both tasks' samples
+             (`align_loss='mixed'`). 'sum' (R's mean plus A's mean) weighs each A item
+             1 / align_ratio times an R sample: what this reconstruction did before.
   refining   after `first_refine` epochs (0: `refine_every`), then after every `refine_every`
              more, `rounds` times in all: each item's ID is decoded
              from task A by a beam of width `beam` over the FULL code space per level (not
@@ -99,8 +102,11 @@ def soft_inputs(params, soft: SoftTokens, feats_BxF):
 
 
 def train_step(state: TrainState, batch, codes_NxC, key, feats_NxF, *, rec, model, soft, tx,
-               tau, n_align: int):
+               tau, n_align: int, mixed: bool = True):
   """R on the batch plus A on `n_align` items drawn uniformly; keys from fold_in(step).
+  `mixed`: the loss is the per-sample mean over the R samples and the A items together (a
+  batch of both tasks' samples, as a multi-task data set mixes them); else R's mean plus A's
+  mean (`siit.align_loss='sum'`: each A item weighs batch / n_align times an R sample).
   `rec` is the recommender's steps module (`recommender.family`), `model` its model;
   params {"t5": the recommender's (whichever kind: the name older checkpoints have),
   "soft": SoftTokens'}."""
@@ -113,7 +119,11 @@ def train_step(state: TrainState, batch, codes_NxC, key, feats_NxF, *, rec, mode
       items = jax.random.randint(k_items, (n_align,), 0, codes_NxC.shape[0])
       a = rec.soft_loss(params["t5"], soft_inputs(params, soft, feats_NxF[items]),
                         codes_NxC[items], k_align, model=model)
-      loss = loss + a
+      if mixed:
+        w = jnp.sum(batch["weight_B"])               # the batch's real R samples
+        loss = (w * loss + n_align * a) / (w + n_align)
+      else:
+        loss = loss + a
       out = dict(out, align=a, loss=loss)
     return loss, out
 
@@ -230,10 +240,11 @@ def training_plan(run, key, steps_per_epoch: int):
   a refinement of the code table."""
   sc, tc = run.cfg.siit, run.cfg.train
   if (sc.rounds < 0 or sc.refine_every < 1 or sc.beam < 1 or not 0 <= sc.align_ratio <= 4
-      or sc.get("first_refine", 0) < 0):
+      or sc.get("first_refine", 0) < 0 or sc.get("align_loss", "sum") not in ("mixed", "sum")):
     raise ConfigError(f"siit: rounds={sc.rounds} (>= 0), refine_every={sc.refine_every} (>= 1), "
                       f"beam={sc.beam} (>= 1), align_ratio={sc.align_ratio} (0..4), "
-                      f"first_refine={sc.get('first_refine', 0)} (>= 0)")
+                      f"first_refine={sc.get('first_refine', 0)} (>= 0), "
+                      f"align_loss={sc.get('align_loss', 'sum')!r} ('mixed' or 'sum')")
   if sc.capacity and sc.capacity * min(run.table.sizes) < run.dataset.n_items:
     raise ConfigError(f"siit.capacity={sc.capacity}: {min(run.table.sizes)} codes of the "
                       f"smallest level cannot hold {run.dataset.n_items} items")
@@ -249,7 +260,9 @@ def training_plan(run, key, steps_per_epoch: int):
   tx, lr_at, state = adamw(run, params, steps_per_epoch, trainable)
   n_align = int(round(sc.align_ratio * tc.batch_size))
   fn = jit_step(run, functools.partial(train_step, rec=rec, model=model, soft=soft, tx=tx,
-                                       tau=tc.tau, n_align=n_align), state=state)
+                                       tau=tc.tau, n_align=n_align,
+                                       mixed=sc.get("align_loss", "sum") == "mixed"),
+               state=state)
   step = Bound(fn, feats)
   sizes = run.table.sizes
   round_at = functools.partial(refine_round, first=int(sc.get("first_refine", 0)),
