@@ -193,6 +193,19 @@ def recode(tok_params, feats_NxF, old_codes_NxC1, *, model: RQVAE):
 
 
 # ------------------------------------------------------------------------- the plan
+MODES = ("alternate", "joint", "frozen")     # etegrec.alternation: the method and its ablations
+
+
+def _mode(ec) -> str:
+  return ec.get("alternation", "alternate")
+
+
+def _tokenizer_epoch(mode: str, cycle: int, epoch: int) -> bool:
+  """Whether the tokenizer trains in this epoch of the alternation stage: every `cycle`-th
+  epoch (the method), every epoch ('joint', with the recommender), never ('frozen')."""
+  return {"alternate": epoch % cycle == 0, "joint": True, "frozen": False}[mode]
+
+
 def _validate(run) -> None:
   cfg, ec = run.cfg, run.cfg.etegrec
   if cfg.tokenizer.source != "rqvae":
@@ -213,19 +226,6 @@ def _validate(run) -> None:
     raise ConfigError(f"etegrec.rec_schedule must be 'stage' or 'all', got {ec.rec_schedule!r}")
   if _mode(ec) not in MODES:
     raise ConfigError(f"etegrec.alternation must be one of {MODES}, got {ec.alternation!r}")
-
-
-MODES = ("alternate", "joint", "frozen")
-
-
-def _mode(ec) -> str:
-  return ec.get("alternation", "alternate")
-
-
-def _tokenizer_epoch(mode: str, cycle: int, epoch: int) -> bool:
-  """Whether the tokenizer trains in this epoch of the alternation stage: every `cycle`-th
-  epoch (the method), every epoch ('joint', with the recommender), never ('frozen')."""
-  return {"alternate": epoch % cycle == 0, "joint": True, "frozen": False}[mode]
 
 
 def _optimizers(tc, ec, steps_per_epoch: int) -> dict:
@@ -288,7 +288,7 @@ def training_plan(run, key, steps_per_epoch: int) -> Plan:
   fns = {}
   for name in parts:
     if name == "both":
-      tx, sched = ({p: opt[p][i] for p in ("rec", "tok")} for i in (0, 1))
+      tx, sched = {p: opt[p][0] for p in ("rec", "tok")}, {p: opt[p][1] for p in ("rec", "tok")}
     else:
       tx, sched = opt[name]
     fns[name] = jit_step(run, functools.partial(train_step, part="rec" if name == "ft" else name,
@@ -301,8 +301,8 @@ def training_plan(run, key, steps_per_epoch: int) -> Plan:
 
   def alternation_step(epoch):
     w = aligned if epoch >= ec.warm_epochs else off
-    if mode != "alternate":
-      return bind(fns["both" if mode == "joint" else "rec"], w)
+    if mode == "joint":
+      return bind(fns["both"], w)
     return bind(fns["tok"] if _tokenizer_epoch(mode, ec.cycle, epoch) else fns["rec"], w)
 
   sizes = run.table.sizes
