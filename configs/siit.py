@@ -26,7 +26,8 @@ siit:
                  a multi-task data set with one A sample per item has items / training
                  samples: 0.27 on Scientific)
   align_loss     'mixed': the per-sample mean over both tasks' samples, as one batch of a
-                 mixed multi-task data set; 'sum': R's mean + A's mean, which weighs an A item
+                 mixed multi-task data set (LC-Rec's; how SIIT mixes them is not in the
+                 text available here); 'sum': R's mean + A's mean, which weighs an A item
                  1 / align_ratio = 4 times an R sample (this reconstruction before
                  2026-12-05, and the 40-epoch Scientific rows in the README)
   refine_every   epochs between refinements; rounds: how many (0: no refinement)

@@ -13,11 +13,14 @@ below is ours and is a config value (`config.siit`):
              items of the alignment task (A): the item's content vector (the tokenizer's
              input feature `siit.feature`), projected to `soft_tokens` vectors of the
              model's width, as the T5's encoder input (a decoder's prefix, before its
-             BOS or prompt tail); the item's current ID as target. The paper
-             mixes the two tasks' samples (as LC-Rec's multi-task data); one A item per
-             four R samples (ratio 0.25) is that mix within every step, without a second
-             compiled step, and the loss is the per-sample mean over both tasks' samples
-             (`align_loss='mixed'`). 'sum' (R's mean plus A's mean) weighs each A item
+             BOS or prompt tail); the item's current ID as target. How the paper mixes
+             the two tasks is not in the text available here (a summary lists
+             "sequential-recommendation fine-tuning, item-identifier alignment, and
+             identifier refinement" as stages); this reconstruction trains them together
+             as LC-Rec's multi-task data does: one A item per four R samples (ratio 0.25)
+             in every step, without a second compiled step, the loss the per-sample mean
+             over both tasks' samples (`align_loss='mixed'`); `first_refine` delays the
+             first refinement until the alignment task is learnt. 'sum' (R's mean plus A's mean) weighs each A item
              1 / align_ratio times an R sample: what this reconstruction did before.
   refining   after `first_refine` epochs (0: `refine_every`), then after every `refine_every`
              more, `rounds` times in all: each item's ID is decoded
