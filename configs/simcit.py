@@ -21,11 +21,13 @@ prompt and recipe; needs weights and an accelerator); tiny_llm: on the tests' ti
   instruments  Amazon Instruments 2018: the only view shipped is LETTER's 32-d SASRec
                embedding (a single-view SimCIT); 3 x 256 codes.
   scientific   Amazon Industrial & Scientific 2018: views `text` (MiniLM, `python -m
-               jaxrec.embed` first) and `cf` (a 32-d SASRec trained in-run); 3 x 256 codes.
+               jaxrec.embed` first) and `cf` (a 32-d SASRec trained in-run); 3 x 256 codes;
+               the released step (2 x 256 items, each 256 its own negatives) and init.
   instruments_paper  instruments with the released tokenizer setting (alibaba/SimCIT):
                unit Gumbel noise, codebooks uniform in [0, 1), L = 2 x K = 128, 15,000
-               epochs, each device's batch its own negatives; collisions still resolved by
-               the appended level (the official code leaves them).
+               epochs, steps of 2 x 256 items each 256 its own negatives (the released
+               2 processes), every Linear initialised as PyTorch's; collisions still
+               resolved by the appended level (the official code leaves them).
   tiny         seconds; tests.
 
 tokenizer.simcit (official values from alibaba/SimCIT's config and train script):
@@ -65,16 +67,28 @@ tokenizer.simcit (official values from alibaba/SimCIT's config and train script)
                   decoded from the quantized vector by a per-view MLP (the encoder's widths
                   reversed)
   warmup_frac     100 / 15,000 of all steps (the released 100 warm-up epochs of 15,000)
-  negatives       global (the whole batch) | local (each device's share, as the code)
+  negatives       global (the whole batch) | local (each device's share: the code's per-GPU
+                  negatives when a device is a process; `groups` fixes the count instead)
   prefix_loss     False (the released forward) | True: each view's InfoNCE averaged over the
                   prefixes of the levels (1, 2, ..., L codewords summed), the alternative
                   left commented out in the official forward (ssid_rq.py:165-166, 172)
   holdout         0.0: every item trains and the last epoch's tokenizer codes the catalogue;
                   > 0: that share of the items is held out of training (the released
-                  val.txt) and the logged epoch with the lowest held-out InfoNCE of hard IDs
-                  codes every item (the released trainer's checkpoint_best.pt; its early stop
-                  is not reproduced: tokenizer.epochs caps the fit)
-tokenizer: AdamW lr 2e-4, weight decay 1e-3, batch 256 (released script); jaxrec's defaults
+                  val.txt) and the logged epoch with the lowest held-out loss (the InfoNCE
+                  of hard IDs plus w_div x the Gram term: the released eval loss sums every
+                  loss term) codes every item (the released trainer's checkpoint_best.pt,
+                  there evaluated every 1,000 epochs, here every tokenizer.log_every; its
+                  early stop is not reproduced: tokenizer.epochs caps the fit)
+  groups          0: the negatives follow `negatives`; > 0: each batch split into that many
+                  parts, each its own negatives. The released script runs 2 processes
+                  (torchrun --nproc_per_node=2) of batch 256 each (DistributedSampler), each
+                  process's InfoNCE over its own 256: `scientific` and the `_paper` variants
+                  set tokenizer.batch_size=512, groups=2; default, tiny and instruments keep
+                  the earlier 256 with global negatives (their rows in the README)
+  init            'flax' (Flax's Dense: lecun normal kernels, zero biases) | 'torch' (the
+                  released code's nn.Linear default: kernel and bias uniform in
+                  +-1/sqrt(fan_in); set in `scientific` and the `_paper` variants)
+tokenizer: AdamW lr 2e-4, weight decay 1e-3, batch 256 per process (released script); jaxrec's defaults
 L = 3 levels of K = 256 (released: L = 2, K = 128; the code's defaults L = 3, K = 512);
 collisions resolved by the appended level (the official code does not resolve them).
 """
@@ -106,7 +120,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       views=("content", "cf"), hidden=(512, 384, 256), dim=128, gumbel_tau=0.2, gumbel_scale=0.0,
       temperature=0.07, w_div=1.0, w_commit=0.0, codebook_init="kmeans",
       warmup_frac=100 / 15000, negatives="global", prefix_loss=False, holdout=0.0,
-      w_recon=0.0))
+      w_recon=0.0, groups=0, init="flax"))
   t.lr = 2e-4
   t.weight_decay = 1e-3
   t.batch_size = 256
@@ -125,9 +139,14 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     t.epochs = 300
   if variant == "scientific":
     t.simcit.views = ("text", "cf")
+  if variant == "scientific" or paper:
+    # the released run's step: 2 processes x 256 items, each its own negatives; every Linear
+    # initialised as PyTorch's
+    t.batch_size = 512
+    t.simcit.update(groups=2, init="torch")
   if paper:
     cfg.variant = variant + "_paper"
-    t.simcit.update(gumbel_scale=1.0, codebook_init="uniform", negatives="local")
+    t.simcit.update(gumbel_scale=1.0, codebook_init="uniform")
     t.levels, t.codebook_size, t.epochs = 2, 128, 15000
     t.modes = ("hard",) * 2
     t.log_every, t.save_every = 500, 500

@@ -168,8 +168,9 @@ def test_reconstruction_control_adds_each_views_decoded_error():
 
 def test_heldout_selection_keeps_the_best_logged_epoch(tmp_path):
   """tokenizer.simcit.holdout: the held-out items never train the tokenizer, each logged
-  epoch reports their hard-ID InfoNCE, and the tokenizer kept (which codes the catalogue) is
-  the logged epoch with the lowest one."""
+  epoch reports their hard-ID InfoNCE and the held-out loss (plus w_div x the Gram term, as
+  the released eval loss), and the tokenizer kept (which codes the catalogue) is the logged
+  epoch with the lowest loss."""
   from jaxrec.data import load_dataset
   train, held = simcit.split_heldout(100, 0.2, 8, seed=0)
   assert held.shape == (2, 8) and len(train) == 80
@@ -183,14 +184,15 @@ def test_heldout_selection_keeps_the_best_logged_epoch(tmp_path):
   table, (model, params) = simcit.build_code_table(cfg, ds, jax.random.key(0), str(tmp_path),
                                                    log=logs.append)
   records = [r for r in logs if isinstance(r, dict) and "heldout_nce" in r]
-  nces = [r["heldout_nce"] for r in records]
-  assert len(nces) == 3
+  losses = [r["heldout_loss"] for r in records]
+  assert len(losses) == 3
   views = [jnp.asarray(v) for v in simcit.load_views(cfg, ds)]
   _, held = simcit.split_heldout(ds.n_items, 0.25, cfg.tokenizer.batch_size, cfg.seed)
   kept = float(simcit.heldout_nce(params, views, jnp.asarray(held), model=model,
                                   temperature=cfg.tokenizer.simcit.temperature, groups=1))
-  assert kept == pytest.approx(min(nces), abs=1e-5)
-  assert records[int(np.argmin(nces))].get("kept")
+  kept += cfg.tokenizer.simcit.w_div * float(simcit.gram_penalty(params["params"]["codebooks"]))
+  assert kept == pytest.approx(min(losses), abs=1e-5)
+  assert records[int(np.argmin(losses))].get("kept")
   codes = simcit.encode_catalogue(params, views, model=model)["codes_NxC"]
   np.testing.assert_array_equal(np.asarray(codes), table.codes_NxC[:, :codes.shape[1]])
 
@@ -207,9 +209,51 @@ def test_heldout_selection_takes_the_lowest_not_the_last(tmp_path, monkeypatch):
   monkeypatch.setattr(simcit, "heldout_nce", scripted)
   cfg = simcit_config.get_config("tiny")
   cfg.tokenizer.simcit.holdout = 0.25
+  cfg.tokenizer.simcit.w_div = 0.0          # the held-out loss is the scripted InfoNCE alone
   cfg.tokenizer.epochs, cfg.tokenizer.log_every = 6, 2
   _, (_, params) = simcit.build_code_table(cfg, load_dataset(cfg.data), jax.random.key(0),
                                            str(tmp_path), log=lambda m: None)
   assert len(seen) == 3
   chex.assert_trees_all_equal(jax.tree.map(np.asarray, params), seen[1])
   assert not np.array_equal(seen[1]["params"]["codebooks"], seen[2]["params"]["codebooks"])
+
+
+def test_torch_init_is_pytorchs_linear_default():
+  """init='torch': every kernel and bias uniform in +-1/sqrt(fan_in) (PyTorch's nn.Linear),
+  the same parameter tree as Flax's default init."""
+  cfg = dict(view_dims=(300,), hidden=(400,), dim=64, levels=2, codebook_size=3)
+  views = [jnp.zeros((2, 300), jnp.float32)]
+  torch_p = simcit.init_params(simcit.SimCIT(simcit.SimCITConfig(**cfg, torch_init=True)),
+                               jax.random.key(0), views)["params"]
+  flax_p = simcit.init_params(simcit.SimCIT(simcit.SimCITConfig(**cfg)), jax.random.key(0),
+                              views)["params"]
+  chex.assert_trees_all_equal_shapes(torch_p, flax_p)
+  k0 = np.asarray(torch_p["encoder0"]["Dense_0"]["kernel"])        # fan_in 300
+  k1 = np.asarray(torch_p["encoder0"]["Dense_1"]["kernel"])        # fan_in 400
+  for k, fan_in in ((k0, 300), (k1, 400)):
+    bound = 1 / np.sqrt(fan_in)
+    assert np.abs(k).max() <= bound and np.abs(k).max() > 0.95 * bound
+    assert np.std(k) == pytest.approx(bound / np.sqrt(3), rel=0.05)
+  bias = np.asarray(torch_p["proj"]["bias"])                       # fan_in 64
+  assert np.abs(bias).max() <= 1 / 8 and np.abs(bias).max() > 0.05
+  assert not np.asarray(flax_p["proj"]["bias"]).any()
+  assert np.std(np.asarray(flax_p["encoder0"]["Dense_0"]["kernel"])) > 1.5 * np.std(k0)
+
+
+def test_groups_split_the_batch_into_parts_with_their_own_negatives():
+  """groups=2 (the released 2 processes): each half of the batch is its own InfoNCE, the
+  loss their mean; a batch of 2 x 4 items is not a batch of 8."""
+  model = simcit.SimCIT(simcit.SimCITConfig(view_dims=(6,), hidden=(8,), dim=4, levels=2,
+                                            codebook_size=3, gumbel_scale=0.0))
+  views = [jnp.asarray(np.random.default_rng(1).normal(size=(8, 6)), jnp.float32)]
+  params = simcit.init_params(model, jax.random.key(0), views)
+  loss = functools.partial(simcit.loss_fn, params, key=jax.random.key(2), model=model,
+                           temperature=0.07, w_div=0.0, w_commit=0.0)
+  halves = [float(loss([v[:4] for v in views], groups=1)[1]["nce"]),
+            float(loss([v[4:] for v in views], groups=1)[1]["nce"])]
+  got = float(loss(views, groups=2)[1]["nce"])
+  assert got == pytest.approx(np.mean(halves), rel=1e-5)
+  assert got != pytest.approx(float(loss(views, groups=1)[1]["nce"]), rel=1e-3)
+  cfg = simcit_config.get_config("scientific")
+  assert (cfg.tokenizer.batch_size, simcit.negative_groups(cfg.tokenizer.simcit, 1),
+          simcit.negative_groups(simcit_config.get_config("default").tokenizer.simcit, 2)) == (512, 2, 1)

@@ -6,7 +6,10 @@ over its IDs).
 Following the official code (alibaba/SimCIT, generate_sid/models/ssid_rq.py):
   views      any item feature matrices (`tokenizer.simcit.views`), each L2-normalised on
              load (the released code reads views normalised offline)
-  encoders   one MLP per view, no bias, SiLU between layers (d -> 512 -> 384 -> 256 -> 128)
+  encoders   one MLP per view, no bias, SiLU between layers (d -> 512 -> 384 -> 256 -> 128);
+             every Linear initialised as PyTorch's nn.Linear (`init='torch'`, the released
+             code's) or Flax's default (`'flax'`: lecun normal, zero bias; its kernels' std
+             is sqrt(3) times PyTorch's, so the first encodings are several times larger)
   fusion     one shared attention: score_v = w . tanh(W h_v + b), softmax over views,
              fused = sum_v weight_v h_v
   quantizer  `rq.residual_quantize` in "gumbel" mode at every level: in training the soft
@@ -33,7 +36,10 @@ Following the official code (alibaba/SimCIT, generate_sid/models/ssid_rq.py):
   optimiser  AdamW lr 2e-4, weight decay 1e-3; the released schedule (warm-up 100 of 15,000
              epochs from 1e-6, then cosine to 1e-6) expressed in steps: warm-up =
              `warmup_frac` (100 / 15,000) of all steps.
-  negatives  'global': the whole batch (on a mesh, every device's items); 'local': each
+  negatives  `groups` > 0: the batch split into that many parts, each its own negatives
+             (the released run: 2 processes x 256 items, each process's InfoNCE over its
+             own 256: `tokenizer.batch_size=512, groups=2`); else 'global': the whole batch
+             (on a mesh, every device's items); 'local': each
              device's share only, as the official code (one GPU's batch).
 Where the paper differs: the paper's Eq. writes a symmetric InfoNCE between the quantized
 vector and each view; the code's one-directional GRACE form is followed. The official code
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 
 import flax
@@ -77,15 +84,30 @@ class SimCITConfig:
   gumbel_tau: float = 0.2
   gumbel_scale: float = 1.0
   decoders: bool = False      # the reconstruction control's per-view decoders (w_recon > 0)
+  torch_init: bool = False    # PyTorch nn.Linear's default init (the released code's)
+
+
+def dense(features: int, fan_in: int, torch_init: bool, use_bias: bool = True) -> nn.Dense:
+  """A Linear layer: Flax's default init (lecun normal kernel, zero bias), or PyTorch's
+  nn.Linear default (kernel and bias uniform in +-1 / sqrt(fan_in)), as the released code
+  builds every layer."""
+  if not torch_init:
+    return nn.Dense(features, use_bias=use_bias)
+  bound = 1.0 / math.sqrt(fan_in)
+  return nn.Dense(features, use_bias=use_bias,
+                  kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                  bias_init=lambda k, shape, dtype=jnp.float32: jax.random.uniform(
+                      k, shape, dtype, -bound, bound))
 
 
 class MLP(nn.Module):
   widths: tuple
+  torch_init: bool = False
 
   @nn.compact
   def __call__(self, x):
     for i, w in enumerate(self.widths):
-      x = nn.Dense(w, use_bias=False)(x)
+      x = dense(w, x.shape[-1], self.torch_init, use_bias=False)(x)
       if i < len(self.widths) - 1:
         x = nn.silu(x)
     return x
@@ -96,15 +118,15 @@ class SimCIT(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    self.encoders = [MLP(tuple(cfg.hidden) + (cfg.dim,), name=f"encoder{v}")
+    self.encoders = [MLP(tuple(cfg.hidden) + (cfg.dim,), cfg.torch_init, name=f"encoder{v}")
                      for v in range(len(cfg.view_dims))]
-    self.score_hidden = nn.Dense(cfg.dim)
-    self.score_out = nn.Dense(1, use_bias=False)
+    self.score_hidden = dense(cfg.dim, cfg.dim, cfg.torch_init)
+    self.score_out = dense(1, cfg.dim, cfg.torch_init, use_bias=False)
     self.codebooks = self.param("codebooks", nn.initializers.uniform(1.0),
                                 (cfg.levels, cfg.codebook_size, cfg.dim))
-    self.proj = nn.Dense(cfg.dim)
+    self.proj = dense(cfg.dim, cfg.dim, cfg.torch_init)
     if cfg.decoders:
-      self.decoders = [MLP(tuple(reversed(cfg.hidden)) + (d,), name=f"decoder{v}")
+      self.decoders = [MLP(tuple(reversed(cfg.hidden)) + (d,), cfg.torch_init, name=f"decoder{v}")
                        for v, d in enumerate(cfg.view_dims)]
 
   def encode(self, views):
@@ -231,15 +253,15 @@ def heldout_nce(params, views, idx_SxB, *, model: SimCIT, temperature: float, gr
   return jnp.mean(jax.lax.map(batch, idx_SxB))
 
 
-def split_heldout(n: int, frac: float, batch_size: int, seed: int):
+def split_heldout(n: int, frac: float, batch_size: int, seed: int, groups: int = 1):
   """(training items, held-out batches [S, B]): a seeded `frac` of the items held out of
-  training (the released code's val.txt), in batches of at most `batch_size` (the rest of
-  a partial batch left out, as a drop-last loader)."""
+  training (the released code's val.txt), in batches of at most `batch_size`, a multiple of
+  `groups` (the rest of a partial batch left out, as a drop-last loader)."""
   n_held = int(round(frac * n))
-  if n_held == 0:
+  if n_held < groups:
     return np.arange(n), np.zeros((0, 0), np.int64)
   perm = np.random.default_rng([seed, 11]).permutation(n)
-  held, b = perm[:n_held], min(batch_size, n_held)
+  held, b = perm[:n_held], min(batch_size, n_held) // groups * groups
   return np.sort(perm[n_held:]), held[:n_held // b * b].reshape(-1, b)
 
 
@@ -250,6 +272,15 @@ def encode_catalogue(params, views, *, model: SimCIT):
   _, _, weights = model.apply(params, views, method=SimCIT.encode)
   return {"codes_NxC": rq.codes_BxC, "residuals_NxCxD": rq.residuals_BxCxD,
           "fusion_NxV": weights}
+
+
+def negative_groups(s, n_devices: int) -> int:
+  """How many parts of a batch each take their in-batch negatives among themselves:
+  `tokenizer.simcit.groups` when > 0 (the released run: 2 processes of 256 items), else one
+  per device for 'local' negatives, 1 for 'global'."""
+  if s.get("groups", 0):
+    return int(s.groups)
+  return n_devices if s.negatives == "local" else 1
 
 
 def load_views(cfg, dataset):
@@ -273,7 +304,8 @@ def model_for(cfg, views) -> SimCIT:
                              levels=int(t.levels), codebook_size=int(t.codebook_size),
                              gumbel_tau=float(t.simcit.gumbel_tau),
                              gumbel_scale=float(t.simcit.get("gumbel_scale", 1.0)),
-                             decoders=float(t.simcit.get("w_recon", 0.0)) > 0))
+                             decoders=float(t.simcit.get("w_recon", 0.0)) > 0,
+                             torch_init=t.simcit.get("init", "flax") == "torch"))
 
 
 def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int = 1):
@@ -283,7 +315,7 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
   views = load_views(cfg, dataset)
   model = model_for(cfg, views)
   fp = fingerprint("simcit", *views, tokenizer_fingerprint_dict(t), cfg.seed, jax.__version__,
-                   n_devices if s.negatives == "local" else 1)
+                   negative_groups(s, n_devices))
   def load():
     data = tokenizer_bytes(workdir)
     if data is None:
@@ -294,14 +326,16 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
   saved = reuse(workdir, fp, load, log)
   if saved is not None and saved[1] is not None:
     return saved
+  if s.get("init", "flax") not in ("flax", "torch"):
+    raise ConfigError(f"tokenizer.simcit.init must be 'flax' or 'torch', got {s.init!r}")
   if s.negatives not in ("global", "local"):
     raise ConfigError(f"tokenizer.simcit.negatives must be 'global' or 'local', got {s.negatives!r}")
-  groups = n_devices if s.negatives == "local" else 1
+  groups = negative_groups(s, n_devices)
   n = dataset.n_items
   holdout = float(s.get("holdout", 0.0))
   if not 0.0 <= holdout < 0.5:
     raise ConfigError(f"tokenizer.simcit.holdout={holdout}: a fraction of the items in [0, 0.5)")
-  train_items, held_SxB = split_heldout(n, holdout, int(t.batch_size), cfg.seed)
+  train_items, held_SxB = split_heldout(n, holdout, int(t.batch_size), cfg.seed, groups)
   if holdout and (held_SxB.size == 0 or held_SxB.shape[1] < 2 * groups):
     raise ConfigError(f"tokenizer.simcit.holdout={holdout}: {n} items leave too few held-out "
                       f"items for in-batch negatives ({groups} group(s))")
@@ -339,8 +373,10 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
     if holdout:
       nce = float(heldout_nce(params, views_dev, jnp.asarray(held_SxB), model=model,
                               temperature=float(s.temperature), groups=groups))
-      out["heldout_nce"] = round(nce, 6)
-      state, kept = keep.offer(state, nce)
+      # the released trainer's eval loss sums every loss term: the InfoNCE and the Gram term
+      loss = nce + float(s.w_div) * float(gram_penalty(params["params"]["codebooks"]))
+      out["heldout_nce"], out["heldout_loss"] = round(nce, 6), round(loss, 6)
+      state, kept = keep.offer(state, loss)
       if kept:
         out["kept"] = True
     return state, out
