@@ -84,6 +84,7 @@ def main():
   os.makedirs(workdir, exist_ok=True)
   t0 = time.time()
   table, (model, params) = code_table(cfg, ds, method, workdir, log=print)
+  table.save(workdir)               # (as a run saves it) the next call reuses the fit
   fit_s = round(time.time() - t0, 1)
   views = [jnp.asarray(v) for v in simcit.load_views(cfg, ds)]
   s = cfg.tokenizer.simcit
