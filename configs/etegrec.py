@@ -46,8 +46,9 @@ Variants (anything not listed is configs/tiger.py's same variant):
                built over every epoch's steps and advanced in recommender epochs only
                (`etegrec.rec_schedule='all'`: it ends where the official one ends, on any
                data set). The warm-ups are the official ones' share of the schedule
-               (`etegrec.warmup_frac` 0.157: 8,000 of 50,800 updates on the official
-               Scientific set; 8,000 updates would outlast this set's whole run). Test
+               (`etegrec.warmup_frac` 0.0394: 8,000 of 203,200 scheduler steps on the
+               official Scientific set, a step being a batch of 512; 8,000 would be 39 % of
+               this set's run). Test
                decoding: free (official) or `train.decode=constrained`.
   tiny         seconds; tests.
 
@@ -59,8 +60,10 @@ etegrec:
   sia_sign            'negative': softmax(-distance), paper Eq. 6; 'positive': official code
   psa_temperature     0.07
   tok_lr              tokenizer learning rate (train.lr is the recommender's)
-  rec_warmup_steps, tok_warmup_steps   linear warm-up of each cosine schedule, in optimizer
-                      updates (the official scheduler's steps: train.accumulate micro-batches each)
+  rec_warmup_steps, tok_warmup_steps   linear warm-up of each cosine schedule, in
+                      micro-batches (the official scheduler's steps: it counts the unsharded
+                      loader's batches of 512 and accelerate steps it once per process at
+                      each update of 4 x 512)
   warmup_frac         > 0: each warm-up is this fraction of its schedule's steps instead (the
                       official share on another data set's size: `scientific`)
   finetune_epochs     0 skips the final stage
@@ -155,11 +158,11 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     e.sia_sign = "positive"
   if variant == "scientific":
     t.suffix_size = 256                    # the official 4th level: 256 codes
-    # the official 8,000 warm-up updates are 15.7 % of its schedule on its Scientific set
-    # (Amazon 2023 5-core: 412.9K interactions of 51.0K users, so 259.9K training samples,
-    # 127 updates of 2,048 per epoch, 400 epochs: 50,800); the same share of this set's
-    # schedule, where 8,000 updates would outlast the whole run (6.3 per epoch)
-    e.warmup_frac = 0.157
+    # the official 8,000-step warm-up is 3.94 % of its schedule on its Scientific set (Amazon
+    # 2023 5-core: 412.9K interactions of 51.0K users, so 259.9K training samples, 508
+    # batches of 512 per epoch, each a scheduler step (accelerate steps the schedule once per
+    # process), 400 epochs: 203,200); the same share of this set's schedule
+    e.warmup_frac = 0.0394
     tr.lr_end = 0.0
     e.rec_schedule = "all"
   return cfg

@@ -224,15 +224,16 @@ def test_official_recommender_schedule_ends_part_way_down():
   np.testing.assert_allclose([lr_all, lr_stage], [0.5 * tc.lr, 0.0], atol=1e-9)
 
 
-def test_warmups_count_updates_or_a_share_of_the_schedule():
-  """The official warm-up counts optimizer updates: with 4 accumulated micro-batches per
-  update, 3 updates of warm-up reach the peak at micro-step 12. With `warmup_frac` each
-  warm-up is that share of its own schedule: 0.25 of the recommender's 2 epochs x 40
-  micro-steps (peak at 20), of the tokenizer's 2 epochs (peak at 20 too)."""
+def test_warmups_count_micro_batches_or_a_share_of_the_schedule():
+  """The official warm-up counts scheduler steps, one per batch of 512 of the whole data set
+  (accelerate steps the schedule once per process at each update): with 4 accumulated
+  micro-batches per update, 12 steps of warm-up reach the peak at micro-step 12, not 48. With
+  `warmup_frac` each warm-up is that share of its own schedule: 0.25 of the recommender's 2
+  epochs x 40 micro-steps (peak at 20), of the tokenizer's 2 epochs (peak at 20 too)."""
   cfg = etegrec_configs.get_config("tiny")
   tc, ec = cfg.train, cfg.etegrec
   tc.epochs, ec.cycle, tc.accumulate, tc.lr_end = 4, 2, 4, 0.0
-  ec.rec_warmup_steps, ec.tok_warmup_steps = 3, 3
+  ec.rec_warmup_steps, ec.tok_warmup_steps = 12, 12
   opt = etegrec._optimizers(tc, ec, 40)
   rec, tok = opt["rec"][1], opt["tok"][1]
   lr = lambda f, steps: [float(f(i)) for i in steps]
@@ -244,7 +245,7 @@ def test_warmups_count_updates_or_a_share_of_the_schedule():
   rec, tok = opt["rec"][1], opt["tok"][1]
   np.testing.assert_allclose(lr(rec, (16, 20)), [tc.lr * 4 / 5, tc.lr], rtol=1e-5)
   np.testing.assert_allclose(lr(tok, (16, 20)), [ec.tok_lr * 4 / 5, ec.tok_lr], rtol=1e-5)
-  assert etegrec_configs.get_config("scientific").etegrec.warmup_frac == 0.157
+  assert etegrec_configs.get_config("scientific").etegrec.warmup_frac == 0.0394
 
 
 def test_official_variants_init_the_adapters_like_every_linear(tmp_path):

@@ -244,11 +244,13 @@ def _optimizers(tc, ec, steps_per_epoch: int) -> dict:
                                   tc.clip, "cosine", tc.accumulate, tc.decay, end_frac)
 
   # the warm-ups: a fraction of each schedule's steps (`etegrec.warmup_frac`), or the
-  # official step counts, counted in optimizer updates as its scheduler counts them (one
-  # update per `train.accumulate` micro-batches)
+  # official step counts in micro-batches: the official schedules count batches of the whole
+  # data set (max_steps from the loader before accelerate shards it, trainer.py:78, 201-209)
+  # and accelerate steps them once per process at every update (AcceleratedScheduler, 4
+  # processes), so one official scheduler step is one batch of 512, a micro-batch here
   frac = ec.get("warmup_frac", 0.0)
-  rec_w = frac * span * steps_per_epoch if frac else ec.rec_warmup_steps * tc.accumulate
-  tok_w = frac * n_tok * steps_per_epoch if frac else ec.tok_warmup_steps * tc.accumulate
+  rec_w = frac * span * steps_per_epoch if frac else ec.rec_warmup_steps
+  tok_w = frac * n_tok * steps_per_epoch if frac else ec.tok_warmup_steps
   return {"rec": adamw(tc.lr, span, round(rec_w), tc.lr_end),
           "tok": adamw(ec.tok_lr, n_tok, round(tok_w)),
           "ft": adamw(ec.finetune_lr, ec.finetune_epochs, 0)}
