@@ -16,17 +16,20 @@ recommender):
   instruments  Amazon Instruments 2018 5-core. The only item features shipped are
                LETTER's own 32-d SASRec embeddings, so they are both the tokenizer input
                and the L_cf target (the paper encodes LLaMA text embeddings instead).
-               4 x 256 codes, code dim 32, halving encoder, alpha 0.01, beta 1e-4
-               (the official Instruments script). Published LETTER-TIGER: R@5 .0909,
+               4 x 256 codes, code dim 32, alpha 0.01, beta 1e-4 (the official
+               Instruments script); a halving encoder (32 -> 256 -> 128 -> 64 -> 32 on
+               these inputs), where the official code keeps its 2048 -> ... -> 64 widths
+               for any input (instruments_paper has them). Published LETTER-TIGER: R@5 .0909,
                R@10 .1122, N@5 .0763, N@10 .0831.
   instruments_paper  instruments with the official protocols of both halves (docs/
                protocols.md): the tokenizer for 10,000 epochs (the released IDs come from
                the epoch-9,999 checkpoint of a 20,000-epoch run) at a constant lr 1e-3, no
                warm-up, no gradient clipping, no dead-code re-seeding; collisions left
                after 20 Sinkhorn rounds stay shared IDs; the recommender as
-               tiger:letter_ids_paper (batch 1,024, loss selection, i.i.d. batches, ...).
-               Not matched: constrained k-means initialisation (here k-means++) and LLaMA
-               text embeddings as input (not shipped; the 32-d SASRec ones instead).
+               tiger:letter_ids_paper (batch 1,024, loss selection, i.i.d. batches, ...);
+               the encoder widths 2048, 1024, 512, 256, 128, 64 (RQ-VAE/main.py:47).
+               Not matched: LLaMA text embeddings as input (not shipped; the 32-d SASRec
+               ones instead), the MLPs' Xavier-normal init (here Flax's lecun normal).
   instruments_lcrec  LETTER's IDs on an LLM as the paper's LC-Rec instantiation: the
                instruments tokenizer, then the Hugging Face folder $JAXREC_LLM_DIR (or
                model.path; LLaMA-7B in the paper) with LC-Rec's prompt, LoRA (r 8, alpha
@@ -40,7 +43,11 @@ recommender):
                text): seconds on a CPU, for CI.
   scientific   Amazon Industrial & Scientific 2018: the tokenizer on the MiniLM text
                embeddings (python -m jaxrec.embed first), L_cf towards a 32-d SASRec trained
-               in-run on the interactions (`cf`); 3 x 256 codes, Sinkhorn on level 3.
+               in-run on the interactions (`cf`); 3 x 256 codes, Sinkhorn on level 3. The
+               tokenizer's budget and encoder are TIGER's `scientific` ones (300 epochs,
+               512-256-128), the same as the TIGER row it is compared with; the official
+               recipe (10,000 epochs, widths 2048..64) is a queued control (about 5 h a fit
+               on this CPU).
   tiny         seconds; tests.
 
 tokenizer.letter:
@@ -61,6 +68,7 @@ import os
 import ml_collections
 
 from jaxrec.config import load_config_module
+from jaxrec.tokenizer import rqvae
 
 
 def _tiger():
@@ -104,6 +112,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     t.letter.cf_feature = "sasrec32"
   if paper:
     cfg.variant = variant + "_paper"
+    del t["hidden"]
+    t.hidden = rqvae.LETTER_WIDTHS                      # RQ-VAE/main.py:47, any input
     t.epochs, t.schedule, t.warmup_epochs, t.clip = 10000, "constant", 0, 0.0
     t.batch_size, t.lr, t.weight_decay = 1024, 1e-3, 1e-4
     t.kmeans_method, t.kmeans_iters = "constrained", 10   # vq.py:50-61

@@ -32,10 +32,15 @@ class RQVAEConfig:
   sinkhorn_iters: int = 50
 
 
+# The official LETTER tokenizer's encoder widths for any input (RQ-VAE/main.py:47, the
+# released scripts do not change them): 32-d SASRec inputs too.
+LETTER_WIDTHS = (2048, 1024, 512, 256, 128, 64)
+
+
 def halving_widths(in_dim: int, code_dim: int) -> tuple[int, ...]:
-  """LETTER's encoder shape: widths halve from the input down to the code width
-  (4096 -> 2048 -> ... -> 64 -> 32 for LLaMA inputs). For inputs too narrow to halve
-  (e.g. 32-d SASRec embeddings) it falls back to (256, 128, 64)."""
+  """Widths halving from the input down to the code width (4096 -> 2048 -> ... -> 64 -> 32
+  for LLaMA inputs: there the same as LETTER_WIDTHS). For inputs too narrow to halve (e.g.
+  32-d SASRec embeddings) it falls back to (256, 128, 64)."""
   widths, w = [], in_dim // 2
   while w > code_dim:
     widths.append(w)
@@ -46,8 +51,8 @@ def halving_widths(in_dim: int, code_dim: int) -> tuple[int, ...]:
 PRESETS = {
     # TIGER: in -> 512 -> 256 -> 128 -> 32, 3 x 256.
     "tiger": dict(hidden=(512, 256, 128), code_dim=32, levels=3, codebook_size=256),
-    # LETTER: deeper halving MLP, 4 x 256, code dim 32 (sinkhorn on the last level).
-    "letter": dict(hidden="halving", code_dim=32, levels=4, codebook_size=256),
+    # LETTER: its fixed deep MLP, 4 x 256, code dim 32 (sinkhorn on the last level).
+    "letter": dict(hidden=LETTER_WIDTHS, code_dim=32, levels=4, codebook_size=256),
     # ETEGRec: in -> 512 -> 256 -> 128 (= code dim), 3 x 256.
     "etegrec": dict(hidden=(512, 256), code_dim=128, levels=3, codebook_size=256),
 }
