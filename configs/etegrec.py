@@ -146,6 +146,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     cfg.data.max_len = 50
     cfg.data.buckets = (2, 4, 6, 8, 12, 16, 20, 30, 40, 50)
     cfg.data.batching = "iid"
+    cfg.data.whole_updates = True          # each process's last batch is shorter (DDP)
     t.feature = "cf"
     t.epochs, t.schedule, t.warmup_epochs, t.reseed_every = 10000, "linear", 50, 0
     t.lr, t.weight_decay, t.batch_size, t.clip = 1e-3, 1e-4, 1024, 1.0

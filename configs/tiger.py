@@ -65,6 +65,10 @@ def data_config(variant: str) -> ml_collections.ConfigDict:
   d.buckets = (4, 8, 12, 20)       # history-length buckets (items); each one compiled shape
   d.batching = "buckets"           # every batch of one bucket | "iid": batches of any lengths,
                                    # padded to the bucket of their longest (the official codes)
+  d.whole_updates = False          # iid with train.accumulate > 1: every epoch ends on a whole
+                                   # update, its last samples spread over the update's batches
+                                   # (as DDP's per-process sharding and a trainer's epoch-end
+                                   # step); False: accumulation runs on across epochs
   d.shapes = "auto"                # "buckets": batches padded to the buckets above | "max_len":
                                    # every batch to max_len, one compiled shape per program |
                                    # "auto": buckets on CPU (padding costs compute there),
@@ -287,6 +291,7 @@ def lcrec_training(cfg: ml_collections.ConfigDict) -> None:
   tr.select, tr.eval_every, tr.patience = "loss", 1, 4                    # best eval loss
   tr.eval_batch_size, tr.beam, tr.dtype = 8, 20, "bfloat16"
   cfg.data.batching, cfg.data.max_len = "iid", 20                         # max_his_len 20
+  cfg.data.whole_updates = True            # HF Trainer steps at an epoch's end
   # run.sh --tasks: the sequential task with item2index and index2item of its five others
   # (fusionseqrec, itemsearch and preferenceobtain read titles of the history and user
   # intentions / preferences an LLM wrote for LC-Rec's data sets: not built here)
@@ -401,6 +406,7 @@ def letter_tiger_paper(cfg: ml_collections.ConfigDict) -> None:
   # pad row is the decoder start, our BOS; </s> our EOS; the other 32,098 text rows extra)
   m.head, m.extra_vocab = "vocab", 32_098
   cfg.data.batching = "iid"
+  cfg.data.whole_updates = True            # HF Trainer steps at an epoch's end
   cfg.data.max_len = 20
   cfg.tokenizer.shared_ids = True          # collided items keep one ID; a hit is that ID
 

@@ -329,7 +329,8 @@ def resumed_loop(run: Run, log=print) -> Loop:
   k_init, k_train = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
   train_it = BatchIterator(run.dataset, run.splits["train"], tc.batch_size, run.buckets,
                            shuffle=True, seed=cfg.seed, iid=cfg.data.batching == "iid",
-                           rows=run.rows(tc.batch_size), extra=align_sampler(run, log))
+                           rows=run.rows(tc.batch_size), extra=align_sampler(run, log),
+                           group=tc.accumulate if cfg.data.get("whole_updates", False) else 1)
   plan = get_method(cfg.method).training_plan(run, k_init, len(train_it))
   loop = Loop(run, plan, train_it, k_train, log)
   loop.resume()

@@ -314,6 +314,25 @@ def test_complex_and_float32_overflowing_features_are_named(tmp_path):
     readers.read_letter(str(tmp_path), "T", features=("big",))
 
 
+@pytest.mark.parametrize("group", [2, 3, 4])
+def test_whole_updates_end_every_epoch_on_a_whole_update(group):
+  """data.whole_updates (iid, train.accumulate = group): a multiple of `group` batches an
+  epoch, the full batches first, the samples left spread over the last `group` (sizes
+  differing by at most one); every sample once; the same order as without it."""
+  _, splits = _toy()
+  split = splits["train"]
+  n, b = len(split), 8
+  plan = plan_batches(split, b, (3, 5, 8), True, 0, 0, iid=True, group=group)
+  assert len(plan) % group == 0 and len(plan) == group * -(-n // (group * b))
+  sizes = [int((c >= 0).sum()) for _, c in plan]
+  assert all(s == b for s in sizes[:-group]) and sum(sizes) == n
+  assert max(sizes[-group:]) - min(sizes[-group:]) <= 1
+  idx = np.concatenate([c[c >= 0] for _, c in plan])
+  plain = np.concatenate([c[c >= 0] for _, c in plan_batches(split, b, (3, 5, 8), True, 0, 0,
+                                                               iid=True)])
+  np.testing.assert_array_equal(idx, plain)
+
+
 def test_iid_batches_mix_lengths_and_cover_every_sample_once():
   """data.batching='iid': every sample once per epoch, batches of mixed history lengths each
   padded to the bucket of its longest, only the last batch padded; the order depends on

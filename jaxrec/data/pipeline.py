@@ -91,7 +91,8 @@ def bucket_lengths(buckets: Sequence[int], max_len: int, shapes: str = "buckets"
 
 
 def plan_batches(split: Split, batch_size: int, buckets: Sequence[int], shuffle: bool,
-                 seed: int, epoch: int, iid: bool = False) -> list[tuple[int, np.ndarray]]:
+                 seed: int, epoch: int, iid: bool = False,
+                 group: int = 1) -> list[tuple[int, np.ndarray]]:
   """Groups samples by history-length bucket into fixed-size batches.
 
   Returns (bucket length, sample indices [batch_size], -1 for padding) per batch. With
@@ -99,7 +100,11 @@ def plan_batches(split: Split, batch_size: int, buckets: Sequence[int], shuffle:
 
   `iid` (the official codes' batches, `data.batching='iid'`): consecutive runs of the
   (permuted) samples, whatever their lengths, each padded to the smallest bucket that holds
-  its longest history; only the last batch has padding rows."""
+  its longest history; only the last batch has padding rows. `group` > 1 (iid only,
+  `data.whole_updates`: train.accumulate micro-batches make an update): the epoch has a
+  multiple of `group` batches and ends on a whole update, the samples left after the full
+  ones spread over its last `group` batches (each process's last, shorter batch under
+  DDP's sharding; a trainer's update at the epoch's end), each padded to `batch_size`."""
   lens = split.hist_len_S
   bucket_of = np.searchsorted(np.asarray(buckets), lens, side="left")
   order = np.arange(len(split))
@@ -107,12 +112,20 @@ def plan_batches(split: Split, batch_size: int, buckets: Sequence[int], shuffle:
   if shuffle:
     order = rng.permutation(order)
   if iid:
+    n_full = len(order) // batch_size
+    if group > 1:
+      n_full = (-(-len(order) // (group * batch_size)) - 1) * group
+    chunks = [order[s * batch_size:(s + 1) * batch_size] for s in range(n_full)]
+    rest = order[n_full * batch_size:]
+    if group > 1:
+      chunks += np.array_split(rest, group)
+    elif len(rest):
+      chunks.append(rest)
     plan = []
-    for s in range(0, len(order), batch_size):
-      chunk = order[s:s + batch_size]
-      length = int(buckets[int(bucket_of[chunk].max())])
+    for chunk in chunks:
+      length = int(buckets[int(bucket_of[chunk].max())]) if len(chunk) else int(buckets[0])
       plan.append((length, np.concatenate([chunk, np.full(batch_size - len(chunk), -1,
-                                                           chunk.dtype)])))
+                                                           order.dtype)])))
     return plan
   order = order[np.argsort(bucket_of[order], kind="stable")]
   counts = np.bincount(bucket_of, minlength=len(buckets))
@@ -159,16 +172,17 @@ class BatchIterator:
 
   def __init__(self, ds: Dataset, split: Split, batch_size: int, buckets: Sequence[int],
                shuffle: bool, seed: int, epoch: int = 0, iid: bool = False,
-               rows: slice = slice(None), extra: Optional[Callable[[int, int], dict]] = None):
-    self._args = (ds, split, batch_size, tuple(buckets), shuffle, seed, iid)
+               rows: slice = slice(None), extra: Optional[Callable[[int, int], dict]] = None,
+               group: int = 1):
+    self._args = (ds, split, batch_size, tuple(buckets), shuffle, seed, iid, group)
     self._rows = rows
     self._extra = extra
     self.epoch = epoch
     self._start_epoch(epoch)
 
   def _dataset(self, epoch):
-    ds, split, batch_size, buckets, shuffle, seed, iid = self._args
-    plan = plan_batches(split, batch_size, buckets, shuffle, seed, epoch, iid)
+    ds, split, batch_size, buckets, shuffle, seed, iid, group = self._args
+    plan = plan_batches(split, batch_size, buckets, shuffle, seed, epoch, iid, group)
     rows, extra = self._rows, self._extra or (lambda epoch, index: {})
     return grain.MapDataset.source(list(enumerate(plan))).map(
         lambda p: {**gather_batch(ds, split, p[1][0], p[1][1][rows]), **extra(epoch, p[0])})
@@ -190,9 +204,9 @@ class BatchIterator:
 
   def lengths(self) -> list:
     """The history lengths the current epoch's batches are padded to (the shapes of its steps)."""
-    ds, split, batch_size, buckets, shuffle, seed, iid = self._args
+    ds, split, batch_size, buckets, shuffle, seed, iid, group = self._args
     return sorted({length for length, _ in plan_batches(split, batch_size, buckets, shuffle, seed,
-                                                         self.epoch, iid)})
+                                                         self.epoch, iid, group)})
 
   def padding_batch(self, length: int) -> dict:
     """A batch of padding rows only, padded to `length` (this process's rows): the shapes and
