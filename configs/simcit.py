@@ -23,6 +23,8 @@ prompt and recipe; needs weights and an accelerator); tiny_llm: on the tests' ti
   scientific   Amazon Industrial & Scientific 2018: views `text` (MiniLM, `python -m
                jaxrec.embed` first) and `cf` (a 32-d SASRec trained in-run); 3 x 256 codes;
                the released step (2 x 256 items, each 256 its own negatives).
+  scientific_paper  scientific with the same released tokenizer setting (the claims issue's
+               control for the released budget: about 2 h of fit on a 2-core CPU).
   instruments_paper  instruments with the released tokenizer setting (alibaba/SimCIT):
                unit Gumbel noise, codebooks uniform in [0, 1), L = 2 x K = 128, 15,000
                epochs, steps of 2 x 256 items each 256 its own negatives (the released
@@ -118,7 +120,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     return _tiger().decoder_variant(get_config, variant)
   if variant in ("tiny_llm", "scientific_llm"):
     return _tiger().llm_variant(get_config, variant)
-  if variant not in ("default", "tiny", "instruments", "instruments_paper", "scientific"):
+  if variant not in ("default", "tiny", "instruments", "instruments_paper", "scientific",
+                     "scientific_paper"):
     raise ValueError(f"unknown simcit variant {variant!r}")
   paper, variant = variant.endswith("_paper"), variant.removesuffix("_paper")
   cfg = _tiger().get_config(variant)
