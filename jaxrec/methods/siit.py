@@ -19,9 +19,10 @@ below is ours and is a config value (`config.siit`):
              identifier refinement" as stages); this reconstruction trains them together
              as LC-Rec's multi-task data does: one A item per four R samples (ratio 0.25)
              in every step, without a second compiled step, the loss the per-sample mean
-             over both tasks' samples (`align_loss='mixed'`); `first_refine` delays the
-             first refinement until the alignment task is learnt. 'sum' (R's mean plus A's mean) weighs each A item
-             1 / align_ratio times an R sample: what this reconstruction did before.
+             over both tasks' samples (`align_loss='mixed'`; 'sum', R's mean plus A's
+             mean, weighs each A item 1 / align_ratio times an R sample: what this
+             reconstruction did before). `first_refine` delays the first refinement until
+             the alignment task is learnt.
   refining   after `first_refine` epochs (0: `refine_every`), then after every `refine_every`
              more, `rounds` times in all: each item's ID is decoded
              from task A by a beam of width `beam` over the FULL code space per level (not
