@@ -154,7 +154,8 @@ def compare(results, pairs) -> list:
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", default="runs/quality", help="quality.py's --workdir")
   p.add_argument("--name", default="", help="quality.py's --name")
   p.add_argument("--variant", default="scientific", help="the variant of the default claims")

@@ -99,7 +99,8 @@ tokenizer.simcit (official values from alibaba/SimCIT's config and train script)
                   (6.2364 = log 511 per view) with 22 distinct IDs after 300 epochs; 'flax'
                   reaches 2.28 / 2.10 and 3,432 IDs with the same step
                   (bench/experiments/simcit_gap.py, bench/README.md)
-tokenizer: AdamW lr 2e-4, weight decay 1e-3, batch 256 per process (released script); jaxrec's defaults
+tokenizer: AdamW lr 2e-4, weight decay 1e-3, batch 256 per process (released script); jaxrec's
+defaults
 L = 3 levels of K = 256 (released: L = 2, K = 128; the code's defaults L = 3, K = 512);
 collisions resolved by the appended level (the official code does not resolve them).
 """
