@@ -157,8 +157,11 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     tr.decode, tr.beam = "free", 20
     m.init_std, m.logit_scale = 0.02, False
     e.sia_sign = "positive"
+  if variant == "instruments":
+    t.init = "xavier"                      # RQVAE/models/layers.py:33-38
   if variant == "scientific":
     t.suffix_size = 256                    # the official 4th level: 256 codes
+    # (its tokenizer keeps Flax's init: the claims queue's rows share a pre-trained one)
     # the official 8,000-step warm-up is 3.94 % of its schedule on its Scientific set (Amazon
     # 2023 5-core: 412.9K interactions of 51.0K users, so 259.9K training samples, 508
     # batches of 512 per epoch, each a scheduler step (accelerate steps the schedule once per

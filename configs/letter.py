@@ -28,8 +28,8 @@ recommender):
                after 20 Sinkhorn rounds stay shared IDs; the recommender as
                tiger:letter_ids_paper (batch 1,024, loss selection, i.i.d. batches, ...);
                the encoder widths 2048, 1024, 512, 256, 128, 64 (RQ-VAE/main.py:47).
-               Not matched: LLaMA text embeddings as input (not shipped; the 32-d SASRec
-               ones instead), the MLPs' Xavier-normal init (here Flax's lecun normal).
+               the MLPs' Xavier-normal init. Not matched: LLaMA text embeddings as input
+               (not shipped; the 32-d SASRec ones instead).
   instruments_lcrec  LETTER's IDs on an LLM as the paper's LC-Rec instantiation: the
                instruments tokenizer, then the Hugging Face folder $JAXREC_LLM_DIR (or
                model.path; LLaMA-7B in the paper) with LC-Rec's prompt, LoRA (r 8, alpha
@@ -114,6 +114,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     cfg.variant = variant + "_paper"
     del t["hidden"]
     t.hidden = rqvae.LETTER_WIDTHS                      # RQ-VAE/main.py:47, any input
+    t.init = "xavier"                                   # models/layers.py:33-38
     t.epochs, t.schedule, t.warmup_epochs, t.clip = 10000, "constant", 0, 0.0
     t.batch_size, t.lr, t.weight_decay = 1024, 1e-3, 1e-4
     t.kmeans_method, t.kmeans_iters = "constrained", 10   # vq.py:50-61

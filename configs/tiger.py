@@ -109,7 +109,10 @@ def tokenizer_config(variant: str) -> ml_collections.ConfigDict:
                                    # data set's codes) | random (uniform random IDs of the
                                    # same shape: a baseline)
   t.feature = "content"            # which item feature the tokenizer encodes
-  t.hidden = (512, 256, 128)       # encoder widths before the code layer ("halving" = LETTER)
+  t.hidden = (512, 256, 128)       # encoder widths before the code layer ("halving": widths
+                                   # halving from the input)
+  t.init = "flax"                  # the MLPs' kernels: flax (lecun normal) | xavier (normal, as
+                                   # the official LETTER / ETEGRec RQ-VAE code)
   t.code_dim = 32
   t.levels = 3
   t.codebook_size = 256

@@ -40,7 +40,8 @@ _ADDED = {("train", "accumulate"): 1, ("train", "decode"): "constrained",
           ("etegrec", "alternation"): "alternate", ("siit", "first_refine"): 0,
           ("tokenizer", "simcit", "w_recon"): 0.0,
           ("siit", "align_loss"): "sum", ("tokenizer", "simcit", "groups"): 0,
-          ("tokenizer", "simcit", "init"): "flax", ("data", "whole_updates"): False}
+          ("tokenizer", "simcit", "init"): "flax", ("data", "whole_updates"): False,
+          ("tokenizer", "init"): "flax"}
 # A `train` key is a key of the collaborative pre-training's `cf.train` too (same TrainConfig).
 ADDED_KEYS = {**_ADDED, **{("cf",) + path: value for path, value in _ADDED.items()
                            if path[0] == "train"}}
@@ -174,6 +175,7 @@ DOMAINS = {
     ("tokenizer", "kmeans_method"): _one_of("kmeans++", "random", "constrained"),
     ("tokenizer", "suffix_size"): _int_at_least(2),
     ("tokenizer", "keep"): _one_of("last", "lowest_collision"),
+    ("tokenizer", "init"): _one_of("flax", "xavier"),
     ("model", "dropout"): _number_in(0, 1),
     ("model", "head"): _one_of("level", "vocab"),
     ("model", "extra_vocab"): _int_at_least(0),

@@ -316,3 +316,17 @@ def test_keep_lowest_collision_returns_the_logged_epoch_with_most_distinct_ids()
   assert kept and kept[-1]["distinct_ids"] == best
   codes = encode_catalogue(params, jnp.asarray(feats), model=RQVAE(rqvae_config(cfg, 6)))
   assert len({tuple(c) for c in np.asarray(codes["codes_NxC"])}) == best
+
+
+def test_xavier_init_is_the_official_rqvae_codes_and_flax_stays_the_default():
+  """tokenizer.init='xavier' (the official LETTER / ETEGRec MLPs): kernels normal with std
+  sqrt(2 / (fan_in + fan_out)), biases 0; 'flax' (the default): lecun normal, std
+  sqrt(1 / fan_in)."""
+  from jaxrec.tokenizer.rqvae import MLP
+  x = jnp.zeros((2, 300))
+  xav = MLP((500, 32), init_scheme="xavier").init(jax.random.key(0), x, False)["params"]
+  assert np.std(np.asarray(xav["dense_0"]["kernel"])) == pytest.approx(np.sqrt(2 / 800), rel=0.03)
+  assert not np.asarray(xav["dense_0"]["bias"]).any()
+  default = MLP((500, 32)).init(jax.random.key(0), x, False)["params"]
+  assert np.std(np.asarray(default["dense_0"]["kernel"])) == pytest.approx(np.sqrt(1 / 300),
+                                                                           rel=0.05)

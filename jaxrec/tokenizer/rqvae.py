@@ -30,6 +30,7 @@ class RQVAEConfig:
   gumbel_tau: float = 1.0
   sinkhorn_eps: float = 0.003
   sinkhorn_iters: int = 50
+  init: str = "flax"       # the MLPs' kernels: flax (lecun normal) | xavier (normal; bias 0)
 
 
 # The official LETTER tokenizer's encoder widths for any input (RQ-VAE/main.py:47, the
@@ -71,17 +72,21 @@ def rqvae_config(tok_cfg, in_dim: int) -> RQVAEConfig:
                      codebook_size=tok_cfg.codebook_size, dropout=tok_cfg.dropout,
                      beta=tok_cfg.beta, modes=modes, level_reduce=tok_cfg.level_reduce,
                      residual_grad=tok_cfg.residual_grad, gumbel_tau=tok_cfg.gumbel_tau,
-                     sinkhorn_eps=tok_cfg.sinkhorn_eps, sinkhorn_iters=tok_cfg.sinkhorn_iters)
+                     sinkhorn_eps=tok_cfg.sinkhorn_eps, sinkhorn_iters=tok_cfg.sinkhorn_iters,
+                     init=tok_cfg.get("init", "flax"))
 
 
 class MLP(nn.Module):
   widths: Sequence[int]
   dropout: float = 0.0
+  init_scheme: str = "flax"  # xavier: the official LETTER / ETEGRec code's xavier_normal_, bias 0
 
   @nn.compact
   def __call__(self, x, train: bool):
+    kernel = (nn.initializers.xavier_normal() if self.init_scheme == "xavier"
+              else nn.linear.default_kernel_init)
     for i, w in enumerate(self.widths):
-      x = nn.Dense(w, name=f"dense_{i}")(x)
+      x = nn.Dense(w, kernel_init=kernel, name=f"dense_{i}")(x)
       if i < len(self.widths) - 1:
         x = nn.relu(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -93,8 +98,8 @@ class RQVAE(nn.Module):
 
   def setup(self):
     c = self.cfg
-    self.encoder = MLP(tuple(c.hidden) + (c.code_dim,), c.dropout)
-    self.decoder = MLP(tuple(reversed(c.hidden)) + (c.in_dim,), c.dropout)
+    self.encoder = MLP(tuple(c.hidden) + (c.code_dim,), c.dropout, c.init)
+    self.decoder = MLP(tuple(reversed(c.hidden)) + (c.in_dim,), c.dropout, c.init)
     # Overwritten by k-means at the start of training; this init only matters without it.
     self.codebooks = self.param(
         "codebooks", nn.initializers.uniform(scale=2.0 / c.codebook_size),
