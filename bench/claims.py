@@ -10,7 +10,7 @@ and at least 2 standard errors, "fails" when negative by as much, "not resolved"
 "one seed" when there is no standard error yet. `--tables` reads the rows from quality.py's
 result files instead (their per-seed test metrics), e.g. the earlier 40-epoch Scientific rows.
 
-  python -m bench.claims --workdir /work/runs/quality --name paper
+  python -m bench.claims --workdir /work/runs/quality --name paper --ablations
   python -m bench.claims --workdir W --name paper --variant scientific \\
       --pair "siit:scientific,siit.rounds=0" siit:scientific
 
@@ -49,6 +49,38 @@ CLAIMS = (
     ("SIIT", "beats SASRec", "siit", "sasrec", None),
     ("SimCIT", "beats SASRec", "simcit", "sasrec", None),
 )
+
+
+# (the part left out or changed, candidate row suffix, baseline method): each ablation against
+# its full method, rows as the claims queue names them (`--ablations`)
+ABLATIONS = (
+    ("SIIT: the alignment weighed 4x (the earlier loss)", "siit", ",siit.align_loss=sum", "siit"),
+    ("SIIT: no refinement (alignment task alone)", "siit", ",siit.rounds=0", "siit"),
+    ("SIIT: one late round, keep margin 2", "siit",
+     ",siit.first_refine=40,siit.rounds=1,siit.keep_margin=2.0", "siit"),
+    ("SIIT: from random IDs, against TIGER from random IDs", "siit", ",tokenizer.source=random",
+     "tiger,tokenizer.source=random"),
+    ("TIGER from random IDs", "tiger", ",tokenizer.source=random", "tiger"),
+    ("SimCIT: the text view alone", "simcit", ",tokenizer.simcit.views=('text',)", "simcit"),
+    ("SimCIT: the cf view alone", "simcit", ",tokenizer.simcit.views=('cf',)", "simcit"),
+    ("SimCIT: a reconstruction loss added", "simcit", ",tokenizer.simcit.w_recon=1.0", "simcit"),
+    ("SimCIT: the released checkpoint choice", "simcit", ",tokenizer.simcit.holdout=0.1",
+     "simcit"),
+    ("TIGER's RQ-VAE on text + cf (SimCIT's information)", "tiger", ",tokenizer.feature=text+cf",
+     "simcit"),
+    ("ETEGRec without SIA", "etegrec", ",etegrec.w_sia=0.0", "etegrec"),
+    ("ETEGRec without PSA", "etegrec", ",etegrec.w_psa=0.0", "etegrec"),
+    ("ETEGRec: both models every step", "etegrec", ",etegrec.alternation=joint", "etegrec"),
+    ("ETEGRec: the tokenizer frozen", "etegrec", ",etegrec.alternation=frozen", "etegrec"),
+)
+
+
+def ablation_pairs(variant: str) -> list:
+  """ABLATIONS as compare()'s pairs for one variant."""
+  def row(head):
+    method, _, rest = head.partition(",")
+    return f"{method}:{variant}" + (f",{rest}" if rest else "")
+  return [("", what, row(c) + suffix, row(b), None) for what, c, suffix, b in ABLATIONS]
 
 
 def seed_results(root: str, spec: str, name: str, max_seeds: int = 100) -> dict:
@@ -109,8 +141,8 @@ def paired(cand: dict, base: dict, metrics=METRICS) -> dict:
 
 
 def word(row, verdict: str) -> str:
-  """A control has no claim to hold: its candidate is ahead of or behind the baseline."""
-  if row["claim"] != "control":
+  """A control or ablation has no claim to hold: its candidate is ahead of or behind."""
+  if row["paper"]:
     return verdict
   return {"holds": "ahead", "fails": "behind"}.get(verdict, verdict)
 
@@ -162,6 +194,8 @@ def main():
   p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("CANDIDATE", "BASELINE"),
                  help="one more comparison (rows as quality.py names them)")
   p.add_argument("--no_defaults", action="store_true", help="only the --pair comparisons")
+  p.add_argument("--ablations", action="store_true",
+                 help="also each queued ablation against its full method (ABLATIONS)")
   p.add_argument("--tables", nargs="+", default=None,
                  help="quality.py result files (.json) to read the rows from, not the workdir")
   p.add_argument("--out", default=None, help="output stem (default bench/results/claims-<name>)")
@@ -169,6 +203,7 @@ def main():
   pairs = [] if args.no_defaults else [
       (paper, claim, f"{c}:{args.variant}", f"{b}:{args.variant}", gain)
       for paper, claim, c, b, gain in CLAIMS]
+  pairs += ablation_pairs(args.variant) if args.ablations else []
   pairs += [("", "control", c, b, None) for c, b in args.pair]
   if args.tables:
     found = table_results(args.tables)

@@ -186,7 +186,10 @@ def test_claims_pair_seeds_and_give_the_standard_error(tmp_path):
   free = {0: {"test": {"recall@10": .0}, "test_constrained": {"recall@10": .3}}}   # ETEGRec's
   assert claims.paired(free, {0: {"test": {"recall@10": .2}}},
                        metrics=("recall@10",))["metrics"]["recall@10"]["diff"] == pytest.approx(.1)
-  assert "| ahead / not resolved |" in claims.table([{**row, "claim": "control"}])
+  assert "| ahead / not resolved |" in claims.table([{**row, "paper": ""}])
+  pairs = {(c, b) for _, _, c, b, _ in claims.ablation_pairs("scientific")}
+  assert ("siit:scientific,siit.align_loss=sum", "siit:scientific") in pairs
+  assert ("siit:scientific,tokenizer.source=random", "tiger:scientific,tokenizer.source=random") in pairs
   table = tmp_path / "quality.json"
   table.write_text(json.dumps({"rows": [{"run": "letter:sci", "seeds": [0, 1, 2], "test": {},
                                          "test_per_seed": {k: [.11, .12, .13] for k in quality.METRICS}}]}))
