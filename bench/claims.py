@@ -14,7 +14,7 @@ result files instead (their per-seed test metrics), e.g. the earlier 40-epoch Sc
   python -m bench.claims --workdir W --name paper --variant scientific \\
       --pair "siit:scientific,siit.rounds=0" siit:scientific
 
-  python -m bench.claims --variant scientific --name scientific-cap40 \
+  python -m bench.claims --variant scientific --name scientific-cap40 \\
       --tables bench/results/quality-scientific*.json
 
 Results: `bench/results/claims-<name>.{md,json}` (or --out).
@@ -51,8 +51,9 @@ CLAIMS = (
 )
 
 
-# (the part left out or changed, candidate row suffix, baseline method): each ablation against
-# its full method, rows as the claims queue names them (`--ablations`)
+# (what the ablation changes, its method, its overrides, the baseline row's method and
+# overrides): each ablation against its full method, rows as the claims queue names them
+# (`--ablations`)
 ABLATIONS = (
     ("SIIT: the alignment weighed 4x (the earlier loss)", "siit", ",siit.align_loss=sum", "siit"),
     ("SIIT: no refinement (alignment task alone)", "siit", ",siit.rounds=0", "siit"),
@@ -119,11 +120,9 @@ def paired(cand: dict, base: dict, metrics=METRICS) -> dict:
   metrics with constrained decoding (`constrained_test`)."""
   seeds = sorted(set(cand) & set(base))
   out = {"seeds": seeds, "metrics": {}}
-  for k in metrics:
+  for k in metrics if seeds else ():
     c = np.array([constrained_test(cand[s])[k] for s in seeds], float)
     b = np.array([constrained_test(base[s])[k] for s in seeds], float)
-    if not seeds:
-      continue
     d = c - b
     se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else None
     mean = float(d.mean())

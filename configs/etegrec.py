@@ -48,8 +48,8 @@ Variants (anything not listed is configs/tiger.py's same variant):
                data set). The warm-ups are the official ones' share of the schedule
                (`etegrec.warmup_frac` 0.0394: 8,000 of 203,200 scheduler steps on the
                official Scientific set, a step being a batch of 512; 8,000 would be 39 % of
-               this set's run). Test
-               decoding: free (official) or `train.decode=constrained`.
+               this set's run). Test decoding: free (official) or
+               `train.decode=constrained`.
   tiny         seconds; tests.
 
 etegrec:
@@ -157,7 +157,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     tr.decode, tr.beam = "free", 20
     m.init_std, m.logit_scale = 0.02, False
     e.sia_sign = "positive"
-  if variant == "instruments":
+  if paper and variant == "instruments":
     t.init = "xavier"                      # RQVAE/models/layers.py:33-38
   if variant == "scientific":
     t.suffix_size = 256                    # the official 4th level: 256 codes

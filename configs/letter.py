@@ -27,7 +27,7 @@ recommender):
                warm-up, no gradient clipping, no dead-code re-seeding; collisions left
                after 20 Sinkhorn rounds stay shared IDs; the recommender as
                tiger:letter_ids_paper (batch 1,024, loss selection, i.i.d. batches, ...);
-               the encoder widths 2048, 1024, 512, 256, 128, 64 (RQ-VAE/main.py:47).
+               the encoder widths 2048, 1024, 512, 256, 128, 64 (RQ-VAE/main.py:47) and
                the MLPs' Xavier-normal init. Not matched: LLaMA text embeddings as input
                (not shipped; the 32-d SASRec ones instead).
   instruments_lcrec  LETTER's IDs on an LLM as the paper's LC-Rec instantiation: the

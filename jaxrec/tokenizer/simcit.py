@@ -242,8 +242,9 @@ def train_epoch(state: TrainState, views, idx_SxB, key, *, model, tx, temperatur
 def heldout_nce(params, views, idx_SxB, *, model: SimCIT, temperature: float, groups: int):
   """The mean over views and batches of held-out items (rows of `idx_SxB`) of the InfoNCE
   between the items' hard IDs (inference: no Gumbel soft assignment) and each view, in-batch
-  negatives as in training: the released trainer's validation loss (batch_trainer.py eval,
-  the model's losses on val.txt's items)."""
+  negatives as in training: the contrastive part of the released trainer's validation loss
+  (batch_trainer.py eval, the model's losses on val.txt's items; the Gram term is added
+  where the fit keeps its best epoch)."""
   nce_fn = jax.vmap(functools.partial(grace_nce, temperature=temperature))
 
   def batch(idx_B):
@@ -352,7 +353,7 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
                 w_commit=float(s.w_commit), groups=groups, prefix_loss=bool(s.prefix_loss),
                 w_recon=float(s.get("w_recon", 0.0)))
   # with a held-out split, the fit keeps the parameters of the logged epoch with the lowest
-  # held-out InfoNCE (the released trainer's checkpoint_best.pt); without, the last epoch's
+  # held-out loss (the released trainer's checkpoint_best.pt); without, the last epoch's
   train_dev = jnp.asarray(train_items, jnp.int32)
   keep = KeepLowest(bool(holdout))
   state = keep.wrap(state)
