@@ -84,6 +84,26 @@ def test_code_nmi_known_answers():
   assert code_nmi.nmi(a, halves) == pytest.approx(np.log(4) / np.sqrt(np.log(4) * np.log(8)))
 
 
+def test_gap_by_group_known_answers():
+  """bench/experiments/gap_by_group.py: training popularity leaves each user's last two items
+  out; the groups partition the users (0 apart); R@10 / N@10 from ranks; prefix@10 finds the
+  target's region at each level."""
+  from bench.experiments import gap_by_group as g
+  from jaxrec.data.dataset import Dataset
+  ds = Dataset("t", 4, np.array([0, 4, 7]), np.array([0, 1, 2, 3, 1, 1, 2], np.int32))
+  np.testing.assert_array_equal(g.train_popularity(ds), [1, 2, 0, 0])
+  values = np.array([0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 50])
+  groups = g.quartile_groups(values, "p", zero_apart=True)
+  assert [label for label, _ in groups][:2] == ["p 0-0", "p 1-3"]
+  np.testing.assert_array_equal(sum(m.astype(int) for _, m in groups), np.ones(13))
+  recall, ndcg = g.hits(np.array([1, 3, 10, 11, 0]))
+  np.testing.assert_allclose(recall, [1, 1, 1, 0, 0])
+  np.testing.assert_allclose(ndcg, [1, .5, 1 / np.log2(11), 0, 0])
+  codes = np.array([[0, 0, 0], [0, 1, 0], [1, 1, 0], [0, 1, 1]])
+  run = {"users": {7: (3, 0, [1, 2, -1]), 8: (2, 0, [0])}}
+  np.testing.assert_array_equal(g.prefix_hits(run, [7, 8], codes), [[True, True], [False, False]])
+
+
 def test_epoch_totals_price_every_planned_batch_at_its_bucket():
   import numpy as np
   from jaxrec.data.pipeline import Split, plan_batches

@@ -1,0 +1,179 @@
+"""Where two trained runs differ, user by user (the claims issue: generative against SASRec).
+Each workdir's best checkpoint ranks the split's users as `jaxrec.evaluate` does; the users
+are then grouped two ways, and per group every run's R@10 / N@10 is given with its paired
+difference to the first run (mean over the group's users +- its standard error):
+
+  target popularity   how often the target item occurs in the training part of the
+                      sequences (each user's items but the last two: leave-one-out), in
+                      quartiles of the split's targets (items never seen in training apart)
+  history length      the user's history before the target, in quartiles
+
+For a run over semantic IDs, also per group: prefix@10 at each level l, the share of users
+whose top 10 holds an item with the target's first l codes (l = 1 .. C - 1; the region of
+the catalogue found, against the item itself found: R@10). A run over item IDs (SASRec) is
+measured against the first listed run's codes that has them, so the two find regions of
+the same map.
+
+The reading it tests: on a small catalogue an item-ID model (SASRec) learns every item's own
+embedding well enough that semantic IDs' sharing brings nothing. If so, a generative run's
+deficit sits on the popular targets and shrinks (or turns) on the rare ones, whose own
+embeddings are learnt from few interactions.
+
+  JAXREC_DATA_DIR=../shared/data python -m bench.experiments.gap_by_group \\
+      /work/runs/quality/sasrec-scientific-paper-seed0 \\
+      /work/runs/quality/tiger-scientific-paper-seed0 --out gap.json
+
+The runs must share a data set (checked: same users, same targets). Nothing is written to
+the workdirs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+if not __package__:
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import numpy as np  # noqa: E402
+
+from jaxrec.pipeline import load_run  # noqa: E402
+from jaxrec.training.evaluation import evaluate_split  # noqa: E402
+
+K = 10
+
+
+def per_user(workdir: str, split: str) -> dict:
+  """{user index: (target, 1-based rank or 0 when not ranked, top K items)}, the split's
+  reported metrics, the run's data set and its code table (numpy [N, C], None for SASRec)."""
+  run, params, _ = load_run(workdir)
+  out = {}
+
+  def hook(batch, items):
+    for row in range(len(batch["weight_B"])):
+      if batch["weight_B"][row] <= 0:
+        continue
+      target = int(batch["target_B"][row])
+      ranked = [int(i) for i in items[row]]
+      rank = ranked.index(target) + 1 if target in ranked else 0
+      out[int(batch["user_B"][row])] = (target, rank, ranked[:K])
+
+  reported = evaluate_split(run, params, split, on_batch=hook)
+  codes = None if run.codes is None else np.asarray(run.codes)
+  return {"users": out, "reported": reported, "dataset": run.dataset, "codes": codes}
+
+
+def prefix_hits(run: dict, users: list, codes: np.ndarray) -> np.ndarray:
+  """[users, C - 1]: whether the user's top K holds an item sharing the target's first
+  l + 1 codes of `codes` [N, C]."""
+  out = np.zeros((len(users), codes.shape[1] - 1), bool)
+  for i, u in enumerate(users):
+    target, _, top = run["users"][u]
+    top = [t for t in top if t >= 0]
+    if top:
+      same = np.cumprod(codes[top] == codes[target], axis=1).astype(bool)   # [K, C]
+      out[i] = same[:, :-1].any(axis=0)
+  return out
+
+
+def train_popularity(ds) -> np.ndarray:
+  """Occurrences of each item in every user's sequence but its last two items."""
+  counts = np.zeros(ds.n_items, np.int64)
+  for u in range(ds.n_users):
+    lo, hi = int(ds.offsets_U1[u]), int(ds.offsets_U1[u + 1])
+    np.add.at(counts, ds.items_I[lo:max(lo, hi - 2)], 1)
+  return counts
+
+
+def quartile_groups(values: np.ndarray, name: str, zero_apart: bool) -> list:
+  """[(label, mask)] over the users: `values` cut at its quartiles (0 a group of its own
+  first when `zero_apart`), each group labelled with its smallest and largest value."""
+  zero = (values == 0) if zero_apart else np.zeros(len(values), bool)
+  rest = values[~zero]
+  edges = np.unique(np.quantile(rest, [0.25, 0.5, 0.75]))
+  bins = np.where(zero, -1, np.searchsorted(edges, values, side="left"))
+  groups = []
+  for b in np.unique(bins):
+    mask = bins == b
+    groups.append((f"{name} {int(values[mask].min())}-{int(values[mask].max())}", mask))
+  return groups
+
+
+def hits(ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per-user recall@K and NDCG@K from 1-based ranks (0: not ranked)."""
+  inside = (ranks >= 1) & (ranks <= K)
+  ndcg = np.where(inside, 1.0 / np.log2(np.maximum(ranks, 1) + 1), 0.0)
+  return inside.astype(np.float64), ndcg
+
+
+def mean_se(x: np.ndarray) -> tuple[float, float]:
+  return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("workdirs", nargs="+", help="trained runs; the first is the reference")
+  p.add_argument("--split", default="test")
+  p.add_argument("--out", default="", help="write the table as JSON here")
+  args = p.parse_args(argv)
+
+  runs = [per_user(w, args.split) for w in args.workdirs]
+  users = sorted(runs[0]["users"])
+  for w, r in zip(args.workdirs, runs):
+    if sorted(r["users"]) != users or any(r["users"][u][0] != runs[0]["users"][u][0] for u in users):
+      raise SystemExit(f"{w}: its {args.split} users or targets differ from "
+                       f"{args.workdirs[0]}'s (the runs must share a data set)")
+  ds = runs[0]["dataset"]
+  targets = np.array([runs[0]["users"][u][0] for u in users])
+  pop = train_popularity(ds)[targets]
+  history = np.array([ds.lengths_U[u] for u in users]) - (1 if args.split == "test" else 2)
+  groups = ([("all", np.ones(len(users), bool))] + quartile_groups(pop, "popularity", True)
+            + quartile_groups(history, "history", False))
+  per = [hits(np.array([r["users"][u][1] for u in users])) for r in runs]
+  coded = [r["codes"] for r in runs if r["codes"] is not None]
+  prefixes = [prefix_hits(r, users, r["codes"] if r["codes"] is not None else coded[0])
+              if coded else None for r in runs]
+
+  table = []
+  names = [os.path.basename(os.path.normpath(w)) for w in args.workdirs]
+  for w, r, (rec, ndcg) in zip(names, runs, per):   # the grouping reproduces the run's figures
+    rep = r["reported"]
+    print(f"{w}: reported R@{K} {rep[f'recall@{K}']:.4f} N@{K} {rep[f'ndcg@{K}']:.4f}; "
+          f"recomputed {rec.mean():.4f} / {ndcg.mean():.4f} ({len(rec)} users)")
+  print(f"\n{'group':<22}{'users':>6}  " + "  ".join(f"{n[:28]:>28}" for n in names))
+  for label, mask in groups:
+    row = {"group": label, "users": int(mask.sum()), "runs": {}}
+    cells = []
+    for i, (name, (rec, ndcg)) in enumerate(zip(names, per)):
+      cell = {"recall": float(rec[mask].mean()), "ndcg": float(ndcg[mask].mean())}
+      if i:
+        cell["recall_diff"], cell["recall_diff_se"] = mean_se(rec[mask] - per[0][0][mask])
+        cell["ndcg_diff"], cell["ndcg_diff_se"] = mean_se(ndcg[mask] - per[0][1][mask])
+        cells.append(f"{cell['recall']:.4f} ({cell['recall_diff']:+.4f}+-{cell['recall_diff_se']:.4f})")
+      else:
+        cells.append(f"{cell['recall']:.4f}")
+      if prefixes[i] is not None:
+        cell["prefix"] = [float(x) for x in prefixes[i][mask].mean(axis=0)]
+      row["runs"][name] = cell
+    table.append(row)
+    print(f"{label:<22}{row['users']:>6}  " + "  ".join(f"{c:>28}" for c in cells))
+  print(f"(R@{K}; in brackets the paired difference to {names[0]} +- its standard error over "
+        "the group's users)")
+  for i, name in enumerate(names):
+    if prefixes[i] is not None:
+      whose = "its own codes" if runs[i]["codes"] is not None else "the first coded run's codes"
+      print(f"\n{name}: prefix@{K} at levels 1..{prefixes[i].shape[1]} ({whose}), then R@{K}")
+      for row in table:
+        cell = row["runs"][name]
+        print(f"  {row['group']:<22}" + " ".join(f"{x:.4f}" for x in cell["prefix"])
+              + f" | {cell['recall']:.4f}")
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump({"split": args.split, "k": K, "workdirs": args.workdirs, "groups": table}, f,
+                indent=1)
+
+
+if __name__ == "__main__":
+  main()
