@@ -12,7 +12,8 @@ For a run over semantic IDs, also per group: prefix@10 at each level l, the shar
 whose top 10 holds an item with the target's first l codes (l = 1 .. C - 1; the region of
 the catalogue found, against the item itself found: R@10). A run over item IDs (SASRec) is
 measured against the first listed run's codes that has them, so the two find regions of
-the same map.
+the same map. And per group, how popular each run's recommendations are: the median, over
+the group's users, of the mean training occurrences of their top 10 (popularity bias).
 
 The reading it tests: on a small catalogue an item-ID model (SASRec) learns every item's own
 embedding well enough that semantic IDs' sharing brings nothing. If so, a generative run's
@@ -127,11 +128,14 @@ def main(argv=None):
                        f"{args.workdirs[0]}'s (the runs must share a data set)")
   ds = runs[0]["dataset"]
   targets = np.array([runs[0]["users"][u][0] for u in users])
-  pop = train_popularity(ds)[targets]
+  counts = train_popularity(ds)
+  pop = counts[targets]
   history = np.array([ds.lengths_U[u] for u in users]) - (1 if args.split == "test" else 2)
   groups = ([("all", np.ones(len(users), bool))] + quartile_groups(pop, "popularity", True)
             + quartile_groups(history, "history", False))
   per = [hits(np.array([r["users"][u][1] for u in users])) for r in runs]
+  top_pop = [np.array([counts[[t for t in r["users"][u][2] if t >= 0]].mean() for u in users])
+             for r in runs]
   coded = [r["codes"] for r in runs if r["codes"] is not None]
   prefixes = [prefix_hits(r, users, r["codes"] if r["codes"] is not None else coded[0])
               if coded else None for r in runs]
@@ -147,7 +151,8 @@ def main(argv=None):
     row = {"group": label, "users": int(mask.sum()), "runs": {}}
     cells = []
     for i, (name, (rec, ndcg)) in enumerate(zip(names, per)):
-      cell = {"recall": float(rec[mask].mean()), "ndcg": float(ndcg[mask].mean())}
+      cell = {"recall": float(rec[mask].mean()), "ndcg": float(ndcg[mask].mean()),
+              "top_popularity": float(np.median(top_pop[i][mask]))}
       if i:
         cell["recall_diff"], cell["recall_diff_se"] = mean_se(rec[mask] - per[0][0][mask])
         cell["ndcg_diff"], cell["ndcg_diff_se"] = mean_se(ndcg[mask] - per[0][1][mask])
@@ -161,6 +166,10 @@ def main(argv=None):
     print(f"{label:<22}{row['users']:>6}  " + "  ".join(f"{c:>28}" for c in cells))
   print(f"(R@{K}; in brackets the paired difference to {names[0]} +- its standard error over "
         "the group's users)")
+  print(f"\nmedian over users of the mean training occurrences of the top {K}:")
+  for row in table:
+    print(f"  {row['group']:<22}" + " ".join(f"{row['runs'][n]['top_popularity']:>8.1f}"
+                                           for n in names))
   for i, name in enumerate(names):
     if prefixes[i] is not None:
       whose = "its own codes" if runs[i]["codes"] is not None else "the first coded run's codes"
