@@ -87,7 +87,7 @@ def test_code_nmi_known_answers():
 def test_gap_by_group_known_answers():
   """bench/experiments/gap_by_group.py: training popularity leaves each user's last two items
   out; the groups partition the users (0 apart); R@10 / N@10 from ranks; prefix@10 finds the
-  target's region at each level."""
+  target's region at each level; the Markov chain counts training transitions."""
   from bench.experiments import gap_by_group as g
   from jaxrec.data.dataset import Dataset
   ds = Dataset("t", 4, np.array([0, 4, 7]), np.array([0, 1, 2, 3, 1, 1, 2], np.int32))
@@ -102,6 +102,12 @@ def test_gap_by_group_known_answers():
   codes = np.array([[0, 0, 0], [0, 1, 0], [1, 1, 0], [0, 1, 1]])
   run = {"users": {7: (3, 0, [1, 2, -1]), 8: (2, 0, [0])}}
   np.testing.assert_array_equal(g.prefix_hits(run, [7, 8], codes), [[True, True], [False, False]])
+  # the Markov chain: u0's last item 0 was followed by 1 in training; u1's last item 3 never
+  # was, so popularity (2: 3, 0 and 1: 2 each, then 3 and 4) ranks its target 4 fifth
+  ds = Dataset("m", 5, np.array([0, 5, 9, 13]),
+               np.array([0, 1, 2, 0, 1, 1, 2, 3, 4, 2, 0, 3, 3], np.int32))
+  chain = g.markov_run(ds, "test")["users"]
+  assert chain[0][:2] == (1, 1) and chain[1][:2] == (4, 5) and chain[1][2][:3] == [2, 0, 1]
 
 
 def test_epoch_totals_price_every_planned_batch_at_its_bucket():

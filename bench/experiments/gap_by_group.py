@@ -24,6 +24,18 @@ embeddings are learnt from few interactions.
       /work/runs/quality/sasrec-scientific-paper-seed0 \\
       /work/runs/quality/tiger-scientific-paper-seed0 --out gap.json
 
+`--markov`: a first-order Markov chain beside the runs, no training: the last history
+item's successors counted over the training part (each user's consecutive pairs before its
+last two items), ties broken by training popularity; how much of the split an item-to-item
+transition table explains. With no workdirs, `--markov --data METHOD:VARIANT` gives the
+chain alone on that config's data set (validation and test R@5 / R@10 / N@5 / N@10):
+
+  JAXREC_DATA_DIR=../shared/data python -m bench.experiments.gap_by_group --markov \
+      --data tiger:letter_ids_paper
+
+`--last N`: every run reads only each user's last N history items (the same users, groups
+and targets): how much of a run's score the longer history carries.
+
 The runs must share a data set (checked: same users, same targets). Nothing is written to
 the workdirs.
 """
@@ -40,16 +52,19 @@ if not __package__:
 
 import numpy as np  # noqa: E402
 
+from jaxrec.data.pipeline import leave_one_out  # noqa: E402
 from jaxrec.pipeline import load_run  # noqa: E402
 from jaxrec.training.evaluation import evaluate_split  # noqa: E402
 
 K = 10
 
 
-def per_user(workdir: str, split: str) -> dict:
+def per_user(workdir: str, split: str, last: int = 0) -> dict:
   """{user index: (target, 1-based rank or 0 when not ranked, top K items)}, the split's
   reported metrics, the run's data set and its code table (numpy [N, C], None for SASRec)."""
   run, params, _ = load_run(workdir)
+  if last:
+    run.splits = leave_one_out(run.dataset, last)
   out = {}
 
   def hook(batch, items):
@@ -88,6 +103,46 @@ def train_popularity(ds) -> np.ndarray:
   return counts
 
 
+def markov_run(ds, split: str) -> dict:
+  """`per_user`'s result for the first-order Markov chain over `ds`'s training part."""
+  import scipy.sparse as sp
+  counts = train_popularity(ds)
+  a, b = [], []
+  for u in range(ds.n_users):
+    seq = ds.items_I[int(ds.offsets_U1[u]):int(ds.offsets_U1[u + 1])][:-2]
+    a.append(seq[:-1])
+    b.append(seq[1:])
+  a, b = np.concatenate(a), np.concatenate(b)
+  table = sp.csr_matrix((np.ones(len(a)), (a, b)), shape=(ds.n_items, ds.n_items))
+  tie = counts / (counts.max() + 1.0)            # below one transition: breaks ties only
+  back = 1 if split == "test" else 2
+  out = {}
+  for u in range(ds.n_users):
+    end = int(ds.offsets_U1[u + 1]) - back
+    last, target = int(ds.items_I[end - 1]), int(ds.items_I[end])
+    score = table.getrow(last).toarray()[0] + tie
+    ranked = np.argsort(-score, kind="stable")[:20].tolist()
+    out[u] = (target, ranked.index(target) + 1 if target in ranked else 0, ranked[:K])
+  return {"users": out, "reported": None, "dataset": ds, "codes": None}
+
+
+def chain_alone(spec: str) -> None:
+  """Prints the Markov chain's validation and test metrics on a config's data set."""
+  from jaxrec.config import get_config
+  from jaxrec.data import load_dataset
+  method, _, variant = spec.partition(":")
+  ds = load_dataset(get_config(method, variant or "default").data)
+  print(f"{ds.name}: {ds.n_users} users, {ds.n_items} items, {ds.n_interactions} interactions")
+  for split in ("valid", "test"):
+    ranks = np.array([r[1] for r in markov_run(ds, split)["users"].values()])
+    cells = []
+    for k in (5, 10):
+      inside = (ranks >= 1) & (ranks <= k)
+      ndcg = np.where(inside, 1.0 / np.log2(np.maximum(ranks, 1) + 1), 0.0)
+      cells.append(f"R@{k} {inside.mean():.4f} N@{k} {ndcg.mean():.4f}")
+    print(f"markov {split}: " + ", ".join(cells))
+
+
 def quartile_groups(values: np.ndarray, name: str, zero_apart: bool) -> list:
   """[(label, mask)] over the users: `values` cut at its quartiles (0 a group of its own
   first when `zero_apart`), each group labelled with its smallest and largest value."""
@@ -115,18 +170,32 @@ def mean_se(x: np.ndarray) -> tuple[float, float]:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("workdirs", nargs="+", help="trained runs; the first is the reference")
+  p.add_argument("workdirs", nargs="*", help="trained runs; the first is the reference")
+  p.add_argument("--data", default="", help="with no workdirs and --markov: the chain alone "
+                 "on this config's data set (METHOD:VARIANT)")
   p.add_argument("--split", default="test")
   p.add_argument("--out", default="", help="write the table as JSON here")
+  p.add_argument("--markov", action="store_true", help="add a first-order Markov chain "
+                 "(training counts) as a last column")
+  p.add_argument("--last", type=int, default=0, help="read only each user's last N history "
+                 "items (0: the runs' own max_len)")
   args = p.parse_args(argv)
+  if not args.workdirs:
+    if not (args.markov and args.data):
+      p.error("give trained workdirs, or --markov --data METHOD:VARIANT for the chain alone")
+    return chain_alone(args.data)
 
-  runs = [per_user(w, args.split) for w in args.workdirs]
+  runs = [per_user(w, args.split, args.last) for w in args.workdirs]
   users = sorted(runs[0]["users"])
   for w, r in zip(args.workdirs, runs):
     if sorted(r["users"]) != users or any(r["users"][u][0] != runs[0]["users"][u][0] for u in users):
       raise SystemExit(f"{w}: its {args.split} users or targets differ from "
                        f"{args.workdirs[0]}'s (the runs must share a data set)")
   ds = runs[0]["dataset"]
+  names = [os.path.basename(os.path.normpath(w)) for w in args.workdirs]
+  if args.markov:
+    runs.append(markov_run(ds, args.split))
+    names.append("markov-last-item")
   targets = np.array([runs[0]["users"][u][0] for u in users])
   counts = train_popularity(ds)
   pop = counts[targets]
@@ -141,11 +210,11 @@ def main(argv=None):
               if coded else None for r in runs]
 
   table = []
-  names = [os.path.basename(os.path.normpath(w)) for w in args.workdirs]
   for w, r, (rec, ndcg) in zip(names, runs, per):   # the grouping reproduces the run's figures
     rep = r["reported"]
-    print(f"{w}: reported R@{K} {rep[f'recall@{K}']:.4f} N@{K} {rep[f'ndcg@{K}']:.4f}; "
-          f"recomputed {rec.mean():.4f} / {ndcg.mean():.4f} ({len(rec)} users)")
+    print(f"{w}: " + (f"reported R@{K} {rep[f'recall@{K}']:.4f} N@{K} {rep[f'ndcg@{K}']:.4f}; "
+                      "recomputed " if rep else "") +
+          f"{rec.mean():.4f} / {ndcg.mean():.4f} ({len(rec)} users)")
   print(f"\n{'group':<22}{'users':>6}  " + "  ".join(f"{n[:28]:>28}" for n in names))
   for label, mask in groups:
     row = {"group": label, "users": int(mask.sum()), "runs": {}}
@@ -180,7 +249,8 @@ def main(argv=None):
               + f" | {cell['recall']:.4f}")
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"split": args.split, "k": K, "workdirs": args.workdirs, "groups": table}, f,
+      json.dump({"split": args.split, "k": K, "last": args.last, "workdirs": args.workdirs,
+                 "groups": table}, f,
                 indent=1)
 
 
