@@ -33,7 +33,7 @@ chain alone on that config's data set (validation and test R@5 / R@10 / N@5 / N@
   JAXREC_DATA_DIR=../shared/data python -m bench.experiments.gap_by_group --markov \
       --data tiger:letter_ids_paper
 
-`--last N`: every run reads only each user's last N history items (the same users, groups
+`--last N`: every trained run reads only each user's last N history items (the same users, groups
 and targets): how much of a run's score the longer history carries.
 
 The runs must share a data set (checked: same users, same targets). Nothing is written to
@@ -135,11 +135,8 @@ def chain_alone(spec: str) -> None:
   print(f"{ds.name}: {ds.n_users} users, {ds.n_items} items, {ds.n_interactions} interactions")
   for split in ("valid", "test"):
     ranks = np.array([r[1] for r in markov_run(ds, split)["users"].values()])
-    cells = []
-    for k in (5, 10):
-      inside = (ranks >= 1) & (ranks <= k)
-      ndcg = np.where(inside, 1.0 / np.log2(np.maximum(ranks, 1) + 1), 0.0)
-      cells.append(f"R@{k} {inside.mean():.4f} N@{k} {ndcg.mean():.4f}")
+    cells = [f"R@{k} {rec.mean():.4f} N@{k} {ndcg.mean():.4f}"
+             for k, (rec, ndcg) in ((k, hits(ranks, k)) for k in (5, 10))]
     print(f"markov {split}: " + ", ".join(cells))
 
 
@@ -157,9 +154,9 @@ def quartile_groups(values: np.ndarray, name: str, zero_apart: bool) -> list:
   return groups
 
 
-def hits(ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Per-user recall@K and NDCG@K from 1-based ranks (0: not ranked)."""
-  inside = (ranks >= 1) & (ranks <= K)
+def hits(ranks: np.ndarray, k: int = K) -> tuple[np.ndarray, np.ndarray]:
+  """Per-user recall@k and NDCG@k from 1-based ranks (0: not ranked)."""
+  inside = (ranks >= 1) & (ranks <= k)
   ndcg = np.where(inside, 1.0 / np.log2(np.maximum(ranks, 1) + 1), 0.0)
   return inside.astype(np.float64), ndcg
 
@@ -173,7 +170,7 @@ def main(argv=None):
   p.add_argument("workdirs", nargs="*", help="trained runs; the first is the reference")
   p.add_argument("--data", default="", help="with no workdirs and --markov: the chain alone "
                  "on this config's data set (METHOD:VARIANT)")
-  p.add_argument("--split", default="test")
+  p.add_argument("--split", default="test", choices=("valid", "test"))
   p.add_argument("--out", default="", help="write the table as JSON here")
   p.add_argument("--markov", action="store_true", help="add a first-order Markov chain "
                  "(training counts) as a last column")
@@ -250,8 +247,7 @@ def main(argv=None):
   if args.out:
     with open(args.out, "w") as f:
       json.dump({"split": args.split, "k": K, "last": args.last, "workdirs": args.workdirs,
-                 "groups": table}, f,
-                indent=1)
+                 "groups": table}, f, indent=1)
 
 
 if __name__ == "__main__":
