@@ -108,6 +108,9 @@ def test_gap_by_group_known_answers():
                np.array([0, 1, 2, 0, 1, 1, 2, 3, 4, 2, 0, 3, 3], np.int32))
   chain = g.markov_run(ds, "test")["users"]
   assert chain[0][:2] == (1, 1) and chain[1][:2] == (4, 5) and chain[1][2][:3] == [2, 0, 1]
+  short = g.without_valid_item(ds)                   # each user's second-to-last item gone
+  np.testing.assert_array_equal(short.offsets_U1, [0, 4, 7, 10])
+  np.testing.assert_array_equal(short.items_I, [0, 1, 2, 1, 1, 2, 4, 2, 0, 3])
 
 
 def test_epoch_totals_price_every_planned_batch_at_its_bucket():

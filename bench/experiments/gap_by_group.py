@@ -7,6 +7,7 @@ difference to the first run (mean over the group's users +- its standard error):
                       sequences (each user's items but the last two: leave-one-out), in
                       quartiles of the split's targets (items never seen in training apart)
   history length      the user's history before the target, in quartiles
+  last input          the training occurrences of the last history item the run reads
 
 For a run over semantic IDs, also per group: prefix@10 at each level l, the share of users
 whose top 10 holds an item with the target's first l codes (l = 1 .. C - 1; the region of
@@ -33,6 +34,9 @@ chain alone on that config's data set (validation and test R@5 / R@10 / N@5 / N@
   JAXREC_DATA_DIR=../shared/data python -m bench.experiments.gap_by_group --markov \
       --data tiger:letter_ids_paper
 
+`--drop-valid`: the test users' histories without their validation item (the target is then
+two steps after the history): whether test is harder for its last input or for its target.
+
 `--last N`: every trained run reads only each user's last N history items (the same users, groups
 and targets): how much of a run's score the longer history carries.
 
@@ -42,6 +46,7 @@ the workdirs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -59,12 +64,26 @@ from jaxrec.training.evaluation import evaluate_split  # noqa: E402
 K = 10
 
 
-def per_user(workdir: str, split: str, last: int = 0) -> dict:
+def without_valid_item(ds):
+  """`ds` with each user's second-to-last item (the validation target) removed: its test
+  split then predicts the last item from the history before the validation item."""
+  keep = np.ones(len(ds.items_I), bool)
+  keep[ds.offsets_U1[1:] - 2] = False
+  offsets = ds.offsets_U1 - np.arange(len(ds.offsets_U1))
+  return dataclasses.replace(ds, items_I=ds.items_I[keep], offsets_U1=offsets)
+
+
+def per_user(workdir: str, split: str, last: int = 0, drop_valid: bool = False) -> dict:
   """{user index: (target, 1-based rank or 0 when not ranked, top K items)}, the split's
-  reported metrics, the run's data set and its code table (numpy [N, C], None for SASRec)."""
+  reported metrics, the run's data set and its code table (numpy [N, C], None for SASRec).
+  `last`: histories cut to their last `last` items; `drop_valid`: the test histories
+  without the validation item."""
   run, params, _ = load_run(workdir)
-  if last:
-    run.splits = leave_one_out(run.dataset, last)
+  dataset = run.dataset
+  if drop_valid:
+    run.dataset = without_valid_item(dataset)
+  if last or drop_valid:
+    run.splits = leave_one_out(run.dataset, last or run.cfg.data.max_len)
   out = {}
 
   def hook(batch, items):
@@ -78,7 +97,7 @@ def per_user(workdir: str, split: str, last: int = 0) -> dict:
 
   reported = evaluate_split(run, params, split, on_batch=hook)
   codes = None if run.codes is None else np.asarray(run.codes)
-  return {"users": out, "reported": reported, "dataset": run.dataset, "codes": codes}
+  return {"users": out, "reported": reported, "dataset": dataset, "codes": codes}
 
 
 def prefix_hits(run: dict, users: list, codes: np.ndarray) -> np.ndarray:
@@ -174,6 +193,8 @@ def main(argv=None):
   p.add_argument("--out", default="", help="write the table as JSON here")
   p.add_argument("--markov", action="store_true", help="add a first-order Markov chain "
                  "(training counts) as a last column")
+  p.add_argument("--drop-valid", action="store_true", help="test histories without the "
+                 "validation item (the target two steps after the history)")
   p.add_argument("--last", type=int, default=0, help="read only each user's last N history "
                  "items (0: the runs' own max_len)")
   args = p.parse_args(argv)
@@ -182,7 +203,9 @@ def main(argv=None):
       p.error("give trained workdirs, or --markov --data METHOD:VARIANT for the chain alone")
     return chain_alone(args.data)
 
-  runs = [per_user(w, args.split, args.last) for w in args.workdirs]
+  if args.drop_valid and (args.split != "test" or args.markov):
+    p.error("--drop-valid: the test split only, without --markov")
+  runs = [per_user(w, args.split, args.last, args.drop_valid) for w in args.workdirs]
   users = sorted(runs[0]["users"])
   for w, r in zip(args.workdirs, runs):
     if sorted(r["users"]) != users or any(r["users"][u][0] != runs[0]["users"][u][0] for u in users):
@@ -196,9 +219,12 @@ def main(argv=None):
   targets = np.array([runs[0]["users"][u][0] for u in users])
   counts = train_popularity(ds)
   pop = counts[targets]
-  history = np.array([ds.lengths_U[u] for u in users]) - (1 if args.split == "test" else 2)
+  back = 1 if args.split == "test" else 2
+  history = np.array([ds.lengths_U[u] for u in users]) - back
+  last_input = ds.items_I[ds.offsets_U1[np.array(users) + 1] - back - (2 if args.drop_valid else 1)]
   groups = ([("all", np.ones(len(users), bool))] + quartile_groups(pop, "popularity", True)
-            + quartile_groups(history, "history", False))
+            + quartile_groups(history, "history", False)
+            + quartile_groups(counts[last_input], "last input", True))
   per = [hits(np.array([r["users"][u][1] for u in users])) for r in runs]
   top_pop = [np.array([counts[[t for t in r["users"][u][2] if t >= 0]].mean() for u in users])
              for r in runs]
@@ -246,7 +272,8 @@ def main(argv=None):
               + f" | {cell['recall']:.4f}")
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"split": args.split, "k": K, "last": args.last, "workdirs": args.workdirs,
+      json.dump({"split": args.split, "k": K, "last": args.last,
+                 "drop_valid": args.drop_valid, "workdirs": args.workdirs,
                  "groups": table}, f, indent=1)
 
 
