@@ -1,6 +1,6 @@
 """Where two trained runs differ, user by user (the claims issue: generative against SASRec).
 Each workdir's best checkpoint ranks the split's users as `jaxrec.evaluate` does; the users
-are then grouped two ways, and per group every run's R@10 / N@10 is given with its paired
+are then grouped three ways, and per group every run's R@10 / N@10 is given with its paired
 difference to the first run (mean over the group's users +- its standard error):
 
   target popularity   how often the target item occurs in the training part of the
@@ -16,10 +16,10 @@ measured against the first listed run's codes that has them, so the two find reg
 the same map. And per group, how popular each run's recommendations are: the median, over
 the group's users, of the mean training occurrences of their top 10 (popularity bias).
 
-The reading it tests: on a small catalogue an item-ID model (SASRec) learns every item's own
-embedding well enough that semantic IDs' sharing brings nothing. If so, a generative run's
-deficit sits on the popular targets and shrinks (or turns) on the rare ones, whose own
-embeddings are learnt from few interactions.
+The reading it was built to test (refuted, bench/README.md): on a small catalogue an
+item-ID model (SASRec) learns every item's own embedding well enough that semantic IDs'
+sharing brings nothing. If so, a generative run's deficit sits on the popular targets and
+shrinks (or turns) on the rare ones, whose own embeddings are learnt from few interactions.
 
   JAXREC_DATA_DIR=../shared/data python -m bench.experiments.gap_by_group \\
       /work/runs/quality/sasrec-scientific-paper-seed0 \\
@@ -31,14 +31,14 @@ last two items), ties broken by training popularity; how much of the split an it
 transition table explains. With no workdirs, `--markov --data METHOD:VARIANT` gives the
 chain alone on that config's data set (validation and test R@5 / R@10 / N@5 / N@10):
 
-  JAXREC_DATA_DIR=../shared/data python -m bench.experiments.gap_by_group --markov \
+  JAXREC_DATA_DIR=../shared/data python -m bench.experiments.gap_by_group --markov \\
       --data tiger:letter_ids_paper
 
 `--drop-valid`: the test users' histories without their validation item (the target is then
 two steps after the history): whether test is harder for its last input or for its target.
 
-`--last N`: every trained run reads only each user's last N history items (the same users, groups
-and targets): how much of a run's score the longer history carries.
+`--last N`: every trained run reads only each user's last N history items (the same users,
+groups and targets): how much of a run's score the longer history carries.
 
 The runs must share a data set (checked: same users, same targets). Nothing is written to
 the workdirs.
