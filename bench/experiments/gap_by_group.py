@@ -57,7 +57,7 @@ if not __package__:
 
 import numpy as np  # noqa: E402
 
-from jaxrec.data.pipeline import leave_one_out  # noqa: E402
+from jaxrec.data import leave_one_out, training_interactions  # noqa: E402
 from jaxrec.pipeline import load_run  # noqa: E402
 from jaxrec.training.evaluation import evaluate_split  # noqa: E402
 
@@ -115,23 +115,16 @@ def prefix_hits(run: dict, users: list, codes: np.ndarray) -> np.ndarray:
 
 def train_popularity(ds) -> np.ndarray:
   """Occurrences of each item in every user's sequence but its last two items."""
-  counts = np.zeros(ds.n_items, np.int64)
-  for u in range(ds.n_users):
-    lo, hi = int(ds.offsets_U1[u]), int(ds.offsets_U1[u + 1])
-    np.add.at(counts, ds.items_I[lo:max(lo, hi - 2)], 1)
-  return counts
+  return np.bincount(ds.items_I[training_interactions(ds)], minlength=ds.n_items)
 
 
 def markov_run(ds, split: str) -> dict:
   """`per_user`'s result for the first-order Markov chain over `ds`'s training part."""
   import scipy.sparse as sp
   counts = train_popularity(ds)
-  a, b = [], []
-  for u in range(ds.n_users):
-    seq = ds.items_I[int(ds.offsets_U1[u]):int(ds.offsets_U1[u + 1])][:-2]
-    a.append(seq[:-1])
-    b.append(seq[1:])
-  a, b = np.concatenate(a), np.concatenate(b)
+  keep = training_interactions(ds)
+  pair = keep[:-1] & keep[1:]           # consecutive training items (a user's last is never kept)
+  a, b = ds.items_I[:-1][pair], ds.items_I[1:][pair]
   table = sp.csr_matrix((np.ones(len(a)), (a, b)), shape=(ds.n_items, ds.n_items))
   tie = counts / (counts.max() + 1.0)            # below one transition: breaks ties only
   back = 1 if split == "test" else 2
@@ -185,7 +178,8 @@ def mean_se(x: np.ndarray) -> tuple[float, float]:
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("workdirs", nargs="*", help="trained runs; the first is the reference")
   p.add_argument("--data", default="", help="with no workdirs and --markov: the chain alone "
                  "on this config's data set (METHOD:VARIANT)")
@@ -208,7 +202,9 @@ def main(argv=None):
   runs = [per_user(w, args.split, args.last, args.drop_valid) for w in args.workdirs]
   users = sorted(runs[0]["users"])
   for w, r in zip(args.workdirs, runs):
-    if sorted(r["users"]) != users or any(r["users"][u][0] != runs[0]["users"][u][0] for u in users):
+    same = sorted(r["users"]) == users and all(r["users"][u][0] == runs[0]["users"][u][0]
+                                               for u in users)
+    if not same:
       raise SystemExit(f"{w}: its {args.split} users or targets differ from "
                        f"{args.workdirs[0]}'s (the runs must share a data set)")
   ds = runs[0]["dataset"]
@@ -248,7 +244,8 @@ def main(argv=None):
       if i:
         cell["recall_diff"], cell["recall_diff_se"] = mean_se(rec[mask] - per[0][0][mask])
         cell["ndcg_diff"], cell["ndcg_diff_se"] = mean_se(ndcg[mask] - per[0][1][mask])
-        cells.append(f"{cell['recall']:.4f} ({cell['recall_diff']:+.4f}+-{cell['recall_diff_se']:.4f})")
+        cells.append(f"{cell['recall']:.4f} "
+                     f"({cell['recall_diff']:+.4f}+-{cell['recall_diff_se']:.4f})")
       else:
         cells.append(f"{cell['recall']:.4f}")
       if prefixes[i] is not None:

@@ -7,7 +7,7 @@ import os
 from jaxrec.data.dataset import DataError, Dataset, drop_short_users, from_sequences
 from jaxrec.data.pipeline import (BatchIterator, Split, bucket_lengths, eval_batches, eval_lengths,
                                   gather_batch, leave_one_out, plan_batches,
-                                  sequence_windows)
+                                  sequence_windows, training_interactions)
 from jaxrec.data import readers, synthetic
 
 SOURCES = ("synthetic", "letter", "etegrec", "recbole")

@@ -65,6 +65,16 @@ def leave_one_out(ds: Dataset, max_len: int) -> dict[str, Split]:
   }
 
 
+def training_interactions(ds: Dataset) -> np.ndarray:
+  """bool [I]: the interactions of `leave_one_out`'s training part (all but each user's
+  last two items)."""
+  keep = np.ones(ds.n_interactions, bool)
+  ends = ds.offsets_U1[1:]
+  keep[ends - 1] = False
+  keep[ends - 2] = False
+  return keep
+
+
 def sequence_windows(ds: Dataset, max_len: int) -> Split:
   """Training samples of a model that predicts every position (SASRec): each user's training
   targets (positions 1..n-3, as in `leave_one_out`) cut into windows of up to `max_len`,

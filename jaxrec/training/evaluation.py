@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxrec import distributed, metrics
 from jaxrec.answer import rank_histories
-from jaxrec.data import eval_batches
+from jaxrec.data import eval_batches, training_interactions
 from jaxrec.training.run import Run
 
 
@@ -82,11 +82,7 @@ def most_popular(run: Run):
   """The items of the training interactions (all but each user's last two) by count:
   (items [N], counts [N]), most popular first (ties by item id)."""
   ds = run.dataset
-  keep = np.ones(ds.n_interactions, bool)
-  ends = ds.offsets_U1[1:]
-  keep[ends - 1] = False
-  keep[ends - 2] = False
-  counts = np.bincount(ds.items_I[keep], minlength=ds.n_items)
+  counts = np.bincount(ds.items_I[training_interactions(ds)], minlength=ds.n_items)
   order = np.argsort(-counts, kind="stable")
   return order, counts[order]
 
