@@ -16,6 +16,12 @@ model:
   loss               ce (full softmax, default) | sampled (softmax over `negatives` uniform
                      items shared by the batch) | bce (the paper's: one negative per position)
   negatives          sampled negatives (loss='sampled'; must be < the catalogue)
+  item_input         id (a free vector per item, the paper) | codes (the sum of one vector
+                     per level of the item's semantic ID: no parameter per item, as a
+                     generative recommender over the same IDs) | id+codes (both summed);
+                     input and tied output alike
+  codes              with codes: a workdir holding codes.npz (a generative run's), e.g.
+                     --config.model.item_input=codes --config.model.codes=runs/tiger
 train: as the T5's (configs/tiger.py), with Adam's learning rate 1e-3, no weight decay, a
 constant schedule (the official code) and evaluation every `eval_every` epochs.
 
@@ -100,5 +106,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   cfg.data.features = ()           # interactions only
   cfg.data.index = False
   cfg.model = model_config(variant)
+  cfg.model.item_input = "id"      # id | codes | id+codes (not in `cf` SASRec's model)
+  cfg.model.codes = ""             # item_input with codes: a workdir holding codes.npz
   cfg.train = train_config(variant)
   return cfg

@@ -22,6 +22,7 @@ from jaxrec.data import from_sequences, leave_one_out, load_dataset, sequence_wi
 from jaxrec.data.synthetic import SyntheticSpec, generate
 from jaxrec.methods import get_method
 from jaxrec.recommender import sasrec
+from jaxrec.tokenizer.codes import CodeTable
 from jaxrec.xla import jit_init
 
 N, L, D = 30, 6, 16
@@ -142,6 +143,37 @@ def test_bce_negatives_are_never_the_target():
   assert set(np.unique(neg)) == {0, 1, 2, 4}
 
 
+def test_code_input_items_share_what_their_codes_share():
+  """item_input='codes': an item's vector is the sum of its levels' code vectors, so two
+  items with one ID score alike after any history; 'id+codes' adds a free vector per item."""
+  codes = np.stack([np.arange(N) % 4, np.arange(N) % 8], axis=1).astype(np.int32)
+  codes[7] = codes[3]                                # items 3 and 7: one semantic ID
+  rng = np.random.default_rng(5)
+  batch = _batch(rng, 8)
+  batch["history_BxL"][:, 0] = 3                     # every history starts with item 3
+  for item_input in ("codes", "id+codes"):
+    model = sasrec.SASRec(sasrec.SASRecConfig(n_items=N, max_len=L, d=D, blocks=1, heads=2,
+                                              dropout=0.0, item_input=item_input,
+                                              level_sizes=(4, 8)))
+    p = jit_init(model, {"params": jax.random.key(1)}, jnp.zeros((2, L), jnp.int32),
+                 jnp.ones((2, L), bool), train=False, codes_NxC=codes)
+    table = np.asarray(sasrec.item_table(p, model=model, codes_NxC=codes))
+    want = sum(np.asarray(p["params"][f"code_embed_{l}"]["embedding"])[codes[:, l]]
+               for l in range(2))
+    if item_input == "id+codes":
+      want = want + np.asarray(p["params"]["item_embed"]["embedding"])
+    else:
+      assert "item_embed" not in p["params"]
+    np.testing.assert_allclose(table, want, rtol=1e-6, atol=1e-6)
+    scores = np.asarray(sasrec.scores(p, batch, model=model, codes_NxC=codes))
+    assert np.allclose(scores[:, 3], scores[:, 7]) == (item_input == "codes")
+    # the input side reads the same table: swapping item 3 for item 7 in every history
+    # changes nothing with codes alone
+    swapped = dict(batch, history_BxL=np.where(batch["history_BxL"] == 3, 7, batch["history_BxL"]))
+    same = np.allclose(sasrec.scores(p, swapped, model=model, codes_NxC=codes), scores, atol=1e-5)
+    assert same == (item_input == "codes")
+
+
 def test_bad_settings_are_refused_before_training(tmp_path):
   cfg = sasrec_config.get_config("tiny")
   cfg.model.loss = "sampled"
@@ -153,6 +185,17 @@ def test_bad_settings_are_refused_before_training(tmp_path):
   with pytest.raises(ConfigError, match="divisible by heads"):
     pipeline.train_and_evaluate(cfg, str(tmp_path / "b"), log=lambda m: None)
   assert not os.path.exists(tmp_path / "b" / "checkpoints")
+  cfg = sasrec_config.get_config("tiny")
+  cfg.model.item_input = "codes"                 # no model.codes
+  with pytest.raises(ConfigError, match="reads a code table"):
+    pipeline.train_and_evaluate(cfg, str(tmp_path / "c"), log=lambda m: None)
+  CodeTable(np.zeros((50, 2), np.int32), (4, 8), {}, "x").save(str(tmp_path / "codes"))
+  cfg.model.codes = str(tmp_path / "codes")      # 50 items coded, the catalogue has 120
+  with pytest.raises(ConfigError, match="codes 50 items, the data set has 120"):
+    pipeline.train_and_evaluate(cfg, str(tmp_path / "d"), log=lambda m: None)
+  cfg.model.codes = str(tmp_path)
+  with pytest.raises(ConfigError, match="no codes.npz there"):
+    pipeline.train_and_evaluate(cfg, str(tmp_path / "e"), log=lambda m: None)
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +218,22 @@ def test_tiny_run_learns_and_exports_its_item_table(tiny_run):
   best = Checkpoints(os.path.join(workdir, "checkpoints", "best")).restore(None)[1]
   np.testing.assert_array_equal(exported, np.asarray(best["params"]["params"]["item_embed"]["embedding"]))
   assert exported.shape == (120, 16) and exported.dtype == np.float32
+
+
+def test_tiny_run_on_code_input_exports_its_item_vectors(tmp_path):
+  codes = np.stack([np.arange(120) // 10, np.arange(120) % 10], axis=1).astype(np.int32)
+  CodeTable(codes, (12, 10), {}, "x").save(str(tmp_path / "codes"))
+  cfg = sasrec_config.get_config("tiny")
+  cfg.model.item_input, cfg.model.codes = "codes", str(tmp_path / "codes")
+  cfg.train.epochs = 1
+  workdir = str(tmp_path / "run")
+  results = pipeline.train_and_evaluate(cfg, workdir, log=lambda m: None)
+  assert results["test"]["recall@10"] > 0
+  exported = np.load(results["cf_embeddings"])
+  params = Checkpoints(os.path.join(workdir, "checkpoints", "best")).restore(None)[1]["params"]
+  level = [np.asarray(params["params"][f"code_embed_{l}"]["embedding"]) for l in range(2)]
+  np.testing.assert_allclose(exported, level[0][codes[:, 0]] + level[1][codes[:, 1]],
+                             rtol=1e-6, atol=1e-6)
 
 
 def _write_recbole(directory, name="toy"):

@@ -50,7 +50,6 @@ Shape letters: B batch, C levels, K codes, N items, S soft tokens, W beams, D d_
 from __future__ import annotations
 
 import functools
-import os
 
 import flax.linen as nn
 import jax
@@ -76,15 +75,8 @@ def build_code_table(cfg, dataset, key, workdir=None, log=print, n_devices: int 
   """The start table: `siit.init_codes`' codes.npz, else the shared build from `tokenizer`."""
   del n_devices
   if cfg.siit.init_codes:
-    src = os.path.expanduser(cfg.siit.init_codes)
-    if not os.path.exists(os.path.join(src, "codes.npz")):
-      raise ConfigError(f"siit.init_codes={src!r}: no codes.npz there (give the workdir of a "
-                        "tokenizer or training run)")
-    table = codes_lib.CodeTable.load(src)
-    if table.n_items != dataset.n_items:
-      raise ConfigError(f"{src}/codes.npz codes {table.n_items} items, the data set has "
-                        f"{dataset.n_items}")
-    return table, None
+    return codes_lib.CodeTable.from_flag(cfg.siit.init_codes, "siit.init_codes",
+                                         dataset.n_items), None
   return build.build_code_table(cfg.tokenizer, dataset, key, cfg.seed, workdir=workdir, log=log)
 
 

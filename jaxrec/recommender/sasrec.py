@@ -19,6 +19,14 @@ Losses (`loss`), every position of a sequence a training target as in the paper:
 Evaluation ranks the whole catalogue (`lax.top_k` of the last position's scores): the same
 leave-one-out splits, Recall@K / NDCG@K as the generative methods.
 
+Item vectors (`item_input`), one table [N, D] for the input and the tied output alike:
+  id         a free embedding per item (the paper)
+  codes      the sum of one embedding per level of the item's semantic ID (a code table
+             [N, C], an argument of every step): no parameter of its own per item, as a
+             generative recommender over the same codes reads them (Singh et al., "Better
+             Generalization with Semantic IDs", RecSys 2024, replace item ids this way)
+  id+codes   both, summed
+
 Shape letters: B batch, L history length, D width, N items, M sampled negatives, R ranked.
 """
 from __future__ import annotations
@@ -35,6 +43,7 @@ from jaxrec import metrics
 from jaxrec.optim import TrainState
 
 LOSSES = ("ce", "sampled", "bce")
+ITEM_INPUTS = ("id", "codes", "id+codes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,12 +54,24 @@ class SASRecConfig:
   blocks: int = 2
   heads: int = 1
   dropout: float = 0.2
+  item_input: str = "id"          # ITEM_INPUTS
+  level_sizes: tuple = ()         # codes per level of the code table (item_input with codes)
+
+  @property
+  def ids(self) -> bool:
+    return "id" in self.item_input.split("+")
+
+  @property
+  def codes(self) -> bool:
+    return "codes" in self.item_input.split("+")
 
 
-def model_config(m, n_items: int, max_len: int) -> SASRecConfig:
-  """The frozen model config from `config.model` of a SASRec run."""
+def model_config(m, n_items: int, max_len: int, level_sizes: tuple = ()) -> SASRecConfig:
+  """The frozen model config from `config.model` of a SASRec run (`level_sizes`: the code
+  table's, when `model.item_input` reads codes)."""
   return SASRecConfig(n_items=n_items, max_len=max_len, d=m.d, blocks=m.blocks, heads=m.heads,
-                      dropout=m.dropout)
+                      dropout=m.dropout, item_input=m.get("item_input", "id"),
+                      level_sizes=tuple(level_sizes))
 
 
 class Block(nn.Module):
@@ -75,16 +96,31 @@ class SASRec(nn.Module):
   def setup(self):
     cfg = self.cfg
     init = nn.initializers.xavier_normal()   # the official PyTorch port's init
-    self.item_embed = nn.Embed(cfg.n_items, cfg.d, embedding_init=init)
+    if cfg.ids:
+      self.item_embed = nn.Embed(cfg.n_items, cfg.d, embedding_init=init)
+    if cfg.codes:
+      self.code_embed = [nn.Embed(k, cfg.d, embedding_init=init) for k in cfg.level_sizes]
     self.pos_embed = nn.Embed(cfg.max_len, cfg.d, embedding_init=init)
     self.drop = nn.Dropout(cfg.dropout)
     self.blocks = [Block(cfg, name=f"block{i}") for i in range(cfg.blocks)]
     self.final_ln = nn.LayerNorm(epsilon=1e-8)
 
-  def __call__(self, items_BxL, mask_BxL, train: bool):
+  def item_table(self, codes_NxC=None):
+    """Every item's vector [N, D]: the input and the tied output of the model."""
+    table = self.item_embed.embedding if self.cfg.ids else 0.0
+    if self.cfg.codes:
+      for level, embed in enumerate(self.code_embed):
+        table = table + embed(codes_NxC[:, level])
+    return table
+
+  def __call__(self, items_BxL, mask_BxL, train: bool, codes_NxC=None):
     """Hidden states [B, L, D]; position t has seen items 0..t of the window."""
     l = items_BxL.shape[1]
-    x = self.item_embed(items_BxL) * (self.cfg.d ** 0.5) + self.pos_embed(jnp.arange(l))[None]
+    if self.cfg.codes:
+      items_BxLxD = self.item_table(codes_NxC)[items_BxL]
+    else:
+      items_BxLxD = self.item_embed(items_BxL)
+    x = items_BxLxD * (self.cfg.d ** 0.5) + self.pos_embed(jnp.arange(l))[None]
     keep = mask_BxL[..., None].astype(x.dtype)
     x = self.drop(x, deterministic=not train) * keep
     attn_mask = nn.combine_masks(nn.make_causal_mask(items_BxL),
@@ -122,12 +158,17 @@ def other_items(key, targets, n: int):
   return (targets + 1 + jax.random.randint(key, targets.shape, 0, n - 1)) % n
 
 
-def loss_fn(params, batch, key, *, model: SASRec, loss: str, negatives: int):
+def item_table(params, *, model: SASRec, codes_NxC=None):
+  """Every item's vector [N, D] (`SASRec.item_table`)."""
+  return model.apply(params, codes_NxC, method=SASRec.item_table)
+
+
+def loss_fn(params, batch, key, *, model: SASRec, loss: str, negatives: int, codes_NxC=None):
   """Mean loss over the real positions of the batch: (loss, metrics)."""
   k_drop, k_neg = jax.random.split(key)
-  h_BxLxD = model.apply(params, batch["history_BxL"], batch["mask_BxL"], True,
+  h_BxLxD = model.apply(params, batch["history_BxL"], batch["mask_BxL"], True, codes_NxC,
                         rngs={"dropout": k_drop})
-  table_NxD = params["params"]["item_embed"]["embedding"]
+  table_NxD = item_table(params, model=model, codes_NxC=codes_NxC)
   targets_BxL, w_BxL = sequence_targets(batch)
   n = table_NxD.shape[0]
   if loss == "ce":
@@ -147,34 +188,38 @@ def loss_fn(params, batch, key, *, model: SASRec, loss: str, negatives: int):
   return value, {"loss": value}
 
 
-def train_step(state: TrainState, batch, key, *, model: SASRec, tx, loss: str, negatives: int):
+def train_step(state: TrainState, batch, key, *, model: SASRec, tx, loss: str, negatives: int,
+               codes_NxC=None):
   """One optimizer step; dropout and negatives from fold_in(key, step)."""
   step_key = jax.random.fold_in(key, state.step)
   (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, batch, step_key, model=model, loss=loss, negatives=negatives)
+      state.params, batch, step_key, model=model, loss=loss, negatives=negatives,
+      codes_NxC=codes_NxC)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   out["grad_norm"] = optax.tree.norm(grads)
   return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), out
 
 
-def scores(params, batch, *, model: SASRec):
+def scores(params, batch, *, model: SASRec, codes_NxC=None):
   """Scores of every item after each history [B, N] (the last real position's state)."""
-  h_BxLxD = model.apply(params, batch["history_BxL"], batch["mask_BxL"], False)
+  h_BxLxD = model.apply(params, batch["history_BxL"], batch["mask_BxL"], False, codes_NxC)
   last = jnp.maximum(jnp.sum(batch["mask_BxL"], axis=1) - 1, 0)
   h_BxD = jnp.take_along_axis(h_BxLxD, last[:, None, None], axis=1)[:, 0]
-  return h_BxD @ params["params"]["item_embed"]["embedding"].T
+  return h_BxD @ item_table(params, model=model, codes_NxC=codes_NxC).T
 
 
 @functools.partial(jax.jit, static_argnames=("model", "k"))
-def recommend_step(params, history_BxL, mask_BxL, user_B, *, model: SASRec, k: int):
+def recommend_step(params, history_BxL, mask_BxL, user_B, *, model: SASRec, k: int,
+                   codes_NxC=None):
   """The top-k items of the full ranking after each history: (items [B, k], scores)."""
   del user_B                       # SASRec has no user token
-  scores_BxN = scores(params, {"history_BxL": history_BxL, "mask_BxL": mask_BxL}, model=model)
+  scores_BxN = scores(params, {"history_BxL": history_BxL, "mask_BxL": mask_BxL}, model=model,
+                      codes_NxC=codes_NxC)
   top, items = jax.lax.top_k(scores_BxN, k)
   return items, top
 
 
-def eval_step(params, batch, *, model: SASRec, k: int):
+def eval_step(params, batch, *, model: SASRec, k: int, codes_NxC=None):
   """Full ranking over the catalogue: (metric sums, top-k items [B, k])."""
-  _, top_BxR = jax.lax.top_k(scores(params, batch, model=model), k)
+  _, top_BxR = jax.lax.top_k(scores(params, batch, model=model, codes_NxC=codes_NxC), k)
   return metrics.rank_metric_sums(top_BxR, batch["target_B"], batch["weight_B"]), top_BxR

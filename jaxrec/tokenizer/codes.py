@@ -178,6 +178,20 @@ class CodeTable:
         stats = saved.get("stats", {})
     return cls(codes, sizes, stats, fp)
 
+  @classmethod
+  def from_flag(cls, directory: str, flag: str, n_items: int) -> "CodeTable":
+    """The table in a run's workdir named by a config flag (`flag`=directory, for the error
+    messages), refused unless it codes `n_items` items."""
+    src = os.path.expanduser(directory)
+    if not os.path.exists(os.path.join(src, "codes.npz")):
+      raise ConfigError(f"{flag}={directory!r}: no codes.npz there (give the workdir of a "
+                        "tokenizer or training run)")
+    table = cls.load(src)
+    if table.n_items != n_items:
+      raise ConfigError(f"{src}/codes.npz codes {table.n_items} items, the data set has "
+                        f"{n_items}")
+    return table
+
   def write_index_json(self, path: str, item_keys: Optional[Sequence[str]] = None):
     """Writes LETTER's `{"item": ["<a_12>", "<b_3>", ...]}` format."""
     letters = "abcdefghijklmnopqrstuvwxyz"

@@ -40,6 +40,8 @@ class Run:
   codes: Optional[jax.Array] = None         # [N, C] on device, replicated
   tables: Optional[decode.PrefixTables] = None
   tokenizer: Any = None     # (model, params) of a trained tokenizer, None for given codes
+  step_args: dict = dataclasses.field(default_factory=dict)  # constants a model over item
+                            # ids binds into its steps (SASRec's item code table)
 
   @property
   def batch_sharding(self):
