@@ -193,6 +193,10 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
                                    # tiger, letter, simcit)
   m.extra_vocab = 0                # "vocab" head: rows in the softmax that are never inputs or
                                    # targets (LETTER-TIGER: T5's 32,100 text tokens less pad/EOS)
+  m.item_tokens = "codes"          # encoder input: "codes", a token per code of each history
+                                   # item (TIGER); "sum", a token per item, the sum of its codes'
+                                   # rows (an item pooled from its codes, as RPG does; "level"
+                                   # head only)
   if variant in ("default", "scientific_small"):
     m.d_model, m.d_ff, m.heads, m.head_dim = 64, 256, 4, 16
     m.enc_layers = m.dec_layers = 2

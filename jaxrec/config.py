@@ -41,7 +41,8 @@ _ADDED = {("train", "accumulate"): 1, ("train", "decode"): "constrained",
           ("tokenizer", "simcit", "w_recon"): 0.0,
           ("siit", "align_loss"): "sum", ("tokenizer", "simcit", "groups"): 0,
           ("tokenizer", "simcit", "init"): "flax", ("data", "whole_updates"): False,
-          ("tokenizer", "init"): "flax", ("model", "item_input"): "id", ("model", "codes"): ""}
+          ("tokenizer", "init"): "flax", ("model", "item_input"): "id", ("model", "codes"): "",
+          ("model", "item_tokens"): "codes"}
 # A `train` key is a key of the collaborative pre-training's `cf.train` too (same TrainConfig).
 ADDED_KEYS = {**_ADDED, **{("cf",) + path: value for path, value in _ADDED.items()
                            if path[0] == "train"}}

@@ -6,11 +6,13 @@ import itertools
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from jaxrec import decode
-from jaxrec.recommender import steps
+from jaxrec.errors import ConfigError
+from jaxrec.recommender import steps, t5_layers
 from jaxrec.recommender.t5 import T5
 from jaxrec.recommender.t5_layers import T5Config
 from jaxrec.xla import jit_init
@@ -118,6 +120,8 @@ TINY = T5Config(level_sizes=(6, 5, 4), d_model=16, d_ff=32, heads=2, head_dim=8,
 
 # LETTER-TIGER's head: one softmax over the whole table (5 extra rows), EOS-terminated
 TINY_VOCAB = dataclasses.replace(TINY, head="vocab", extra_vocab=5)
+# one encoder position per history item, the sum of its codes' rows
+TINY_SUM = dataclasses.replace(TINY, item_tokens="sum")
 
 
 @functools.lru_cache(maxsize=None)
@@ -151,7 +155,7 @@ def _teacher_forced_scores(model, params, codes, tok, m, users, b, ids, position
   return terms if positions else terms.sum(-1)
 
 
-@pytest.mark.parametrize("cfg", [TINY, TINY_VOCAB], ids=["level", "vocab"])
+@pytest.mark.parametrize("cfg", [TINY, TINY_VOCAB, TINY_SUM], ids=["level", "vocab", "sum"])
 def test_beam_scores_equal_teacher_forced_log_probs(cfg):
   """The KV-cached, beam-folded decoder must score a sequence exactly as the
   teacher-forced decoder does (with the "vocab" head: every position's softmax over the
@@ -214,6 +218,24 @@ def test_vocab_head_inputs_end_with_eos():
   dec_in, labels = steps.decoder_io(codes, jnp.array([1]), TINY_VOCAB)
   assert np.asarray(dec_in).tolist() == [[bos] + row(1)]
   assert np.asarray(labels).tolist() == [row(1) + [eos]]
+
+
+def test_item_sum_tokens_are_one_position_per_item():
+  """item_tokens='sum': the encoder reads one position per history item, the sum of its
+  codes' rows, masked as the items are."""
+  model, params, codes, tok, m = _tiny_model(TINY_SUM)
+  assert tok.shape == (5, 3, 3) and m.shape == (5, 3)
+  # each item's rows: its codes at the levels' offsets
+  assert {tuple(r) for r in np.asarray(tok).reshape(-1, 3)} <= {
+      tuple(r) for r in codes + np.asarray(TINY_SUM.offsets)}
+  enc, enc_mask = model.apply(params, tok, m, jnp.arange(5), method=T5.encode)
+  x = params["params"]["embed"][tok].sum(2)
+  want, want_mask = model.apply(params, x, m, jnp.arange(5), method=T5.encode_inputs)
+  chex.assert_trees_all_close(enc, want, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(enc_mask)[:, 1:], m)  # after the user token
+  with pytest.raises(ConfigError, match="item_tokens='sum' reads no EOS"):
+    t5_layers.model_config(ml_collections.ConfigDict(
+        {"head": "vocab", "item_tokens": "sum"}), (6, 5, 4))
 
 
 def test_decoder_is_causal():

@@ -25,10 +25,15 @@ from jaxrec.xla import jit_init
 def history_tokens(codes_NxC, history_BxL, mask_BxL, cfg: T5Config):
   """Flattened encoder tokens [B, L*C] (embedding rows) and their mask; with the "vocab"
   head [B, L*C + 1], EOS right after the last real code (histories are left-aligned), as
-  the T5 tokenizer ends LETTER-TIGER's input text."""
+  the T5 tokenizer ends LETTER-TIGER's input text. With `item_tokens='sum'`: the rows
+  [B, L, C] of each item's codes (`T5.encode` sums them: one position per item) and the
+  items' mask [B, L]."""
   b, l = history_BxL.shape
   c = codes_NxC.shape[1]
-  tok = (codes_NxC[history_BxL] + jnp.asarray(cfg.offsets, jnp.int32)).reshape(b, l * c)
+  tok = codes_NxC[history_BxL] + jnp.asarray(cfg.offsets, jnp.int32)
+  if cfg.item_tokens == "sum":
+    return tok, mask_BxL
+  tok = tok.reshape(b, l * c)
   mask = jnp.broadcast_to(mask_BxL[:, :, None], (b, l, c)).reshape(b, l * c)
   if cfg.full_vocab:
     pos = jnp.arange(l * c + 1)[None, :]

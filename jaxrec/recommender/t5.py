@@ -111,8 +111,12 @@ class T5(nn.Module):
 
   # ----------------------------------------------------------------- encoder
   def encode(self, tokens_BxT, mask_BxT, user_B=None, train: bool = False):
-    """Encoder states [B, T(+1), D] and their mask (the user token, if any, comes first)."""
-    return self.encode_inputs(self.embed[tokens_BxT], mask_BxT, user_B, train)
+    """Encoder states [B, T(+1), D] and their mask (the user token, if any, comes first);
+    tokens [B, T, C] (`item_tokens='sum'`): each position the sum of its C rows."""
+    x = self.embed[tokens_BxT]
+    if tokens_BxT.ndim == 3:
+      x = jnp.sum(x, axis=2)
+    return self.encode_inputs(x, mask_BxT, user_B, train)
 
   def _cast(self, x):
     return x.astype(self.cfg.compute)
