@@ -116,11 +116,8 @@ class SASRec(nn.Module):
   def __call__(self, items_BxL, mask_BxL, train: bool, codes_NxC=None):
     """Hidden states [B, L, D]; position t has seen items 0..t of the window."""
     l = items_BxL.shape[1]
-    if self.cfg.codes:
-      items_BxLxD = self.item_table(codes_NxC)[items_BxL]
-    else:
-      items_BxLxD = self.item_embed(items_BxL)
-    x = items_BxLxD * (self.cfg.d ** 0.5) + self.pos_embed(jnp.arange(l))[None]
+    x = self.item_table(codes_NxC)[items_BxL] * (self.cfg.d ** 0.5)
+    x = x + self.pos_embed(jnp.arange(l))[None]
     keep = mask_BxL[..., None].astype(x.dtype)
     x = self.drop(x, deterministic=not train) * keep
     attn_mask = nn.combine_masks(nn.make_causal_mask(items_BxL),
