@@ -14,7 +14,9 @@ whose top 10 holds an item with the target's first l codes (l = 1 .. C - 1; the 
 the catalogue found, against the item itself found: R@10). A run over item IDs (SASRec) is
 measured against the first listed run's codes that has them, so the two find regions of
 the same map. And per group, how popular each run's recommendations are: the median, over
-the group's users, of the mean training occurrences of their top 10 (popularity bias).
+the group's users, of the mean training occurrences of their top 10 (popularity bias), and
+the share of the top 10 that no training sequence holds (items a model can only rank from
+what it shares with others).
 
 The reading it was built to test (refuted, bench/README.md): on a small catalogue an
 item-ID model (SASRec) learns every item's own embedding well enough that semantic IDs'
@@ -222,8 +224,10 @@ def main(argv=None):
             + quartile_groups(history, "history", False)
             + quartile_groups(counts[last_input], "last input", True))
   per = [hits(np.array([r["users"][u][1] for u in users])) for r in runs]
-  top_pop = [np.array([counts[[t for t in r["users"][u][2] if t >= 0]].mean() for u in users])
-             for r in runs]
+  tops = [[[t for t in r["users"][u][2] if t >= 0] or [-1] for u in users] for r in runs]
+  top_pop = [np.array([counts[t].mean() if t[0] >= 0 else np.nan for t in top]) for top in tops]
+  top_unseen = [np.array([np.mean(counts[t] == 0) if t[0] >= 0 else 0.0 for t in top])
+                for top in tops]
   coded = [r["codes"] for r in runs if r["codes"] is not None]
   prefixes = [prefix_hits(r, users, r["codes"] if r["codes"] is not None else coded[0])
               if coded else None for r in runs]
@@ -240,7 +244,8 @@ def main(argv=None):
     cells = []
     for i, (name, (rec, ndcg)) in enumerate(zip(names, per)):
       cell = {"recall": float(rec[mask].mean()), "ndcg": float(ndcg[mask].mean()),
-              "top_popularity": float(np.median(top_pop[i][mask]))}
+              "top_popularity": float(np.median(top_pop[i][mask])),
+              "top_unseen": float(top_unseen[i][mask].mean())}
       if i:
         cell["recall_diff"], cell["recall_diff_se"] = mean_se(rec[mask] - per[0][0][mask])
         cell["ndcg_diff"], cell["ndcg_diff_se"] = mean_se(ndcg[mask] - per[0][1][mask])
@@ -258,6 +263,10 @@ def main(argv=None):
   print(f"\nmedian over users of the mean training occurrences of the top {K}:")
   for row in table:
     print(f"  {row['group']:<22}" + " ".join(f"{row['runs'][n]['top_popularity']:>8.1f}"
+                                           for n in names))
+  print(f"\nshare of the top {K} never in the training part:")
+  for row in table:
+    print(f"  {row['group']:<22}" + " ".join(f"{row['runs'][n]['top_unseen']:>8.4f}"
                                            for n in names))
   for i, name in enumerate(names):
     if prefixes[i] is not None:
