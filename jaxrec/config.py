@@ -180,6 +180,7 @@ DOMAINS = {
     ("model", "dropout"): _number_in(0, 1),
     ("model", "head"): _one_of("level", "vocab"),
     ("model", "extra_vocab"): _int_at_least(0),
+    ("model", "item_tokens"): _one_of("codes", "sum"),
     ("train", "batch_size"): _int_at_least(1),
     ("train", "accumulate"): _int_at_least(1),
     ("train", "eval_batch_size"): _int_at_least(1),
@@ -246,6 +247,8 @@ def config_problems(cfg: ml_collections.ConfigDict, kind: str = "codes",
   if m is not None and m.get("head") == "vocab" and "vocab" not in heads:
     problems.append(f"model.head='vocab': {cfg.method} has no such head (LETTER-TIGER's "
                     "protocol; its losses are written on per-level logits)")
+  if m is not None and m.get("item_tokens") == "sum" and m.get("head") == "vocab":
+    problems.append("model.item_tokens='sum' reads no EOS token: use it with model.head='level'")
   if generative and m is not None:
     problems += _model_problems(cfg.method, m, models)
   if not generative and tr is not None and tr.get("select") == "loss":

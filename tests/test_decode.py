@@ -6,13 +6,12 @@ import itertools
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from jaxrec import decode
-from jaxrec.errors import ConfigError
-from jaxrec.recommender import steps, t5_layers
+from jaxrec.config import config_problems, get_config
+from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5
 from jaxrec.recommender.t5_layers import T5Config
 from jaxrec.xla import jit_init
@@ -233,9 +232,12 @@ def test_item_sum_tokens_are_one_position_per_item():
   want, want_mask = model.apply(params, x, m, jnp.arange(5), method=T5.encode_inputs)
   chex.assert_trees_all_close(enc, want, atol=1e-6)
   np.testing.assert_array_equal(np.asarray(enc_mask)[:, 1:], m)  # after the user token
-  with pytest.raises(ConfigError, match="item_tokens='sum' reads no EOS"):
-    t5_layers.model_config(ml_collections.ConfigDict(
-        {"head": "vocab", "item_tokens": "sum"}), (6, 5, 4))
+  cfg = get_config("tiger", "tiny")
+  cfg.model.item_tokens, cfg.model.head = "sum", "vocab"
+  assert config_problems(cfg) == ["model.item_tokens='sum' reads no EOS token: use it with "
+                                  "model.head='level'"]
+  cfg.model.item_tokens, cfg.model.head = "items", "level"
+  assert config_problems(cfg) == ["model.item_tokens='items': must be one of 'codes', 'sum'"]
 
 
 def test_decoder_is_causal():

@@ -14,10 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.errors import ConfigError
-
 NEG = -1e9  # additive mask value (finite: an all-masked row stays NaN-free)
-ITEM_TOKENS = ("codes", "sum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,10 +88,6 @@ def model_config(model_cfg, level_sizes, dtype: str = "float32") -> T5Config:
   """Frozen architecture from a `config.model` ConfigDict, the code table's level sizes and
   the compute dtype (`train.dtype`)."""
   d = {k: v for k, v in model_cfg.to_dict().items() if k != "kind"}
-  if d.get("item_tokens", "codes") not in ITEM_TOKENS:
-    raise ConfigError(f"model.item_tokens={d['item_tokens']!r}: must be one of {ITEM_TOKENS}")
-  if d.get("item_tokens") == "sum" and d.get("head") == "vocab":
-    raise ConfigError("model.item_tokens='sum' reads no EOS token: use it with model.head='level'")
   return T5Config(level_sizes=tuple(int(s) for s in level_sizes), dtype=dtype, **d)
 
 
