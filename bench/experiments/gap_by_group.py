@@ -218,16 +218,16 @@ def main(argv=None):
   counts = train_popularity(ds)
   pop = counts[targets]
   back = 1 if args.split == "test" else 2
-  history = np.array([ds.lengths_U[u] for u in users]) - back
-  last_input = ds.items_I[ds.offsets_U1[np.array(users) + 1] - back - (2 if args.drop_valid else 1)]
+  dropped = 1 if args.drop_valid else 0           # the validation item, not read
+  history = np.array([ds.lengths_U[u] for u in users]) - back - dropped
+  last_input = ds.items_I[ds.offsets_U1[np.array(users) + 1] - back - 1 - dropped]
   groups = ([("all", np.ones(len(users), bool))] + quartile_groups(pop, "popularity", True)
             + quartile_groups(history, "history", False)
             + quartile_groups(counts[last_input], "last input", True))
   per = [hits(np.array([r["users"][u][1] for u in users])) for r in runs]
-  tops = [[[t for t in r["users"][u][2] if t >= 0] or [-1] for u in users] for r in runs]
-  top_pop = [np.array([counts[t].mean() if t[0] >= 0 else np.nan for t in top]) for top in tops]
-  top_unseen = [np.array([np.mean(counts[t] == 0) if t[0] >= 0 else 0.0 for t in top])
-                for top in tops]
+  tops = [[[t for t in r["users"][u][2] if t >= 0] for u in users] for r in runs]
+  top_pop = [np.array([counts[t].mean() if t else np.nan for t in top]) for top in tops]
+  top_unseen = [np.array([np.mean(counts[t] == 0) if t else 0.0 for t in top]) for top in tops]
   coded = [r["codes"] for r in runs if r["codes"] is not None]
   prefixes = [prefix_hits(r, users, r["codes"] if r["codes"] is not None else coded[0])
               if coded else None for r in runs]
