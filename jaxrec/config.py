@@ -178,7 +178,7 @@ DOMAINS = {
     ("tokenizer", "keep"): _one_of("last", "lowest_collision"),
     ("tokenizer", "init"): _one_of("flax", "xavier"),
     ("model", "dropout"): _number_in(0, 1),
-    ("model", "head"): _one_of("level", "vocab"),
+    ("model", "head"): _one_of("level", "vocab", "items"),
     ("model", "extra_vocab"): _int_at_least(0),
     ("model", "item_tokens"): _one_of("codes", "sum"),
     ("train", "batch_size"): _int_at_least(1),
@@ -244,9 +244,15 @@ def config_problems(cfg: ml_collections.ConfigDict, kind: str = "codes",
     problems.append(f"train.dtype={tr.dtype!r}: {cfg.method} computes in float32 only "
                     "(the T5 of the generative methods has the bfloat16 option)")
   m = cfg.get("model")
-  if m is not None and m.get("head") == "vocab" and "vocab" not in heads:
-    problems.append(f"model.head='vocab': {cfg.method} has no such head (LETTER-TIGER's "
-                    "protocol; its losses are written on per-level logits)")
+  head = m.get("head", "level") if m is not None else "level"
+  if head in ("vocab", "items") and head not in heads:
+    what = ("LETTER-TIGER's protocol" if head == "vocab" else
+            "one softmax over the catalogue, an analysis head")
+    problems.append(f"model.head={head!r}: {cfg.method} has no such head ({what}; its losses "
+                    "are written on per-level logits)")
+  if head == "items" and tr is not None and tr.get("decode") == "free":
+    problems.append("model.head='items' ranks the catalogue's items: it decodes no IDs, so "
+                    "train.decode='free' does not apply")
   if m is not None and m.get("item_tokens") == "sum" and m.get("head") == "vocab":
     problems.append("model.item_tokens='sum' reads no EOS token: use it with model.head='level'")
   if generative and m is not None:

@@ -24,6 +24,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
 
 
+def _with(cfg, **model):
+  cfg.model.update(model)
+  return cfg
+
+
 class _Trained(dict):
   """{name: workdir} of tiny runs, each trained the first time a test asks for it (a test
   worker that never reads one does not train it)."""
@@ -38,6 +43,7 @@ class _Trained(dict):
     from jaxrec import pipeline
     cfg = {"tiger": lambda: tiger.get_config("tiny"),
            "decoder": lambda: tiger.get_config("tiny_decoder"),
+           "items": lambda: _with(tiger.get_config("tiny"), head="items"),
            "sasrec": lambda: sasrec_config.get_config("tiny")}[name]()
     workdir = str(self._tmp.mktemp(name))
     pipeline.train_and_evaluate(cfg, workdir, log=lambda m: None)
@@ -47,6 +53,7 @@ class _Trained(dict):
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-  """A tiny TIGER, its decoder-only variant and a tiny SASRec run, each trained once per
+  """A tiny TIGER, its decoder-only variant, TIGER with the "items" head and a tiny SASRec
+  run, each trained once per
   session (per test worker) when first read: {name: workdir}."""
   return _Trained(tmp_path_factory)

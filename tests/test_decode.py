@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec import decode
+from jaxrec import decode, metrics
 from jaxrec.config import config_problems, get_config
 from jaxrec.recommender import steps
 from jaxrec.recommender.t5 import T5
@@ -121,6 +121,8 @@ TINY = T5Config(level_sizes=(6, 5, 4), d_model=16, d_ff=32, heads=2, head_dim=8,
 TINY_VOCAB = dataclasses.replace(TINY, head="vocab", extra_vocab=5)
 # one encoder position per history item, the sum of its codes' rows
 TINY_SUM = dataclasses.replace(TINY, item_tokens="sum")
+# one softmax over the catalogue after BOS, an item's vector its codes' rows summed
+TINY_ITEMS = dataclasses.replace(TINY, head="items")
 
 
 @functools.lru_cache(maxsize=None)
@@ -238,6 +240,51 @@ def test_item_sum_tokens_are_one_position_per_item():
                                   "model.head='level'"]
   cfg.model.item_tokens, cfg.model.head = "items", "level"
   assert config_problems(cfg) == ["model.item_tokens='items': must be one of 'codes', 'sum'"]
+
+
+def test_items_head_ranks_the_catalogue_by_its_summed_code_vectors():
+  """head='items': the decoder reads BOS alone; every item's logit is that state (times
+  d^-0.5) against the sum of its codes' rows of the tied table; training reads the same
+  logits, and evaluation is the full ranking of their softmax, scored against the target
+  item itself."""
+  model, params, codes, _, _ = _tiny_model(TINY_ITEMS)
+  rng = np.random.default_rng(4)
+  hist = rng.integers(0, 30, (6, 3)).astype(np.int32)
+  mask = np.arange(3)[None, :] < rng.integers(1, 4, 6)[:, None]
+  batch = {"history_BxL": hist, "mask_BxL": mask, "user_B": np.arange(6, dtype=np.int32),
+           "target_B": rng.integers(0, 30, 6).astype(np.int32),
+           "weight_B": np.array([1, 1, 1, 1, 1, 0], np.float32)}
+  tok, m = steps.history_tokens(jnp.asarray(codes), hist, mask, TINY_ITEMS)
+  enc, enc_mask = model.apply(params, tok, m, batch["user_B"], method=T5.encode)
+  bos = jnp.full((6, 1), TINY_ITEMS.bos, jnp.int32)
+  h = model.apply(params, enc, enc_mask, bos, method=T5.decode)[:, 0]
+  embed = np.asarray(params["params"]["embed"])
+  table = sum(embed[codes[:, l] + TINY_ITEMS.offsets[l]] for l in range(3))
+  want = np.asarray(h) * 16 ** -0.5 @ table.T                                  # [6, 30]
+  logits, labels = steps.forward(params, model, batch, jnp.asarray(codes), False)
+  chex.assert_shape(logits, (6, 1, 30))
+  np.testing.assert_allclose(np.asarray(logits[:, 0]), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(labels[:, 0]), batch["target_B"])
+  sums, items = steps.eval_step(params, batch, jnp.asarray(codes), decode.prefix_tables(codes),
+                                model=model, beam=30)
+  order = np.argsort(-want, axis=1, kind="stable")
+  np.testing.assert_array_equal(np.asarray(items), order)
+  expect = metrics.rank_metrics_np(order[:5], batch["target_B"][:5])    # user 5 weighs 0
+  got = metrics.finalize(jax.device_get(sums))
+  chex.assert_trees_all_close({k: got[k] for k in expect}, expect, atol=1e-6)
+  assert got["err@10"] == 0.0
+  heads = ("level", "vocab", "items")                                  # TIGER's
+  cfg = get_config("tiger", "tiny")
+  cfg.model.head = "items"
+  assert config_problems(cfg, heads=heads) == []
+  cfg.train.decode = "free"
+  assert config_problems(cfg, heads=heads) == [
+      "model.head='items' ranks the catalogue's items: it decodes no IDs, so train.decode="
+      "'free' does not apply"]
+  cfg = get_config("letter", "tiny")
+  cfg.model.head = "items"
+  assert config_problems(cfg, heads=("level", "vocab"))[0].startswith(
+      "model.head='items': letter has no such head")
 
 
 def test_decoder_is_causal():

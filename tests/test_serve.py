@@ -21,10 +21,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
-  """{name: export folder} of the session's tiny TIGER and SASRec runs."""
+  """{name: export folder} of the session's tiny TIGER (its decoder-only and "items" head
+  variants too) and SASRec runs."""
   root = tmp_path_factory.mktemp("exports")
   return {name: (export.export_run(workdir, str(root / name)), str(root / name))[1]
-          for name, workdir in ((n, trained[n]) for n in ("tiger", "decoder", "sasrec"))}
+          for name, workdir in ((n, trained[n]) for n in ("tiger", "decoder", "items", "sasrec"))}
 
 
 def requests_of(run, users=range(7)):
@@ -46,7 +47,7 @@ def assert_same_answers(got, want):
                                 rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["tiger", "decoder", "sasrec"])
+@pytest.mark.parametrize("name", ["tiger", "decoder", "items", "sasrec"])
 def test_exported_model_recommends_what_the_run_does(trained, exported, name):
   run, params, _ = pipeline.load_run(trained[name])
   model = served.ExportedModel(exported[name])

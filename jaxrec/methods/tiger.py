@@ -5,7 +5,7 @@ from jaxrec.methods.base import Method, register
 
 class Tiger(Method):
   name = "tiger"
-  heads = ("level", "vocab")
+  heads = ("level", "vocab", "items")
 
 
 METHOD = register(Tiger())

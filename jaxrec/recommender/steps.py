@@ -46,10 +46,13 @@ def history_tokens(codes_NxC, history_BxL, mask_BxL, cfg: T5Config):
 def decoder_io(codes_NxC, target_B, cfg: T5Config):
   """Teacher-forcing inputs [BOS, c_0 .. c_{C-2}] (embedding rows) and labels [B, C] (level
   codes); with the "vocab" head inputs [BOS, c_0 .. c_{C-1}] and labels [B, C + 1]: the
-  codes' rows, then EOS."""
+  codes' rows, then EOS; with the "items" head inputs [BOS] and labels [B, 1], the
+  target items."""
+  bos = jnp.full((target_B.shape[0], 1), cfg.bos, jnp.int32)
+  if cfg.items_head:
+    return bos, target_B[:, None]
   codes = codes_NxC[target_B]
   rows = codes + jnp.asarray(cfg.offsets, jnp.int32)
-  bos = jnp.full((codes.shape[0], 1), cfg.bos, jnp.int32)
   if cfg.full_vocab:
     eos = jnp.full((codes.shape[0], 1), cfg.eos, jnp.int32)
     return jnp.concatenate([bos, rows], axis=1), jnp.concatenate([rows, eos], axis=1)
@@ -58,12 +61,15 @@ def decoder_io(codes_NxC, target_B, cfg: T5Config):
 
 def forward(params, model: T5, batch, codes_NxC, train: bool, key=None):
   """Teacher-forced forward pass: (logits [B, C, K], labels [B, C]); with the "vocab" head
-  (logits [B, C + 1, V], labels [B, C + 1])."""
+  (logits [B, C + 1, V], labels [B, C + 1]); with the "items" head (logits [B, 1, N], the
+  target items [B, 1])."""
   cfg = model.cfg
   tokens, mask = history_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"], cfg)
   dec_in, labels = decoder_io(codes_NxC, batch["target_B"], cfg)
   rngs = {"dropout": key} if train else {}
   hidden = model.apply(params, tokens, mask, batch["user_B"], dec_in, train, rngs=rngs)
+  if cfg.items_head:
+    return model.apply(params, hidden[:, 0], codes_NxC, method=T5.item_logits)[:, None], labels
   return model.apply(params, hidden, method=T5.logits), labels
 
 
@@ -163,14 +169,34 @@ def generate(params, tokens_BxT, mask_BxT, user_B, tables: decode.PrefixTables, 
   return jax.vmap(one)(cross, enc_mask)
 
 
+def item_scores(params, tokens_BxT, mask_BxT, user_B, codes_NxC, *, model: T5):
+  """The "items" head's log-probabilities of every item after each history [B, N]."""
+  enc, enc_mask = model.apply(params, tokens_BxT, mask_BxT, user_B, False, method=T5.encode)
+  bos = jnp.full((enc.shape[0], 1), model.cfg.bos, jnp.int32)
+  hidden = model.apply(params, enc, enc_mask, bos, False, method=T5.decode)[:, 0]
+  return jax.nn.log_softmax(model.apply(params, hidden, codes_NxC, method=T5.item_logits), -1)
+
+
+def ranked(params, tokens_BxT, mask_BxT, user_B, codes_NxC, tables, *, model: T5, beam: int,
+           constrained: bool):
+  """The best `beam` items after each history (items [B, W], scores [B, W]): the beam search,
+  or with the "items" head the top of its full ranking."""
+  if model.cfg.items_head:
+    scores, items = jax.lax.top_k(item_scores(params, tokens_BxT, mask_BxT, user_B, codes_NxC,
+                                              model=model), beam)
+    return items, scores
+  return generate(params, tokens_BxT, mask_BxT, user_B, tables, model=model, beam=beam,
+                  constrained=constrained)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "beam", "constrained", "k"))
 def recommend_step(params, history_BxL, mask_BxL, user_B, codes_NxC, tables, *, model: T5,
                    beam: int, constrained: bool, k: int):
   """The next items after each history, best first: (items [B, k], log-probabilities
   [B, k]) of a beam of width `beam` (k <= beam)."""
   tokens, mask = history_tokens(codes_NxC, history_BxL, mask_BxL, model.cfg)
-  items, scores = generate(params, tokens, mask, user_B, tables, model=model, beam=beam,
-                           constrained=constrained)
+  items, scores = ranked(params, tokens, mask, user_B, codes_NxC, tables, model=model, beam=beam,
+                         constrained=constrained)
   return items[:, :k], scores[:, :k]
 
 
@@ -178,11 +204,12 @@ def eval_step(params, batch, codes_NxC, tables, *, model: T5, beam: int, constra
   """Decoding of a batch (constrained to the catalogue, or not: then IDs no item has are
   misses, and err@K counts them) and the metric sums: (sums, items [B, W])."""
   tokens, mask = history_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"], model.cfg)
-  items, scores = generate(params, tokens, mask, batch["user_B"], tables, model=model,
-                           beam=beam, constrained=constrained)
-  # the target's representative: itself, or with shared IDs the item its ID decodes to
-  return metrics.decoded_sums(items, scores, tables.rep_item_N[batch["target_B"]],
-                              batch["weight_B"]), items
+  items, scores = ranked(params, tokens, mask, batch["user_B"], codes_NxC, tables, model=model,
+                         beam=beam, constrained=constrained)
+  # the target's representative: itself, or with shared IDs the item its ID decodes to (the
+  # "items" head ranks items, not IDs: the target itself)
+  target = batch["target_B"] if model.cfg.items_head else tables.rep_item_N[batch["target_B"]]
+  return metrics.decoded_sums(items, scores, target, batch["weight_B"]), items
 
 
 # ------------------------------------------- SIIT's task A: input vectors instead of a history

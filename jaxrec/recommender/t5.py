@@ -13,7 +13,11 @@ per-level offsets plus a BOS row. Two output heads (`head`):
 - "vocab" (LETTER-TIGER's HF T5): one softmax over every row of the tied table (all levels'
   codes, BOS, an EOS row and `extra_vocab` rows that are never inputs or targets: the
   T5 tokenizer's text tokens); targets end with EOS, the encoder input ends with EOS as
-  the T5 tokenizer writes it, and decoding adds EOS's log-probability to every finished ID.
+  the T5 tokenizer writes it, and decoding adds EOS's log-probability to every finished ID;
+- "items" (an analysis head: the output side without spelling the ID): the decoder reads
+  BOS alone and its state is scored against every item of the catalogue, an item's vector
+  the sum of its codes' rows of the tied table (SASRec's `item_input='codes'` table); one
+  softmax over the items, a full ranking instead of a beam search.
 
 Shape letters: B batch, T encoder tokens, C code levels, K codes per level (padded to the
 largest level), D d_model, H heads, E head width, F d_ff, W beams.
@@ -108,6 +112,12 @@ class T5(nn.Module):
               * c.logit_mult).astype(jnp.float32)
     valid = np.arange(c.k_max)[None, :] < np.asarray(c.level_sizes)[:, None]
     return jnp.where(valid[None], logits, NEG)
+
+  def item_logits(self, hidden_BxD, codes_NxC):
+    """The "items" head's logits [B, N]: each item's vector is the sum of its codes' rows."""
+    c = self.cfg
+    table_NxD = jnp.sum(self.embed[codes_NxC + jnp.asarray(c.offsets, jnp.int32)], axis=1)
+    return ((hidden_BxD * c.logit_mult) @ table_NxD.astype(c.compute).T).astype(jnp.float32)
 
   # ----------------------------------------------------------------- encoder
   def encode(self, tokens_BxT, mask_BxT, user_B=None, train: bool = False):

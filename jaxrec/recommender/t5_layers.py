@@ -34,7 +34,9 @@ class T5Config:
   init_std: float = 0.0            # 0: T5's init (fan-scaled matrices, unit embeddings and
                                    # relative bias); > 0: every weight N(0, init_std) (ETEGRec 0.02)
   head: str = "level"              # "level": a softmax per level; "vocab": one softmax over the
-                                   # whole tied table, EOS-terminated targets (LETTER-TIGER)
+                                   # whole tied table, EOS-terminated targets (LETTER-TIGER);
+                                   # "items": one softmax over the catalogue after BOS, each
+                                   # item's vector its codes' rows summed (no ID spelt)
   extra_vocab: int = 0             # "vocab" head: rows only in the softmax (LETTER: T5's text)
   item_tokens: str = "codes"       # encoder input: "codes", one token per code of each history
                                    # item (TIGER); "sum", one per item, its codes' rows summed
@@ -72,6 +74,10 @@ class T5Config:
   @property
   def full_vocab(self) -> bool:
     return self.head == "vocab"
+
+  @property
+  def items_head(self) -> bool:
+    return self.head == "items"
 
   @property
   def eos(self) -> int | None:
