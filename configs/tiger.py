@@ -190,7 +190,9 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   m.head = "level"                 # "level": a softmax per level over its codes; "vocab": one
                                    # softmax over the whole tied table, targets ending with EOS,
                                    # EOS scored in decoding (LETTER-TIGER's HF T5; methods
-                                   # tiger, letter, simcit)
+                                   # tiger, letter, simcit); "items" (tiger; an analysis head):
+                                   # the decoder reads BOS alone, one softmax over the catalogue,
+                                   # an item's vector its codes' rows summed, full ranking
   m.extra_vocab = 0                # "vocab" head: rows in the softmax that are never inputs or
                                    # targets (LETTER-TIGER: T5's 32,100 text tokens less pad/EOS)
   m.item_tokens = "codes"          # encoder input: "codes", a token per code of each history
