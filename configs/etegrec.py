@@ -74,6 +74,13 @@ etegrec:
   rec_schedule        'stage': the recommender's cosine spans its own steps; 'all': the
                       official trainer's (over every epoch's steps, advanced in recommender
                       epochs only)
+  short_rows          > 0 (the `_paper` and `scientific` variants: 0.875): that share of
+                      each batch, its shortest histories, runs as a part of its own padded to
+                      the bucket holding 95 % of the training histories, the rest at the
+                      batch's length (the same states up to float rounding; dropout draws
+                      differ): i.i.d. batches are padded to their longest history (on
+                      Scientific 25 items on average for a mean of 3.3); 3.3x less train-step
+                      time on Scientific's shapes. 0: the whole batch at its length
 train.epochs / eval_every / patience are the alternation stage's.
 """
 import os
@@ -101,7 +108,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       cycle=2, warm_epochs=10, w_sia=1e-4, w_psa=3e-4, sia_sign="negative",
       psa_temperature=0.07, tok_lr=1e-4, rec_warmup_steps=8000, tok_warmup_steps=4000,
       finetune_epochs=100, finetune_lr=5e-4, finetune_patience=10, finetune_eval_every=1,
-      rec_schedule="stage", warmup_frac=0.0, alternation="alternate"))
+      rec_schedule="stage", warmup_frac=0.0, alternation="alternate", short_rows=0.0))
   e = cfg.etegrec
   m.user_buckets = 0
   tr.lr = 5e-3
@@ -157,6 +164,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     tr.decode, tr.beam = "free", 20
     m.init_std, m.logit_scale = 0.02, False
     e.sia_sign = "positive"
+    e.short_rows = 0.875                   # the i.i.d. batches' shortest 7/8 run short (speed)
   if paper and variant == "instruments":
     t.init = "xavier"                      # RQVAE/models/layers.py:33-38
   if variant == "scientific":

@@ -42,7 +42,7 @@ _ADDED = {("train", "accumulate"): 1, ("train", "decode"): "constrained",
           ("siit", "align_loss"): "sum", ("tokenizer", "simcit", "groups"): 0,
           ("tokenizer", "simcit", "init"): "flax", ("data", "whole_updates"): False,
           ("tokenizer", "init"): "flax", ("model", "item_input"): "id", ("model", "codes"): "",
-          ("model", "item_tokens"): "codes"}
+          ("model", "item_tokens"): "codes", ("etegrec", "short_rows"): 0.0}
 # A `train` key is a key of the collaborative pre-training's `cf.train` too (same TrainConfig).
 ADDED_KEYS = {**_ADDED, **{("cf",) + path: value for path, value in _ADDED.items()
                            if path[0] == "train"}}

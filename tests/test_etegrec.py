@@ -101,6 +101,34 @@ def test_each_step_updates_only_its_model(tiny_run):
   plan.state = state
 
 
+@pytest.mark.parametrize("short", [(5, 3), (7, 3), (3, 1)], ids=["split", "too-long", "one-item"])
+def test_short_part_computes_what_the_whole_batch_does(tiny_run, short):
+  """etegrec.short_rows: the batch's shortest rows run padded to fewer items; every loss
+  term (and the code loss's gradient) is the whole batch's, whether the rows fit (the split
+  runs) or not (the whole batch does: a split that cut histories would change the terms)."""
+  cfg, run, plan, _ = tiny_run
+  lens = np.array([1, 6, 2, 3, 1, 5, 2, 0])                    # the last row: padding
+  mask = np.arange(6)[None, :] < lens[:, None]
+  rng = np.random.default_rng(2)
+  n = run.dataset.n_items
+  batch = {"history_BxL": np.where(mask, rng.integers(0, n, (8, 6)), 0).astype(np.int32),
+           "mask_BxL": mask, "target_B": rng.integers(0, n, 8).astype(np.int32),
+           "user_B": np.arange(8, dtype=np.int32), "weight_B": (lens > 0).astype(np.float32)}
+  feats = jnp.asarray(run.dataset.features[cfg.tokenizer.feature], jnp.float32)
+  common = dict(t5=run.model, tok=run.tokenizer[0], train_rec=False, train_tok=False,
+                sia_sign="negative", psa_temperature=0.07)
+
+  def terms(rec_params, s):
+    return etegrec.forward_terms(rec_params, plan.state.tok.params, batch, run.codes, feats,
+                                 jax.random.key(0), short=s, **common)
+
+  rec = plan.state.rec.params
+  chex.assert_trees_all_close(jax.jit(terms, static_argnums=1)(rec, short),
+                              jax.jit(terms, static_argnums=1)(rec, ()), rtol=1e-5, atol=1e-6)
+  grad = jax.jit(jax.grad(lambda p, s: terms(p, s)["code"]), static_argnums=1)
+  chex.assert_trees_all_close(grad(rec, short), grad(rec, ()), rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("mode", ["joint", "frozen"])
 def test_ablations_of_the_alternation(tiny_run, mode):
   """'joint': every epoch's step updates both models and every epoch re-codes the items;

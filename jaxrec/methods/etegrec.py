@@ -43,6 +43,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxrec import distributed
@@ -113,22 +114,17 @@ def _adapter_apply(params, x):
 
 def forward_terms(rec_params, tok_params, batch, codes_NxC, feats_NxF, key, *, t5: T5,
                   tok: RQVAE, train_rec: bool, train_tok: bool, sia_sign: str,
-                  psa_temperature: float):
-  """Everything both steps need: code loss, SIA, PSA, the tokenizer's own loss."""
+                  psa_temperature: float, short: tuple = ()):
+  """Everything both steps need: code loss, SIA, PSA, the tokenizer's own loss (`short`:
+  `steps.teacher_forced_states`' split of the batch)."""
   k_enc, k_dec, k_tok = jax.random.split(key, 3)   # encode and decode are separate applies
-  cfg = t5.cfg
-  tokens, mask = steps.history_tokens(codes_NxC, batch["history_BxL"], batch["mask_BxL"], cfg)
-  dec_in, labels = steps.decoder_io(codes_NxC, batch["target_B"], cfg)
   p = rec_params["t5"]
-  enc, enc_mask = t5.apply(p, tokens, mask, batch["user_B"], train_rec, method=T5.encode,
-                           rngs={"dropout": k_enc} if train_rec else {})
-  hidden = t5.apply(p, enc, enc_mask, dec_in, train_rec, method=T5.decode,
-                    rngs={"dropout": k_dec} if train_rec else {})
+  pooled, hidden = steps.teacher_forced_states(p, t5, batch, codes_NxC, train_rec,
+                                               (k_enc, k_dec), short)
+  _, labels = steps.decoder_io(codes_NxC, batch["target_B"], t5.cfg)
   logits = t5.apply(p, hidden, method=T5.logits)
   code, code_metrics = steps.code_loss(logits, labels, batch["weight_B"])
 
-  m = enc_mask.astype(enc.dtype)[..., None]
-  pooled = jnp.sum(enc * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
   seq_latent = _adapter_apply(rec_params["enc_adapter"], pooled)              # [B, D]
   dec_latent = _adapter_apply(rec_params["dec_adapter"], hidden[:, 0])        # [B, F]
 
@@ -146,7 +142,7 @@ def forward_terms(rec_params, tok_params, batch, codes_NxC, feats_NxF, key, *, t
 
 
 def train_step(state: EteState, batch, codes_NxC, key, weights, feats_NxF, *, part: str, t5,
-               tok, tx, lr_fn, sia_sign, psa_temperature):
+               tok, tx, lr_fn, sia_sign, psa_temperature, short: tuple = ()):
   """One AdamW step of one model (`part`), the other frozen and in inference mode:
   'rec': L_code + w_sia * SIA + w_psa * PSA -> recommender (and its adapters) only;
   'tok': L_recon + L_rq + w_sia * SIA + w_psa * PSA -> tokenizer only;
@@ -162,7 +158,7 @@ def train_step(state: EteState, batch, codes_NxC, key, weights, feats_NxF, *, pa
     tok_params = params.get("tok", sg(state.tok.params))
     t = forward_terms(rec_params, tok_params, batch, codes_NxC, feats_NxF, k, t5=t5, tok=tok,
                       train_rec="rec" in params, train_tok="tok" in params, sia_sign=sia_sign,
-                      psa_temperature=psa_temperature)
+                      psa_temperature=psa_temperature, short=short)
     own = ((t["code"] if "rec" in params else 0.0)
            + (t["recon"] + t["rq"] if "tok" in params else 0.0))
     return own + weights[0] * t["sia"] + weights[1] * t["psa"], t
@@ -224,6 +220,8 @@ def _validate(run) -> None:
                       f"{ec.warmup_frac!r}")
   if ec.get("rec_schedule", "stage") not in ("stage", "all"):
     raise ConfigError(f"etegrec.rec_schedule must be 'stage' or 'all', got {ec.rec_schedule!r}")
+  if not 0.0 <= ec.get("short_rows", 0.0) < 1.0:
+    raise ConfigError(f"etegrec.short_rows must be in [0, 1) (0: off), got {ec.short_rows!r}")
   if _mode(ec) not in MODES:
     raise ConfigError(f"etegrec.alternation must be one of {MODES}, got {ec.alternation!r}")
 
@@ -274,6 +272,20 @@ def _initial_state(run, key, tx_rec, tx_tok) -> EteState:
   return distributed.replicate(state, run.replicated)
 
 
+def short_part(run) -> tuple:
+  """`etegrec.short_rows` as `steps.teacher_forced_states`' (rows, length): that share of a
+  batch's rows, padded to the smallest bucket that holds 95 % of the training histories
+  (i.i.d. batches are padded to their longest: on Scientific 25 items on average for a mean
+  of 3.3); () when off."""
+  frac = run.cfg.etegrec.get("short_rows", 0.0)
+  if not frac:
+    return ()
+  buckets = run.buckets
+  lens = run.splits["train"].hist_len_S
+  length = buckets[min(int(np.searchsorted(buckets, np.percentile(lens, 95))), len(buckets) - 1)]
+  return (int(round(frac * run.cfg.train.batch_size)), int(length))
+
+
 def training_plan(run, key, steps_per_epoch: int) -> Plan:
   """The two stages of ETEGRec for the shared training loop (see the module docstring)."""
   _validate(run)
@@ -284,7 +296,7 @@ def training_plan(run, key, steps_per_epoch: int) -> Plan:
   opt = _optimizers(tc, ec, steps_per_epoch)
   state = _initial_state(run, key, opt["rec"][0], opt["tok"][0])
   common = dict(t5=run.model, tok=tok_model, sia_sign=ec.sia_sign,
-                psa_temperature=ec.psa_temperature)
+                psa_temperature=ec.psa_temperature, short=short_part(run))
   mode = _mode(ec)
   parts = {"alternate": ("rec", "tok"), "joint": ("both",), "frozen": ("rec",)}[mode] + ("ft",)
   fns = {}
