@@ -73,7 +73,7 @@ def forward(params, model: T5, batch, codes_NxC, train: bool, key=None):
   return model.apply(params, hidden, method=T5.logits), labels
 
 
-def teacher_forced_states(params, model: T5, batch, codes_NxC, train: bool, keys=(None, None),
+def teacher_forced_states(params, model: T5, batch, codes_NxC, train: bool, keys,
                           short: tuple = ()):
   """(encoder states mean-pooled over each history's real positions [B, D], teacher-forced
   decoder states [B, C, D]) of a batch; `keys` the encoder's and decoder's dropout keys.
@@ -96,7 +96,6 @@ def teacher_forced_states(params, model: T5, batch, codes_NxC, train: bool, keys
     m = enc_mask.astype(enc.dtype)[..., None]
     return jnp.sum(enc * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0), hidden
 
-  keys = [jax.random.key(0) if k is None else k for k in keys]
   n_rows, n_items = batch["history_BxL"].shape
   if not short or not 0 < short[0] < n_rows or short[1] >= n_items:
     return run(batch, *keys)

@@ -7,7 +7,7 @@ multiplies its few decoder queries into the key and value projections
 (`Attention.attend_absorbed`); decoding attends over cached keys and values (one array
 per decoded position, `Attention.attend_cached`; the encoder's once per user,
 `Attention.attend_heads_first`). One embedding table holds every level's codes at
-per-level offsets plus a BOS row. Two output heads (`head`):
+per-level offsets plus a BOS row. Three output heads (`head`):
 - "level" (default): the logits of decoder position l are the dot products with level l's
   rows only (tied input/output tables, a softmax per level);
 - "vocab" (LETTER-TIGER's HF T5): one softmax over every row of the tied table (all levels'
