@@ -3,14 +3,18 @@ with valid decoding, and a run killed in the middle of a cycle resumes to the sa
 import json
 import os
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import etegrec as etegrec_configs
 from jaxrec import decode, pipeline
+from jaxrec.recommender import steps
 from jaxrec.training import loop
 from jaxrec.training.run import set_codes
 from jaxrec.data import BatchIterator
@@ -101,11 +105,10 @@ def test_each_step_updates_only_its_model(tiny_run):
   plan.state = state
 
 
-@pytest.mark.parametrize("short", [(5, 3), (7, 3), (3, 1)], ids=["split", "too-long", "one-item"])
-def test_short_part_computes_what_the_whole_batch_does(tiny_run, short):
-  """etegrec.short_rows: the batch's shortest rows run padded to fewer items; every loss
-  term (and the code loss's gradient) is the whole batch's, whether the rows fit (the split
-  runs) or not (the whole batch does: a split that cut histories would change the terms)."""
+def test_short_part_computes_what_the_whole_batch_does(tiny_run):
+  """etegrec.short_rows: the batch's shortest rows run padded to fewer items; when they fit,
+  every loss term (and the code loss's gradient) is the whole batch's; when they do not, the
+  train step runs the whole batch (a split would cut histories), as without the option."""
   cfg, run, plan, _ = tiny_run
   lens = np.array([1, 6, 2, 3, 1, 5, 2, 0])                    # the last row: padding
   mask = np.arange(6)[None, :] < lens[:, None]
@@ -114,6 +117,7 @@ def test_short_part_computes_what_the_whole_batch_does(tiny_run, short):
   batch = {"history_BxL": np.where(mask, rng.integers(0, n, (8, 6)), 0).astype(np.int32),
            "mask_BxL": mask, "target_B": rng.integers(0, n, 8).astype(np.int32),
            "user_B": np.arange(8, dtype=np.int32), "weight_B": (lens > 0).astype(np.float32)}
+  batch = jax.tree.map(jnp.asarray, batch)
   feats = jnp.asarray(run.dataset.features[cfg.tokenizer.feature], jnp.float32)
   common = dict(t5=run.model, tok=run.tokenizer[0], train_rec=False, train_tok=False,
                 sia_sign="negative", psa_temperature=0.07)
@@ -123,10 +127,24 @@ def test_short_part_computes_what_the_whole_batch_does(tiny_run, short):
                                  jax.random.key(0), short=s, **common)
 
   rec = plan.state.rec.params
-  chex.assert_trees_all_close(jax.jit(terms, static_argnums=1)(rec, short),
-                              jax.jit(terms, static_argnums=1)(rec, ()), rtol=1e-5, atol=1e-6)
+  whole = jax.jit(terms, static_argnums=1)(rec, ())
   grad = jax.jit(jax.grad(lambda p, s: terms(p, s)["code"]), static_argnums=1)
-  chex.assert_trees_all_close(grad(rec, short), grad(rec, ()), rtol=1e-4, atol=1e-6)
+  for short in ((5, 3), (3, 1)):                               # sorted lengths 0 1 1 2 2 3 5 6
+    assert steps.splits(batch, short) and bool(steps.short_fits(batch, short))
+    chex.assert_trees_all_close(jax.jit(terms, static_argnums=1)(rec, short), whole,
+                                rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(grad(rec, short), grad(rec, ()), rtol=1e-4, atol=1e-6)
+  assert not bool(steps.short_fits(batch, (7, 3)))            # the 7th shortest has 5 items
+  assert not steps.splits(batch, (8, 3)) and not steps.splits(batch, (5, 6))
+  step = lambda s: jax.jit(functools.partial(
+      etegrec.train_step, part="rec", t5=run.model, tok=run.tokenizer[0], tx=optax.sgd(0.1),
+      lr_fn=lambda c: 0.1, sia_sign="negative", psa_temperature=0.07, short=s))
+  state = jax.tree.map(jnp.array, plan.state.replace(rec=plan.state.rec.replace(
+      opt_state=optax.sgd(0.1).init(plan.state.rec.params))))
+  args = (batch, run.codes, jax.random.key(3), jnp.ones(2), feats)
+  chex.assert_trees_all_close(step((7, 3))(jax.tree.map(jnp.array, state), *args),
+                              step(())(jax.tree.map(jnp.array, state), *args),
+                              rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["joint", "frozen"])

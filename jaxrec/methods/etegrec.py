@@ -148,24 +148,31 @@ def train_step(state: EteState, batch, codes_NxC, key, weights, feats_NxF, *, pa
   'tok': L_recon + L_rq + w_sia * SIA + w_psa * PSA -> tokenizer only;
   'both' (`etegrec.alternation='joint'`, the ablation without alternation): L_code + L_recon
   + L_rq + w_sia * SIA + w_psa * PSA -> both models at once, both in training mode; `tx` and
-  `lr_fn` are then dicts by part."""
+  `lr_fn` are then dicts by part. `short` (`etegrec.short_rows`): the batch's short rows run
+  apart when they fit (`steps.teacher_forced_states`), chosen by a `lax.cond` around the
+  gradient (inside it, the backward pass would keep both ways' activations)."""
   k = jax.random.fold_in(key, state.step)
   parts = ("rec", "tok") if part == "both" else (part,)
   txs, lr_fns = (tx, lr_fn) if part == "both" else ({part: tx}, {part: lr_fn})
 
-  def loss_fn(params):
+  def loss_fn(params, split):
     rec_params = params.get("rec", sg(state.rec.params))
     tok_params = params.get("tok", sg(state.tok.params))
     t = forward_terms(rec_params, tok_params, batch, codes_NxC, feats_NxF, k, t5=t5, tok=tok,
                       train_rec="rec" in params, train_tok="tok" in params, sia_sign=sia_sign,
-                      psa_temperature=psa_temperature, short=short)
+                      psa_temperature=psa_temperature, short=split)
     own = ((t["code"] if "rec" in params else 0.0)
            + (t["recon"] + t["rq"] if "tok" in params else 0.0))
     return own + weights[0] * t["sia"] + weights[1] * t["psa"], t
 
   subs = {p: getattr(state, p) for p in parts}
-  (loss, t), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      {p: sub.params for p, sub in subs.items()})
+  params = {p: sub.params for p, sub in subs.items()}
+  grad_fn = lambda split: jax.value_and_grad(loss_fn, has_aux=True)(params, split)
+  if steps.splits(batch, short):      # the batch's short rows apart when they fit
+    (loss, t), grads = jax.lax.cond(steps.short_fits(batch, short), lambda: grad_fn(short),
+                                    lambda: grad_fn(()))
+  else:
+    (loss, t), grads = grad_fn(())
   new = {}
   for p, sub in subs.items():
     updates, opt_state = txs[p].update(grads[p], sub.opt_state, sub.params)

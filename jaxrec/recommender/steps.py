@@ -73,17 +73,32 @@ def forward(params, model: T5, batch, codes_NxC, train: bool, key=None):
   return model.apply(params, hidden, method=T5.logits), labels
 
 
+def splits(batch, short: tuple) -> bool:
+  """Whether `short` = (rows, length) splits a batch of this shape (`teacher_forced_states`):
+  fewer rows than the batch's, padded to fewer items than its length."""
+  n_rows, n_items = batch["history_BxL"].shape
+  return bool(short) and 0 < short[0] < n_rows and short[1] < n_items
+
+
+def short_fits(batch, short: tuple):
+  """(traced) Whether the batch's `rows` shortest histories all fit in `length` items."""
+  rows, length = short
+  return jnp.sort(jnp.sum(batch["mask_BxL"], axis=1))[rows - 1] <= length
+
+
 def teacher_forced_states(params, model: T5, batch, codes_NxC, train: bool, keys,
                           short: tuple = ()):
   """(encoder states mean-pooled over each history's real positions [B, D], teacher-forced
   decoder states [B, C, D]) of a batch; `keys` the encoder's and decoder's dropout keys.
 
-  `short` = (rows, length): the batch's `rows` shortest histories run as a part of their own,
-  padded to `length` items, the other rows as a second part at the batch's length, whenever
-  those rows all fit (else the whole batch at once). Every real position computes what it
-  would in the whole batch (padded keys are masked out; relative positions start at each
-  history's first item): the same states up to float rounding, at a fraction of the cost
-  when i.i.d. batches are padded to their longest history; only the dropout draws differ."""
+  `short` = (rows, length) (when it `splits` the batch): the batch's `rows` shortest
+  histories run as a part of their own, padded to `length` items, the other rows as a second
+  part at the batch's length. When those rows all fit (`short_fits`: the caller's check,
+  outside the gradient, so that a `lax.cond` between the two ways keeps one way's
+  activations, not both), every real position computes what it would in the whole batch
+  (padded keys are masked out; relative positions start at each history's first item): the
+  same states up to float rounding, at a fraction of the cost when i.i.d. batches are padded
+  to their longest history; only the dropout draws differ."""
   cfg = model.cfg
 
   def run(b, k_enc, k_dec):
@@ -96,23 +111,17 @@ def teacher_forced_states(params, model: T5, batch, codes_NxC, train: bool, keys
     m = enc_mask.astype(enc.dtype)[..., None]
     return jnp.sum(enc * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0), hidden
 
-  n_rows, n_items = batch["history_BxL"].shape
-  if not short or not 0 < short[0] < n_rows or short[1] >= n_items:
+  if not splits(batch, short):
     return run(batch, *keys)
   rows, length = short
-  n_B = jnp.sum(batch["mask_BxL"], axis=1)
-  order = jnp.argsort(n_B, stable=True)
+  order = jnp.argsort(jnp.sum(batch["mask_BxL"], axis=1), stable=True)
   fields = ("history_BxL", "mask_BxL", "target_B", "user_B")
-
-  def parts(_):
-    a = {f: jnp.asarray(batch[f])[order[:rows]] for f in fields}
-    a["history_BxL"], a["mask_BxL"] = a["history_BxL"][:, :length], a["mask_BxL"][:, :length]
-    b = {f: jnp.asarray(batch[f])[order[rows:]] for f in fields}
-    out = [run(part, *(jax.random.fold_in(k, i) for k in keys)) for i, part in enumerate((a, b))]
-    inverse = jnp.argsort(order)
-    return tuple(jnp.concatenate(x, axis=0)[inverse] for x in zip(*out))
-
-  return jax.lax.cond(n_B[order[rows - 1]] <= length, parts, lambda _: run(batch, *keys), None)
+  a = {f: jnp.asarray(batch[f])[order[:rows]] for f in fields}
+  a["history_BxL"], a["mask_BxL"] = a["history_BxL"][:, :length], a["mask_BxL"][:, :length]
+  b = {f: jnp.asarray(batch[f])[order[rows:]] for f in fields}
+  out = [run(part, *(jax.random.fold_in(k, i) for k in keys)) for i, part in enumerate((a, b))]
+  inverse = jnp.argsort(order)
+  return tuple(jnp.concatenate(x, axis=0)[inverse] for x in zip(*out))
 
 
 def code_loss(logits_BxCxK, labels_BxC, weight_B, tau: float = 1.0):
