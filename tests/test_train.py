@@ -192,6 +192,7 @@ def test_a_run_saved_by_an_older_version_resumes(tmp_path, method):
   if method == "etegrec":
     cfg.etegrec.warmup_frac = 0.0    # that run's warm-up: the step counts (the share came later)
     cfg.data.whole_updates = False   # and its epochs' batches (whole updates came later)
+    cfg.etegrec.short_rows = 0.0     # and its padding (each batch whole: short rows came later)
   if method == "siit":
     cfg.siit.align_loss = "sum"      # that run's alignment weighting (the per-sample mix came later)
   (tmp_path / "config.json").write_text(json.dumps(old))
