@@ -37,6 +37,8 @@ TOKENIZER_FILES = ("codes.json", "codes.npz", "tokenizer.json", "tokenizer.msgpa
 def one_step(args, frac: float) -> dict:
   """In this process: set up the run (`short_rows=frac`), take the first batch of an epoch
   padded to `args.length`, time two recommender steps (the first compiles)."""
+  from jaxrec.xla import set_cpu_devices
+  set_cpu_devices()                             # the XLA:CPU devices jaxrec's commands use
   import jax
   from jaxrec import pipeline
   from jaxrec.config import get_config
@@ -68,7 +70,8 @@ def one_step(args, frac: float) -> dict:
       state, out = step(state, batch, run.codes, jax.random.key(0))
       jax.block_until_ready(out["loss"])
       times.append(time.time() - t0)
-    return {"short_rows": frac, "short": list(etegrec.short_part(run)),
+    return {"short_rows": frac, "short": list(etegrec.short_part(run))[:2],
+            "devices": int(run.mesh.devices.size),
             "length": args.length, "first_s": round(times[0], 2), "step_s": round(times[1], 2),
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
             "loss": float(out["loss"])}

@@ -280,8 +280,9 @@ def _initial_state(run, key, tx_rec, tx_tok) -> EteState:
 
 
 def short_part(run) -> tuple:
-  """`etegrec.short_rows` as `steps.teacher_forced_states`' (rows, length): that share of a
-  batch's rows, padded to the smallest bucket that holds 95 % of the training histories
+  """`etegrec.short_rows` as `steps.teacher_forced_states`' (rows, length, the batch's
+  sharding): that share of a batch's rows (a multiple of the device count), padded to the
+  smallest bucket that holds 95 % of the training histories
   (i.i.d. batches are padded to their longest: on Scientific 23.4 items on average for a
   mean of 3.3); () when off."""
   frac = run.cfg.etegrec.get("short_rows", 0.0)
@@ -290,7 +291,9 @@ def short_part(run) -> tuple:
   buckets = run.buckets
   lens = run.splits["train"].hist_len_S
   length = buckets[min(int(np.searchsorted(buckets, np.percentile(lens, 95))), len(buckets) - 1)]
-  return (int(round(frac * run.cfg.train.batch_size)), int(length))
+  n = run.mesh.devices.size               # each part's rows split over the devices
+  rows = int(round(frac * run.cfg.train.batch_size / n)) * n
+  return (rows, int(length), run.batch_sharding)
 
 
 def training_plan(run, key, steps_per_epoch: int) -> Plan:

@@ -82,7 +82,7 @@ def splits(batch, short: tuple) -> bool:
 
 def short_fits(batch, short: tuple):
   """(traced) Whether the batch's `rows` shortest histories all fit in `length` items."""
-  rows, length = short
+  rows, length = short[:2]
   return jnp.sort(jnp.sum(batch["mask_BxL"], axis=1))[rows - 1] <= length
 
 
@@ -91,14 +91,15 @@ def teacher_forced_states(params, model: T5, batch, codes_NxC, train: bool, keys
   """(encoder states mean-pooled over each history's real positions [B, D], teacher-forced
   decoder states [B, C, D]) of a batch; `keys` the encoder's and decoder's dropout keys.
 
-  `short` = (rows, length) (when it `splits` the batch): the batch's `rows` shortest
+  `short` = (rows, length[, sharding]) (when it `splits` the batch): the batch's `rows` shortest
   histories run as a part of their own, padded to `length` items, the other rows as a second
   part at the batch's length. When those rows all fit (`short_fits`: the caller's check,
   outside the gradient, so that a `lax.cond` between the two ways keeps one way's
   activations, not both), every real position computes what it would in the whole batch
   (padded keys are masked out; relative positions start at each history's first item): the
   same states up to float rounding, at a fraction of the cost when i.i.d. batches are padded
-  to their longest history; only the dropout draws differ."""
+  to their longest history; only the dropout draws differ. `sharding` (the batch's): where
+  each part's rows go, as the batch's are split over a mesh's devices."""
   cfg = model.cfg
 
   def run(b, k_enc, k_dec):
@@ -113,12 +114,14 @@ def teacher_forced_states(params, model: T5, batch, codes_NxC, train: bool, keys
 
   if not splits(batch, short):
     return run(batch, *keys)
-  rows, length = short
+  rows, length = short[:2]
   order = jnp.argsort(jnp.sum(batch["mask_BxL"], axis=1), stable=True)
   fields = ("history_BxL", "mask_BxL", "target_B", "user_B")
   a = {f: jnp.asarray(batch[f])[order[:rows]] for f in fields}
   a["history_BxL"], a["mask_BxL"] = a["history_BxL"][:, :length], a["mask_BxL"][:, :length]
   b = {f: jnp.asarray(batch[f])[order[rows:]] for f in fields}
+  if len(short) > 2:     # each part split over the devices as the batch is (else XLA may
+    a, b = (jax.lax.with_sharding_constraint(p, short[2]) for p in (a, b))  # run it whole on each)
   out = [run(part, *(jax.random.fold_in(k, i) for k in keys)) for i, part in enumerate((a, b))]
   inverse = jnp.argsort(order)
   return tuple(jnp.concatenate(x, axis=0)[inverse] for x in zip(*out))
