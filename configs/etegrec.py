@@ -79,7 +79,7 @@ etegrec:
                       the bucket holding 95 % of the training histories, the rest at the
                       batch's length (the same states up to float rounding; dropout draws
                       differ): i.i.d. batches are padded to their longest history (on
-                      Scientific 23.4 items on average for a mean of 3.3): a step 3.7x faster
+                      Scientific 23.4 items on average for a mean of 3.3): a step 3.5x faster
                       there, half the memory (bench/README.md). 0: the whole batch at its length
 train.epochs / eval_every / patience are the alternation stage's.
 """
