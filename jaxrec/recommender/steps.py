@@ -91,9 +91,9 @@ def teacher_forced_states(params, model: T5, batch, codes_NxC, train: bool, keys
   """(encoder states mean-pooled over each history's real positions [B, D], teacher-forced
   decoder states [B, C, D]) of a batch; `keys` the encoder's and decoder's dropout keys.
 
-  `short` = (rows, length[, sharding]) (when it `splits` the batch): the batch's `rows` shortest
-  histories run as a part of their own, padded to `length` items, the other rows as a second
-  part at the batch's length. When those rows all fit (`short_fits`: the caller's check,
+  `short` = (rows, length[, sharding]) (when it `splits` the batch): the batch's `rows`
+  shortest histories run as a part of their own, padded to `length` items, the other rows as
+  a second part at the batch's length. When those rows all fit (`short_fits`: the caller's check,
   outside the gradient, so that a `lax.cond` between the two ways keeps one way's
   activations, not both), every real position computes what it would in the whole batch
   (padded keys are masked out; relative positions start at each history's first item): the
@@ -121,7 +121,7 @@ def teacher_forced_states(params, model: T5, batch, codes_NxC, train: bool, keys
   a["history_BxL"], a["mask_BxL"] = a["history_BxL"][:, :length], a["mask_BxL"][:, :length]
   b = {f: jnp.asarray(batch[f])[order[rows:]] for f in fields}
   if len(short) > 2:     # each part split over the devices as the batch is (else XLA may
-    a, b = (jax.lax.with_sharding_constraint(p, short[2]) for p in (a, b))  # run it whole on each)
+    a, b = (jax.lax.with_sharding_constraint(p, short[2]) for p in (a, b))  # run it whole)
   out = [run(part, *(jax.random.fold_in(k, i) for k in keys)) for i, part in enumerate((a, b))]
   inverse = jnp.argsort(order)
   return tuple(jnp.concatenate(x, axis=0)[inverse] for x in zip(*out))
