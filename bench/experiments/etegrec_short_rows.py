@@ -90,12 +90,12 @@ def padding(args) -> dict:
   group = cfg.train.accumulate if cfg.data.get("whole_updates", False) else 1
   plan = plan_batches(split, cfg.train.batch_size, buckets, True, 0, 0,
                       iid=cfg.data.batching == "iid", group=group)
-  lens = split.hist_len_S
+  lens, padded = split.hist_len_S, [length for length, _ in plan]
   return {"samples": int(len(lens)), "mean_history": round(float(lens.mean()), 2),
           "p95_history": float(np.percentile(lens, 95)),
-          "mean_padded_length": round(float(np.mean([length for length, _ in plan])), 2),
+          "mean_padded_length": round(float(np.mean(padded)), 2),
           "batches_by_length": {int(k): int(v) for k, v in
-                                zip(*np.unique([length for length, _ in plan], return_counts=True))}}
+                                zip(*np.unique(padded, return_counts=True))}}
 
 
 def main():
