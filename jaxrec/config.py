@@ -253,7 +253,7 @@ def config_problems(cfg: ml_collections.ConfigDict, kind: str = "codes",
   if head == "items" and tr is not None and tr.get("decode") == "free":
     problems.append("model.head='items' ranks the catalogue's items: it decodes no IDs, so "
                     "train.decode='free' does not apply")
-  if m is not None and m.get("item_tokens") == "sum" and m.get("head") == "vocab":
+  if m is not None and m.get("item_tokens") == "sum" and head == "vocab":
     problems.append("model.item_tokens='sum' reads no EOS token: use it with model.head='level'")
   if generative and m is not None:
     problems += _model_problems(cfg.method, m, models)

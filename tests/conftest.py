@@ -54,6 +54,5 @@ class _Trained(dict):
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
   """A tiny TIGER, its decoder-only variant, TIGER with the "items" head and a tiny SASRec
-  run, each trained once per
-  session (per test worker) when first read: {name: workdir}."""
+  run, each trained once per session (per test worker) when first read: {name: workdir}."""
   return _Trained(tmp_path_factory)
