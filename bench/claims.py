@@ -104,15 +104,16 @@ def seed_results(root: str, spec: str, name: str, max_seeds: int = 100) -> dict:
 
 
 def table_results(paths) -> dict:
-  """{row spec: {seed: {"test": metrics}}} from quality.py's result files (`--seeds` rows)."""
+  """{row spec: {seed: {"test": metrics}}} from quality.py's result files (`--seeds` rows); a
+  row in several files (its seeds run apart, `--first_seed`) joins their seeds."""
   out = {}
   for path in paths:
     with open(path) as f:
       for row in json.load(f)["rows"]:
         seeds = row.get("seeds", [row.get("seed", 0)])
         per_seed = row.get("test_per_seed") or {k: [row["test"][k]] for k in METRICS}
-        out[row["run"]] = {s: {"test": {k: per_seed[k][i] for k in METRICS}}
-                           for i, s in enumerate(seeds)}
+        out.setdefault(row["run"], {}).update(
+            {s: {"test": {k: per_seed[k][i] for k in METRICS}} for i, s in enumerate(seeds)})
   return out
 
 

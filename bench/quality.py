@@ -13,7 +13,9 @@ every run. Each run trains in `<workdir>/<method>-<variant>[-<name>]` through
 stdout and, with the rows as JSON (and the machine: device, CPU, jax / flax versions), to
 `bench/results/quality-<name or platform>.{md,json}`. `--seeds N` runs every row with
 seeds 0..N-1 (workdirs `...-seed<k>`, so `--seeds 1` now and `--seeds 3` later reuse seed 0)
-and reports each metric's mean +- std (ddof 1; 0 with one seed).
+and reports each metric's mean +- std (ddof 1; 0 with one seed). `--first_seed K` runs seeds
+K..N-1 only (a row's other seeds trained elsewhere; `bench/claims.py --tables` joins the
+result files seed by seed).
 """
 from __future__ import annotations
 
@@ -181,15 +183,19 @@ def main():
   p.add_argument("--seeds", type=int, default=None,
                  help="runs per row with seeds 0..N-1 in workdirs ...-seed<k> (mean +- std in "
                       "the table); a later call with a larger N reuses the finished seeds")
+  p.add_argument("--first_seed", type=int, default=0,
+                 help="with --seeds N: run seeds first_seed..N-1 only")
   p.add_argument("--workdir", default="runs/quality")
   p.add_argument("--out", default=None, help="output stem (default bench/results/quality-<name|platform>)")
   common.add_cpu_devices(p)
   args = p.parse_args()
   common.set_cpu_devices(args)
   shared = [parse_override(s) for s in args.set]
+  if args.first_seed and not (args.seeds and 0 <= args.first_seed < args.seeds):
+    raise SystemExit(f"--first_seed {args.first_seed} needs --seeds N with N > {args.first_seed}")
   if args.seeds:
     rows = [aggregate([run_one(spec, shared, args.workdir, args.name, seed)
-                       for seed in range(args.seeds)]) for spec in args.runs]
+                       for seed in range(args.first_seed, args.seeds)]) for spec in args.runs]
   else:
     rows = [run_one(spec, shared, args.workdir, args.name) for spec in args.runs]
   md = table(rows)

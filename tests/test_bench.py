@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -49,6 +50,30 @@ def test_seeds_aggregate_to_mean_and_std():
   assert agg["seeds"] == [0, 1, 2] and agg["test_per_seed"]["recall@10"] == [.10, .20, .30]
   text = quality.table([agg])
   assert "0.2000 +- 0.1000" in text and "| 0, 1, 2 |" in text
+
+
+def test_first_seed_runs_only_the_later_seeds(tmp_path, monkeypatch):
+  """--first_seed K with --seeds N trains seeds K..N-1 alone (a row's earlier seeds run
+  elsewhere) and refuses K outside 0..N-1."""
+  ran = []
+  def fake_run(spec, shared, root, name, seed=None):
+    ran.append(seed)
+    m = {k: .1 * (seed + 1) for k in quality.METRICS}
+    return {"run": spec, "overrides": [], "dataset": "d", "budget": "b", "steps": 1,
+            "device": "cpu", "train_seconds": 1.0, "valid": m, "test": m, "popularity_test": m,
+            "published": None, "seed": seed}
+  monkeypatch.setattr(quality, "run_one", fake_run)
+  monkeypatch.setattr(quality.common, "set_cpu_devices", lambda args: None)
+  out = tmp_path / "q"
+  monkeypatch.setattr(sys, "argv", ["quality", "tiger:x", "--seeds", "3", "--first_seed", "1",
+                                    "--out", str(out)])
+  quality.main()
+  row, = json.loads((tmp_path / "q.json").read_text())["rows"]
+  assert ran == [1, 2] and row["seeds"] == [1, 2]
+  assert row["test_per_seed"]["recall@10"] == pytest.approx([.2, .3])
+  monkeypatch.setattr(sys, "argv", ["quality", "tiger:x", "--seeds", "1", "--first_seed", "1"])
+  with pytest.raises(SystemExit, match="--first_seed 1 needs --seeds N with N > 1"):
+    quality.main()
 
 
 def test_run_specs_split_outside_brackets():
@@ -222,7 +247,12 @@ def test_claims_pair_seeds_and_give_the_standard_error(tmp_path):
   table = tmp_path / "quality.json"
   table.write_text(json.dumps({"rows": [{"run": "letter:sci", "seeds": [0, 1, 2], "test": {},
                                          "test_per_seed": {k: [.11, .12, .13] for k in quality.METRICS}}]}))
-  assert claims.table_results([str(table)])["letter:sci"][2]["test"]["ndcg@10"] == .13
+  later = tmp_path / "quality-seed3.json"   # the same row's seed 3, run apart (--first_seed)
+  later.write_text(json.dumps({"rows": [{"run": "letter:sci", "seeds": [3], "test": {},
+                                         "test_per_seed": {k: [.14] for k in quality.METRICS}}]}))
+  joined = claims.table_results([str(table), str(later)])["letter:sci"]
+  assert sorted(joined) == [0, 1, 2, 3]
+  assert joined[2]["test"]["ndcg@10"] == .13 and joined[3]["test"]["ndcg@10"] == .14
 
 
 def test_a_free_decoding_rows_constrained_metrics_are_aggregated_and_shown():
