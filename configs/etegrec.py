@@ -23,7 +23,8 @@ Variants (anything not listed is configs/tiger.py's same variant):
   instruments_paper  instruments with the official code's protocol (BishopLiu/ETEGRec
                58d9736; docs/protocols.md cites each line): tokenizer pre-trained on a 256-d
                SASRec trained in-run (10,000 epochs, linear decay after 50 warm-up epochs,
-               no dead-code re-seeding); batch 2,048 = 512 x 4 accumulated, i.i.d. batches,
+               no dead-code re-seeding, Xavier-normal MLP, codebooks by k-means of 100
+               iterations on the first training batch's residuals); batch 2,048 = 512 x 4 accumulated, i.i.d. batches,
                history up to 50; every weight N(0, 0.02), unscaled logits; SIA's softmax
                over +distance (the code); the recommender's cosine ends at 0.53 x peak (its
                scheduler only advances in recommender epochs); test decoding unconstrained
@@ -39,8 +40,8 @@ Variants (anything not listed is configs/tiger.py's same variant):
                256-code collision level) with everything instruments_paper takes from the
                official code: the 256-d SASRec `cf` derived in-run as the tokenizer's input
                (the official scientific_emb_256.npy is a 256-d SASRec item table), its
-               pre-training (10,000 epochs, linear decay, k-means init, no re-seeding, the
-               lowest-collision epoch kept), batch 2,048 = 512 x 4 accumulated (512 per
+               pre-training (10,000 epochs, linear decay, Xavier-normal MLP, k-means of 100
+               iterations on the first batch, no re-seeding, the lowest-collision epoch kept), batch 2,048 = 512 x 4 accumulated (512 per
                process x 4 processes), every weight N(0, 0.02) (the SIA / PSA adapters too)
                and unscaled logits, SIA's softmax over +distance, the recommender's cosine
                built over every epoch's steps and advanced in recommender epochs only
@@ -159,17 +160,16 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     t.lr, t.weight_decay, t.batch_size, t.clip = 1e-3, 1e-4, 1024, 1.0
     t.log_every, t.save_every = 50, 500    # collisions checked every 50 epochs (official)
     t.keep = "lowest_collision"
+    t.kmeans_sample, t.kmeans_iters = "first_batch", 100   # vq.py:69-70, main.py:50 (sklearn)
+    t.init = "xavier"                      # RQVAE/models/layers.py:33-38
     tr.batch_size, tr.accumulate = 512, 4  # 512 per process x 4 processes
     tr.lr_end = 0.53
     tr.decode, tr.beam = "free", 20
     m.init_std, m.logit_scale = 0.02, False
     e.sia_sign = "positive"
     e.short_rows = 0.875                   # the i.i.d. batches' shortest 7/8 run short (speed)
-  if paper and variant == "instruments":
-    t.init = "xavier"                      # RQVAE/models/layers.py:33-38
   if variant == "scientific":
     t.suffix_size = 256                    # the official 4th level: 256 codes
-    # (its tokenizer keeps Flax's init: the claims queue's rows share a pre-trained one)
     # the official 8,000-step warm-up is 3.94 % of its schedule on its Scientific set (Amazon
     # 2023 5-core: 412.9K interactions of 51.0K users, so 259.9K training samples, 508
     # batches of 512 per epoch, each a scheduler step (accelerate steps the schedule once per

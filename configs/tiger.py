@@ -127,6 +127,8 @@ def tokenizer_config(variant: str) -> ml_collections.ConfigDict:
   t.kmeans_init = True
   t.kmeans_method = "kmeans++"     # kmeans++ | random | constrained (LETTER: size-constrained)
   t.kmeans_iters = 25
+  t.kmeans_sample = "catalogue"    # catalogue | first_batch (ETEGRec's pre-training: the fit's
+                                   # first batch of tokenizer.batch_size items)
   t.reseed_every = 20              # epochs between dead-code re-seeding (0: off)
   t.epochs = 300
   t.batch_size = 1024

@@ -287,3 +287,21 @@ def test_constrained_kmeans_keeps_clusters_within_letters_bounds():
   means = np.stack([np.asarray(x)[np.asarray(assign) == c].mean(0) for c in range(k)])
   np.testing.assert_allclose(np.asarray(cents), means, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(float(inertia), float(jnp.sum((x - cents[assign]) ** 2)), rtol=1e-5)
+
+
+def test_each_init_level_starts_from_the_nearest_codes_residual():
+  """k-means codebooks level by level (every tokenizer's init, RQ-KMeans): the next level is
+  fit on each point's residual to its nearest centroid, as LETTER's and ETEGRec's code
+  quantize after initialising a level; with `constrained` (balanced clusters) that is not
+  the cluster the point was assigned to."""
+  from jaxrec.tokenizer.kmeans import kmeans
+  from jaxrec.tokenizer.train import kmeans_codebooks
+  scale = jnp.concatenate([jnp.full((300, 1), 0.1), jnp.ones((100, 1))])
+  x = jax.random.normal(jax.random.key(0), (400, 6)) * scale
+  key = jax.random.key(3)
+  books = kmeans_codebooks(key, x, 2, 16, 5, "constrained")
+  first, assign, _ = kmeans(jax.random.fold_in(key, 0), x, 16, 5, "constrained")
+  near = jnp.argmin(jnp.sum((x[:, None] - first[None]) ** 2, -1), -1)
+  assert int(jnp.sum(near != assign)) > 0                      # the case that matters
+  second, _, _ = kmeans(jax.random.fold_in(key, 1), x - first[near], 16, 5, "constrained")
+  chex.assert_trees_all_close(books, jnp.stack([first, second]), rtol=1e-5, atol=1e-6)

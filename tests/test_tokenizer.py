@@ -205,6 +205,35 @@ def test_fit_same_key_same_codes_and_workdir_reuse(tmp_path):
   assert d.fingerprint != a.fingerprint  # a config change is a different table
 
 
+def test_first_batch_kmeans_init_reads_only_the_fits_first_batch():
+  """tokenizer.kmeans_sample='first_batch' (ETEGRec's pre-training, RQVAE/models/vq.py:69-70):
+  the codebooks start from k-means on the encodings of the fit's first batch alone, so the
+  items outside it do not move them; the whole catalogue's init differs."""
+  from jaxrec.tokenizer import train as tok_train
+  from jaxrec.tokenizer.rqvae import RQVAE, RQVAEConfig
+  feats = np.asarray(jax.random.normal(jax.random.key(0), (50, 6)), np.float32)
+  arch = RQVAEConfig(in_dim=6, hidden=(16,), code_dim=4, levels=2, codebook_size=8,
+                     modes=("hard", "hard"))
+  cfg = _tiny_tok_cfg(epochs=0, batch_size=16, kmeans_sample="first_batch")
+  key = jax.random.key(4)
+  _, params, _ = tok_train.fit(cfg, arch, feats, key)
+  k_init, k_km, k_train, _ = jax.random.split(key, 4)
+  k_perm, _ = tok_train.fit_streams(k_train)
+  first = np.asarray(tok_train.epoch_batches(jax.random.fold_in(k_perm, 0), 50, 16)[0])
+  rest = np.setdiff1d(np.arange(50), first)
+  moved = feats.copy()
+  moved[rest] *= 10.0                                          # not in the first batch
+  _, params_moved, _ = tok_train.fit(cfg, arch, moved, key)
+  books = params["params"]["codebooks"]
+  chex.assert_trees_all_close(books, params_moved["params"]["codebooks"], rtol=1e-6)
+  model = RQVAE(arch)
+  init = tok_train.jit_init(model, {"params": k_init}, jnp.asarray(feats[:2]), train=False)
+  want = tok_train.kmeans_init(init, jnp.asarray(feats[first]), k_km, model, 5, "kmeans++")
+  chex.assert_trees_all_close(books, want["params"]["codebooks"], rtol=1e-6)
+  _, whole, _ = tok_train.fit(_tiny_tok_cfg(epochs=0, batch_size=16), arch, feats, key)
+  assert not np.allclose(np.asarray(books), np.asarray(whole["params"]["codebooks"]))
+
+
 def test_letter_preset_widths_follow_the_input():
   from jaxrec.tokenizer.rqvae import halving_widths
   assert halving_widths(4096, 32) == (2048, 1024, 512, 256, 128, 64)  # LETTER's LLaMA encoder

@@ -95,8 +95,9 @@ def encode_catalogue(params, feats_NxF, *, model: RQVAE):
 
 
 def kmeans_init(params, feats_NxF, key, model: RQVAE, iters: int, init: str):
-  """Initialises each level's codebook with k-means on that level's residuals of the whole
-  catalogue (level by level, each on what the previous levels left)."""
+  """Initialises each level's codebook with k-means on that level's residuals of the items
+  given (the whole catalogue, or `tokenizer.kmeans_sample='first_batch'`: the fit's first
+  batch), level by level, each on what the previous levels left."""
   cfg = model.cfg
   z = jax.lax.map(lambda x_F: model.apply(params, x_F[None], method=RQVAE.encode)[0], feats_NxF,
                   batch_size=kmeans_lib.CHUNK)
@@ -107,12 +108,16 @@ def kmeans_init(params, feats_NxF, key, model: RQVAE, iters: int, init: str):
 
 
 def kmeans_codebooks(key, z_NxD, levels: int, size: int, iters: int, init: str):
-  """Codebooks [C, K, D] by k-means level by level, each on what the previous levels left."""
+  """Codebooks [C, K, D] by k-means level by level, each on what the previous levels left:
+  the residual to each point's nearest centroid, as the quantizer will leave it (LETTER's
+  and ETEGRec's code quantize the batch after initialising a level, models/vq.py). For
+  k-means++ and random starts that is the k-means assignment; for `constrained` (balanced
+  clusters) a point's cluster may not be its nearest centroid."""
   books, residual = [], z_NxD
   for level in range(levels):
-    cents, assign, _ = kmeans(jax.random.fold_in(key, level), residual, size, iters, init)
+    cents, _, _ = kmeans(jax.random.fold_in(key, level), residual, size, iters, init)
     books.append(cents)
-    residual = residual - cents[assign]
+    residual = residual - cents[kmeans_lib.nearest(residual, cents)[0]]
   return jnp.stack(books)
 
 
@@ -243,9 +248,17 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[
   n = feats.shape[0]
   batch_size = min(tok_cfg.batch_size, n)
   k_init, k_km, k_train, k_seed = jax.random.split(key, 4)
+  k_perm, k_step = fit_streams(k_train)
   params = jit_init(model, {"params": k_init}, feats[:2], train=False)
   if tok_cfg.kmeans_init:
-    params = kmeans_init(params, feats, k_km, model, tok_cfg.kmeans_iters, tok_cfg.kmeans_method)
+    init_feats = feats
+    if tok_cfg.get("kmeans_sample", "catalogue") == "first_batch":
+      # ETEGRec's pre-training initialises each level on the first training batch's
+      # residuals (RQVAE/models/vq.py:69-70, in that batch's forward pass): here the items
+      # of this fit's first batch (epoch 0's permutation)
+      init_feats = feats[epoch_batches(jax.random.fold_in(k_perm, 0), n, batch_size)[0]]
+    params = kmeans_init(params, init_feats, k_km, model, tok_cfg.kmeans_iters,
+                         tok_cfg.kmeans_method)
   steps = -(-n // batch_size)
   tx = make_optimizer(tok_cfg.lr, tok_cfg.weight_decay, tok_cfg.epochs * steps,
                       tok_cfg.warmup_epochs * steps, tok_cfg.clip, tok_cfg.schedule)
@@ -253,7 +266,6 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[
   extra_fn = extra.fn if extra is not None else None
   extra_data = jax.device_put(extra.data) if extra is not None else None
   sizes = (arch.codebook_size,) * arch.levels
-  k_perm, k_step = fit_streams(k_train)
   every = tok_cfg.reseed_every
   # tokenizer.keep='lowest_collision' (ETEGRec's pre-training, RQVAE/trainer.py: it returns
   # best_collision_model.pth): the fit keeps the parameters of the logged epoch with the
