@@ -24,7 +24,8 @@ Variants (anything not listed is configs/tiger.py's same variant):
                58d9736; docs/protocols.md cites each line): tokenizer pre-trained on a 256-d
                SASRec trained in-run (10,000 epochs, linear decay after 50 warm-up epochs,
                no dead-code re-seeding, Xavier-normal MLP, codebooks by k-means of 100
-               iterations on the first training batch's residuals); batch 2,048 = 512 x 4 accumulated, i.i.d. batches,
+               iterations on the first training batch's residuals, each epoch's last batch
+               shorter); batch 2,048 = 512 x 4 accumulated, i.i.d. batches,
                history up to 50; every weight N(0, 0.02), unscaled logits; SIA's softmax
                over +distance (the code); the recommender's cosine ends at 0.53 x peak (its
                scheduler only advances in recommender epochs); test decoding unconstrained
@@ -41,7 +42,8 @@ Variants (anything not listed is configs/tiger.py's same variant):
                official code: the 256-d SASRec `cf` derived in-run as the tokenizer's input
                (the official scientific_emb_256.npy is a 256-d SASRec item table), its
                pre-training (10,000 epochs, linear decay, Xavier-normal MLP, k-means of 100
-               iterations on the first batch, no re-seeding, the lowest-collision epoch kept), batch 2,048 = 512 x 4 accumulated (512 per
+               iterations on the first batch, short last batches, no re-seeding, the
+               lowest-collision epoch kept), batch 2,048 = 512 x 4 accumulated (512 per
                process x 4 processes), every weight N(0, 0.02) (the SIA / PSA adapters too)
                and unscaled logits, SIA's softmax over +distance, the recommender's cosine
                built over every epoch's steps and advanced in recommender epochs only
@@ -161,6 +163,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     t.log_every, t.save_every = 50, 500    # collisions checked every 50 epochs (official)
     t.keep = "lowest_collision"
     t.kmeans_sample, t.kmeans_iters = "first_batch", 100   # vq.py:69-70, main.py:50 (sklearn)
+    t.last_batch = "short"                 # RQVAE/main.py:83-85, no drop_last
     t.init = "xavier"                      # RQVAE/models/layers.py:33-38
     tr.batch_size, tr.accumulate = 512, 4  # 512 per process x 4 processes
     tr.lr_end = 0.53

@@ -28,7 +28,8 @@ recommender):
                after 20 Sinkhorn rounds stay shared IDs; the recommender as
                tiger:letter_ids_paper (batch 1,024, loss selection, i.i.d. batches, ...);
                the encoder widths 2048, 1024, 512, 256, 128, 64 (RQ-VAE/main.py:47) and
-               the MLPs' Xavier-normal init. Not matched: LLaMA text embeddings as input
+               the MLPs' Xavier-normal init, each epoch's last batch shorter (no
+               drop_last). Not matched: LLaMA text embeddings as input
                (not shipped; the 32-d SASRec ones instead).
   instruments_lcrec  LETTER's IDs on an LLM as the paper's LC-Rec instantiation: the
                instruments tokenizer, then the Hugging Face folder $JAXREC_LLM_DIR (or
@@ -118,6 +119,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     t.epochs, t.schedule, t.warmup_epochs, t.clip = 10000, "constant", 0, 0.0
     t.batch_size, t.lr, t.weight_decay = 1024, 1e-3, 1e-4
     t.kmeans_method, t.kmeans_iters = "constrained", 10   # vq.py:50-61
+    t.last_batch = "short"                              # main.py:91-93, no drop_last
     t.log_every, t.save_every = 500, 500
     _tiger().letter_tiger_paper(cfg)
   return cfg

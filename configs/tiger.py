@@ -132,6 +132,8 @@ def tokenizer_config(variant: str) -> ml_collections.ConfigDict:
   t.reseed_every = 20              # epochs between dead-code re-seeding (0: off)
   t.epochs = 300
   t.batch_size = 1024
+  t.last_batch = "wrap"            # wrap (every batch full: one compiled shape) | short (a
+                                   # DataLoader without drop_last: LETTER's, ETEGRec's fits)
   t.lr = 1e-3
   t.weight_decay = 1e-4
   t.warmup_epochs = 5

@@ -43,7 +43,7 @@ _ADDED = {("train", "accumulate"): 1, ("train", "decode"): "constrained",
           ("tokenizer", "simcit", "init"): "flax", ("data", "whole_updates"): False,
           ("tokenizer", "init"): "flax", ("model", "item_input"): "id", ("model", "codes"): "",
           ("model", "item_tokens"): "codes", ("etegrec", "short_rows"): 0.0,
-          ("tokenizer", "kmeans_sample"): "catalogue"}
+          ("tokenizer", "kmeans_sample"): "catalogue", ("tokenizer", "last_batch"): "wrap"}
 # A `train` key is a key of the collaborative pre-training's `cf.train` too (same TrainConfig).
 ADDED_KEYS = {**_ADDED, **{("cf",) + path: value for path, value in _ADDED.items()
                            if path[0] == "train"}}
@@ -176,6 +176,7 @@ DOMAINS = {
     ("tokenizer", "collision"): _one_of("suffix", "sinkhorn", "none"),
     ("tokenizer", "kmeans_method"): _one_of("kmeans++", "random", "constrained"),
     ("tokenizer", "kmeans_sample"): _one_of("catalogue", "first_batch"),
+    ("tokenizer", "last_batch"): _one_of("wrap", "short"),
     ("tokenizer", "suffix_size"): _int_at_least(2),
     ("tokenizer", "keep"): _one_of("last", "lowest_collision"),
     ("tokenizer", "init"): _one_of("flax", "xavier"),

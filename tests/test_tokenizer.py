@@ -234,6 +234,38 @@ def test_first_batch_kmeans_init_reads_only_the_fits_first_batch():
   assert not np.allclose(np.asarray(books), np.asarray(whole["params"]["codebooks"]))
 
 
+def test_a_short_last_batch_sees_every_item_once_and_is_one_more_step():
+  """tokenizer.last_batch='short' (LETTER's and ETEGRec's DataLoader without drop_last):
+  an epoch of 50 items in batches of 16 is 3 full batches and one of 2, every item once;
+  the epoch equals the full batches' scan followed by a step on the 2 items, its metrics
+  the mean over the 4 steps; 'wrap' fills the last batch from the permutation's start."""
+  from jaxrec.tokenizer import train as tok_train
+  from jaxrec.tokenizer.rqvae import RQVAE, RQVAEConfig
+  from jaxrec.optim import TrainState, make_optimizer
+  key = jax.random.key(5)
+  full, tail = tok_train.epoch_plan(key, 50, 16, "short")
+  assert full.shape == (3, 16) and tail.shape == (2,)
+  assert sorted(np.concatenate([np.ravel(full), tail]).tolist()) == list(range(50))
+  wrapped, none = tok_train.epoch_plan(key, 50, 16, "wrap")
+  assert wrapped.shape == (4, 16) and none is None
+  assert tok_train.epoch_plan(key, 48, 16, "short")[1] is None        # no remainder
+  feats = jax.random.normal(jax.random.key(0), (50, 6))
+  model = RQVAE(RQVAEConfig(in_dim=6, hidden=(16,), code_dim=4, levels=2, codebook_size=8,
+                            modes=("hard", "hard")))
+  params = tok_train.jit_init(model, {"params": jax.random.key(1)}, feats[:2], train=False)
+  tx = make_optimizer(1e-2, 0.0, 8, 0, 1.0, "constant")
+  fresh = lambda: TrainState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.copy, params),
+                             tx.init(params))   # train_epoch donates its state
+  k = jax.random.key(2)
+  one, m = tok_train.train_epoch(fresh(), feats, full, k, None, tail, model=model, tx=tx)
+  two, m3 = tok_train.train_epoch(fresh(), feats, full, k, model=model, tx=tx)
+  two, m1 = tok_train.train_epoch(two, feats, tail[None], k, model=model, tx=tx)
+  assert int(one.step) == 4
+  chex.assert_trees_all_close(one.params, two.params, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(float(m["loss"]), (3 * float(m3["loss"]) + float(m1["loss"])) / 4,
+                             rtol=1e-5)
+
+
 def test_letter_preset_widths_follow_the_input():
   from jaxrec.tokenizer.rqvae import halving_widths
   assert halving_widths(4096, 32) == (2048, 1024, 512, 256, 128, 64)  # LETTER's LLaMA encoder

@@ -193,9 +193,10 @@ def test_a_run_saved_by_an_older_version_resumes(tmp_path, method):
     cfg.etegrec.warmup_frac = 0.0    # that run's warm-up: the step counts (the share came later)
     cfg.data.whole_updates = False   # and its epochs' batches (whole updates came later)
     cfg.etegrec.short_rows = 0.0     # and its padding (each batch whole: short rows came later)
-    # and its pre-training's init (Flax's MLP, k-means on the catalogue, 25 iterations: the
-    # official Xavier MLP and first-batch k-means of 100 came later)
+    # and its pre-training (Flax's MLP, k-means on the catalogue, 25 iterations, full last
+    # batches: the official Xavier MLP, first-batch k-means of 100, short last batch came later)
     cfg.tokenizer.init, cfg.tokenizer.kmeans_sample, cfg.tokenizer.kmeans_iters = "flax", "catalogue", 25
+    cfg.tokenizer.last_batch = "wrap"
   if method == "siit":
     cfg.siit.align_loss = "sum"      # that run's alignment weighting (the per-sample mix came later)
   (tmp_path / "config.json").write_text(json.dumps(old))

@@ -58,9 +58,11 @@ def tokenizer_loss(params, model: RQVAE, batch, key, extra_loss: Optional[Callab
 
 
 @functools.partial(jax.jit, static_argnames=("model", "tx", "extra_loss"), donate_argnums=0)
-def train_epoch(state: TrainState, feats_NxF, idx_SxB, key, extra_data=None, *, model, tx,
-                extra_loss=None):
-  """One epoch: a scan of tokenizer steps over the planned item batches."""
+def train_epoch(state: TrainState, feats_NxF, idx_SxB, key, extra_data=None, tail_R=None, *,
+                model, tx, extra_loss=None):
+  """One epoch: a scan of tokenizer steps over the planned item batches, then one step on
+  the shorter last batch `tail_R` when given (`tokenizer.last_batch='short'`); the metrics
+  are the mean over the epoch's steps."""
   epoch_aux = None
   if extra_loss is not None and hasattr(extra_loss, "epoch_aux"):
     k_epoch = jax.random.fold_in(jax.random.fold_in(key, 0x7FFFFFFF), state.step)
@@ -78,7 +80,11 @@ def train_epoch(state: TrainState, feats_NxF, idx_SxB, key, extra_data=None, *, 
     return TrainState(state.step + 1, params, opt_state), metrics
 
   state, metrics = jax.lax.scan(step, state, idx_SxB)
-  return state, jax.tree.map(jnp.mean, metrics)
+  if tail_R is None:
+    return state, jax.tree.map(jnp.mean, metrics)
+  state, last = step(state, tail_R)
+  steps = idx_SxB.shape[0] + 1
+  return state, jax.tree.map(lambda m, t: (jnp.sum(m) + t) / steps, metrics, last)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -135,6 +141,19 @@ def epoch_batches(key, n_items: int, batch_size: int):
   perm = jax.random.permutation(key, n_items)
   total = steps * batch_size
   return jnp.concatenate([perm, perm[:total - n_items]]).reshape(steps, batch_size)
+
+
+def epoch_plan(key, n_items: int, batch_size: int, last_batch: str = "wrap"):
+  """(full batches [S, B], the shorter last batch [R] or None): `last_batch='wrap'` fills the
+  last batch from the permutation's start (`epoch_batches`: one compiled shape);
+  `'short'` keeps it short, as a PyTorch DataLoader without drop_last does (LETTER's and
+  ETEGRec's tokenizer fits: 3,541 items in batches of 1,024 are 3 x 1,024 + 469, not 4 x
+  1,024 with 555 items seen twice)."""
+  if last_batch == "wrap" or n_items % batch_size == 0:
+    return epoch_batches(key, n_items, batch_size), None
+  perm = jax.random.permutation(key, n_items)
+  full = n_items // batch_size * batch_size
+  return perm[:full].reshape(-1, batch_size), perm[full:]
 
 
 class FitCheckpoints:
@@ -249,6 +268,7 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[
   batch_size = min(tok_cfg.batch_size, n)
   k_init, k_km, k_train, k_seed = jax.random.split(key, 4)
   k_perm, k_step = fit_streams(k_train)
+  last_batch = tok_cfg.get("last_batch", "wrap")
   params = jit_init(model, {"params": k_init}, feats[:2], train=False)
   if tok_cfg.kmeans_init:
     init_feats = feats
@@ -256,7 +276,8 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[
       # ETEGRec's pre-training initialises each level on the first training batch's
       # residuals (RQVAE/models/vq.py:69-70, in that batch's forward pass): here the items
       # of this fit's first batch (epoch 0's permutation)
-      init_feats = feats[epoch_batches(jax.random.fold_in(k_perm, 0), n, batch_size)[0]]
+      init_feats = feats[epoch_plan(jax.random.fold_in(k_perm, 0), n, batch_size,
+                                    last_batch)[0][0]]
     params = kmeans_init(params, init_feats, k_km, model, tok_cfg.kmeans_iters,
                          tok_cfg.kmeans_method)
   steps = -(-n // batch_size)
@@ -274,9 +295,9 @@ def fit(tok_cfg, arch: RQVAEConfig, feats_NxF: np.ndarray, key, extra: Optional[
   state = keep.wrap(state)
 
   def run_epoch(state, epoch):
-    idx = epoch_batches(jax.random.fold_in(k_perm, epoch), n, batch_size)
-    train, metrics = train_epoch(keep.train(state), feats, idx, k_step, extra_data, model=model,
-                                 tx=tx, extra_loss=extra_fn)
+    idx, tail = epoch_plan(jax.random.fold_in(k_perm, epoch), n, batch_size, last_batch)
+    train, metrics = train_epoch(keep.train(state), feats, idx, k_step, extra_data, tail,
+                                 model=model, tx=tx, extra_loss=extra_fn)
     return keep.with_train(state, train), metrics
 
   def reseed_due(epoch):
