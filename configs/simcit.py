@@ -79,8 +79,9 @@ tokenizer.simcit (official values from alibaba/SimCIT's config and train script)
                   val.txt) and the logged epoch with the lowest held-out loss (the InfoNCE
                   of hard IDs plus w_div x the Gram term: the released eval loss sums every
                   loss term) codes every item (the released trainer's checkpoint_best.pt,
-                  there evaluated every 1,000 epochs, here every tokenizer.log_every; its
-                  early stop is not reproduced: tokenizer.epochs caps the fit)
+                  evaluated every 1,000 epochs, here every tokenizer.log_every: 1,000 in
+                  the `_paper` variants; its early stop is not reproduced: tokenizer.epochs
+                  caps the fit)
   groups          0: the negatives follow `negatives`; > 0: each batch split into that many
                   parts, each its own negatives. The released script runs 2 processes
                   (torchrun --nproc_per_node=2) of batch 256 each (DistributedSampler), each
@@ -161,5 +162,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     t.simcit.update(gumbel_scale=1.0, codebook_init="uniform", init="torch")
     t.levels, t.codebook_size, t.epochs = 2, 128, 15000
     t.modes = ("hard",) * 2
-    t.log_every, t.save_every = 500, 500
+    # evaluated (and, with holdout > 0, the checkpoint chosen) every 1,000 epochs as the
+    # released trainer (trainers/batch_trainer.py:41-44)
+    t.log_every, t.save_every = 1000, 500
   return cfg
