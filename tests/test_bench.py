@@ -76,6 +76,32 @@ def test_first_seed_runs_only_the_later_seeds(tmp_path, monkeypatch):
     quality.main()
 
 
+def test_run_profile_adds_up_a_workdirs_records(tmp_path):
+  """bench/experiments/run_profile.py: the tokenizer fit, compile records, training steps and
+  validation decodes of a workdir, the rest of a one-invocation run's wall time, shares."""
+  from bench.experiments import run_profile
+  (tmp_path / "results.json").write_text(json.dumps({
+      "method": "tiger", "variant": "s", "dataset": "d", "device": "cpu x2",
+      "best": {"epoch": 4}, "train_seconds": 60.0, "wall_seconds_this_invocation": 100.0}))
+  (tmp_path / "codes.json").write_text(json.dumps({"stats": {"fit_seconds": 10.0}}))
+  records = [{"compile": "train", "seconds": 5.0}, {"compile": "eval", "seconds": 3.0},
+             {"step": 1, "loss": 1.0}, {"split": "valid", "decode_s": 6.0, "users": 7},
+             {"split": "valid", "decode_s": 4.0, "users": 7}, {"split": "test", "decode_s": 9.0}]
+  (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+  row = run_profile.profile(str(tmp_path))
+  assert (row["tokenizer_fit_s"], row["compile_s"], row["train_steps_s"],
+          row["valid_decodes_s"], row["rest_s"]) == (10.0, 8.0, 60.0, 10.0, 12.0)
+  assert row["evaluations"] == 2 and row["valid_users"] == 7 and row["best_epoch"] == 4
+  assert row["shares"]["valid_decodes"] == pytest.approx(.1)
+  assert "| 2 x 7 |" in run_profile.table([row])
+  resumed = json.loads((tmp_path / "results.json").read_text())
+  resumed["wall_seconds_this_invocation"] = 50.0            # the last of several invocations
+  (tmp_path / "results.json").write_text(json.dumps(resumed))
+  row = run_profile.profile(str(tmp_path))
+  assert "rest_s" not in row and row["wall_s"] is None
+  assert row["shares"]["valid_decodes"] == pytest.approx(10 / 88, abs=1e-4)
+
+
 def test_run_specs_split_outside_brackets():
   assert quality.split_spec("simcit:scientific,tokenizer.simcit.views=('text', 'cf'),seed=1") == [
       "simcit:scientific", "tokenizer.simcit.views=('text', 'cf')", "seed=1"]
