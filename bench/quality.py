@@ -11,7 +11,7 @@ overrides after commas (`letter:instruments,tokenizer.letter.alpha=0`); `--set` 
 every run. Each run trains in `<workdir>/<method>-<variant>[-<name>]` through
 `jaxrec.pipeline` (a finished run is reused, an interrupted one resumes). The table goes to
 stdout and, with the rows as JSON (and the machine: device, CPU, jax / flax versions), to
-`bench/results/quality-<name or platform>.{md,json}`. `--seeds N` runs every row with
+`bench/results/quality-<name or platform>.{md,json}`, rewritten after every finished run. `--seeds N` runs every row with
 seeds 0..N-1 (workdirs `...-seed<k>`, so `--seeds 1` now and `--seeds 3` later reuse seed 0)
 and reports each metric's mean +- std (ddof 1; 0 with one seed). `--first_seed K` runs seeds
 K..N-1 only (a row's other seeds trained elsewhere; `bench/claims.py --tables` joins the
@@ -193,17 +193,29 @@ def main():
   shared = [parse_override(s) for s in args.set]
   if args.first_seed and not (args.seeds and 0 <= args.first_seed < args.seeds):
     raise SystemExit(f"--first_seed {args.first_seed} needs --seeds N with N > {args.first_seed}")
-  if args.seeds:
-    rows = [aggregate([run_one(spec, shared, args.workdir, args.name, seed)
-                       for seed in range(args.first_seed, args.seeds)]) for spec in args.runs]
-  else:
-    rows = [run_one(spec, shared, args.workdir, args.name) for spec in args.runs]
-  md = table(rows)
-  print(md)
   stem = common.result_path(f"quality-{args.name or common.platform()}", args.out)
-  common.write_json(stem + ".json", {"rows": rows})
-  with open(stem + ".md", "w") as f:
-    f.write(md + "\n")
+
+  def write(rows):
+    md = table(rows)
+    common.write_json(stem + ".json", {"rows": rows})
+    with open(stem + ".md", "w") as f:
+      f.write(md + "\n")
+    return md
+
+  # The table is rewritten after every finished run (a row's finished seeds so far), so that
+  # a queue stopped at any point, or a machine lost, leaves every finished run's figures.
+  rows = []
+  for spec in args.runs:
+    if not args.seeds:
+      rows.append(run_one(spec, shared, args.workdir, args.name))
+      write(rows)
+      continue
+    done = []
+    for seed in range(args.first_seed, args.seeds):
+      done.append(run_one(spec, shared, args.workdir, args.name, seed))
+      write(rows + [aggregate(done)])
+    rows.append(aggregate(done))
+  print(write(rows))
   print(f"wrote {stem}.md and {stem}.json")
 
 

@@ -54,7 +54,7 @@ def test_seeds_aggregate_to_mean_and_std():
 
 def test_first_seed_runs_only_the_later_seeds(tmp_path, monkeypatch):
   """--first_seed K with --seeds N trains seeds K..N-1 alone (a row's earlier seeds run
-  elsewhere) and refuses K outside 0..N-1."""
+  elsewhere) and refuses K outside 0..N-1; the table is written after every finished seed."""
   ran = []
   def fake_run(spec, shared, root, name, seed=None):
     ran.append(seed)
@@ -62,7 +62,12 @@ def test_first_seed_runs_only_the_later_seeds(tmp_path, monkeypatch):
     return {"run": spec, "overrides": [], "dataset": "d", "budget": "b", "steps": 1,
             "device": "cpu", "train_seconds": 1.0, "valid": m, "test": m, "popularity_test": m,
             "published": None, "seed": seed}
-  monkeypatch.setattr(quality, "run_one", fake_run)
+  def fake_run_checked(spec, shared, root, name, seed=None):
+    if seed == 2:   # seed 1's row is written before seed 2 starts
+      row, = json.loads((tmp_path / "q.json").read_text())["rows"]
+      assert row["seeds"] == [1]
+    return fake_run(spec, shared, root, name, seed)
+  monkeypatch.setattr(quality, "run_one", fake_run_checked)
   monkeypatch.setattr(quality.common, "set_cpu_devices", lambda args: None)
   out = tmp_path / "q"
   monkeypatch.setattr(sys, "argv", ["quality", "tiger:x", "--seeds", "3", "--first_seed", "1",
