@@ -107,6 +107,32 @@ def test_run_profile_adds_up_a_workdirs_records(tmp_path):
   assert row["shares"]["valid_decodes"] == pytest.approx(10 / 88, abs=1e-4)
 
 
+def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
+  """bench/claims_queue.sh (both lanes, run with a `python` that records its arguments): each
+  row is a config that validates, and every main row comes with seeds 0, 1 and 2."""
+  from jaxrec.config import validate_config
+  fake = tmp_path / "bin"
+  fake.mkdir()
+  (fake / "python").write_text('#!/bin/bash\necho "$3|$5|$7" >> "$CALLS"\n')
+  (fake / "python").chmod(0o755)
+  env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls")}
+  for lane in ("etegrec", "rest"):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run(["bash", os.path.join(root, "bench", "claims_queue.sh"), lane], env=env,
+                   check=True, capture_output=True)
+  seeds = {}
+  for line in (tmp_path / "calls").read_text().splitlines():
+    spec, n, first = line.split("|")
+    seeds.setdefault(spec, set()).update(range(int(first), int(n)))
+  for spec in seeds:
+    head, *own = quality.split_spec(spec)
+    cfg = get_config(*head.split(":"))
+    quality.apply_overrides(cfg, [quality.parse_override(o) for o in own])
+    validate_config(cfg)
+  for method in ("tiger", "letter", "sasrec", "siit", "simcit", "etegrec"):
+    assert seeds[f"{method}:scientific"] == {0, 1, 2}, method
+
+
 def test_run_specs_split_outside_brackets():
   assert quality.split_spec("simcit:scientific,tokenizer.simcit.views=('text', 'cf'),seed=1") == [
       "simcit:scientific", "tokenizer.simcit.views=('text', 'cf')", "seed=1"]

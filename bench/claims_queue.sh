@@ -1,0 +1,82 @@
+#!/bin/bash
+# The claims issue's queue on Scientific (README, "Scientific, converged"), in two lanes that
+# run side by side on a 2-core machine: `bash bench/claims_queue.sh etegrec` and
+# `bash bench/claims_queue.sh rest`. Every row is one bench/quality.py invocation whose
+# table goes to $RESULTS/quality-scientific-paper-<tag>.{md,json} (default: this checkout's
+# bench/results, rewritten after each finished seed); the workdirs go to $WORKDIR (default
+# /work/runs/quality, outside the checkout). Rerun the same command after a stop: finished
+# runs are reused, an interrupted one resumes. Run it from a worktree of its own (git
+# worktree add --detach DIR main) so that commits to the main checkout do not change a
+# running lane's code; point RESULTS at the main checkout's bench/results.
+#
+# Order: the methods behind the claims first, seed by seed; then the ablations and controls
+# (seed 0, then seeds 1-2). The paired comparisons:
+#   python -m bench.claims --name paper --ablations --tables bench/results/quality-scientific-paper-*.json
+set -u
+cd "$(dirname "$0")/.."
+export JAXREC_DATA_DIR="${JAXREC_DATA_DIR:-../shared/data}"
+WORKDIR="${WORKDIR:-/work/runs/quality}"
+RESULTS="${RESULTS:-bench/results}"
+
+q() {   # q TAG SPEC SEEDS [FIRST_SEED]
+  local tag=$1 spec=$2 seeds=$3 first=${4:-0}
+  echo "== $(date -u +%FT%TZ) $spec seeds $first..$((seeds - 1))"
+  python -m bench.quality "$spec" --seeds "$seeds" --first_seed "$first" --workdir "$WORKDIR" \
+      --name paper --out "$RESULTS/quality-scientific-paper-$tag-s$first$seeds"
+  echo "== $(date -u +%FT%TZ) rc=$?"
+}
+
+main_rows() {   # the rows behind the claims: seed $1 (as seeds $1..$2-1)
+  q tiger tiger:scientific "$2" "$1"
+  q letter letter:scientific "$2" "$1"
+  q sasrec sasrec:scientific "$2" "$1"
+  q siit siit:scientific "$2" "$1"
+  q simcit simcit:scientific "$2" "$1"
+}
+
+ablations() {   # seeds $1..$2-1
+  q siit-sum "siit:scientific,siit.align_loss=sum" "$2" "$1"
+  q siit-rounds0 "siit:scientific,siit.rounds=0" "$2" "$1"
+  q siit-late "siit:scientific,siit.first_refine=40,siit.rounds=1,siit.keep_margin=2.0" "$2" "$1"
+  q siit-random "siit:scientific,tokenizer.source=random" "$2" "$1"
+  q tiger-random "tiger:scientific,tokenizer.source=random" "$2" "$1"
+  q siit-cf "siit:scientific,siit.feature=cf" "$2" "$1"
+  q siit-ratio01 "siit:scientific,siit.align_ratio=0.1" "$2" "$1"
+  q siit-rqkmeans-cf "siit:scientific,tokenizer.source=rqkmeans,tokenizer.feature=cf" "$2" "$1"
+  q tiger-rqkmeans-cf "tiger:scientific,tokenizer.source=rqkmeans,tokenizer.feature=cf" "$2" "$1"
+  q simcit-text "simcit:scientific,tokenizer.simcit.views=('text',)" "$2" "$1"
+  q simcit-cf "simcit:scientific,tokenizer.simcit.views=('cf',)" "$2" "$1"
+  q simcit-recon "simcit:scientific,tokenizer.simcit.w_recon=1.0" "$2" "$1"
+  q simcit-holdout "simcit:scientific,tokenizer.simcit.holdout=0.1" "$2" "$1"
+  q tiger-textcf "tiger:scientific,tokenizer.feature=text+cf" "$2" "$1"
+  q tiger-rqkmeans "tiger:scientific,tokenizer.source=rqkmeans" "$2" "$1"
+  q tiger-decoder tiger:scientific_decoder "$2" "$1"
+  q tiger-small tiger:scientific_small "$2" "$1"
+}
+
+once() {   # seed 0 only: rows that read a seed-0 workdir, and the official recipes
+  q tiger-on-siit-ids "siit:scientific,siit.init_codes=$WORKDIR/siit-scientific-paper-seed0,siit.rounds=0,siit.align_ratio=0" 1
+  local letter_recipe="tokenizer.epochs=10000,tokenizer.hidden=(2048,1024,512,256,128,64),tokenizer.warmup_epochs=0,tokenizer.clip=0.0"
+  q letter-recipe "letter:scientific,$letter_recipe" 1
+  q tiger-letter-recipe "tiger:scientific,$letter_recipe" 1
+  q simcit-recipe "simcit:scientific_paper,tokenizer.simcit.holdout=0.1,tokenizer.suffix_size=4096" 1
+}
+
+case "${1:-}" in
+  etegrec)
+    q etegrec etegrec:scientific 1
+    q etegrec etegrec:scientific 3 1
+    for part in etegrec.w_sia=0.0 etegrec.w_psa=0.0 etegrec.alternation=joint \
+                etegrec.alternation=frozen; do
+      q "etegrec-${part#etegrec.}" "etegrec:scientific,$part" 1
+    done ;;
+  rest)
+    main_rows 1 2    # seed 1 first: seed 0 of TIGER, LETTER and SIIT ran before (README)
+    main_rows 2 3
+    main_rows 0 1
+    ablations 0 1
+    once
+    ablations 1 3 ;;
+  *)
+    echo "usage: bash bench/claims_queue.sh etegrec|rest" >&2; exit 2 ;;
+esac
