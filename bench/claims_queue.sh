@@ -51,6 +51,7 @@ ablations() {   # seeds $1..$2-1
   q tiger-textcf "tiger:scientific,tokenizer.feature=text+cf" "$2" "$1"
   q tiger-rqkmeans "tiger:scientific,tokenizer.source=rqkmeans" "$2" "$1"
   q tiger-decoder tiger:scientific_decoder "$2" "$1"
+  q tiger-decoder-all "tiger:scientific_decoder,model.loss=all" "$2" "$1"   # every code supervised
   q tiger-small tiger:scientific_small "$2" "$1"
 }
 
