@@ -377,6 +377,14 @@ def test_keep_lowest_collision_returns_the_logged_epoch_with_most_distinct_ids()
   assert kept and kept[-1]["distinct_ids"] == best
   codes = encode_catalogue(params, jnp.asarray(feats), model=RQVAE(rqvae_config(cfg, 6)))
   assert len({tuple(c) for c in np.asarray(codes["codes_NxC"])}) == best
+  ds = from_sequences("t", [[0, 1, 2]], 120, features={"f": feats})
+  cfg.suffix_size = 64
+  table, _ = build_code_table(cfg, ds, jax.random.key(3), seed=1)   # codes.json's stats
+  assert table.stats["kept"]["kept"] and table.stats["kept"]["epoch"] <= 12
+  assert table.stats["kept"]["distinct_ids"] == table.stats["before_resolution"]["distinct_ids"]
+  last, _ = build_code_table(_tiny_tok_cfg(epochs=2, suffix_size=64), ds, jax.random.key(3),
+                             seed=1)
+  assert "kept" not in last.stats
 
 
 def test_xavier_init_is_the_official_rqvae_codes_and_flax_stays_the_default():

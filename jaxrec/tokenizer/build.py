@@ -93,6 +93,10 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
                            params["params"]["codebooks"][last], fp,
                            {"source": "rqvae", "fit_seconds": round(time.time() - t0, 2),
                             "history": history[-1] if history else {},
+                            # tokenizer.keep='lowest_collision': the epoch whose parameters
+                            # code the catalogue, with its health record
+                            **({"kept": kept[-1]} if (kept := [h for h in history
+                                                                 if h.get("kept")]) else {}),
                             "catalogue_recon": float(enc["recon"])})
   save_tokenizer(workdir, params)
   return table, (model, params)
