@@ -381,6 +381,9 @@ def test_keep_lowest_collision_returns_the_logged_epoch_with_most_distinct_ids()
   cfg.suffix_size = 64
   table, _ = build_code_table(cfg, ds, jax.random.key(3), seed=1)   # codes.json's stats
   assert table.stats["kept"]["kept"] and table.stats["kept"]["epoch"] <= 12
+  epochs, rates, _ = zip(*table.stats["collisions"])
+  assert epochs == (2, 4, 6, 8, 10, 12)
+  assert min(rates) == rates[epochs.index(table.stats["kept"]["epoch"])]
   assert table.stats["kept"]["distinct_ids"] == table.stats["before_resolution"]["distinct_ids"]
   last, _ = build_code_table(_tiny_tok_cfg(epochs=2, suffix_size=64), ds, jax.random.key(3),
                              seed=1)

@@ -93,13 +93,22 @@ def build_code_table(tok_cfg, dataset, key, seed: int, workdir: Optional[str] = 
                            params["params"]["codebooks"][last], fp,
                            {"source": "rqvae", "fit_seconds": round(time.time() - t0, 2),
                             "history": history[-1] if history else {},
-                            # tokenizer.keep='lowest_collision': the epoch whose parameters
-                            # code the catalogue, with its health record
-                            **({"kept": kept[-1]} if (kept := [h for h in history
-                                                                 if h.get("kept")]) else {}),
+                            **_kept(history, feats.shape[0]),
                             "catalogue_recon": float(enc["recon"])})
   save_tokenizer(workdir, params)
   return table, (model, params)
+
+
+def _kept(history: list, n_items: int) -> dict:
+  """tokenizer.keep='lowest_collision': the kept epoch's health record, and every logged
+  epoch's [epoch, the rule's collision rate (1 - distinct IDs / items), largest group] that
+  it chose among."""
+  kept = [h for h in history if h.get("kept")]
+  if not kept:
+    return {}
+  return {"kept": kept[-1],
+          "collisions": [[h["epoch"], round(1.0 - h["distinct_ids"] / n_items, 6),
+                          h["largest_group"]] for h in history if "distinct_ids" in h]}
 
 
 ENTRY = ("codes.npz", "codes.json", "tokenizer.msgpack", "tokenizer.json")  # a fit's outputs
