@@ -81,9 +81,10 @@ def test_first_seed_runs_only_the_later_seeds(tmp_path, monkeypatch):
     quality.main()
 
 
-def test_run_profile_adds_up_a_workdirs_records(tmp_path):
+def test_run_profile_adds_up_a_workdirs_records(tmp_path, monkeypatch):
   """bench/experiments/run_profile.py: the tokenizer fit, compile records, training steps and
-  validation decodes of a workdir, the rest of a one-invocation run's wall time, shares."""
+  validation decodes of a workdir, the rest of a one-invocation run's wall time, shares; a
+  validation sample's standard error from the per-user NDCG@10 and the evaluations within it."""
   from bench.experiments import run_profile
   (tmp_path / "results.json").write_text(json.dumps({
       "method": "tiger", "variant": "s", "dataset": "d", "device": "cpu x2",
@@ -105,6 +106,20 @@ def test_run_profile_adds_up_a_workdirs_records(tmp_path):
   row = run_profile.profile(str(tmp_path))
   assert "rest_s" not in row and row["wall_s"] is None
   assert row["shares"]["valid_decodes"] == pytest.approx(10 / 88, abs=1e-4)
+  from bench.experiments import gap_by_group
+  ranks = [1, 0, 3, 0, 0, 12, 0, 2]     # NDCG@10 1, 0, .5, 0, 0, 0 (rank 12), 0, 1/log2(3)
+  monkeypatch.setattr(gap_by_group, "per_user", lambda workdir, split: {
+      "users": {u: (0, r, []) for u, r in enumerate(ranks)}})
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    for epoch, v in ((2, .10), (4, .30), (6, .29)):
+      f.write(json.dumps({"split": "valid", "epoch": epoch, "ndcg@10": v, "decode_s": 1.0}) + "\n")
+  ndcg = np.array([1, 0, .5, 0, 0, 0, 0, 1 / np.log2(3)])
+  noise = run_profile.sample_noise(str(tmp_path), [4])
+  sd = np.std(ndcg, ddof=1)
+  assert noise["per_user_sd"] == pytest.approx(sd, abs=1e-4) and noise["evaluations"] == 3
+  se = sd / 2 * np.sqrt(.5)
+  assert noise["samples"][4]["se"] == pytest.approx(se, abs=1e-4)
+  assert noise["samples"][4]["within_one_se"] == [[4, .3], [6, .29]]   # .1: 0.2 behind, se .156
 
 
 def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):

@@ -9,6 +9,13 @@ the epochs' steps alone), the validation decodes during training (each evaluatio
 
 A run resumed across invocations reports its last invocation's wall time only; the other
 parts add up over the whole run, so "rest" is left out for it.
+
+`--samples 500 1000 2000`: what validating on a fixed sample of S users instead of the whole
+split would do to the checkpoint choice. The best checkpoint's validation split is decoded
+again user by user (`gap_by_group.per_user`); the per-user NDCG@10's standard deviation
+gives a sample's standard error (with the finite-population correction), and the table
+lists the run's evaluations whose whole-split NDCG@10 is within one such error of the best:
+the checkpoints a sample could not tell apart.
 """
 from __future__ import annotations
 
@@ -56,6 +63,27 @@ def profile(workdir: str) -> dict:
           "shares": {k[:-2]: round(v / total, 4) for k, v in parts.items()}}
 
 
+def sample_noise(workdir: str, samples) -> dict:
+  """Per sample size: the standard error of a sample's validation NDCG@10 and the run's
+  evaluations (epoch, whole-split NDCG@10) within one standard error of the best."""
+  import numpy as np
+  from bench.experiments.gap_by_group import K, per_user
+  ranks = np.array([rank for _, rank, _ in per_user(workdir, "valid")["users"].values()])
+  ndcg = np.where((ranks > 0) & (ranks <= K), 1.0 / np.log2(np.maximum(ranks, 1) + 1.0), 0.0)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    evals = [(r["epoch"], r["ndcg@10"]) for r in map(json.loads, f)
+             if r.get("split") == "valid" and "ndcg@10" in r]
+  best = max(v for _, v in evals)
+  n, sd = len(ndcg), float(np.std(ndcg, ddof=1))
+  out = {"users": n, "per_user_sd": round(sd, 4), "whole_split_se": round(sd / np.sqrt(n), 4),
+         "evaluations": len(evals), "samples": {}}
+  for size in samples:
+    se = sd / np.sqrt(size) * np.sqrt(1.0 - size / n)
+    out["samples"][size] = {"se": round(float(se), 4), "within_one_se": [
+        [epoch, round(v, 4)] for epoch, v in evals if best - v < se]}
+  return out
+
+
 def table(rows) -> str:
   head = ("| run | best epoch | evaluations x users | tokenizer fit s | compile s | train steps s "
           "| validation decodes s | rest s | validation share |")
@@ -75,9 +103,21 @@ def main():
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("workdirs", nargs="+")
   p.add_argument("--out", default=None, help="a .json file for the rows (and the machine)")
+  p.add_argument("--samples", type=int, nargs="*", default=[],
+                 help="validation sample sizes to weigh against the whole split")
+  common.add_cpu_devices(p)
   args = p.parse_args()
   rows = [profile(w) for w in args.workdirs]
   print(table(rows))
+  if args.samples:
+    common.set_cpu_devices(args)
+    for row in rows:
+      row["sample_noise"] = noise = sample_noise(row["workdir"], args.samples)
+      print(f"{os.path.basename(row['workdir'])}: per-user NDCG@10 sd {noise['per_user_sd']}, "
+            f"whole split's standard error {noise['whole_split_se']}")
+      for size, s in noise["samples"].items():
+        print(f"  {size} users: standard error {s['se']}; {len(s['within_one_se'])} of "
+              f"{noise['evaluations']} evaluations within it of the best: {s['within_one_se']}")
   if args.out:
     common.write_json(args.out, {"rows": rows})
     print(f"wrote {args.out}")
