@@ -9,6 +9,10 @@
 # worktree add --detach DIR main) so that commits to the main checkout do not change a
 # running lane's code; point RESULTS at the main checkout's bench/results.
 #
+# Another Amazon set with item text: DATA_DIR=/path DATA_NAME=Name bash bench/claims_queue.sh ...
+# (the only change: every row gets --set data.dir / data.name, its workdirs and tables are
+# named paper-<name>).
+#
 # Order: the methods behind the claims first, seed by seed; then the ablations and controls
 # (seed 0, then seeds 1-2). The paired comparisons:
 #   python -m bench.claims --name paper --ablations --tables bench/results/quality-scientific-paper-*.json
@@ -17,12 +21,19 @@ cd "$(dirname "$0")/.."
 export JAXREC_DATA_DIR="${JAXREC_DATA_DIR:-../shared/data}"
 WORKDIR="${WORKDIR:-/work/runs/quality}"
 RESULTS="${RESULTS:-bench/results}"
+SET_NAME=$(echo "${DATA_NAME:-scientific}" | tr '[:upper:]' '[:lower:]')
+NAME=paper
+SETS=()
+if [ -n "${DATA_NAME:-}" ]; then
+  NAME="paper-$SET_NAME"
+  SETS=(--set "data.dir=${DATA_DIR:?DATA_DIR with DATA_NAME}" --set "data.name=$DATA_NAME")
+fi
 
 q() {   # q TAG SPEC SEEDS [FIRST_SEED]
   local tag=$1 spec=$2 seeds=$3 first=${4:-0}
   echo "== $(date -u +%FT%TZ) $spec seeds $first..$((seeds - 1))"
   python -m bench.quality "$spec" --seeds "$seeds" --first_seed "$first" --workdir "$WORKDIR" \
-      --name paper --out "$RESULTS/quality-scientific-paper-$tag-s$first$seeds"
+      --name "$NAME" "${SETS[@]}" --out "$RESULTS/quality-$SET_NAME-paper-$tag-s$first$seeds"
   echo "== $(date -u +%FT%TZ) rc=$?"
 }
 
@@ -56,7 +67,7 @@ ablations() {   # seeds $1..$2-1
 }
 
 once() {   # seed 0 only: rows that read a seed-0 workdir, and the official recipes
-  q tiger-on-siit-ids "siit:scientific,siit.init_codes=$WORKDIR/siit-scientific-paper-seed0,siit.rounds=0,siit.align_ratio=0" 1
+  q tiger-on-siit-ids "siit:scientific,siit.init_codes=$WORKDIR/siit-scientific-$NAME-seed0,siit.rounds=0,siit.align_ratio=0" 1
   local letter_recipe="tokenizer.epochs=10000,tokenizer.hidden=(2048,1024,512,256,128,64),tokenizer.warmup_epochs=0,tokenizer.clip=0.0"
   q letter-recipe "letter:scientific,$letter_recipe" 1
   q tiger-letter-recipe "tiger:scientific,$letter_recipe" 1

@@ -128,7 +128,7 @@ def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
   from jaxrec.config import validate_config
   fake = tmp_path / "bin"
   fake.mkdir()
-  (fake / "python").write_text('#!/bin/bash\necho "$3|$5|$7" >> "$CALLS"\n')
+  (fake / "python").write_text('#!/bin/bash\necho "$3|$5|$7|${*:8}" >> "$CALLS"\n')
   (fake / "python").chmod(0o755)
   env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls")}
   for lane in ("etegrec", "rest"):
@@ -137,8 +137,9 @@ def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
                    check=True, capture_output=True)
   seeds = {}
   for line in (tmp_path / "calls").read_text().splitlines():
-    spec, n, first = line.split("|")
+    spec, n, first, rest = line.split("|")
     seeds.setdefault(spec, set()).update(range(int(first), int(n)))
+    assert "--name paper --out bench/results/quality-scientific-paper-" in rest, rest
   for spec in seeds:
     head, *own = quality.split_spec(spec)
     cfg = get_config(*head.split(":"))
@@ -146,6 +147,13 @@ def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
     validate_config(cfg)
   for method in ("tiger", "letter", "sasrec", "siit", "simcit", "etegrec"):
     assert seeds[f"{method}:scientific"] == {0, 1, 2}, method
+  other = {**env, "DATA_DIR": "/data/x", "DATA_NAME": "Toys", "CALLS": str(tmp_path / "toys")}
+  subprocess.run(["bash", os.path.join(root, "bench", "claims_queue.sh"), "etegrec"], env=other,
+                 check=True, capture_output=True)
+  for line in (tmp_path / "toys").read_text().splitlines():   # only the data flags differ
+    assert line.split("|")[3].partition(" --name ")[2].startswith(
+        "paper-toys --set data.dir=/data/x --set data.name=Toys --out "
+        "bench/results/quality-toys-paper-"), line
 
 
 def test_run_specs_split_outside_brackets():
