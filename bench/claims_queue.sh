@@ -37,7 +37,7 @@ q() {   # q TAG SPEC SEEDS [FIRST_SEED]
   echo "== $(date -u +%FT%TZ) rc=$?"
 }
 
-main_rows() {   # the rows behind the claims: seed $1 (as seeds $1..$2-1)
+main_rows() {   # the rows behind the claims, seeds $1..$2-1
   q tiger tiger:scientific "$2" "$1"
   q letter letter:scientific "$2" "$1"
   q sasrec sasrec:scientific "$2" "$1"

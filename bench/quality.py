@@ -11,11 +11,11 @@ overrides after commas (`letter:instruments,tokenizer.letter.alpha=0`); `--set` 
 every run. Each run trains in `<workdir>/<method>-<variant>[-<name>]` through
 `jaxrec.pipeline` (a finished run is reused, an interrupted one resumes). The table goes to
 stdout and, with the rows as JSON (and the machine: device, CPU, jax / flax versions), to
-`bench/results/quality-<name or platform>.{md,json}`, rewritten after every finished run. `--seeds N` runs every row with
-seeds 0..N-1 (workdirs `...-seed<k>`, so `--seeds 1` now and `--seeds 3` later reuse seed 0)
-and reports each metric's mean +- std (ddof 1; 0 with one seed). `--first_seed K` runs seeds
-K..N-1 only (a row's other seeds trained elsewhere; `bench/claims.py --tables` joins the
-result files seed by seed).
+`bench/results/quality-<name or platform>.{md,json}`, rewritten after every finished run.
+`--seeds N` runs every row with seeds 0..N-1 (workdirs `...-seed<k>`, so `--seeds 1` now and
+`--seeds 3` later reuse seed 0) and reports each metric's mean +- std (ddof 1; 0 with one
+seed). `--first_seed K` runs seeds K..N-1 only (a row's other seeds trained elsewhere;
+`bench/claims.py --tables` joins the result files seed by seed).
 """
 from __future__ import annotations
 
