@@ -196,12 +196,15 @@ def test_recode_rebuilds_tables_and_decoding_stays_valid(tiny_run):
   params = jax.tree.map(lambda x: x, plan.state.tok.params)
   books = params["params"]["codebooks"]
   params["params"]["codebooks"] = books[:, ::-1]              # permute the codes of each level
-  codes, changed, largest = etegrec.recode(params, jnp.asarray(run.dataset.features["cf"]),
-                                           run.codes, model=tok_model)
+  codes, changed, semantic, largest = etegrec.recode(
+      params, jnp.asarray(run.dataset.features["cf"]), run.codes, model=tok_model)
   codes = np.asarray(codes)
   assert codes.shape == old.shape
   frac = np.mean(np.any(codes != old, axis=1))
   chex.assert_trees_all_close(float(changed), frac, rtol=1e-6)
+  chex.assert_trees_all_close(float(semantic), np.mean(np.any(codes[:, :-1] != old[:, :-1], 1)),
+                              rtol=1e-6)
+  assert float(semantic) <= float(changed)
   assert frac > 0.5
   assert len(np.unique(codes, axis=0)) == len(codes)          # the collision level holds
   set_codes(run, jnp.asarray(codes))
@@ -223,8 +226,8 @@ def test_resume_mid_cycle_equals_uninterrupted(tmp_path, monkeypatch):
   full = _run(full_dir)
   assert full["best"]["stage"] == "finetune"
   lines = [json.loads(l) for l in open(os.path.join(full_dir, "metrics.jsonl"))]
-  changes = [l["ids_changed"] for l in lines if "ids_changed" in l]
-  assert len(changes) == 2 and all(0.0 <= c <= 1.0 for c in changes)   # tokenizer epochs 1, 3
+  changes = [(l["ids_changed"], l["semantic_changed"]) for l in lines if "ids_changed" in l]
+  assert len(changes) == 2 and all(0.0 <= s <= c <= 1.0 for c, s in changes)   # epochs 1, 3
   assert os.path.exists(os.path.join(full_dir, "codes_final.npz"))
   other = full["test_free"]                     # the run decodes constrained; also free
   assert other["users"] == full["test"]["users"] and full["test"]["err@10"] == 0.0

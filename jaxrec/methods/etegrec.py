@@ -187,12 +187,15 @@ def train_step(state: EteState, batch, codes_NxC, key, weights, feats_NxF, *, pa
 @functools.partial(jax.jit, static_argnames=("model",))
 def recode(tok_params, feats_NxF, old_codes_NxC1, *, model: RQVAE):
   """All items' codes from the current tokenizer, plus the collision level, on device.
-  Returns (codes [N, C+1], fraction of items whose ID changed, largest collision group)."""
+  Returns (codes [N, C+1], fraction of items whose ID changed, fraction whose C semantic
+  codes changed, largest collision group). The two fractions differ by the items whose
+  collision code alone changed: an item joining or leaving a group renumbers the others."""
   codes = encode_catalogue(tok_params, feats_NxF, model=model)["codes_NxC"]
   suffix = codes_lib.suffix_level(codes)
   full = jnp.concatenate([codes, suffix[:, None]], axis=1).astype(jnp.int32)
   changed = jnp.mean(jnp.any(full != old_codes_NxC1, axis=1).astype(jnp.float32))
-  return full, changed, jnp.max(suffix) + 1
+  semantic = jnp.mean(jnp.any(full[:, :-1] != old_codes_NxC1[:, :-1], axis=1).astype(jnp.float32))
+  return full, changed, semantic, jnp.max(suffix) + 1
 
 
 # ------------------------------------------------------------------------- the plan
@@ -332,20 +335,22 @@ def training_plan(run, key, steps_per_epoch: int) -> Plan:
   sizes = run.table.sizes
 
   def recode_checked(state, epoch_label):
-    codes, changed, largest = recode(state.tok.params, feats, run.codes, model=tok_model)
+    codes, changed, semantic, largest = recode(state.tok.params, feats, run.codes,
+                                               model=tok_model)
     largest = int(largest)
     if largest > sizes[-1]:
       raise ConfigError(f"after {epoch_label}, {largest} items share one semantic ID, more "
                         f"than the collision level's {sizes[-1]} codes: raise "
                         "tokenizer.suffix_size (the previous checkpoint is intact)")
-    return codes, float(changed)
+    return codes, float(changed), float(semantic)
 
   def after_alternation_epoch(state, epoch, run):
     if not _tokenizer_epoch(mode, ec.cycle, epoch):
       return None, None
-    codes, changed = recode_checked(state, f"tokenizer epoch {epoch + 1}")
+    codes, changed, semantic = recode_checked(state, f"tokenizer epoch {epoch + 1}")
     health = codes_lib.health_dict(codes[:, :-1], sizes[:-1])
-    return codes, {"ids_changed": round(changed, 5), "largest_group": health["largest_group"],
+    return codes, {"ids_changed": round(changed, 5), "semantic_changed": round(semantic, 5),
+                   "largest_group": health["largest_group"],
                    "used": health["used"], "perplexity": health["perplexity"],
                    "collision_rate": health["collision_rate"]}
 
@@ -360,7 +365,7 @@ def training_plan(run, key, steps_per_epoch: int) -> Plan:
                    TrainState(jnp.zeros((), jnp.int32), rec_params, tx_ft.init(rec_params)),
                    state.tok.replace(params=tok_params))
     new = distributed.replicate(new, run.replicated)
-    codes, _ = recode_checked(new, "restoring the best checkpoint")
+    codes, _, _ = recode_checked(new, "restoring the best checkpoint")
     return new, codes
 
   stages = [Stage("alternation", tc.epochs, alternation_step, tc.eval_every, tc.patience,
