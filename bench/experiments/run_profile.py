@@ -67,9 +67,9 @@ def sample_noise(workdir: str, samples) -> dict:
   """Per sample size: the standard error of a sample's validation NDCG@10 and the run's
   evaluations (epoch, whole-split NDCG@10) within one standard error of the best."""
   import numpy as np
-  from bench.experiments.gap_by_group import K, per_user
+  from bench.experiments.gap_by_group import hits, per_user
   ranks = np.array([rank for _, rank, _ in per_user(workdir, "valid")["users"].values()])
-  ndcg = np.where((ranks > 0) & (ranks <= K), 1.0 / np.log2(np.maximum(ranks, 1) + 1.0), 0.0)
+  _, ndcg = hits(ranks)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     evals = [(r["epoch"], r["ndcg@10"]) for r in map(json.loads, f)
              if r.get("split") == "valid" and "ndcg@10" in r]

@@ -194,7 +194,7 @@ def recode(tok_params, feats_NxF, old_codes_NxC1, *, model: RQVAE):
   suffix = codes_lib.suffix_level(codes)
   full = jnp.concatenate([codes, suffix[:, None]], axis=1).astype(jnp.int32)
   changed = jnp.mean(jnp.any(full != old_codes_NxC1, axis=1).astype(jnp.float32))
-  semantic = jnp.mean(jnp.any(full[:, :-1] != old_codes_NxC1[:, :-1], axis=1).astype(jnp.float32))
+  semantic = jnp.mean(jnp.any(codes != old_codes_NxC1[:, :-1], axis=1).astype(jnp.float32))
   return full, changed, semantic, jnp.max(suffix) + 1
 
 
