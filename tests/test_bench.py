@@ -218,6 +218,32 @@ def test_gap_by_group_known_answers():
   np.testing.assert_array_equal(short.items_I, [0, 1, 2, 1, 1, 2, 4, 2, 0, 3])
 
 
+def test_id_quality_known_answers():
+  """bench/experiments/id_quality.py: prefix groups, the share of pairs in one group against
+  independent draws from the same marginals, nearest neighbours by cosine (never the item
+  itself), and the pairs: training transitions leave each user's last two items and repeats
+  out, the test step drops a repeated target."""
+  from bench.experiments import id_quality as q
+  from jaxrec.data.dataset import Dataset
+  codes = np.array([[0, 0, 0], [0, 1, 0], [1, 1, 0], [0, 1, 1]])
+  np.testing.assert_array_equal(q.prefix_groups(codes, 1), [0, 0, 1, 0])
+  np.testing.assert_array_equal(q.prefix_groups(codes, 2), [0, 1, 2, 1])
+  # level 2's codes 0, 1, 1, 1: perplexity exp(H(1/4, 3/4)) = 1.75; the prefixes' largest group 2
+  assert q.level_stats(codes, 2) == {"used": 2, "perplexity": 1.8, "largest_group": 2}
+  groups = np.array([0, 0, 1, 1])
+  # pairs (0,1) same, (0,2) not, (2,3) same, (1,3) not: share .5; first items 0,0,2,1 are
+  # 3/4 in group 0, second items 1,2,3,3 are 1/4: chance 3/4*1/4 + 1/4*3/4 = .375
+  got = q.pair_share(groups, np.array([0, 0, 2, 1]), np.array([1, 2, 3, 3]))
+  assert got == {"share": 0.5, "chance": 0.375, "lift": 1.33}
+  x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 2.0]])
+  np.testing.assert_array_equal(q.nearest(x, block=3), [1, 0, 3, 2])
+  ds = Dataset("t", 5, np.array([0, 6, 10]), np.array([0, 1, 1, 2, 3, 4, 2, 0, 3, 3], np.int32),
+               features={"text": x[[0, 1, 2, 3, 3]], "cf": x[[0, 1, 2, 3, 3]]})
+  kinds = q.pairs(ds)
+  np.testing.assert_array_equal(np.stack(kinds["transitions"]), [[0, 1, 2], [1, 2, 0]])
+  np.testing.assert_array_equal(np.stack(kinds["test step"]), [[3], [4]])
+
+
 def test_epoch_totals_price_every_planned_batch_at_its_bucket():
   import numpy as np
   from jaxrec.data.pipeline import Split, plan_batches

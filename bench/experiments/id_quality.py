@@ -1,0 +1,159 @@
+"""What two or more code tables encode about the catalogue (the claims issue: LETTER's IDs
+against TIGER's, and any other tokenizer's). For each run's semantic IDs (its `codes.npz`,
+the appended collision level left out) and each prefix length l, the share of item pairs
+that share their first l codes, over four kinds of pairs:
+
+  transitions   consecutive items of the training part of every user's sequence
+                (leave-one-out: each user's items but the last two): the collaborative
+                signal LETTER's cf term is meant to put into the IDs
+  test step     each test user's last history item and its test target (what a
+                recommender over these IDs has to cross); in both, repeats are dropped
+  text nn       every item and its nearest other item by the cosine of its `text`
+                features (the signal an RQ-VAE on text reconstructs)
+  cf nn         the same by the run's `cf` features (the SASRec item embeddings
+                LETTER aligns its codes with; derived in-run, as the runs derive them)
+
+each beside its chance level, the share expected if the pairs' two items were drawn
+independently from the same marginals (sum over groups of p_first * p_second), and the
+lift (share / chance). Also per level: codes used, perplexity of the items' codes, the
+largest group of items with one prefix; and, where the data set ships an ID table of its
+own (`<data.dir>/<name>.index.json`, Scientific's publisher IDs), the normalised mutual
+information (sqrt normalisation) of each prefix with its level-1 and level-1..2 groups.
+
+  JAXREC_DATA_DIR=../shared/data python -m bench.experiments.id_quality \\
+      /work/runs/quality/tiger-scientific-paper-seed1 \\
+      /work/runs/quality/letter-scientific-paper-seed1 --out ids.json
+
+The runs must share a data set (checked). Reads only; nothing is written to the workdirs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+if not __package__:
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import numpy as np  # noqa: E402
+
+from bench.code_nmi import nmi  # noqa: E402
+from jaxrec.config import config_from_json  # noqa: E402
+from jaxrec.data import load_dataset, training_interactions  # noqa: E402
+from jaxrec.methods import get_method  # noqa: E402
+from jaxrec.pipeline import ensure_features  # noqa: E402
+
+
+def semantic_codes(workdir: str, cfg) -> np.ndarray:
+  """int [N, L]: the run's codes without the appended collision level."""
+  codes = np.load(os.path.join(workdir, "codes.npz"))["codes"]
+  levels = int(cfg.tokenizer.levels)
+  if codes.shape[1] not in (levels, levels + 1):
+    raise ValueError(f"{workdir}/codes.npz: {codes.shape[1]} levels, config says "
+                     f"tokenizer.levels={levels} (+1 collision level)")
+  return codes[:, :levels]
+
+
+def prefix_groups(codes: np.ndarray, l: int) -> np.ndarray:
+  """int [N]: one group index per distinct prefix of length l."""
+  return np.unique(codes[:, :l], axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def pair_share(groups: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
+  """Share of pairs (a[i], b[i]) in one group, its chance level and the lift."""
+  same = float((groups[a] == groups[b]).mean())
+  n = groups.max() + 1
+  chance = float((np.bincount(groups[a], minlength=n) / len(a)
+                  * np.bincount(groups[b], minlength=n) / len(b)).sum())
+  return {"share": round(same, 4), "chance": round(chance, 4),
+          "lift": round(same / chance, 2) if chance else None}
+
+
+def nearest(features: np.ndarray, block: int = 1024) -> np.ndarray:
+  """int [N]: each row's nearest other row by cosine."""
+  x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+  out = np.empty(len(x), np.int64)
+  for s in range(0, len(x), block):
+    sim = x[s:s + block] @ x.T
+    sim[np.arange(len(sim)), np.arange(s, s + len(sim))] = -np.inf
+    out[s:s + block] = sim.argmax(1)
+  return out
+
+
+def pairs(ds) -> dict:
+  """The pair kinds above: name -> (first items, second items)."""
+  keep = training_interactions(ds)
+  user = np.repeat(np.arange(ds.n_users), ds.lengths_U)
+  idx = np.flatnonzero(keep[:-1] & keep[1:] & (user[:-1] == user[1:]))
+  a, b = ds.items_I[idx], ds.items_I[idx + 1]
+  step = a != b
+  ends = ds.offsets_U1[1:]
+  last, target = ds.items_I[ends - 2], ds.items_I[ends - 1]
+  out = {"transitions": (a[step], b[step]), "test step": (last[last != target], target[last != target])}
+  for name in ("text", "cf"):
+    items = np.arange(ds.n_items)
+    out[f"{name} nn"] = (items, nearest(np.asarray(ds.features[name], np.float32)))
+  return out
+
+
+def level_stats(codes: np.ndarray, l: int) -> dict:
+  groups = prefix_groups(codes, l)
+  counts = np.bincount(groups)
+  p = np.bincount(codes[:, l - 1]) / len(codes)
+  p = p[p > 0]
+  return {"used": int(len(p)), "perplexity": round(float(np.exp(-(p * np.log(p)).sum())), 1),
+          "largest_group": int(counts.max())}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("workdirs", nargs="+")
+  p.add_argument("--out", help="write the figures as JSON here")
+  args = p.parse_args(argv)
+
+  cfgs = []
+  for w in args.workdirs:
+    with open(os.path.join(w, "config.json")) as f:
+      cfgs.append(config_from_json(f.read()))
+  data = [(c.data.dir, c.data.name) for c in cfgs]
+  if len(set(data)) > 1:
+    raise SystemExit(f"the runs read different data sets: {sorted(set(data))}")
+  cfg = cfgs[0].copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.tokenizer.feature = "text+cf"     # derives (or reads from the cache) both views
+    cfg.data.index = os.path.exists(os.path.join(cfg.data.dir, f"{cfg.data.name}.index.json"))
+  ds = ensure_features(cfg, load_dataset(cfg.data), get_method("tiger"), print)
+  kinds = pairs(ds)
+  reference = ds.codes_NxC
+
+  report = {"data": f"{cfg.data.dir} ({ds.n_items} items, {ds.n_users} users)",
+            "pairs": {k: int(len(v[0])) for k, v in kinds.items()}, "runs": {}}
+  for w, c in zip(args.workdirs, cfgs):
+    codes = semantic_codes(w, c)
+    if len(codes) != ds.n_items:
+      raise SystemExit(f"{w}/codes.npz: {len(codes)} items, the data set has {ds.n_items}")
+    rows = {}
+    for l in range(1, codes.shape[1] + 1):
+      groups = prefix_groups(codes, l)
+      row = {**level_stats(codes, l),
+             **{k: pair_share(groups, a, b) for k, (a, b) in kinds.items()}}
+      if reference is not None:
+        row["nmi publisher l1"] = round(nmi(groups, reference[:, 0]), 4)
+        row["nmi publisher l1-2"] = round(nmi(groups, prefix_groups(reference, 2)), 4)
+      rows[f"prefix {l}"] = rows_l = row
+      print(f"{w} prefix {l}: used {rows_l['used']}, perplexity {rows_l['perplexity']}, "
+            f"largest {rows_l['largest_group']}; " + "; ".join(
+                f"{k} {rows_l[k]['share']:.4f} (chance {rows_l[k]['chance']:.4f}, "
+                f"lift {rows_l[k]['lift']})" for k in kinds)
+            + ("" if reference is None else
+               f"; NMI publisher l1 {row['nmi publisher l1']}, l1-2 {row['nmi publisher l1-2']}"))
+    report["runs"][w] = {"method": c.method, "seed": int(c.seed), "levels": rows}
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
