@@ -46,6 +46,15 @@ main_rows() {   # the rows behind the claims, seeds $1..$2-1
 }
 
 ablations() {   # seeds $1..$2-1
+  # LETTER's parts (the paper's ablation: without L_cf, without L_div) and its IDs' shape:
+  # the `scientific` LETTER trains its last of 3 levels with Sinkhorn (balanced, nearly no
+  # content), where TIGER's 3 levels are all hard and the official LETTER has 3 hard levels
+  # and a balanced fourth (bench/README.md, what the IDs encode)
+  q letter-nocf "letter:scientific,tokenizer.letter.alpha=0.0" "$2" "$1"
+  q letter-nodiv "letter:scientific,tokenizer.letter.beta=0.0" "$2" "$1"
+  q letter-neither "letter:scientific,tokenizer.letter.alpha=0.0,tokenizer.letter.beta=0.0" "$2" "$1"
+  q letter-hard "letter:scientific,tokenizer.modes=('hard','hard','hard')" "$2" "$1"
+  q letter-4levels "letter:scientific,tokenizer.levels=4,tokenizer.modes=('hard','hard','hard','sinkhorn')" "$2" "$1"
   q siit-sum "siit:scientific,siit.align_loss=sum" "$2" "$1"
   q siit-rounds0 "siit:scientific,siit.rounds=0" "$2" "$1"
   q siit-late "siit:scientific,siit.first_refine=40,siit.rounds=1,siit.keep_margin=2.0" "$2" "$1"

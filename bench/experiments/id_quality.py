@@ -11,7 +11,8 @@ that share their first l codes, over four kinds of pairs:
   text nn       every item and its nearest other item by the cosine of its `text`
                 features (the signal an RQ-VAE on text reconstructs)
   cf nn         the same by the run's `cf` features (the SASRec item embeddings
-                LETTER aligns its codes with; derived in-run, as the runs derive them)
+                LETTER aligns its codes with; derived in-run, as the runs derive them);
+                with --data, by each feature the config loads
 
 each beside its chance level, the share expected if the pairs' two items were drawn
 independently from the same marginals (sum over groups of p_first * p_second), and the
@@ -19,10 +20,14 @@ lift (share / chance). Also per level: codes used, perplexity of the items' code
 largest group of items with one prefix; and, where the data set ships an ID table of its
 own (`<data.dir>/<name>.index.json`, Scientific's publisher IDs), the normalised mutual
 information (sqrt normalisation) of each prefix with its level-1 and level-1..2 groups.
+`--data METHOD:VARIANT` measures such a shipped table itself (LETTER's published
+Instruments IDs: `--data tiger:letter_ids_paper`, its nearest neighbours by the shipped
+32-d SASRec embeddings, the only item features there).
 
   JAXREC_DATA_DIR=../shared/data python -m bench.experiments.id_quality \\
       /work/runs/quality/tiger-scientific-paper-seed1 \\
       /work/runs/quality/letter-scientific-paper-seed1 --out ids.json
+  JAXREC_DATA_DIR=../shared/data python -m bench.experiments.id_quality --data tiger:letter_ids_paper
 
 The runs must share a data set (checked). Reads only; nothing is written to the workdirs.
 """
@@ -39,7 +44,7 @@ if not __package__:
 import numpy as np  # noqa: E402
 
 from bench.code_nmi import nmi  # noqa: E402
-from jaxrec.config import config_from_json  # noqa: E402
+from jaxrec.config import config_from_json, get_config  # noqa: E402
 from jaxrec.data import load_dataset, training_interactions  # noqa: E402
 from jaxrec.methods import get_method  # noqa: E402
 from jaxrec.pipeline import ensure_features  # noqa: E402
@@ -91,9 +96,9 @@ def pairs(ds) -> dict:
   ends = ds.offsets_U1[1:]
   last, target = ds.items_I[ends - 2], ds.items_I[ends - 1]
   out = {"transitions": (a[step], b[step]), "test step": (last[last != target], target[last != target])}
-  for name in ("text", "cf"):
-    items = np.arange(ds.n_items)
-    out[f"{name} nn"] = (items, nearest(np.asarray(ds.features[name], np.float32)))
+  for name, matrix in ds.features.items():
+    if "+" not in name:                     # the joined view is its parts again
+      out[f"{name} nn"] = (np.arange(ds.n_items), nearest(np.asarray(matrix, np.float32)))
   return out
 
 
@@ -106,49 +111,73 @@ def level_stats(codes: np.ndarray, l: int) -> dict:
           "largest_group": int(counts.max())}
 
 
+def measure(codes: np.ndarray, kinds: dict, reference) -> dict:
+  """Per prefix length: level_stats, pair_share for every pair kind, NMI with `reference`."""
+  rows = {}
+  for l in range(1, codes.shape[1] + 1):
+    groups = prefix_groups(codes, l)
+    row = {**level_stats(codes, l), **{k: pair_share(groups, a, b) for k, (a, b) in kinds.items()}}
+    if reference is not None:
+      row["nmi shipped l1"] = round(nmi(groups, reference[:, 0]), 4)
+      row["nmi shipped l1-2"] = round(nmi(groups, prefix_groups(reference, 2)), 4)
+    rows[f"prefix {l}"] = row
+  return rows
+
+
+def show(name: str, rows: dict, kinds) -> None:
+  for prefix, r in rows.items():
+    nmis = [f"NMI {k[4:]} {v}" for k, v in r.items() if k.startswith("nmi ")]
+    print(f"{name} {prefix}: used {r['used']}, perplexity {r['perplexity']}, largest "
+          f"{r['largest_group']}; " + "; ".join(
+              f"{k} {r[k]['share']:.4f} (chance {r[k]['chance']:.4f}, lift {r[k]['lift']})"
+              for k in kinds) + "".join(f"; {n}" for n in nmis))
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("workdirs", nargs="+")
+  p.add_argument("workdirs", nargs="*")
+  p.add_argument("--data", default="", help="METHOD:VARIANT whose data set ships an ID table "
+                 "(data.index, e.g. tiger:letter_ids_paper): that table measured as a row, on "
+                 "the features that config loads (no workdir needed)")
   p.add_argument("--out", help="write the figures as JSON here")
   args = p.parse_args(argv)
+  if not args.workdirs and not args.data:
+    p.error("give workdirs, --data METHOD:VARIANT, or both")
 
   cfgs = []
   for w in args.workdirs:
     with open(os.path.join(w, "config.json")) as f:
       cfgs.append(config_from_json(f.read()))
-  data = [(c.data.dir, c.data.name) for c in cfgs]
-  if len(set(data)) > 1:
-    raise SystemExit(f"the runs read different data sets: {sorted(set(data))}")
-  cfg = cfgs[0].copy_and_resolve_references()
+  if args.data:
+    cfg = get_config(*args.data.split(":"))
+    method = get_method(cfg.method)
+  else:
+    cfg = cfgs[0].copy_and_resolve_references()
+    method = get_method("tiger")
+    with cfg.unlocked():
+      cfg.tokenizer.feature = "text+cf"   # derives (or reads from the cache) both views
+  data = {(c.data.dir, c.data.name) for c in cfgs} | {(cfg.data.dir, cfg.data.name)}
+  if len(data) > 1:
+    raise SystemExit(f"the runs read different data sets: {sorted(data)}")
   with cfg.unlocked():
-    cfg.tokenizer.feature = "text+cf"     # derives (or reads from the cache) both views
     cfg.data.index = os.path.exists(os.path.join(cfg.data.dir, f"{cfg.data.name}.index.json"))
-  ds = ensure_features(cfg, load_dataset(cfg.data), get_method("tiger"), print)
+  ds = ensure_features(cfg, load_dataset(cfg.data), method, print)
   kinds = pairs(ds)
   reference = ds.codes_NxC
 
   report = {"data": f"{cfg.data.dir} ({ds.n_items} items, {ds.n_users} users)",
             "pairs": {k: int(len(v[0])) for k, v in kinds.items()}, "runs": {}}
+  if args.data and reference is not None:
+    rows = measure(reference, kinds, None)
+    show(f"{cfg.data.name}.index.json", rows, kinds)
+    report["runs"][f"{cfg.data.name}.index.json"] = {"levels": rows}
   for w, c in zip(args.workdirs, cfgs):
     codes = semantic_codes(w, c)
     if len(codes) != ds.n_items:
       raise SystemExit(f"{w}/codes.npz: {len(codes)} items, the data set has {ds.n_items}")
-    rows = {}
-    for l in range(1, codes.shape[1] + 1):
-      groups = prefix_groups(codes, l)
-      row = {**level_stats(codes, l),
-             **{k: pair_share(groups, a, b) for k, (a, b) in kinds.items()}}
-      if reference is not None:
-        row["nmi publisher l1"] = round(nmi(groups, reference[:, 0]), 4)
-        row["nmi publisher l1-2"] = round(nmi(groups, prefix_groups(reference, 2)), 4)
-      rows[f"prefix {l}"] = rows_l = row
-      print(f"{w} prefix {l}: used {rows_l['used']}, perplexity {rows_l['perplexity']}, "
-            f"largest {rows_l['largest_group']}; " + "; ".join(
-                f"{k} {rows_l[k]['share']:.4f} (chance {rows_l[k]['chance']:.4f}, "
-                f"lift {rows_l[k]['lift']})" for k in kinds)
-            + ("" if reference is None else
-               f"; NMI publisher l1 {row['nmi publisher l1']}, l1-2 {row['nmi publisher l1-2']}"))
+    rows = measure(codes, kinds, reference)
+    show(w, rows, kinds)
     report["runs"][w] = {"method": c.method, "seed": int(c.seed), "levels": rows}
   if args.out:
     with open(args.out, "w") as f:
