@@ -15,7 +15,12 @@ stdout and, with the rows as JSON (and the machine: device, CPU, jax / flax vers
 `--seeds N` runs every row with seeds 0..N-1 (workdirs `...-seed<k>`, so `--seeds 1` now and
 `--seeds 3` later reuse seed 0) and reports each metric's mean +- std (ddof 1; 0 with one
 seed). `--first_seed K` runs seeds K..N-1 only (a row's other seeds trained elsewhere;
-`bench/claims.py --tables` joins the result files seed by seed).
+`bench/claims.py --tables` joins the result files seed by seed for the paired claims, and
+`--join FILE... --out STEM` into one table, each row with every seed's best / stop epoch
+and training seconds; the stop epoch is the run's last validation):
+
+  python -m bench.quality --join bench/results/quality-scientific-paper-*-s*.json \
+      --out bench/results/quality-scientific-paper-converged
 """
 from __future__ import annotations
 
@@ -97,6 +102,21 @@ def run_tag(spec: str, name: str, seed=None) -> str:
           + (f"-seed{seed}" if seed is not None else ""))
 
 
+def stop_epoch(workdir: str):
+  """The epoch of a run's last validation (where early stopping ended it), from its
+  metrics.jsonl; None when the workdir or its records are gone."""
+  import json
+  last = None
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      for line in f:
+        if '"split": "valid"' in line:
+          last = json.loads(line).get("epoch", last)
+  except OSError:
+    return None
+  return last
+
+
 def run_one(spec: str, shared, root: str, name: str, seed=None):
   from jaxrec import pipeline
   from jaxrec.config import get_config
@@ -120,7 +140,7 @@ def run_one(spec: str, shared, root: str, name: str, seed=None):
   key = "tiger-given" if method == "tiger" and cfg.tokenizer.source == "given" else method
   return {"run": spec, "workdir": workdir, "method": method, "variant": variant or "default",
           "dataset": results["dataset"], "overrides": overrides, "budget": budget,
-          "steps": results["steps"], "best": results["best"],
+          "steps": results["steps"], "best": results["best"], "stop_epoch": stop_epoch(workdir),
           "valid": {k: results["valid"][k] for k in METRICS},
           "test": {k: results["test"][k] for k in METRICS},
           "popularity_test": {k: results["popularity"]["test"][k] for k in METRICS},
@@ -147,11 +167,57 @@ def aggregate(rows) -> dict:
     out[split + "_per_seed"] = vals
   out["steps"] = "/".join(str(r["steps"]) for r in rows)
   out["train_seconds"] = round(float(np.mean([r["train_seconds"] for r in rows])), 1)
+  out["train_seconds_per_seed"] = [r["train_seconds"] for r in rows]
+  out["epochs_per_seed"] = [epochs(r) for r in rows]
   return out
 
 
+def epochs(row) -> str:
+  """"best / stop" epoch of a one-seed row ("?" for what its record lacks)."""
+  if "epochs" in row:
+    return row["epochs"]
+  best = (row.get("best") or {}).get("epoch", "?")
+  stop = row.get("stop_epoch") or stop_epoch(row.get("workdir", "")) or "?"
+  return f"{best} / {stop}"
+
+
+def seed_rows(row) -> list:
+  """A result file's row back as one row per seed (the inverse of aggregate; an older
+  file's several seeds without per-seed seconds or epochs get the mean and "?")."""
+  if "test_per_seed" not in row:
+    return [row]
+  n = len(row["seeds"])
+  steps = str(row["steps"]).split("/")
+  out = []
+  for i, seed in enumerate(row["seeds"]):
+    r = {k: v for k, v in row.items() if not k.endswith(("_per_seed", "_std")) and k != "seeds"}
+    r["seed"] = seed
+    for split in ("valid", "test", "popularity_test") + OTHER_DECODING:
+      if split + "_per_seed" in row:
+        r[split] = {k: row[split + "_per_seed"][k][i] for k in METRICS}
+    r["train_seconds"] = row.get("train_seconds_per_seed", [row["train_seconds"]] * n)[i]
+    r["steps"] = steps[i] if len(steps) == n else row["steps"]
+    if "epochs_per_seed" in row or n > 1:
+      r["epochs"] = row.get("epochs_per_seed", ["? / ?"] * n)[i]
+    out.append(r)
+  return out
+
+
+def join(paths) -> list:
+  """quality.py result files' rows, one row per run with every file's seeds joined (a run
+  whose seeds ran apart, `--first_seed`), seeds in order; a seed in two files counts once."""
+  import json
+  per_run = {}
+  for path in paths:
+    with open(path) as f:
+      for row in json.load(f)["rows"]:
+        for r in seed_rows(row):
+          per_run.setdefault(r["run"], {})[r["seed"]] = r
+  return [aggregate([seeds[s] for s in sorted(seeds)]) for seeds in per_run.values()]
+
+
 def table(rows) -> str:
-  head = ("| run | data | budget | device | seeds | train s | valid R@10 / N@10 | test R@5 | R@10 | "
+  head = ("| run | data | budget | device | seeds | best / stop epoch | train s | valid R@10 / N@10 | test R@5 | R@10 | "
           "N@5 | N@10 | most-popular R@10 / N@10 | published R@5 / R@10 / N@5 / N@10 |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for r in rows:
@@ -166,18 +232,31 @@ def table(rows) -> str:
       if other in r:
         run += f" ({label}: test R@10 / N@10 {f(other, 'recall@10')} / {f(other, 'ndcg@10')})"
     seeds = ", ".join(str(x) for x in r.get("seeds", [r.get("seed", 0)]))
+    stops = ", ".join(r.get("epochs_per_seed") or [epochs(r)])
+    secs = ", ".join(f"{x:,.0f}" for x in r.get("train_seconds_per_seed") or [r["train_seconds"]])
     pop = r.get("popularity_test")
     pop_s = f"{pop['recall@10']:.4f} / {pop['ndcg@10']:.4f}" if pop else ""
     lines.append(f"| {run} | {r['dataset']} | {r['budget']}, {r['steps']} steps | {r['device']} | "
-                 f"{seeds} | {r['train_seconds']} | {f('valid', 'recall@10')} / "
+                 f"{seeds} | {stops} | {secs} | {f('valid', 'recall@10')} / "
                  f"{f('valid', 'ndcg@10')} | {f('test', 'recall@5')} | {f('test', 'recall@10')} | "
                  f"{f('test', 'ndcg@5')} | {f('test', 'ndcg@10')} | {pop_s} | {pub_s} |")
   return "\n".join(lines)
 
 
+def write_table(stem: str, rows) -> str:
+  md = table(rows)
+  common.write_json(stem + ".json", {"rows": rows})
+  with open(stem + ".md", "w") as f:
+    f.write(md + "\n")
+  return md
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("runs", nargs="+", help="method:variant[,key=value...]")
+  p.add_argument("runs", nargs="*", help="method:variant[,key=value...]")
+  p.add_argument("--join", nargs="+", default=None, metavar="FILE",
+                 help="train nothing: one table from these result files (.json), each run's "
+                      "seeds joined across files, to --out")
   p.add_argument("--set", action="append", default=[], help="key=value for every run")
   p.add_argument("--name", default="", help="suffix of the workdirs and the result files")
   p.add_argument("--seeds", type=int, default=None,
@@ -194,13 +273,14 @@ def main():
   if args.first_seed and not (args.seeds and 0 <= args.first_seed < args.seeds):
     raise SystemExit(f"--first_seed {args.first_seed} needs --seeds N with N > {args.first_seed}")
   stem = common.result_path(f"quality-{args.name or common.platform()}", args.out)
+  if args.join:
+    print(write_table(stem, join(args.join)))
+    print(f"wrote {stem}.md and {stem}.json")
+    return
+  if not args.runs:
+    p.error("give runs (method:variant), or --join FILE...")
 
-  def write(rows):
-    md = table(rows)
-    common.write_json(stem + ".json", {"rows": rows})
-    with open(stem + ".md", "w") as f:
-      f.write(md + "\n")
-    return md
+  write = lambda rows: write_table(stem, rows)
 
   # The table is rewritten after every finished run (a row's finished seeds so far), so that
   # a queue stopped at any point, or a machine lost, leaves every finished run's figures.

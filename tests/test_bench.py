@@ -52,6 +52,40 @@ def test_seeds_aggregate_to_mean_and_std():
   assert "0.2000 +- 0.1000" in text and "| 0, 1, 2 |" in text
 
 
+def test_join_puts_a_runs_seeds_from_several_files_in_one_row(tmp_path):
+  """quality.py --join: rows of one run in several result files (seeds run apart) become one
+  row with every seed's metrics, seconds and best / stop epochs, in seed order; a seed in two
+  files counts once; seed_rows inverts aggregate; the stop epoch of a row without one is
+  read from its workdir's last validation record."""
+  def row(seed, r10, run="tiger:scientific"):
+    m = {"recall@5": r10 / 2, "recall@10": r10, "ndcg@5": r10 / 4, "ndcg@10": r10 / 3}
+    return {"run": run, "overrides": [], "dataset": "d", "budget": "b", "steps": 10 * (seed + 1),
+            "device": "cpu x2", "train_seconds": 100.0 * (seed + 1), "valid": m, "test": m,
+            "popularity_test": m, "published": None, "seed": seed,
+            "best": {"epoch": 30 + seed}, "stop_epoch": 40 + seed}
+  agg = quality.aggregate([row(0, .1), row(1, .2)])
+  back = quality.seed_rows(agg)
+  assert [r["test"]["recall@10"] for r in back] == [.1, .2]
+  assert [r["train_seconds"] for r in back] == [100.0, 200.0]
+  assert [quality.epochs(r) for r in back] == ["30 / 40", "31 / 41"]
+  work = tmp_path / "w"
+  work.mkdir()
+  (work / "metrics.jsonl").write_text('{"split": "valid", "epoch": 12}\n{"step": 5, "epoch": 13}\n'
+                                      '{"split": "valid", "epoch": 14}\n')
+  old = {**row(2, .3), "workdir": str(work)}
+  del old["stop_epoch"]                                   # a file written before stop_epoch
+  files = []
+  for i, rows in enumerate([[agg, row(0, .1, "sasrec:scientific")], [old, row(1, .2)]]):
+    files.append(str(tmp_path / f"q{i}.json"))
+    common.write_json(files[-1], {"rows": rows})
+  tiger, sasrec = quality.join(files)
+  assert tiger["seeds"] == [0, 1, 2] and sasrec["seeds"] == [0]
+  assert tiger["test"]["recall@10"] == pytest.approx(.2)
+  assert tiger["epochs_per_seed"] == ["30 / 40", "31 / 41", "32 / 14"]
+  assert tiger["train_seconds_per_seed"] == [100.0, 200.0, 300.0]
+  assert "| 0, 1, 2 | 30 / 40, 31 / 41, 32 / 14 | 100, 200, 300 |" in quality.table([tiger])
+
+
 def test_first_seed_runs_only_the_later_seeds(tmp_path, monkeypatch):
   """--first_seed K with --seeds N trains seeds K..N-1 alone (a row's earlier seeds run
   elsewhere) and refuses K outside 0..N-1; the table is written after every finished seed."""
