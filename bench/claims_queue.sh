@@ -93,6 +93,10 @@ case "${1:-}" in
     done
     q etegrec etegrec:scientific 3 1 ;;
   rest)
+    # LETTER's ID shape first, at seed 1 (its TIGER and LETTER pair has finished): the lead on
+    # why LETTER's IDs lose to TIGER's (bench/README.md, what LETTER's IDs encode)
+    q letter-hard "letter:scientific,tokenizer.modes=('hard','hard','hard')" 2 1
+    q letter-4levels "letter:scientific,tokenizer.levels=4,tokenizer.modes=('hard','hard','hard','sinkhorn')" 2 1
     main_rows 1 2    # seed 1 first: seed 0 of TIGER, LETTER and SIIT ran before (README)
     main_rows 2 3
     main_rows 0 1
