@@ -55,6 +55,14 @@ CLAIMS = (
 # overrides): each ablation against its full method, rows as the claims queue names them
 # (`--ablations`)
 ABLATIONS = (
+    ("LETTER without L_cf", "letter", ",tokenizer.letter.alpha=0.0", "letter"),
+    ("LETTER without L_div", "letter", ",tokenizer.letter.beta=0.0", "letter"),
+    ("LETTER without L_cf and L_div, against TIGER (its tokenizer settings alone)", "letter",
+     ",tokenizer.letter.alpha=0.0,tokenizer.letter.beta=0.0", "tiger"),
+    ("LETTER with every level hard, against TIGER", "letter",
+     ",tokenizer.modes=('hard','hard','hard')", "tiger"),
+    ("LETTER in the official shape (3 hard levels, a balanced 4th), against TIGER", "letter",
+     ",tokenizer.levels=4,tokenizer.modes=('hard','hard','hard','sinkhorn')", "tiger"),
     ("SIIT: the alignment weighed 4x (the earlier loss)", "siit", ",siit.align_loss=sum", "siit"),
     ("SIIT: no refinement (alignment task alone)", "siit", ",siit.rounds=0", "siit"),
     ("SIIT: one late round, keep margin 2", "siit",

@@ -181,6 +181,8 @@ def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
     validate_config(cfg)
   for method in ("tiger", "letter", "sasrec", "siit", "simcit", "etegrec"):
     assert seeds[f"{method}:scientific"] == {0, 1, 2}, method
+  for _, what, cand, base, _ in claims.ablation_pairs("scientific"):   # bench.claims --ablations
+    assert cand in seeds and base in seeds, what
   other = {**env, "DATA_DIR": "/data/x", "DATA_NAME": "Toys", "CALLS": str(tmp_path / "toys")}
   subprocess.run(["bash", os.path.join(root, "bench", "claims_queue.sh"), "etegrec"], env=other,
                  check=True, capture_output=True)
