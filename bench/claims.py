@@ -89,6 +89,8 @@ ABLATIONS = (
     ("ETEGRec without PSA", "etegrec", ",etegrec.w_psa=0.0", "etegrec"),
     ("ETEGRec: both models every step", "etegrec", ",etegrec.alternation=joint", "etegrec"),
     ("ETEGRec: the tokenizer frozen", "etegrec", ",etegrec.alternation=frozen", "etegrec"),
+    ("ETEGRec with TIGER's batch and learning rate (8x the updates)", "etegrec",
+     ",train.batch_size=256,train.accumulate=1,train.lr=0.0005", "etegrec"),
 )
 
 

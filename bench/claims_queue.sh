@@ -87,10 +87,13 @@ once() {   # seed 0 only: rows that read a seed-0 workdir, and the official reci
 case "${1:-}" in
   etegrec)   # seed 0, its ablations (what the alternation's moving IDs cost first), seeds 1-2
     q etegrec etegrec:scientific 1
-    for part in etegrec.alternation=frozen etegrec.alternation=joint etegrec.w_sia=0.0 \
-                etegrec.w_psa=0.0; do
-      q "etegrec-${part#etegrec.}" "etegrec:scientific,$part" 1
-    done
+    # the official batch (2,048 = 512 x 4) gives this small set about 7 updates a
+    # recommender epoch, TIGER's batch of 256 about 53: ETEGRec with TIGER's batch and lr
+    q etegrec-frozen "etegrec:scientific,etegrec.alternation=frozen" 1
+    q etegrec-batch256 "etegrec:scientific,train.batch_size=256,train.accumulate=1,train.lr=0.0005" 1
+    q etegrec-joint "etegrec:scientific,etegrec.alternation=joint" 1
+    q etegrec-w_sia=0.0 "etegrec:scientific,etegrec.w_sia=0.0" 1
+    q etegrec-w_psa=0.0 "etegrec:scientific,etegrec.w_psa=0.0" 1
     q etegrec etegrec:scientific 3 1 ;;
   rest)
     # LETTER's ID shape first, at seed 1 (its TIGER and LETTER pair has finished): the lead on
