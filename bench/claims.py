@@ -33,7 +33,7 @@ if not __package__:
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import common  # noqa: E402
-from bench.quality import METRICS, run_tag  # noqa: E402
+from bench.quality import METRICS, run_tag, seed_rows  # noqa: E402
 
 # (paper, its claim, candidate method, baseline method, the paper's relative R@10 gain or None)
 CLAIMS = (
@@ -114,16 +114,15 @@ def seed_results(root: str, spec: str, name: str, max_seeds: int = 100) -> dict:
 
 
 def table_results(paths) -> dict:
-  """{row spec: {seed: {"test": metrics}}} from quality.py's result files (`--seeds` rows); a
-  row in several files (its seeds run apart, `--first_seed`) joins their seeds."""
+  """{row spec: {seed: that seed's row}} from quality.py's result files (`--seeds` rows, each
+  seed's test metrics, and with free decoding its constrained ones); a row in several files
+  (its seeds run apart, `--first_seed`) joins their seeds."""
   out = {}
   for path in paths:
     with open(path) as f:
       for row in json.load(f)["rows"]:
-        seeds = row.get("seeds", [row.get("seed", 0)])
-        per_seed = row.get("test_per_seed") or {k: [row["test"][k]] for k in METRICS}
-        out.setdefault(row["run"], {}).update(
-            {s: {"test": {k: per_seed[k][i] for k in METRICS}} for i, s in enumerate(seeds)})
+        for r in seed_rows(row):
+          out.setdefault(r["run"], {})[r.get("seed", 0)] = r
   return out
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import sys
 import time
@@ -105,16 +106,12 @@ def run_tag(spec: str, name: str, seed=None) -> str:
 def stop_epoch(workdir: str):
   """The epoch of a run's last validation (where early stopping ended it), from its
   metrics.jsonl; None when the workdir or its records are gone."""
-  import json
-  last = None
   try:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-      for line in f:
-        if '"split": "valid"' in line:
-          last = json.loads(line).get("epoch", last)
+      records = [json.loads(line) for line in f if line.strip()]
   except OSError:
     return None
-  return last
+  return next((r.get("epoch") for r in reversed(records) if r.get("split") == "valid"), None)
 
 
 def run_one(spec: str, shared, root: str, name: str, seed=None):
@@ -187,7 +184,7 @@ def seed_rows(row) -> list:
   if "test_per_seed" not in row:
     return [row]
   n = len(row["seeds"])
-  steps = str(row["steps"]).split("/")
+  steps = str(row.get("steps", "")).split("/")
   out = []
   for i, seed in enumerate(row["seeds"]):
     r = {k: v for k, v in row.items() if not k.endswith(("_per_seed", "_std")) and k != "seeds"}
@@ -195,8 +192,8 @@ def seed_rows(row) -> list:
     for split in ("valid", "test", "popularity_test") + OTHER_DECODING:
       if split + "_per_seed" in row:
         r[split] = {k: row[split + "_per_seed"][k][i] for k in METRICS}
-    r["train_seconds"] = row.get("train_seconds_per_seed", [row["train_seconds"]] * n)[i]
-    r["steps"] = steps[i] if len(steps) == n else row["steps"]
+    r["train_seconds"] = row.get("train_seconds_per_seed", [row.get("train_seconds")] * n)[i]
+    r["steps"] = steps[i] if len(steps) == n else row.get("steps")
     if "epochs_per_seed" in row or n > 1:
       r["epochs"] = row.get("epochs_per_seed", ["? / ?"] * n)[i]
     out.append(r)
@@ -206,13 +203,12 @@ def seed_rows(row) -> list:
 def join(paths) -> list:
   """quality.py result files' rows, one row per run with every file's seeds joined (a run
   whose seeds ran apart, `--first_seed`), seeds in order; a seed in two files counts once."""
-  import json
   per_run = {}
   for path in paths:
     with open(path) as f:
       for row in json.load(f)["rows"]:
         for r in seed_rows(row):
-          per_run.setdefault(r["run"], {})[r["seed"]] = r
+          per_run.setdefault(r["run"], {})[r.get("seed", 0)] = r
   return [aggregate([seeds[s] for s in sorted(seeds)]) for seeds in per_run.values()]
 
 

@@ -397,7 +397,7 @@ def test_claims_pair_seeds_and_give_the_standard_error(tmp_path):
   assert joined[2]["test"]["ndcg@10"] == .13 and joined[3]["test"]["ndcg@10"] == .14
 
 
-def test_a_free_decoding_rows_constrained_metrics_are_aggregated_and_shown():
+def test_a_free_decoding_rows_constrained_metrics_are_aggregated_and_shown(tmp_path):
   m = {"recall@5": .05, "recall@10": .07, "ndcg@5": .03, "ndcg@10": .04}
   rows = [{"run": "etegrec:s", "overrides": [], "dataset": "S", "budget": "b", "steps": 1,
            "device": "cpu", "train_seconds": 1.0, "valid": m, "test": m, "popularity_test": m,
@@ -407,3 +407,6 @@ def test_a_free_decoding_rows_constrained_metrics_are_aggregated_and_shown():
   assert row["test_constrained"]["recall@10"] == pytest.approx(.07 * 2.5)
   assert row["test_constrained_per_seed"]["ndcg@10"] == pytest.approx([.08, .12])
   assert "(decoded free; constrained: test R@10 / N@10 0.1750 +- 0.0495" in quality.table([row])
+  common.write_json(str(tmp_path / "q.json"), {"rows": [row]})   # bench.claims --tables
+  got = claims.table_results([str(tmp_path / "q.json")])["etegrec:s"]
+  assert claims.constrained_test(got[1])["ndcg@10"] == pytest.approx(.12)
