@@ -1,6 +1,6 @@
 """What two or more code tables encode about the catalogue (the claims issue: LETTER's IDs
-against TIGER's, and any other tokenizer's). For each run's semantic IDs (its `codes.npz`,
-the appended collision level left out) and each prefix length l, the share of item pairs
+against TIGER's, and any other tokenizer's). For each run's semantic IDs (its `codes.npz`, or
+`codes_final.npz` where training changed them; the appended collision level left out) and each prefix length l, the share of item pairs
 that share their first l codes, over four kinds of pairs:
 
   transitions   consecutive items of the training part of every user's sequence
@@ -51,8 +51,11 @@ from jaxrec.pipeline import ensure_features  # noqa: E402
 
 
 def semantic_codes(workdir: str, cfg) -> np.ndarray:
-  """int [N, L]: the run's codes without the appended collision level."""
-  codes = np.load(os.path.join(workdir, "codes.npz"))["codes"]
+  """int [N, L]: the run's codes without the appended collision level; for a run whose IDs
+  change in training (ETEGRec, SIIT) its best checkpoint's (`codes_final.npz`), else the
+  table it trained on (`codes.npz`)."""
+  final = os.path.join(workdir, "codes_final.npz")
+  codes = np.load(final if os.path.exists(final) else os.path.join(workdir, "codes.npz"))["codes"]
   levels = int(cfg.tokenizer.levels)
   if codes.shape[1] not in (levels, levels + 1):
     raise ValueError(f"{workdir}/codes.npz: {codes.shape[1]} levels, config says "
