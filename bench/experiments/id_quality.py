@@ -1,7 +1,8 @@
 """What two or more code tables encode about the catalogue (the claims issue: LETTER's IDs
-against TIGER's, and any other tokenizer's). For each run's semantic IDs (its `codes.npz`, or
-`codes_final.npz` where training changed them; the appended collision level left out) and each prefix length l, the share of item pairs
-that share their first l codes, over four kinds of pairs:
+against TIGER's, and any other tokenizer's). For each run's semantic IDs (its `codes.npz`,
+or `codes_final.npz` where training changed them; the appended collision level left out)
+and each prefix length l, the share of item pairs that share their first l codes, over four
+kinds of pairs:
 
   transitions   consecutive items of the training part of every user's sequence
                 (leave-one-out: each user's items but the last two): the collaborative
@@ -54,11 +55,13 @@ def semantic_codes(workdir: str, cfg) -> np.ndarray:
   """int [N, L]: the run's codes without the appended collision level; for a run whose IDs
   change in training (ETEGRec, SIIT) its best checkpoint's (`codes_final.npz`), else the
   table it trained on (`codes.npz`)."""
-  final = os.path.join(workdir, "codes_final.npz")
-  codes = np.load(final if os.path.exists(final) else os.path.join(workdir, "codes.npz"))["codes"]
+  path = os.path.join(workdir, "codes_final.npz")
+  if not os.path.exists(path):
+    path = os.path.join(workdir, "codes.npz")
+  codes = np.load(path)["codes"]
   levels = int(cfg.tokenizer.levels)
   if codes.shape[1] not in (levels, levels + 1):
-    raise ValueError(f"{workdir}/codes.npz: {codes.shape[1]} levels, config says "
+    raise ValueError(f"{path}: {codes.shape[1]} levels, config says "
                      f"tokenizer.levels={levels} (+1 collision level)")
   return codes[:, :levels]
 
@@ -178,7 +181,7 @@ def main(argv=None):
   for w, c in zip(args.workdirs, cfgs):
     codes = semantic_codes(w, c)
     if len(codes) != ds.n_items:
-      raise SystemExit(f"{w}/codes.npz: {len(codes)} items, the data set has {ds.n_items}")
+      raise SystemExit(f"{w}: its codes have {len(codes)} items, the data set has {ds.n_items}")
     rows = measure(codes, kinds, reference)
     show(w, rows, kinds)
     report["runs"][w] = {"method": c.method, "seed": int(c.seed), "levels": rows}
