@@ -63,6 +63,8 @@ ABLATIONS = (
      ",tokenizer.modes=('hard','hard','hard')", "tiger"),
     ("LETTER in the official shape (3 hard levels, a balanced 4th), against TIGER", "letter",
      ",tokenizer.levels=4,tokenizer.modes=('hard','hard','hard','sinkhorn')", "tiger"),
+    ("LETTER with TIGER's collision level (no Sinkhorn re-assignment), against TIGER",
+     "letter", ",tokenizer.collision=suffix", "tiger"),
     ("SIIT: the alignment weighed 4x (the earlier loss)", "siit", ",siit.align_loss=sum", "siit"),
     ("SIIT: no refinement (alignment task alone)", "siit", ",siit.rounds=0", "siit"),
     ("SIIT: one late round, keep margin 2", "siit",

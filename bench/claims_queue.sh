@@ -56,6 +56,7 @@ ablations() {   # seeds $1..$2-1
   q letter-neither "letter:scientific,tokenizer.letter.alpha=0.0,tokenizer.letter.beta=0.0" "$2" "$1"
   q letter-hard "letter:scientific,tokenizer.modes=('hard','hard','hard')" "$2" "$1"
   q letter-4levels "letter:scientific,tokenizer.levels=4,tokenizer.modes=('hard','hard','hard','sinkhorn')" "$2" "$1"
+  q letter-suffix "letter:scientific,tokenizer.collision=suffix" "$2" "$1"
   q siit-sum "siit:scientific,siit.align_loss=sum" "$2" "$1"
   q siit-rounds0 "siit:scientific,siit.rounds=0" "$2" "$1"
   q siit-late "siit:scientific,siit.first_refine=40,siit.rounds=1,siit.keep_margin=2.0" "$2" "$1"
@@ -100,6 +101,9 @@ case "${1:-}" in
     # why LETTER's IDs lose to TIGER's (bench/README.md, what LETTER's IDs encode)
     q letter-hard "letter:scientific,tokenizer.modes=('hard','hard','hard')" 2 1
     q letter-4levels "letter:scientific,tokenizer.levels=4,tokenizer.modes=('hard','hard','hard','sinkhorn')" 2 1
+    # colliding items resolved by TIGER's appended level instead of Sinkhorn on the last one
+    # (which splits near-duplicates onto arbitrary last codes: the empty third level)
+    q letter-suffix "letter:scientific,tokenizer.collision=suffix" 2 1
     main_rows 1 2    # seed 1 first: seed 0 of TIGER, LETTER and SIIT ran before (README)
     main_rows 2 3
     main_rows 0 1
