@@ -48,9 +48,9 @@ main_rows() {   # the rows behind the claims, seeds $1..$2-1
 
 ablations() {   # seeds $1..$2-1
   # LETTER's parts (the paper's ablation: without L_cf, without L_div) and its IDs' shape:
-  # the `scientific` LETTER trains its last of 3 levels with Sinkhorn (balanced, nearly no
-  # content), where TIGER's 3 levels are all hard and the official LETTER has 3 hard levels
-  # and a balanced fourth (bench/README.md, what the IDs encode)
+  # every level hard; the official 3 hard levels and a balanced fourth; TIGER's appended
+  # collision level instead of the Sinkhorn re-assignment that empties LETTER's last level
+  # (bench/README.md, what LETTER's IDs encode)
   q letter-nocf "letter:scientific,tokenizer.letter.alpha=0.0" "$2" "$1"
   q letter-nodiv "letter:scientific,tokenizer.letter.beta=0.0" "$2" "$1"
   q letter-neither "letter:scientific,tokenizer.letter.alpha=0.0,tokenizer.letter.beta=0.0" "$2" "$1"
@@ -101,8 +101,8 @@ case "${1:-}" in
     # why LETTER's IDs lose to TIGER's (bench/README.md, what LETTER's IDs encode)
     q letter-hard "letter:scientific,tokenizer.modes=('hard','hard','hard')" 2 1
     q letter-4levels "letter:scientific,tokenizer.levels=4,tokenizer.modes=('hard','hard','hard','sinkhorn')" 2 1
-    # colliding items resolved by TIGER's appended level instead of Sinkhorn on the last one
-    # (which splits near-duplicates onto arbitrary last codes: the empty third level)
+    # colliding items told apart by TIGER's appended level instead of Sinkhorn on the last
+    # one (which moves them to other last-level codes: the empty third level)
     q letter-suffix "letter:scientific,tokenizer.collision=suffix" 2 1
     main_rows 1 2    # seed 1 first: seed 0 of TIGER, LETTER and SIIT ran before (README)
     main_rows 2 3
