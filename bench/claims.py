@@ -33,7 +33,7 @@ if not __package__:
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import common  # noqa: E402
-from bench.quality import METRICS, run_tag, seed_rows  # noqa: E402
+from bench.quality import METRICS, per_seed_rows, run_tag  # noqa: E402
 
 # (paper, its claim, candidate method, baseline method, the paper's relative R@10 gain or None)
 CLAIMS = (
@@ -112,19 +112,6 @@ def seed_results(root: str, spec: str, name: str, max_seeds: int = 100) -> dict:
     if os.path.exists(path):
       with open(path) as f:
         out[seed] = json.load(f)
-  return out
-
-
-def table_results(paths) -> dict:
-  """{row spec: {seed: that seed's row}} from quality.py's result files (`--seeds` rows, each
-  seed's test metrics, and with free decoding its constrained ones); a row in several files
-  (its seeds run apart, `--first_seed`) joins their seeds."""
-  out = {}
-  for path in paths:
-    with open(path) as f:
-      for row in json.load(f)["rows"]:
-        for r in seed_rows(row):
-          out.setdefault(r["run"], {})[r.get("seed", 0)] = r
   return out
 
 
@@ -225,7 +212,7 @@ def main():
   pairs += ablation_pairs(args.variant) if args.ablations else []
   pairs += [("", "control", c, b, None) for c, b in args.pair]
   if args.tables:
-    found = table_results(args.tables)
+    found = per_seed_rows(args.tables)
     results = lambda spec: found.get(spec, {})
   else:
     results = lambda spec: seed_results(args.workdir, spec, args.name)

@@ -200,16 +200,21 @@ def seed_rows(row) -> list:
   return out
 
 
-def join(paths) -> list:
-  """quality.py result files' rows, one row per run with every file's seeds joined (a run
-  whose seeds ran apart, `--first_seed`), seeds in order; a seed in two files counts once."""
-  per_run = {}
+def per_seed_rows(paths) -> dict:
+  """{run spec: {seed: that seed's row}} from quality.py's result files; a run in several
+  files (its seeds run apart, `--first_seed`) joins their seeds, a seed in two counts once."""
+  out = {}
   for path in paths:
     with open(path) as f:
       for row in json.load(f)["rows"]:
         for r in seed_rows(row):
-          per_run.setdefault(r["run"], {})[r.get("seed", 0)] = r
-  return [aggregate([seeds[s] for s in sorted(seeds)]) for seeds in per_run.values()]
+          out.setdefault(r["run"], {})[r.get("seed", 0)] = r
+  return out
+
+
+def join(paths) -> list:
+  """The result files' rows as one row per run with every file's seeds, in seed order."""
+  return [aggregate([seeds[s] for s in sorted(seeds)]) for seeds in per_seed_rows(paths).values()]
 
 
 def table(rows) -> str:

@@ -265,7 +265,8 @@ def test_id_quality_known_answers():
   np.testing.assert_array_equal(q.prefix_groups(codes, 1), [0, 0, 1, 0])
   np.testing.assert_array_equal(q.prefix_groups(codes, 2), [0, 1, 2, 1])
   # level 2's codes 0, 1, 1, 1: perplexity exp(H(1/4, 3/4)) = 1.75; the prefixes' largest group 2
-  assert q.level_stats(codes, 2) == {"used": 2, "perplexity": 1.8, "largest_group": 2}
+  assert q.level_stats(codes, 2, q.prefix_groups(codes, 2)) == {"used": 2, "perplexity": 1.8,
+                                                                "largest_group": 2}
   groups = np.array([0, 0, 1, 1])
   # pairs (0,1) same, (0,2) not, (2,3) same, (1,3) not: share .5; first items 0,0,2,1 are
   # 3/4 in group 0, second items 1,2,3,3 are 1/4: chance 3/4*1/4 + 1/4*3/4 = .375
@@ -392,7 +393,7 @@ def test_claims_pair_seeds_and_give_the_standard_error(tmp_path):
   later = tmp_path / "quality-seed3.json"   # the same row's seed 3, run apart (--first_seed)
   later.write_text(json.dumps({"rows": [{"run": "letter:sci", "seeds": [3], "test": {},
                                          "test_per_seed": {k: [.14] for k in quality.METRICS}}]}))
-  joined = claims.table_results([str(table), str(later)])["letter:sci"]
+  joined = quality.per_seed_rows([str(table), str(later)])["letter:sci"]
   assert sorted(joined) == [0, 1, 2, 3]
   assert joined[2]["test"]["ndcg@10"] == .13 and joined[3]["test"]["ndcg@10"] == .14
 
@@ -407,6 +408,6 @@ def test_a_free_decoding_rows_constrained_metrics_are_aggregated_and_shown(tmp_p
   assert row["test_constrained"]["recall@10"] == pytest.approx(.07 * 2.5)
   assert row["test_constrained_per_seed"]["ndcg@10"] == pytest.approx([.08, .12])
   assert "(decoded free; constrained: test R@10 / N@10 0.1750 +- 0.0495" in quality.table([row])
-  common.write_json(str(tmp_path / "q.json"), {"rows": [row]})   # bench.claims --tables
-  got = claims.table_results([str(tmp_path / "q.json")])["etegrec:s"]
+  common.write_json(str(tmp_path / "q.json"), {"rows": [row]})   # bench.claims --tables reads it so
+  got = quality.per_seed_rows([str(tmp_path / "q.json")])["etegrec:s"]
   assert claims.constrained_test(got[1])["ndcg@10"] == pytest.approx(.12)

@@ -108,8 +108,8 @@ def pairs(ds) -> dict:
   return out
 
 
-def level_stats(codes: np.ndarray, l: int) -> dict:
-  groups = prefix_groups(codes, l)
+def level_stats(codes: np.ndarray, l: int, groups: np.ndarray) -> dict:
+  """Level l's codes used and their perplexity; the largest of `groups` (the l-prefixes)."""
   counts = np.bincount(groups)
   p = np.bincount(codes[:, l - 1]) / len(codes)
   p = p[p > 0]
@@ -122,7 +122,8 @@ def measure(codes: np.ndarray, kinds: dict, reference) -> dict:
   rows = {}
   for l in range(1, codes.shape[1] + 1):
     groups = prefix_groups(codes, l)
-    row = {**level_stats(codes, l), **{k: pair_share(groups, a, b) for k, (a, b) in kinds.items()}}
+    row = {**level_stats(codes, l, groups),
+           **{k: pair_share(groups, a, b) for k, (a, b) in kinds.items()}}
     if reference is not None:
       row["nmi shipped l1"] = round(nmi(groups, reference[:, 0]), 4)
       row["nmi shipped l1-2"] = round(nmi(groups, prefix_groups(reference, 2)), 4)
