@@ -91,7 +91,13 @@ case "${1:-}" in
     # the official batch (2,048 = 512 x 4) gives this small set about 7 updates a
     # recommender epoch, TIGER's batch of 256 about 53: ETEGRec with TIGER's batch and lr
     q etegrec-frozen "etegrec:scientific,etegrec.alternation=frozen" 1
+    # the frozen row is as low as the alternating one: the IDs or the recommender? TIGER's
+    # recommender and recipe (a SIIT run without alignment or rounds is TIGER bit for bit)
+    # on ETEGRec seed 0's pre-trained IDs (the frozen row's), then on its final IDs
+    ete="$WORKDIR/etegrec-scientific-$NAME-seed0"
+    q tiger-on-etegrec-ids "siit:scientific,siit.init_codes=$ete,siit.rounds=0,siit.align_ratio=0" 1
     q etegrec-batch256 "etegrec:scientific,train.batch_size=256,train.accumulate=1,train.lr=0.0005" 1
+    q tiger-on-etegrec-final-ids "siit:scientific,siit.init_codes=$ete/codes_final.npz,siit.rounds=0,siit.align_ratio=0" 1
     q etegrec-joint "etegrec:scientific,etegrec.alternation=joint" 1
     q etegrec-w_sia=0.0 "etegrec:scientific,etegrec.w_sia=0.0" 1
     q etegrec-w_psa=0.0 "etegrec:scientific,etegrec.w_psa=0.0" 1

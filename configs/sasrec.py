@@ -20,7 +20,8 @@ model:
                      per level of the item's semantic ID: no parameter per item, as a
                      generative recommender over the same IDs) | id+codes (both summed);
                      input and tied output alike
-  codes              with codes: a workdir holding codes.npz (a generative run's), e.g.
+  codes              with codes: a workdir holding codes.npz (a generative run's) or a
+                     table's .npz file (W/codes_final.npz), e.g.
                      --config.model.item_input=codes --config.model.codes=runs/tiger
 train: as the T5's (configs/tiger.py), with Adam's learning rate 1e-3, no weight decay, a
 constant schedule (the official code) and evaluation every `eval_every` epochs.

@@ -19,7 +19,8 @@ tiny_llm: the same on the tests' tiny random Qwen2 (seconds on a CPU, for CI).
 
 siit:
   init_codes     "" (the start IDs come from `tokenizer`: rqvae / given / random) or a
-                 workdir with codes.npz (another method's IDs)
+                 workdir with codes.npz (another method's IDs) or a table's .npz file
+                 (ETEGRec's final IDs: W/codes_final.npz)
   feature        the item content vector of the alignment task (the tokenizer's input)
   soft_tokens    encoder input vectors the content vector is projected to (4)
   align_ratio    alignment items per history sample in every step (0.25: one A per four R;

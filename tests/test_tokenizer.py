@@ -175,6 +175,22 @@ def test_code_table_save_load_bit_identical(tmp_path):
   np.testing.assert_array_equal(back, codes)
 
 
+def test_code_table_from_flag_reads_a_workdir_or_a_named_table(tmp_path):
+  from jaxrec.errors import ConfigError
+  start = np.array([[1, 2, 0], [3, 4, 0]], np.int32)
+  final = np.array([[1, 5, 0], [3, 4, 0]], np.int32)
+  codes_lib.CodeTable(start, (8, 8, 4), {}, "s").save(str(tmp_path))
+  codes_lib.CodeTable(final, (8, 8, 4), {}, "f").save(str(tmp_path), "codes_final")
+  np.testing.assert_array_equal(
+      codes_lib.CodeTable.from_flag(str(tmp_path), "flag", 2).codes_NxC, start)
+  np.testing.assert_array_equal(codes_lib.CodeTable.from_flag(
+      str(tmp_path / "codes_final.npz"), "flag", 2).codes_NxC, final)
+  with pytest.raises(ConfigError, match="flag=.*no nope.npz there"):
+    codes_lib.CodeTable.from_flag(str(tmp_path / "nope.npz"), "flag", 2)
+  with pytest.raises(ConfigError, match="codes_final.npz codes 2 items, the data set has 3"):
+    codes_lib.CodeTable.from_flag(str(tmp_path / "codes_final.npz"), "flag", 3)
+
+
 def _tiny_tok_cfg(**kw):
   base = dict(source="rqvae", feature="f", hidden=(16,), code_dim=4, levels=2, codebook_size=8,
               modes=("hard", "sinkhorn"), dropout=0.0, beta=0.25, level_reduce="mean",

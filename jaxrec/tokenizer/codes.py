@@ -179,17 +179,22 @@ class CodeTable:
     return cls(codes, sizes, stats, fp)
 
   @classmethod
-  def from_flag(cls, directory: str, flag: str, n_items: int) -> "CodeTable":
-    """The table in a run's workdir named by a config flag (`flag`=directory, for the error
-    messages), refused unless it codes `n_items` items."""
-    src = os.path.expanduser(directory)
-    if not os.path.exists(os.path.join(src, "codes.npz")):
-      raise ConfigError(f"{flag}={directory!r}: no codes.npz there (give the workdir of a "
-                        "tokenizer or training run)")
-    table = cls.load(src)
+  def from_flag(cls, path: str, flag: str, n_items: int) -> "CodeTable":
+    """The table a config flag names (`flag`=path, for the error messages): a run's workdir
+    (its codes.npz) or a table file there (e.g. ETEGRec's final IDs, `W/codes_final.npz`),
+    refused unless it codes `n_items` items."""
+    src = os.path.expanduser(path)
+    if src.endswith(".npz"):
+      directory, name = os.path.dirname(src) or ".", os.path.basename(src)[:-len(".npz")]
+    else:
+      directory, name = src, "codes"
+    file = os.path.join(directory, f"{name}.npz")
+    if not os.path.isfile(file):
+      raise ConfigError(f"{flag}={path!r}: no {os.path.basename(file)} there (give the "
+                        "workdir of a tokenizer or training run, or a code table's .npz)")
+    table = cls.load(directory, name)
     if table.n_items != n_items:
-      raise ConfigError(f"{src}/codes.npz codes {table.n_items} items, the data set has "
-                        f"{n_items}")
+      raise ConfigError(f"{file} codes {table.n_items} items, the data set has {n_items}")
     return table
 
   def write_index_json(self, path: str, item_keys: Optional[Sequence[str]] = None):
