@@ -93,6 +93,8 @@ ABLATIONS = (
     ("ETEGRec: the tokenizer frozen", "etegrec", ",etegrec.alternation=frozen", "etegrec"),
     ("ETEGRec with TIGER's batch and learning rate (8x the updates)", "etegrec",
      ",train.batch_size=256,train.accumulate=1,train.lr=0.0005", "etegrec"),
+    ("ETEGRec with the official 8,000-step warm-up (never ends on this set)", "etegrec",
+     ",etegrec.warmup_frac=0.0", "etegrec"),
 )
 
 

@@ -50,9 +50,12 @@ Variants (anything not listed is configs/tiger.py's same variant):
                (`etegrec.rec_schedule='all'`: it ends where the official one ends, on any
                data set). The warm-ups are the official ones' share of the schedule
                (`etegrec.warmup_frac` 0.0394: 8,000 of 203,200 scheduler steps on the
-               official Scientific set, a step being a batch of 512; 8,000 would be 39 % of
-               this set's run). Test decoding: free (official) or
-               `train.decode=constrained`.
+               official Scientific set, a step being a batch of 512). The official code run
+               as it is on this set (`etegrec.warmup_frac=0`: 8,000 steps) never ends its
+               warm-up: the schedule advances 28 micro-batches of 512 a recommender epoch,
+               5,600 in all 200, so its lr would climb to 3.5e-3 at most (1.2e-3 at epoch
+               132); with the share the lr is at its 5e-3 peak from epoch 32 (an ablation
+               row). Test decoding: free (official) or `train.decode=constrained`.
   tiny         seconds; tests.
 
 etegrec:
