@@ -11,7 +11,8 @@ overrides after commas (`letter:instruments,tokenizer.letter.alpha=0`); `--set` 
 every run. Each run trains in `<workdir>/<method>-<variant>[-<name>]` through
 `jaxrec.pipeline` (a finished run is reused, an interrupted one resumes). The table goes to
 stdout and, with the rows as JSON (and the machine: device, CPU, jax / flax versions), to
-`bench/results/quality-<name or platform>.{md,json}`, rewritten after every finished run.
+`bench/results/quality-<name or platform>.{md,json}`, rewritten after every finished run
+(a run that has ended is read from its results.json, not decoded again).
 `--seeds N` runs every row with seeds 0..N-1 (workdirs `...-seed<k>`, so `--seeds 1` now and
 `--seeds 3` later reuse seed 0) and reports each metric's mean +- std (ddof 1; 0 with one
 seed). `--first_seed K` runs seeds K..N-1 only (a row's other seeds trained elsewhere;
@@ -114,6 +115,19 @@ def stop_epoch(workdir: str):
   return next((r.get("epoch") for r in reversed(records) if r.get("split") == "valid"), None)
 
 
+def finished_results(workdir: str):
+  """The results.json of a run that has ended (its steps are those of the workdir's latest
+  checkpoint), else None: the queue's reruns read it instead of restoring the run and
+  decoding its test split again (minutes a row)."""
+  path, ckpts = os.path.join(workdir, "results.json"), os.path.join(workdir, "checkpoints", "train")
+  if not (os.path.exists(path) and os.path.isdir(ckpts)):
+    return None
+  steps = [int(n) for n in os.listdir(ckpts) if n.isdigit()]
+  with open(path) as f:
+    results = json.load(f)
+  return results if steps and max(steps) == results.get("steps") else None
+
+
 def run_one(spec: str, shared, root: str, name: str, seed=None):
   from jaxrec import pipeline
   from jaxrec.config import get_config
@@ -126,7 +140,12 @@ def run_one(spec: str, shared, root: str, name: str, seed=None):
   tag = run_tag(spec, name, seed)
   workdir = os.path.join(root, tag)
   t0 = time.time()
-  results = pipeline.train_and_evaluate(cfg, workdir, log=lambda m: print(f"[{tag}] {m}", flush=True))
+  results = finished_results(workdir)
+  if results is None:
+    results = pipeline.train_and_evaluate(cfg, workdir,
+                                          log=lambda m: print(f"[{tag}] {m}", flush=True))
+  else:
+    print(f"[{tag}] finished: {workdir}/results.json read", flush=True)
   budget = f"{cfg.train.epochs} epochs"
   if "etegrec" in cfg:
     budget = (f"{cfg.train.epochs} alternating + up to {cfg.etegrec.finetune_epochs} "

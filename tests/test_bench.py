@@ -115,6 +115,31 @@ def test_first_seed_runs_only_the_later_seeds(tmp_path, monkeypatch):
     quality.main()
 
 
+def test_a_finished_run_is_read_not_decoded_again(tmp_path, monkeypatch):
+  """run_one reads the results.json of a run whose latest checkpoint is its last step, and
+  hands any other workdir (no results, or a later checkpoint: resumed) to the pipeline."""
+  from jaxrec import pipeline
+  m = {k: .1 for k in quality.METRICS}
+  done = {"dataset": "d", "steps": 40, "best": {"epoch": 2}, "valid": m, "test": m,
+          "popularity": {"test": m}, "train_seconds": 9.0, "device": "cpu x2"}
+  calls = []
+  def fake_pipeline(cfg, workdir, log=print):
+    calls.append(workdir)
+    return {**done, "steps": 99}
+  monkeypatch.setattr(pipeline, "train_and_evaluate", fake_pipeline)
+  workdir = tmp_path / quality.run_tag("tiger:tiny", "n", 0)
+  (workdir / "checkpoints" / "train" / "40").mkdir(parents=True)
+  (workdir / "checkpoints" / "train" / "20").mkdir()
+  (workdir / "results.json").write_text(json.dumps(done))
+  row = quality.run_one("tiger:tiny", [], str(tmp_path), "n", seed=0)
+  assert calls == [] and row["steps"] == 40 and row["test"]["recall@10"] == .1
+  (workdir / "checkpoints" / "train" / "60").mkdir()          # trained on after the results
+  assert quality.run_one("tiger:tiny", [], str(tmp_path), "n", seed=0)["steps"] == 99
+  (workdir / "results.json").unlink()
+  quality.run_one("tiger:tiny", [], str(tmp_path), "n", seed=0)
+  assert calls == [str(workdir)] * 2
+
+
 def test_run_profile_adds_up_a_workdirs_records(tmp_path, monkeypatch):
   """bench/experiments/run_profile.py: the tokenizer fit, compile records, training steps and
   validation decodes of a workdir, the rest of a one-invocation run's wall time, shares; a
