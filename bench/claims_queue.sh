@@ -111,10 +111,17 @@ case "${1:-}" in
     # why LETTER's IDs lose to TIGER's (bench/README.md, what LETTER's IDs encode)
     q letter-hard "letter:scientific,tokenizer.modes=('hard','hard','hard')" 2 1
     q letter-4levels "letter:scientific,tokenizer.levels=4,tokenizer.modes=('hard','hard','hard','sinkhorn')" 2 1
+    # the claims with no converged pair yet: SimCIT's and SIIT's seeds 1 and 2 (TIGER's are
+    # done), then LETTER's collision row, then the decoder-only model's 3 seeds (the LLM issue)
+    q simcit simcit:scientific 2 1
+    q simcit simcit:scientific 3 2
+    q siit siit:scientific 2 1
+    q siit siit:scientific 3 2
     # colliding items told apart by TIGER's appended level instead of Sinkhorn on the last
     # one (which moves them to other last-level codes: the empty third level)
     q letter-suffix "letter:scientific,tokenizer.collision=suffix" 2 1
-    main_rows 1 2    # seed 1 first: seed 0 of TIGER, LETTER and SIIT ran before (README)
+    q tiger-decoder tiger:scientific_decoder 3
+    main_rows 1 2    # the rest of seed 1 (finished rows are read), then seeds 2 and 0
     main_rows 2 3
     main_rows 0 1
     ablations 0 1
