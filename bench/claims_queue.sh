@@ -77,8 +77,7 @@ ablations() {   # seeds $1..$2-1
   q tiger-small tiger:scientific_small "$2" "$1"
 }
 
-once() {   # seed 0 only: rows that read a seed-0 workdir, and the official recipes
-  q tiger-on-siit-ids "siit:scientific,siit.init_codes=$WORKDIR/siit-scientific-$NAME-seed0,siit.rounds=0,siit.align_ratio=0" 1
+once() {   # seed 0 only: the official recipes
   local letter_recipe="tokenizer.epochs=10000,tokenizer.hidden=(2048,1024,512,256,128,64),tokenizer.warmup_epochs=0,tokenizer.clip=0.0"
   q letter-recipe "letter:scientific,$letter_recipe" 1
   q tiger-letter-recipe "tiger:scientific,$letter_recipe" 1
@@ -117,6 +116,9 @@ case "${1:-}" in
     q simcit simcit:scientific 3 2
     q siit siit:scientific 2 1
     q siit siit:scientific 3 2
+    # TIGER's recommender trained from scratch on SIIT seed 1's final IDs (codes_final.npz; its
+    # codes.npz holds the start IDs), seed 1 as the TIGER and SIIT rows it is compared with
+    q tiger-on-siit-ids "siit:scientific,siit.init_codes=$WORKDIR/siit-scientific-$NAME-seed1/codes_final.npz,siit.rounds=0,siit.align_ratio=0" 2 1
     # colliding items told apart by TIGER's appended level instead of Sinkhorn on the last
     # one (which moves them to other last-level codes: the empty third level)
     q letter-suffix "letter:scientific,tokenizer.collision=suffix" 2 1
