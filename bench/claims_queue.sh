@@ -35,7 +35,8 @@ q() {   # q TAG SPEC SEEDS [FIRST_SEED]
   echo "== $(date -u +%FT%TZ) $spec seeds $first..$((seeds - 1))"
   python -m bench.quality "$spec" --seeds "$seeds" --first_seed "$first" --workdir "$WORKDIR" \
       --name "$NAME" "${SETS[@]}" --out "$RESULTS/quality-$SET_NAME-paper-$tag-s$first$seeds"
-  echo "== $(date -u +%FT%TZ) rc=$?"
+  local rc=$?   # (read before the date's command substitution resets it)
+  echo "== $(date -u +%FT%TZ) rc=$rc"
 }
 
 main_rows() {   # the rows behind the claims, seeds $1..$2-1

@@ -187,13 +187,14 @@ def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
   from jaxrec.config import validate_config
   fake = tmp_path / "bin"
   fake.mkdir()
-  (fake / "python").write_text('#!/bin/bash\necho "$3|$5|$7|${*:8}" >> "$CALLS"\n')
+  (fake / "python").write_text('#!/bin/bash\necho "$3|$5|$7|${*:8}" >> "$CALLS"\nexit 3\n')
   (fake / "python").chmod(0o755)
   env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls")}
   for lane in ("etegrec", "rest"):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run(["bash", os.path.join(root, "bench", "claims_queue.sh"), lane], env=env,
-                   check=True, capture_output=True)
+    done = subprocess.run(["bash", os.path.join(root, "bench", "claims_queue.sh"), lane],
+                          env=env, check=True, capture_output=True, text=True)
+    assert "rc=3" in done.stdout and "rc=0" not in done.stdout   # each row's exit status
   seeds = {}
   for line in (tmp_path / "calls").read_text().splitlines():
     spec, n, first, rest = line.split("|")
