@@ -115,13 +115,16 @@ def stop_epoch(workdir: str):
   return next((r.get("epoch") for r in reversed(records) if r.get("split") == "valid"), None)
 
 
-def finished_results(workdir: str):
-  """The results.json of a run that has ended (its steps are those of the workdir's latest
-  checkpoint), else None: the queue's reruns read it instead of restoring the run and
-  decoding its test split again (minutes a row)."""
+def finished_results(cfg, workdir: str):
+  """The results.json of a run of `cfg` that has ended (its steps are those of the workdir's
+  latest checkpoint), else None: the queue's reruns read it instead of restoring the run and
+  decoding its test split again (minutes a row). A workdir of another config (a variant's
+  setting changed since) is refused as the pipeline refuses it."""
+  from jaxrec import pipeline
   path, ckpts = os.path.join(workdir, "results.json"), os.path.join(workdir, "checkpoints", "train")
   if not (os.path.exists(path) and os.path.isdir(ckpts)):
     return None
+  pipeline.check_config(cfg, workdir)
   steps = [int(n) for n in os.listdir(ckpts) if n.isdigit()]
   with open(path) as f:
     results = json.load(f)
@@ -140,7 +143,7 @@ def run_one(spec: str, shared, root: str, name: str, seed=None):
   tag = run_tag(spec, name, seed)
   workdir = os.path.join(root, tag)
   t0 = time.time()
-  results = finished_results(workdir)
+  results = finished_results(cfg, workdir)
   if results is None:
     results = pipeline.train_and_evaluate(cfg, workdir,
                                           log=lambda m: print(f"[{tag}] {m}", flush=True))

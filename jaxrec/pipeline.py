@@ -48,7 +48,8 @@ DERIVED = {"cf": "the item table of a SASRec trained on the interactions (config
 
 
 # ------------------------------------------------------------------------- the workdir
-def _check_config(cfg, workdir):
+def check_config(cfg, workdir):
+  """Refuses (ConfigMismatchError) a workdir whose config.json is another config's."""
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
     with open(path) as f:
@@ -104,7 +105,7 @@ def setup(cfg, workdir: str, log=print) -> Run:
   decoder tables."""
   method = get_method(cfg.method)
   validate_config(cfg, method.kind, method.heads, method.models)
-  _check_config(cfg, workdir)
+  check_config(cfg, workdir)
   mesh = make_mesh()
   n_dev = mesh.devices.size
   for name in ("batch_size", "eval_batch_size"):

@@ -131,8 +131,18 @@ def test_a_finished_run_is_read_not_decoded_again(tmp_path, monkeypatch):
   (workdir / "checkpoints" / "train" / "40").mkdir(parents=True)
   (workdir / "checkpoints" / "train" / "20").mkdir()
   (workdir / "results.json").write_text(json.dumps(done))
+  from jaxrec.config import config_to_json, get_config
+  from jaxrec.errors import ConfigMismatchError
+  cfg = get_config("tiger", "tiny")
+  cfg.seed = 0
+  (workdir / "config.json").write_text(config_to_json(cfg))
   row = quality.run_one("tiger:tiny", [], str(tmp_path), "n", seed=0)
   assert calls == [] and row["steps"] == 40 and row["test"]["recall@10"] == .1
+  cfg.train.lr = 0.5                     # the run was made before a setting changed
+  (workdir / "config.json").write_text(config_to_json(cfg))
+  with pytest.raises(ConfigMismatchError, match="differs in train.lr"):
+    quality.run_one("tiger:tiny", [], str(tmp_path), "n", seed=0)
+  (workdir / "config.json").unlink()
   (workdir / "checkpoints" / "train" / "60").mkdir()          # trained on after the results
   assert quality.run_one("tiger:tiny", [], str(tmp_path), "n", seed=0)["steps"] == 99
   (workdir / "results.json").unlink()

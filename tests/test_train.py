@@ -200,10 +200,10 @@ def test_a_run_saved_by_an_older_version_resumes(tmp_path, method):
   if method == "siit":
     cfg.siit.align_loss = "sum"      # that run's alignment weighting (the per-sample mix came later)
   (tmp_path / "config.json").write_text(json.dumps(old))
-  pipeline._check_config(cfg, str(tmp_path))
+  pipeline.check_config(cfg, str(tmp_path))
   cfg.train.lr *= 2
   with pytest.raises(ConfigMismatchError, match="train.lr"):
-    pipeline._check_config(cfg, str(tmp_path))
+    pipeline.check_config(cfg, str(tmp_path))
 
 
 MULTI = r"""
