@@ -83,6 +83,8 @@ ABLATIONS = (
     ("SimCIT: the text view alone", "simcit", ",tokenizer.simcit.views=('text',)", "simcit"),
     ("SimCIT: the cf view alone", "simcit", ",tokenizer.simcit.views=('cf',)", "simcit"),
     ("SimCIT: a reconstruction loss added", "simcit", ",tokenizer.simcit.w_recon=1.0", "simcit"),
+    ("SimCIT: the fit at TIGER's 300 epochs (cut short)", "simcit", ",tokenizer.epochs=300",
+     "simcit"),
     ("SimCIT: the released checkpoint choice", "simcit", ",tokenizer.simcit.holdout=0.1",
      "simcit"),
     ("TIGER's RQ-VAE on text + cf (SimCIT's information)", "tiger", ",tokenizer.feature=text+cf",

@@ -115,6 +115,9 @@ case "${1:-}" in
     # done), then LETTER's collision row, then the decoder-only model's 3 seeds (the LLM issue)
     q simcit simcit:scientific 2 1
     q simcit simcit:scientific 3 2
+    # SimCIT's fit at TIGER's 300 epochs, cut short while it learns (seed 2 stops on 132
+    # items in one ID; configs/simcit.py): seed 1's row, as run before the 1,000
+    q simcit-e300 "simcit:scientific,tokenizer.epochs=300" 2 1
     q siit siit:scientific 2 1
     q siit siit:scientific 3 2
     # TIGER's recommender trained from scratch on SIIT seed 1's final IDs (codes_final.npz; its
