@@ -88,14 +88,14 @@ once() {   # seed 0 only: the official recipes
 case "${1:-}" in
   etegrec)   # seed 0, its ablations (what the alternation's moving IDs cost first), seeds 1-2
     q etegrec etegrec:scientific 1
-    # the official batch (2,048 = 512 x 4) gives this small set about 7 updates a
-    # recommender epoch, TIGER's batch of 256 about 53: ETEGRec with TIGER's batch and lr
     q etegrec-frozen "etegrec:scientific,etegrec.alternation=frozen" 1
     # the frozen row is as low as the alternating one: the IDs or the recommender? TIGER's
     # recommender and recipe (a SIIT run without alignment or rounds is TIGER bit for bit)
     # on ETEGRec seed 0's pre-trained IDs (the frozen row's), then on its final IDs
     ete="$WORKDIR/etegrec-scientific-$NAME-seed0"
     q tiger-on-etegrec-ids "siit:scientific,siit.init_codes=$ete,siit.rounds=0,siit.align_ratio=0" 1
+    # the official batch (2,048 = 512 x 4) gives this small set about 7 updates a
+    # recommender epoch, TIGER's batch of 256 about 53: ETEGRec with TIGER's batch and lr
     q etegrec-batch256 "etegrec:scientific,train.batch_size=256,train.accumulate=1,train.lr=0.0005" 1
     # the official code as it is on this set: its 8,000-step warm-up never ends here (the lr
     # climbs to 3.5e-3 at most); with the warm-up as a share (the variant) the lr sits at
