@@ -23,7 +23,7 @@ prompt and recipe; needs weights and an accelerator); tiny_llm: on the tests' ti
   scientific   Amazon Industrial & Scientific 2018: views `text` (MiniLM, `python -m
                jaxrec.embed` first) and `cf` (a 32-d SASRec trained in-run); 3 x 256 codes;
                the released step (2 x 256 items, each 256 its own negatives); 1,000
-               tokenizer epochs (the released 15,000 are about 1.4 h here). At TIGER's 300
+               tokenizer epochs (the released 15,000: `scientific_paper`). At TIGER's 300
                the fit is cut short while it learns: its InfoNCE (two views, chance 12.47)
                ended at 5.86 in seed 1 and at 9.20 in seed 2, whose run then stopped on 132
                items in one ID; 1,000 epochs bring seed 2 to 1.55 (2.81 at epoch 300 of
