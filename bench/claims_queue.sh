@@ -126,6 +126,10 @@ case "${1:-}" in
     # items in one ID; configs/simcit.py): seed 1's row, as run before the 1,000
     q simcit-e300 "simcit:scientific,tokenizer.epochs=300" 2 1
     q siit siit:scientific 2 1
+    # the equal-information control of SimCIT's claim, before the rest: TIGER's RQ-VAE on
+    # text + cf groups items as SimCIT's IDs do, not as TIGER's on text (bench/README.md,
+    # what SimCIT's IDs share)
+    q tiger-textcf "tiger:scientific,tokenizer.feature=text+cf" 2 1
     q siit siit:scientific 3 2
     # TIGER's recommender trained from scratch on SIIT seed 1's final IDs (codes_final.npz; its
     # codes.npz holds the start IDs), seed 1 as the TIGER and SIIT rows it is compared with

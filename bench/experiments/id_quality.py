@@ -30,7 +30,9 @@ Instruments IDs: `--data tiger:letter_ids_paper`, its nearest neighbours by the 
       /work/runs/quality/letter-scientific-paper-seed1 --out ids.json
   JAXREC_DATA_DIR=../shared/data python -m bench.experiments.id_quality --data tiger:letter_ids_paper
 
-The runs must share a data set (checked). Reads only; nothing is written to the workdirs.
+The runs must share a data set (checked). A `python -m jaxrec.tokenize` workdir (codes, no
+config.json) can stand beside them: it is measured on the first run's data (its item count
+checked). Reads only; nothing is written to the workdirs.
 """
 from __future__ import annotations
 
@@ -59,7 +61,11 @@ def semantic_codes(workdir: str, cfg) -> np.ndarray:
   if not os.path.exists(path):
     path = os.path.join(workdir, "codes.npz")
   codes = np.load(path)["codes"]
-  levels = int(cfg.tokenizer.levels)
+  if cfg is None:          # a `jaxrec.tokenize` workdir: its codes.json counts the levels
+    with open(os.path.join(workdir, "codes.json")) as f:
+      levels = len(json.load(f)["stats"]["before_resolution"]["used"])
+  else:
+    levels = int(cfg.tokenizer.levels)
   if codes.shape[1] not in (levels, levels + 1):
     raise ValueError(f"{path}: {codes.shape[1]} levels, config says "
                      f"tokenizer.levels={levels} (+1 collision level)")
@@ -152,19 +158,29 @@ def main(argv=None):
   if not args.workdirs and not args.data:
     p.error("give workdirs, --data METHOD:VARIANT, or both")
 
-  cfgs = []
+  cfgs = []    # None for a `jaxrec.tokenize` workdir (codes, no config.json)
   for w in args.workdirs:
-    with open(os.path.join(w, "config.json")) as f:
-      cfgs.append(config_from_json(f.read()))
+    path = os.path.join(w, "config.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        cfgs.append(config_from_json(f.read()))
+    elif os.path.exists(os.path.join(w, "codes.json")):
+      cfgs.append(None)
+    else:
+      raise SystemExit(f"{w}: neither a run (config.json) nor a tokenizer's workdir (codes.json)")
+  runs = [c for c in cfgs if c is not None]
   if args.data:
     cfg = get_config(*args.data.split(":"))
     method = get_method(cfg.method)
+  elif not runs:
+    p.error("a tokenizer's workdir has no config to read the data from: give a run's "
+            "workdir first, or --data METHOD:VARIANT")
   else:
-    cfg = cfgs[0].copy_and_resolve_references()
+    cfg = runs[0].copy_and_resolve_references()
     method = get_method("tiger")
     with cfg.unlocked():
       cfg.tokenizer.feature = "text+cf"   # derives (or reads from the cache) both views
-  data = {(c.data.dir, c.data.name) for c in cfgs} | {(cfg.data.dir, cfg.data.name)}
+  data = {(c.data.dir, c.data.name) for c in runs} | {(cfg.data.dir, cfg.data.name)}
   if len(data) > 1:
     raise SystemExit(f"the runs read different data sets: {sorted(data)}")
   with cfg.unlocked():
@@ -185,7 +201,8 @@ def main(argv=None):
       raise SystemExit(f"{w}: its codes have {len(codes)} items, the data set has {ds.n_items}")
     rows = measure(codes, kinds, reference)
     show(w, rows, kinds)
-    report["runs"][w] = {"method": c.method, "seed": int(c.seed), "levels": rows}
+    report["runs"][w] = ({"method": c.method, "seed": int(c.seed)} if c is not None else
+                         {"method": "tokenizer only"}) | {"levels": rows}
   if args.out:
     with open(args.out, "w") as f:
       json.dump(report, f, indent=1)
