@@ -266,8 +266,22 @@ def table(rows) -> str:
   return "\n".join(lines)
 
 
+def _without_invocation_time(rows):
+  return json.loads(json.dumps(rows, default=str),
+                    object_hook=lambda d: {k: v for k, v in d.items()
+                                           if k != "wall_seconds_this_invocation"})
+
+
 def write_table(stem: str, rows) -> str:
+  """Writes stem.json and stem.md, except where stem.json already holds the same rows but for
+  the invocation's time (a queue restarted over finished runs leaves their files as they
+  were)."""
   md = table(rows)
+  if os.path.exists(stem + ".json"):
+    with open(stem + ".json") as f:
+      old = json.load(f).get("rows")
+    if _without_invocation_time(old) == _without_invocation_time(rows):
+      return md
   common.write_json(stem + ".json", {"rows": rows})
   with open(stem + ".md", "w") as f:
     f.write(md + "\n")

@@ -115,6 +115,23 @@ def test_first_seed_runs_only_the_later_seeds(tmp_path, monkeypatch):
     quality.main()
 
 
+def test_a_table_of_the_same_rows_is_not_rewritten(tmp_path):
+  """write_table leaves a result file whose rows differ from the new ones only in the
+  invocation's wall time (finished runs read again), and rewrites it on any other change."""
+  m = {k: .1 for k in quality.METRICS}
+  row = {"run": "tiger:x", "overrides": [], "dataset": "d", "budget": "b", "steps": 1,
+         "device": "cpu", "train_seconds": 1.0, "valid": m, "test": m, "popularity_test": m,
+         "published": None, "seed": 0, "wall_seconds_this_invocation": 3482.9}
+  stem = str(tmp_path / "q")
+  quality.write_table(stem, [row])
+  first = (tmp_path / "q.json").read_text()
+  quality.write_table(stem, [dict(row, wall_seconds_this_invocation=0.0)])
+  assert (tmp_path / "q.json").read_text() == first
+  quality.write_table(stem, [dict(row, wall_seconds_this_invocation=0.0, train_seconds=2.0)])
+  rows = json.loads((tmp_path / "q.json").read_text())["rows"]
+  assert rows[0]["train_seconds"] == 2.0 and rows[0]["wall_seconds_this_invocation"] == 0.0
+
+
 def test_a_finished_run_is_read_not_decoded_again(tmp_path, monkeypatch):
   """run_one reads the results.json of a run whose latest checkpoint is its last step, and
   hands any other workdir (no results, or a later checkpoint: resumed) to the pipeline."""
