@@ -277,11 +277,13 @@ def write_table(stem: str, rows) -> str:
   the invocation's time (a queue restarted over finished runs leaves their files as they
   were)."""
   md = table(rows)
-  if os.path.exists(stem + ".json"):
+  try:
     with open(stem + ".json") as f:
       old = json.load(f).get("rows")
-    if _without_invocation_time(old) == _without_invocation_time(rows):
-      return md
+  except (OSError, ValueError):     # none yet, or cut short by a stop: written anew
+    old = None
+  if old is not None and _without_invocation_time(old) == _without_invocation_time(rows):
+    return md
   common.write_json(stem + ".json", {"rows": rows})
   with open(stem + ".md", "w") as f:
     f.write(md + "\n")

@@ -130,6 +130,9 @@ def test_a_table_of_the_same_rows_is_not_rewritten(tmp_path):
   quality.write_table(stem, [dict(row, wall_seconds_this_invocation=0.0, train_seconds=2.0)])
   rows = json.loads((tmp_path / "q.json").read_text())["rows"]
   assert rows[0]["train_seconds"] == 2.0 and rows[0]["wall_seconds_this_invocation"] == 0.0
+  (tmp_path / "q.json").write_text('{"rows": [{"run": "tig')    # a write cut short
+  quality.write_table(stem, [row])
+  assert json.loads((tmp_path / "q.json").read_text())["rows"][0]["train_seconds"] == 1.0
 
 
 def test_a_finished_run_is_read_not_decoded_again(tmp_path, monkeypatch):
