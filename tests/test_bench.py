@@ -341,12 +341,11 @@ def test_id_quality_reads_a_tokenizer_workdir_without_config(tmp_path):
   """A `jaxrec.tokenize` workdir has codes and codes.json, no config.json: its semantic
   levels are counted from codes.json (the appended collision level left out); a folder with
   neither is refused by name, and so is a call with no run to read the data from."""
-  import json
   from bench.experiments import id_quality as q
-  codes = np.array([[0, 1, 2, 0], [0, 1, 2, 1], [3, 0, 1, 0]])
-  np.savez(tmp_path / "codes.npz", codes=codes)
-  (tmp_path / "codes.json").write_text(json.dumps({"stats": {"before_resolution": {
-      "used": [2, 2, 2]}}}))
+  from jaxrec.tokenizer.codes import CodeTable
+  codes = np.array([[0, 1, 2, 0], [0, 1, 2, 1], [3, 0, 1, 0]], np.int32)
+  CodeTable(codes, (4, 4, 4, 2), {"before_resolution": {"used": [2, 2, 2]}}, "fp").save(
+      str(tmp_path))
   np.testing.assert_array_equal(q.semantic_codes(str(tmp_path), None), codes[:, :3])
   empty = tmp_path / "empty"
   empty.mkdir()

@@ -50,6 +50,7 @@ from bench.code_nmi import nmi  # noqa: E402
 from jaxrec.config import config_from_json, get_config  # noqa: E402
 from jaxrec.data import load_dataset, training_interactions  # noqa: E402
 from jaxrec.methods import get_method  # noqa: E402
+from jaxrec.tokenizer.codes import CodeTable  # noqa: E402
 from jaxrec.pipeline import ensure_features  # noqa: E402
 
 
@@ -57,17 +58,15 @@ def semantic_codes(workdir: str, cfg) -> np.ndarray:
   """int [N, L]: the run's codes without the appended collision level; for a run whose IDs
   change in training (ETEGRec, SIIT) its best checkpoint's (`codes_final.npz`), else the
   table it trained on (`codes.npz`)."""
-  path = os.path.join(workdir, "codes_final.npz")
-  if not os.path.exists(path):
-    path = os.path.join(workdir, "codes.npz")
-  codes = np.load(path)["codes"]
-  if cfg is None:          # a `jaxrec.tokenize` workdir: its codes.json counts the levels
-    with open(os.path.join(workdir, "codes.json")) as f:
-      levels = len(json.load(f)["stats"]["before_resolution"]["used"])
+  name = "codes_final" if os.path.exists(os.path.join(workdir, "codes_final.npz")) else "codes"
+  table = CodeTable.load(workdir, name)
+  codes = table.codes_NxC
+  if cfg is None:          # a `jaxrec.tokenize` workdir: its statistics count the levels
+    levels = len(table.stats["before_resolution"]["used"])
   else:
     levels = int(cfg.tokenizer.levels)
   if codes.shape[1] not in (levels, levels + 1):
-    raise ValueError(f"{path}: {codes.shape[1]} levels, config says "
+    raise ValueError(f"{os.path.join(workdir, name)}.npz: {codes.shape[1]} levels, config says "
                      f"tokenizer.levels={levels} (+1 collision level)")
   return codes[:, :levels]
 
