@@ -47,7 +47,7 @@ main_rows() {   # the rows behind the claims, seeds $1..$2-1
   q simcit simcit:scientific "$2" "$1"
 }
 
-ablations() {   # seeds $1..$2-1; grouped by the claim they explain, the failing ones first
+ablations() {   # seeds $1..$2-1; grouped by the claim they explain, the largest deficits (SimCIT, SIIT) first
   # SimCIT: the released checkpoint choice (lowest InfoNCE on 10 % held-out items), the
   # equal-information control (TIGER's RQ-VAE on text + cf), a reconstruction loss added
   # back, view by view
