@@ -80,6 +80,8 @@ ABLATIONS = (
     ("LETTER with TIGER's collision level (no Sinkhorn re-assignment), against TIGER",
      "letter", ",tokenizer.collision=suffix", "tiger"),
     ("SIIT: the alignment weighed 4x (the earlier loss)", "siit", ",siit.align_loss=sum", "siit"),
+    ("SIIT: movers to any free ID, however low (the rule before 2026-12-06)", "siit",
+     ",siit.movers=any", "siit"),
     ("SIIT: no refinement (alignment task alone)", "siit", ",siit.rounds=0", "siit"),
     ("SIIT: one late round, keep margin 2", "siit",
      ",siit.first_refine=40,siit.rounds=1,siit.keep_margin=2.0", "siit"),

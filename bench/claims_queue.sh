@@ -67,6 +67,7 @@ ablations() {   # seeds $1..$2-1; grouped by the claim they explain, the largest
   q siit-rqkmeans-cf "siit:scientific,tokenizer.source=rqkmeans,tokenizer.feature=cf" "$2" "$1"
   q tiger-rqkmeans-cf "tiger:scientific,tokenizer.source=rqkmeans,tokenizer.feature=cf" "$2" "$1"
   q siit-sum "siit:scientific,siit.align_loss=sum" "$2" "$1"
+  q siit-any "siit:scientific,siit.movers=any" "$2" "$1"
   # LETTER's parts (the paper's ablation: without L_cf, without L_div) and its IDs' shape:
   # every level hard; the official 3 hard levels and a balanced fourth; TIGER's appended
   # collision level instead of the Sinkhorn re-assignment that empties LETTER's last level
@@ -134,6 +135,10 @@ case "${1:-}" in
     # SimCIT's fit at TIGER's 300 epochs, cut short while it learns (seed 2 stops on 132
     # items in one ID; configs/simcit.py): seed 1's row, as run before the 1,000
     q simcit-e300 "simcit:scientific,tokenizer.epochs=300" 2 1
+    # SIIT's rows made before its movers rule (a moving item whose best candidate another took
+    # landed on any free ID, mostly below its own: bench/README.md, where SIIT's moving items
+    # land): seed 1's table read again under their name, then SIIT's seeds 1 and 2 again
+    q siit-any "siit:scientific,siit.movers=any" 2 1
     q siit siit:scientific 2 1
     # the equal-information control of SimCIT's claim, before the rest: TIGER's RQ-VAE on
     # text + cf groups items as SimCIT's IDs do, not as TIGER's on text (bench/README.md,

@@ -44,6 +44,11 @@ siit:
                  synthetic default (seed 0): off, round 1 changed 48 % of the IDs and valid
                  R@10 fell .114 -> .036, test R@10 / N@10 .1057 / .0549; 1.0, round 1 changed
                  25 % and valid R@10 .114 -> .113, test .2537 / .1425 (TIGER .2857 / .1594)
+  movers         'better': an item whose best candidate beats its ID by the margin but is
+                 taken moves only to a lower candidate that beats it by the margin too, else
+                 keeps its ID; 'any': to any free candidate, however low (this
+                 reconstruction before 2026-12-06, and the converged Scientific rows made
+                 before it: README)
 """
 import os
 
@@ -72,7 +77,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   cfg.siit = ml_collections.ConfigDict(dict(
       init_codes="", feature=cfg.tokenizer.feature, soft_tokens=4, align_ratio=0.25,
       refine_every=4, rounds=3, beam=10, usage_penalty=0.5, capacity=0,
-      keep_margin=1.0, first_refine=0, align_loss="mixed"))
+      keep_margin=1.0, first_refine=0, align_loss="mixed", movers="better"))
   if variant == "tiny":
     cfg.siit.refine_every = 1
     cfg.siit.rounds = 1

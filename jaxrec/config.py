@@ -22,6 +22,9 @@ def default_config_path() -> str:
 # resumed with other values of them.
 RESULT_NEUTRAL = (("tokenizer", "save_every"), ("tokenizer", "log_every"),
                   ("train", "save_every"), ("train", "log_every"), ("train", "tensorboard"))
+# SIIT's refinement settings, neutral in a run without refinement rounds (`siit.rounds=0`)
+SIIT_REFINEMENT = ("refine_every", "first_refine", "beam", "usage_penalty", "capacity",
+                   "keep_margin", "movers")
 
 
 # Keys added after runs were recorded, with the value that does what those runs did: a saved
@@ -39,7 +42,8 @@ _ADDED = {("train", "accumulate"): 1, ("train", "decode"): "constrained",
           ("etegrec", "warmup_frac"): 0.0, ("tokenizer", "simcit", "holdout"): 0.0,
           ("etegrec", "alternation"): "alternate", ("siit", "first_refine"): 0,
           ("tokenizer", "simcit", "w_recon"): 0.0,
-          ("siit", "align_loss"): "sum", ("tokenizer", "simcit", "groups"): 0,
+          ("siit", "align_loss"): "sum", ("siit", "movers"): "any",
+          ("tokenizer", "simcit", "groups"): 0,
           ("tokenizer", "simcit", "init"): "flax", ("data", "whole_updates"): False,
           ("tokenizer", "init"): "flax", ("model", "item_input"): "id", ("model", "codes"): "",
           ("model", "item_tokens"): "codes", ("etegrec", "short_rows"): 0.0,
@@ -81,11 +85,14 @@ def without_added_defaults(d: dict) -> dict:
 
 
 def without_neutral(d: dict) -> dict:
-  """A config dict without the RESULT_NEUTRAL keys (what must match to resume a run)."""
+  """A config dict without the RESULT_NEUTRAL keys, nor SIIT's refinement settings when it
+  has no rounds (what must match to resume a run)."""
   out = dict(d)
   for sec, key in RESULT_NEUTRAL:
     if isinstance(out.get(sec), dict):
       out[sec] = {k: v for k, v in out[sec].items() if k != key}
+  if isinstance(out.get("siit"), dict) and out["siit"].get("rounds") == 0:
+    out["siit"] = {k: v for k, v in out["siit"].items() if k not in SIIT_REFINEMENT}
   return out
 
 

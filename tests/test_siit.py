@@ -63,6 +63,27 @@ def test_keep_margin_moves_only_confident_items_and_never_onto_another_items_id(
   free, _ = siit.greedy_assign(cand, score, current, SIZES)
   np.testing.assert_array_equal(free[0], [0, 0, 1])
 
+
+def test_a_mover_never_lands_on_an_id_no_better_than_its_own():
+  """Items 0 and 1 both beat their IDs by a wide margin with the same best candidate; item 0
+  scores it higher and takes it. Item 1's next candidate scores below its own ID: it keeps
+  its ID ('better'), or moves down to it ('any', the rule before 2026-12-06)."""
+  current = np.array([[0, 0, 0], [1, 0, 0]], np.int32)
+  cand = np.array([[[2, 2, 2], [3, 3, 3]],
+                   [[2, 2, 2], [3, 2, 1]]], np.int32)
+  score = np.array([[-0.1, -0.2], [-0.2, -8.0]])
+  current_score = np.array([-6.0, -5.0])
+  kw = dict(current_score_N=current_score, keep_margin=1.0)
+  codes, _ = siit.greedy_assign(cand, score, current, SIZES, **kw)
+  np.testing.assert_array_equal(codes, [[2, 2, 2], [1, 0, 0]])
+  np.testing.assert_array_equal(siit.new_id_score(cand, score, codes), [-0.1, -np.inf])
+  down, _ = siit.greedy_assign(cand, score, current, SIZES, movers="any", **kw)
+  np.testing.assert_array_equal(down, [[2, 2, 2], [3, 2, 1]])
+  assert siit.new_id_score(cand, score, down)[1] == -8.0   # 3 nats below its own ID
+  score[1, 1] = -3.0                                         # 2 nats above its own: it moves
+  np.testing.assert_array_equal(siit.greedy_assign(cand, score, current, SIZES, **kw)[0][1],
+                                [3, 2, 1])
+
 def _checksum(workdir):
   from jaxrec.checkpoint import Checkpoints
   import orbax.checkpoint as ocp

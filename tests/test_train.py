@@ -199,8 +199,16 @@ def test_a_run_saved_by_an_older_version_resumes(tmp_path, method):
     cfg.tokenizer.last_batch = "wrap"
   if method == "siit":
     cfg.siit.align_loss = "sum"      # that run's alignment weighting (the per-sample mix came later)
+    cfg.siit.movers = "any"          # and its moving rule ('better' came later)
   (tmp_path / "config.json").write_text(json.dumps(old))
   pipeline.check_config(cfg, str(tmp_path))
+  if method == "siit":               # without rounds, the refinement settings are neutral
+    cfg.siit.movers, cfg.siit.keep_margin = "better", 2.0
+    with pytest.raises(ConfigMismatchError, match="siit.keep_margin, siit.movers"):
+      pipeline.check_config(cfg, str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({**old, "siit": {**old["siit"], "rounds": 0}}))
+    cfg.siit.rounds = 0
+    pipeline.check_config(cfg, str(tmp_path))
   cfg.train.lr *= 2
   with pytest.raises(ConfigMismatchError, match="train.lr"):
     pipeline.check_config(cfg, str(tmp_path))

@@ -37,13 +37,18 @@ below is ours and is a config value (`config.siit`):
              log-probability beats its current ID's (`score_ids`, teacher-forced) by more
              than the margin, and current IDs stay reserved for their items: a weak task-A
              model otherwise scatters items over free IDs (most best candidates collide)
-             and the recommender loses what it learnt. The table is swapped on device (the
+             and the recommender loses what it learnt. A moving item whose best candidate
+             another item took takes a lower one only if it too beats its current ID by
+             the margin (`movers='better'`), else keeps its ID (`'any'`: any free
+             candidate, as before 2026-12-06). The table is swapped on device (the
              recommender keeps its weights) and training continues.
   logged     per round: how well task A is learnt (`align_top1`: the share of items whose
              best task-A candidate is their current ID), fraction of items whose ID changed
              (per level), collisions among the
              best candidates before the greedy assignment, codes used and perplexity per
-             level, valid metrics before and after.
+             level, valid metrics before and after, and (with `keep_margin`) the share of
+             items moved to an ID that does not beat theirs by the margin
+             (`moved_not_better`: 0 with `movers='better'`).
 
 Shape letters: B batch, C levels, K codes, N items, S soft tokens, W beams, D d_model.
 """
@@ -142,19 +147,29 @@ def score_ids(params, feats_BxF, codes_BxC, *, rec, model, soft: SoftTokens):
 
 
 def greedy_assign(cand_NxWxC, score_NxW, current_NxC, sizes, capacity: int = 0,
-                  usage_penalty: float = 0.0, current_score_N=None, keep_margin=None):
+                  usage_penalty: float = 0.0, current_score_N=None, keep_margin=None,
+                  movers: str = "better"):
   """Collision-free IDs from ranked candidates (host, NumPy): see the module docstring.
   With `keep_margin` (and the current IDs' own task-A scores `current_score_N`), an item
   keeps its ID unless its best candidate scores more than `keep_margin` above it, and every
-  current ID stays reserved for its item (a moving item never takes another's ID).
+  current ID stays reserved for its item (a moving item never takes another's ID); a moving
+  item takes only a candidate that beats its current ID by more than the margin too
+  (`movers='better'`), else it keeps its ID; `movers='any'`: any free candidate, however low
+  (this reconstruction before 2026-12-06: a mover whose best candidate another item took
+  could land on an ID its task-A model scores below its own).
   Returns (codes [N, C], collisions among the best candidates before assignment)."""
+  if movers not in ("better", "any"):
+    raise ConfigError(f"siit.movers={movers!r}: 'better' or 'any'")
   cand = np.asarray(cand_NxWxC)
   score = np.asarray(score_NxW, np.float64).copy()
   n, w, c = cand.shape
   current_NxC = np.asarray(current_NxC)
   keep = np.zeros(n, bool)
   if keep_margin is not None:
-    keep = score[:, 0] - np.asarray(current_score_N, np.float64) <= keep_margin
+    gain = score - np.asarray(current_score_N, np.float64)[:, None]
+    keep = gain[:, 0] <= keep_margin
+    if movers == "better":               # a candidate no better than the current ID: never
+      score[gain <= keep_margin] = -np.inf
   best_first = cand[:, 0, 0]
   first_use = np.bincount(best_first, minlength=sizes[0])
   score -= usage_penalty * np.log1p(first_use[cand[:, :, 0]])
@@ -205,6 +220,13 @@ def greedy_assign(cand_NxWxC, score_NxW, current_NxC, sizes, capacity: int = 0,
   return out.astype(np.int32), int(collisions)
 
 
+def new_id_score(cand_NxWxC, score_NxW, codes_NxC):
+  """Each item's task-A score of its assigned ID among its candidates (-inf where the ID is
+  none of them)."""
+  hit_NxW = np.all(np.asarray(cand_NxWxC) == np.asarray(codes_NxC)[:, None], axis=-1)
+  return np.where(hit_NxW.any(1), np.where(hit_NxW, score_NxW, -np.inf).max(1), -np.inf)
+
+
 def candidates(params, feats_NxF, codes_NxC, rec, model, soft, beam: int, batch: int,
                own: bool):
   """Every item's task-A candidates over the full code space, batch by batch: (codes
@@ -236,11 +258,13 @@ def training_plan(run, key, steps_per_epoch: int):
   a refinement of the code table."""
   sc, tc = run.cfg.siit, run.cfg.train
   if (sc.rounds < 0 or sc.refine_every < 1 or sc.beam < 1 or not 0 <= sc.align_ratio <= 4
-      or sc.get("first_refine", 0) < 0 or sc.get("align_loss", "sum") not in ("mixed", "sum")):
+      or sc.get("first_refine", 0) < 0 or sc.get("align_loss", "sum") not in ("mixed", "sum")
+      or sc.get("movers", "any") not in ("better", "any")):
     raise ConfigError(f"siit: rounds={sc.rounds} (>= 0), refine_every={sc.refine_every} (>= 1), "
                       f"beam={sc.beam} (>= 1), align_ratio={sc.align_ratio} (0..4), "
                       f"first_refine={sc.get('first_refine', 0)} (>= 0), "
-                      f"align_loss={sc.get('align_loss', 'sum')!r} ('mixed' or 'sum')")
+                      f"align_loss={sc.get('align_loss', 'sum')!r} ('mixed' or 'sum'), "
+                      f"movers={sc.get('movers', 'any')!r} ('better' or 'any')")
   if sc.capacity and sc.capacity * min(run.table.sizes) < run.dataset.n_items:
     raise ConfigError(f"siit.capacity={sc.capacity}: {min(run.table.sizes)} codes of the "
                       f"smallest level cannot hold {run.dataset.n_items} items")
@@ -277,15 +301,20 @@ def training_plan(run, key, steps_per_epoch: int):
     cands, scores, current_score = candidates(state.params, feats, run.codes, rec, model, soft,
                                               int(sc.beam), tc.eval_batch_size, margin is not None)
     new, collisions = greedy_assign(cands, scores, current, sizes, int(sc.capacity),
-                                    float(sc.usage_penalty), current_score, margin)
+                                    float(sc.usage_penalty), current_score, margin,
+                                    sc.get("movers", "any"))
     health = codes_lib.health_dict(new, sizes)
+    moved = np.any(new != current, axis=1)
     record = {"round": k,
               "align_top1": round(float(np.mean(np.all(cands[:, 0] == current, axis=1))), 5),
-              "ids_changed": round(float(np.mean(np.any(new != current, axis=1))), 5),
+              "ids_changed": round(float(np.mean(moved)), 5),
               "changed_per_level": [round(float(x), 5) for x in np.mean(new != current, axis=0)],
               "best_candidate_collisions": collisions, "used": health["used"],
               "perplexity": health["perplexity"], "distinct_ids": health["distinct_ids"],
               "valid_before": {k: before[k] for k in ("recall@10", "ndcg@10")}}
+    if margin is not None:      # the moved items whose new ID does not beat theirs by the margin
+      record["moved_not_better"] = round(float(np.mean(
+          moved & ~(new_id_score(cands, scores, new) - current_score > margin))), 5)
     set_codes(run, jnp.asarray(new))
     after = evaluate_split(run, state.params["t5"], "valid")
     record["valid_after"] = {k: after[k] for k in ("recall@10", "ndcg@10")}
