@@ -11,6 +11,7 @@ import siit as siit_config
 import tiger
 from jaxrec import pipeline
 from jaxrec.training import loop
+from jaxrec.errors import ConfigError
 from jaxrec.methods import siit
 
 SIZES = (4, 4, 8)
@@ -133,6 +134,9 @@ def test_mixed_alignment_loss_is_the_per_sample_mean_over_both_tasks(tmp_path):
   w = float(np.sum(batch["weight_B"]))
   assert 0 < w <= cfg.train.batch_size
   assert float(out[True]["loss"]) == pytest.approx((w * r + n * a) / (w + n), rel=1e-5)
+  cfg.tokenizer.shared_ids = True          # a round would leave shared IDs shared: refused
+  with pytest.raises(ConfigError, match="shared_ids"):
+    siit.training_plan(run, jax.random.key(0), len(it))
 
 
 def test_refinement_off_equals_tiger_bit_for_bit(tmp_path):
@@ -170,6 +174,7 @@ def test_resume_across_a_refinement_round_is_exact(tmp_path, monkeypatch):
   rounds = lambda d: [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl")) if '"round"' in l]
   assert rounds(workdir) == rounds(str(tmp_path / "full")) and len(rounds(workdir)) == 1
   assert 0.0 <= rounds(workdir)[0]["align_top1"] <= 1.0
+  assert rounds(workdir)[0]["moved_not_better"] == 0.0      # movers='better'
   np.testing.assert_array_equal(np.load(os.path.join(workdir, "codes_final.npz"))["codes"],
                                 np.load(os.path.join(str(tmp_path / "full"), "codes_final.npz"))["codes"])
 

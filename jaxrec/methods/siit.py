@@ -265,6 +265,11 @@ def training_plan(run, key, steps_per_epoch: int):
                       f"first_refine={sc.get('first_refine', 0)} (>= 0), "
                       f"align_loss={sc.get('align_loss', 'sum')!r} ('mixed' or 'sum'), "
                       f"movers={sc.get('movers', 'any')!r} ('better' or 'any')")
+  if sc.rounds and run.cfg.tokenizer.get("shared_ids", False):
+    raise ConfigError("siit.rounds > 0 with tokenizer.shared_ids=True: a refinement round "
+                      "assigns unique IDs (items keeping a shared ID would keep sharing it, "
+                      "which the rebuilt decoding tables do not allow); set siit.rounds=0 or "
+                      "tokenizer.shared_ids=False")
   if sc.capacity and sc.capacity * min(run.table.sizes) < run.dataset.n_items:
     raise ConfigError(f"siit.capacity={sc.capacity}: {min(run.table.sizes)} codes of the "
                       f"smallest level cannot hold {run.dataset.n_items} items")
