@@ -222,3 +222,17 @@ def test_siit_on_the_tiny_llm_refines_and_decodes(tmp_path):
   assert 0.0 < results["test"]["recall@10"] <= 1.0
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert any("round" in l for l in lines)
+
+
+def test_siit_moves_counts_moves_down_and_movers_kept():
+  """bench/experiments/siit_moves.py's statistics on the two-item case above."""
+  from bench.experiments import siit_moves
+  current = np.array([[0, 0, 0], [1, 0, 0]], np.int32)
+  cand = np.array([[[2, 2, 2], [3, 3, 3]], [[2, 2, 2], [3, 2, 1]]], np.int32)
+  score, own = np.array([[-0.1, -0.2], [-0.2, -8.0]]), np.array([-6.0, -5.0])
+  for movers, changed, down, kept in (("any", 1.0, .5, 0.0), ("better", .5, 0.0, .5)):
+    new, _ = siit.greedy_assign(cand, score, current, SIZES, current_score_N=own,
+                                keep_margin=1.0, movers=movers)
+    got = siit_moves.round_stats(cand, score, own, current, new, 1.0)
+    assert (got["ids_changed"], got["moved_not_better"], got["movers_kept"]) == (changed, down, kept)
+    assert got["wants_to_move"] == 1.0
