@@ -257,3 +257,17 @@ def test_groups_split_the_batch_into_parts_with_their_own_negatives():
   cfg = simcit_config.get_config("scientific")
   assert (cfg.tokenizer.batch_size, simcit.negative_groups(cfg.tokenizer.simcit, 1),
           simcit.negative_groups(simcit_config.get_config("default").tokenizer.simcit, 2)) == (512, 2, 1)
+
+
+def test_sharpness_spans_uniform_to_hard():
+  """bench/experiments/simcit_gap.py's sharpness: a huge gumbel_tau gives uniform weights
+  (nearest weight 1 / K, K effective codes), a tiny one the hard ID (1 and 1)."""
+  from bench.experiments import simcit_gap
+  x = [jnp.asarray(np.random.default_rng(2).normal(size=(5, 6)), jnp.float32)]
+  for tau, weight, codes in ((1e6, 1 / 3, 3.0), (1e-6, 1.0, 1.0)):
+    model = simcit.SimCIT(simcit.SimCITConfig(view_dims=(6,), hidden=(8,), dim=4, levels=2,
+                                              codebook_size=3, gumbel_tau=tau))
+    params = jit_init(model, jax.random.key(0), x, train=False)
+    got = simcit_gap.sharpness(params, x, jax.random.key(1), model)
+    np.testing.assert_allclose(got["nearest_weight"], [weight] * 2, atol=1e-3)
+    np.testing.assert_allclose(got["effective_codes"], [codes] * 2, atol=0.05)

@@ -10,7 +10,10 @@ negatives), with the anchor taken four ways:
   hard        the hard IDs' codewords (what the recommender's IDs carry)
 
 hard - soft is the gap between the objective and the IDs: a fit can lower its loss through
-mixtures of codewords no ID has. Each is given at `--batches` sizes (more in-batch negatives:
+mixtures of codewords no ID has. How soft the training assignment is, per level over the
+catalogue (`sharpness`: the noise-free soft weights softmax(-distance / gumbel_tau) at the
+training residuals): the mean weight on the nearest code (1: the hard ID; 1 / K: uniform)
+and the effective number of codes exp(entropy). Each is given at `--batches` sizes (more in-batch negatives:
 a larger loss, and on a small catalogue more negatives that share the anchor's topic), with
 chance (log of the 2B - 1 candidates) beside it. Code-table health of the hard IDs too. With
 the data set's own IDs loaded (`--set data.index=True`: Scientific's publisher IDs from Qwen
@@ -61,6 +64,17 @@ def anchors(params, views, key, model: simcit.SimCIT):
   return out, p_VxNxD
 
 
+def sharpness(params, views, key, model: simcit.SimCIT) -> dict:
+  """Per level: the noise-free soft weights' mean weight on the nearest code and their
+  effective number of codes, at the residuals training passes from level to level."""
+  noise_free = simcit.SimCIT(dataclasses.replace(model.cfg, gumbel_scale=0.0))
+  dist_NxCxK = noise_free.apply(params, views, True, key)[0].dist_BxCxK
+  w = jax.nn.softmax(-dist_NxCxK / model.cfg.gumbel_tau, axis=-1)
+  entropy = -jnp.sum(w * jnp.log(jnp.maximum(w, 1e-30)), axis=-1)
+  return {"nearest_weight": [round(float(x), 4) for x in jnp.mean(jnp.max(w, -1), 0)],
+          "effective_codes": [round(float(x), 1) for x in jnp.mean(jnp.exp(entropy), 0)]}
+
+
 def batched_nce(q_NxD, p_NxD, idx_SxB, temperature: float) -> float:
   """The training loss's InfoNCE (GRACE denominator), mean over the [S, B] batches."""
   nce = jax.vmap(lambda i: simcit.grace_nce(q_NxD[i], p_NxD[i], temperature))
@@ -105,12 +119,15 @@ def main():
       row["same_topic_negatives"] = round(float(same.mean()), 2)
     rows.append(row)
     print(json.dumps(row), flush=True)
+  sharp = sharpness(params, views, jax.random.key(cfg.seed + 7), model)
+  print(json.dumps({"sharpness": sharp}), flush=True)
   codes = np.asarray(simcit.encode_catalogue(params, views, model=model)["codes_NxC"])
   health = codes_lib.health_dict(codes, (cfg.tokenizer.codebook_size,) * cfg.tokenizer.levels)
   result = {"config": f"simcit:{args.config}", "overrides": args.set, "data": ds.name,
             "items": n, "views": list(s.views), "temperature": s.temperature,
             "gumbel_scale": s.gumbel_scale, "epochs": cfg.tokenizer.epochs,
-            "fit_or_reuse_s": fit_s, "rows": rows,
+            "gumbel_tau": s.gumbel_tau, "fit_or_reuse_s": fit_s, "rows": rows,
+            "sharpness": sharp,
             "health": {k: health[k] for k in ("used", "perplexity", "distinct_ids",
                                               "largest_group", "collision_rate")}}
   print(json.dumps(result["health"]))
