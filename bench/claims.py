@@ -99,6 +99,8 @@ ABLATIONS = (
     ("SimCIT: the text view alone", "simcit", ",tokenizer.simcit.views=('text',)", "simcit"),
     ("SimCIT: the cf view alone", "simcit", ",tokenizer.simcit.views=('cf',)", "simcit"),
     ("SimCIT: a reconstruction loss added", "simcit", ",tokenizer.simcit.w_recon=1.0", "simcit"),
+    ("SimCIT: soft codes as sharp as the released ones (gumbel_tau .002, noise .01)", "simcit",
+     ",tokenizer.simcit.gumbel_tau=0.002,tokenizer.simcit.gumbel_scale=0.01", "simcit"),
     ("SimCIT: the fit at TIGER's 300 epochs (cut short)", "simcit", ",tokenizer.epochs=300",
      "simcit"),
     ("SimCIT: the released checkpoint choice", "simcit", ",tokenizer.simcit.holdout=0.1",

@@ -56,6 +56,7 @@ ablations() {   # seeds $1..$2-1; grouped by the claim they explain, the largest
   q simcit-recon "simcit:scientific,tokenizer.simcit.w_recon=1.0" "$2" "$1"
   q simcit-text "simcit:scientific,tokenizer.simcit.views=('text',)" "$2" "$1"
   q simcit-cf "simcit:scientific,tokenizer.simcit.views=('cf',)" "$2" "$1"
+  q simcit-sharp "simcit:scientific,tokenizer.simcit.gumbel_tau=0.002,tokenizer.simcit.gumbel_scale=0.01" "$2" "$1"
   # SIIT: the alignment task alone, one round once it is learnt, weak start IDs (beside TIGER
   # from the same), another view of the item to align, a smaller alignment share
   q siit-rounds0 "siit:scientific,siit.rounds=0" "$2" "$1"
@@ -140,6 +141,11 @@ case "${1:-}" in
     # land): seed 1's table read again under their name, then SIIT's seeds 1 and 2 again
     q siit-any "siit:scientific,siit.movers=any" 2 1
     q siit siit:scientific 2 1
+    # SimCIT with its soft assignment as sharp as the released one: the variant's noise-free
+    # softmax at gumbel_tau 0.2 is uniform over the codes at its distances (bench/README.md,
+    # SimCIT: how soft its codes train), so its fit never shapes the IDs; the released noise
+    # to temperature ratio (5) at 1 % of the scale
+    q simcit-sharp "simcit:scientific,tokenizer.simcit.gumbel_tau=0.002,tokenizer.simcit.gumbel_scale=0.01" 2 1
     # the equal-information control of SimCIT's claim, before the rest: TIGER's RQ-VAE on
     # text + cf groups items as SimCIT's IDs do, not as TIGER's on text (bench/README.md,
     # what SimCIT's IDs share)

@@ -52,6 +52,14 @@ tokenizer.simcit (official values from alibaba/SimCIT's config and train script)
                   items in one ID, the run fails; scale 0.0, 100 epochs: InfoNCE 2.50 / 1.96,
                   codes used 57 / 54 / 56, largest group 32. Scientific (text + cf), 200
                   epochs, scale 0.0: 3,290 distinct IDs for 3,541 items, largest group 13.
+                  What scale 0.0 also does (found 2026-12-06): at these distances the
+                  noise-free softmax at gumbel_tau 0.2 is about uniform (weight .005 on the
+                  nearest of 256 codes), so the fit trains the soft mixture and never the
+                  codewords the IDs are read from (its hard IDs' InfoNCE 1.90 / 1.69 against
+                  the soft .87 / .90, Scientific seed 1); gumbel_tau 0.002 with scale 0.01
+                  (the released noise-to-temperature ratio) samples about one code per level
+                  and its IDs' InfoNCE is the soft one (.89 / .59): bench/README.md, SimCIT:
+                  how soft its codes train; its row is queued before any default changes.
   temperature     InfoNCE temperature: 0.07 as released in every variant but the synthetic
                   default, 0.5 there, chosen on its validation split (seed 0, 15 epochs;
                   valid R@10 / N@10): 0.07 .0973 / .0498, 0.2 .1430 / .0755, 0.5 .1820 / .1004,
