@@ -95,12 +95,15 @@ def reseed_dead_codes(key, codebook_KxD, residuals_NxD, counts_K):
 @functools.partial(jax.jit, static_argnames=("groups", "iters", "sinkhorn_iters"))
 def balanced_kmeans(key, x_NxD, groups: int, iters: int = 10, eps: float = 0.003,
                     sinkhorn_iters: int = 200):
-  """k-means whose assignment step is a balanced (Sinkhorn) transport: every group receives
-  about N / groups points. Runs on device; replaces LETTER's CPU constrained k-means
-  (`k_means_constrained`, sizes bounded in [10, 60] for 256 codes in 10 groups).
+  """k-means whose assignment step is a balanced (Sinkhorn) transport, each point then taking
+  its plan's largest entry: groups near N / groups points, with no hard bounds. Runs on
+  device; replaces LETTER's CPU constrained k-means (`k_means_constrained`, sizes bounded
+  in [10, 60] for 256 codes in 10 groups).
 
   With eps 0.003 (LETTER's Sinkhorn epsilon) and 200 iterations, 256 points of which 200
-  form one tight blob split into 10 groups of 12..30 points (eps 0.05: 8..156).
+  form one blob (scale 0.05) split into 10 groups of 12..30 points (eps 0.05: 8..156); a
+  tighter blob (scale 0.01) gives 6..67, outside LETTER's bounds: the transport is
+  balanced, its rounding to one group per point need not be.
   Returns the group of each point [N] (int32)."""
   cents = _kmeans_pp_init(key, x_NxD, groups)
 
