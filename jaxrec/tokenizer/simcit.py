@@ -5,7 +5,8 @@ over its IDs).
 
 Following the official code (alibaba/SimCIT, generate_sid/models/ssid_rq.py):
   views      any item feature matrices (`tokenizer.simcit.views`), each L2-normalised on
-             load (the released code reads views normalised offline)
+             load (this library's choice, so that views of any scale weigh alike: the
+             released code reads its view files as they are)
   encoders   one MLP per view, no bias, SiLU between layers (d -> 512 -> 384 -> 256 -> 128);
              every Linear initialised as PyTorch's nn.Linear (`init='torch'`, the released
              code's) or Flax's default (`'flax'`: lecun normal, zero bias; its kernels' std
@@ -14,9 +15,10 @@ Following the official code (alibaba/SimCIT, generate_sid/models/ssid_rq.py):
              fused = sum_v weight_v h_v
   quantizer  `rq.residual_quantize` in "gumbel" mode at every level: in training the soft
              codeword softmax((-||r - c||^2 + s * Gumbel) / 0.2) @ codebook (no straight-through;
-             s = `gumbel_scale`: 1 in the official code, 0 by default here, see
-             configs/simcit.py: unit noise swamps the small initial distances and nothing
-             is learnt within short budgets),
+             s = `gumbel_scale`: 1 in the official code, 0 in configs/simcit.py's variants,
+             see there: unit noise swamps the small initial distances and nothing is learnt
+             within short budgets; without noise the softmax at 0.2 is about uniform at
+             those distances, bench/README.md, SimCIT: how soft its codes train),
              the next residual subtracts it (gradients flow: residual_grad="through"); the
              hard argmin at inference. Quantized vector = sum of the levels' codewords;
              distances on unnormalised codebooks, initialised by k-means on the fused
