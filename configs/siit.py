@@ -13,8 +13,11 @@ instruments (content = the 32-d SASRec embedding), scientific (content = MiniLM 
 decoder, tiny_decoder, scientific_decoder with tiger.py's decoder-only recommender;
 scientific_llm: the paper's setting, SIIT on a pretrained LLM ($JAXREC_LLM_DIR or
 model.path, tiger.py:llm_model_config: LoRA, LC-Rec's prompt and fine-tuning recipe, 4 x
-siit.refine_every = 32 epochs so that the 3 refinement rounds happen; needs weights and
-an accelerator);
+siit.refine_every = 32 epochs so that the 3 refinement rounds happen, the checkpoint kept
+by decoded valid NDCG@10 rather than LC-Rec's loss; needs weights and an accelerator).
+There the LLM also learns LC-Rec's title -> ID task, but a round decodes each item's ID
+from the soft tokens of its text embedding (`siit.feature`), as the T5 does, not from its
+title: a reconstruction's choice, the paper's prompt for it not being available here;
 tiny_llm: the same on the tests' tiny random Qwen2 (seconds on a CPU, for CI).
 
 siit:
@@ -69,6 +72,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     cfg = _tiger().llm_variant(get_config, variant)
     if variant == "scientific_llm":
       cfg.train.epochs = 4 * cfg.siit.refine_every     # room for the refinement rounds
+      # LC-Rec keeps the lowest validation loss (patience 4): across a round the loss is
+      # another table's targets', so a round's moved items would end the run and its best
+      # checkpoint would predate the round; decoded NDCG@10 instead, patience a round's span
+      cfg.train.select, cfg.train.patience = "ndcg@10", cfg.siit.refine_every
     return cfg
   if variant not in ("default", "tiny", "instruments", "scientific"):
     raise ValueError(f"unknown siit variant {variant!r}")

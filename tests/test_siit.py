@@ -236,3 +236,14 @@ def test_siit_moves_counts_moves_down_and_movers_kept():
     got = siit_moves.round_stats(cand, score, own, current, new, 1.0)
     assert (got["ids_changed"], got["moved_not_better"], got["movers_kept"]) == (changed, down, kept)
     assert got["wants_to_move"] == 1.0
+
+
+def test_siit_on_an_llm_keeps_its_checkpoint_across_rounds():
+  """scientific_llm: LC-Rec's recipe keeps the lowest validation loss, which a round's new
+  targets raise; SIIT's keeps decoded NDCG@10, with patience through a round's span and
+  room for every round."""
+  cfg = siit_config.get_config("scientific_llm")
+  tr, sc = cfg.train, cfg.siit
+  assert tr.select == "ndcg@10"
+  assert tr.patience * tr.eval_every >= sc.refine_every
+  assert tr.epochs > sc.refine_every * sc.rounds
