@@ -43,11 +43,11 @@ def round_stats(cands, scores, own, current, new, margin: float) -> dict:
   by the margin, movers that kept their ID."""
   moved = np.any(new != current, axis=1)
   wants = scores[:, 0] - own > margin              # best candidate beats the ID by the margin
-  better = siit.new_id_score(cands, scores, new) - own > margin
+  down = siit.moved_not_better(cands, scores, own, current, new, margin)
   return {"ids_changed": round(float(moved.mean()), 5),
           "changed_per_level": [round(float(x), 5) for x in np.mean(new != current, axis=0)],
           "wants_to_move": round(float(wants.mean()), 5),
-          "moved_not_better": round(float(np.mean(moved & ~better)), 5),
+          "moved_not_better": round(float(down.mean()), 5),
           "movers_kept": round(float(np.mean(wants & ~moved)), 5)}
 
 

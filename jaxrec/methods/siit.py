@@ -227,6 +227,14 @@ def new_id_score(cand_NxWxC, score_NxW, codes_NxC):
   return np.where(hit_NxW.any(1), np.where(hit_NxW, score_NxW, -np.inf).max(1), -np.inf)
 
 
+def moved_not_better(cand_NxWxC, score_NxW, current_score_N, current_NxC, new_NxC, margin):
+  """bool [N]: the items moved to an ID whose task-A score does not beat their current ID's
+  by the margin."""
+  moved = np.any(np.asarray(new_NxC) != np.asarray(current_NxC), axis=1)
+  better = new_id_score(cand_NxWxC, score_NxW, new_NxC) - current_score_N > margin
+  return moved & ~better
+
+
 def candidates(params, feats_NxF, codes_NxC, rec, model, soft, beam: int, batch: int,
                own: bool):
   """Every item's task-A candidates over the full code space, batch by batch: (codes
@@ -317,9 +325,9 @@ def training_plan(run, key, steps_per_epoch: int):
               "best_candidate_collisions": collisions, "used": health["used"],
               "perplexity": health["perplexity"], "distinct_ids": health["distinct_ids"],
               "valid_before": {k: before[k] for k in ("recall@10", "ndcg@10")}}
-    if margin is not None:      # the moved items whose new ID does not beat theirs by the margin
+    if margin is not None:
       record["moved_not_better"] = round(float(np.mean(
-          moved & ~(new_id_score(cands, scores, new) - current_score > margin))), 5)
+          moved_not_better(cands, scores, current_score, current, new, margin))), 5)
     set_codes(run, jnp.asarray(new))
     after = evaluate_split(run, state.params["t5"], "valid")
     record["valid_after"] = {k: after[k] for k in ("recall@10", "ndcg@10")}
