@@ -39,6 +39,10 @@ q() {   # q TAG SPEC SEEDS [FIRST_SEED]
   echo "== $(date -u +%FT%TZ) rc=$rc"
 }
 
+# SimCIT's row chosen on validation: the released noise-to-temperature ratio at 1 % of the
+# scale (bench/README.md, SimCIT: how soft its codes train)
+SHARP="simcit:scientific,tokenizer.simcit.gumbel_tau=0.002,tokenizer.simcit.gumbel_scale=0.01"
+
 main_rows() {   # the rows behind the claims, seeds $1..$2-1
   q tiger tiger:scientific "$2" "$1"
   q letter letter:scientific "$2" "$1"
@@ -48,15 +52,16 @@ main_rows() {   # the rows behind the claims, seeds $1..$2-1
 }
 
 ablations() {   # seeds $1..$2-1; grouped by the claim they explain, the largest deficits (SimCIT, SIIT) first
-  # SimCIT: the released checkpoint choice (lowest InfoNCE on 10 % held-out items), the
-  # equal-information control (TIGER's RQ-VAE on text + cf), a reconstruction loss added
-  # back, view by view
-  q simcit-holdout "simcit:scientific,tokenizer.simcit.holdout=0.1" "$2" "$1"
+  # SimCIT, on the row chosen on validation (bench/claims.py, SIMCIT_CHOSEN), whose fusion
+  # reads the cf view almost alone: the released checkpoint choice (lowest InfoNCE on 10 %
+  # held-out items), the equal-information control (TIGER's RQ-VAE on text + cf), a
+  # reconstruction loss added back, view by view
+  q simcit-sharp-holdout "$SHARP,tokenizer.simcit.holdout=0.1" "$2" "$1"
   q tiger-textcf "tiger:scientific,tokenizer.feature=text+cf" "$2" "$1"
-  q simcit-recon "simcit:scientific,tokenizer.simcit.w_recon=1.0" "$2" "$1"
-  q simcit-text "simcit:scientific,tokenizer.simcit.views=('text',)" "$2" "$1"
-  q simcit-cf "simcit:scientific,tokenizer.simcit.views=('cf',)" "$2" "$1"
-  q simcit-sharp "simcit:scientific,tokenizer.simcit.gumbel_tau=0.002,tokenizer.simcit.gumbel_scale=0.01" "$2" "$1"
+  q simcit-sharp-recon "$SHARP,tokenizer.simcit.w_recon=1.0" "$2" "$1"
+  q simcit-sharp-text "$SHARP,tokenizer.simcit.views=('text',)" "$2" "$1"
+  q simcit-sharp-cf "$SHARP,tokenizer.simcit.views=('cf',)" "$2" "$1"
+  q simcit-sharp "$SHARP" "$2" "$1"
   # SIIT: the alignment task alone, one round once it is learnt, weak start IDs (beside TIGER
   # from the same), another view of the item to align, a smaller alignment share
   q siit-rounds0 "siit:scientific,siit.rounds=0" "$2" "$1"
@@ -145,7 +150,7 @@ case "${1:-}" in
     # softmax at gumbel_tau 0.2 is uniform over the codes at its distances (bench/README.md,
     # SimCIT: how soft its codes train), so its fit never shapes the IDs; the released noise
     # to temperature ratio (5) at 1 % of the scale
-    q simcit-sharp "simcit:scientific,tokenizer.simcit.gumbel_tau=0.002,tokenizer.simcit.gumbel_scale=0.01" 2 1
+    q simcit-sharp "$SHARP" 2 1
     # SIIT's seed 1 with the movers rule loses as the old rule's did (on the popular targets,
     # with less popular lists) while its late rounds move 2-6 % of the IDs: the alignment
     # task alone, no rounds, says whether the rounds or the task cost
@@ -157,7 +162,10 @@ case "${1:-}" in
     q siit siit:scientific 3 2
     # SimCIT with the released noise-to-temperature ratio led the variant on validation at
     # seed 1 (N@10 .1034 against .1019): the row chosen (bench/claims.py, SIMCIT_CHOSEN)
-    q simcit-sharp "simcit:scientific,tokenizer.simcit.gumbel_tau=0.002,tokenizer.simcit.gumbel_scale=0.01" 3 2
+    q simcit-sharp "$SHARP" 3 2
+    # its text view alone: the chosen row's fusion puts .99 on cf; SimCIT's objective on the
+    # view TIGER's IDs are made from
+    q simcit-sharp-text "$SHARP,tokenizer.simcit.views=('text',)" 2 1
     # TIGER's recommender trained from scratch on SIIT seed 1's final IDs (codes_final.npz; its
     # codes.npz holds the start IDs), seed 1 as the TIGER and SIIT rows it is compared with
     q tiger-on-siit-ids "siit:scientific,siit.init_codes=$WORKDIR/siit-scientific-$NAME-seed1/codes_final.npz,siit.rounds=0,siit.align_ratio=0" 2 1
@@ -167,7 +175,7 @@ case "${1:-}" in
     q tiger-decoder tiger:scientific_decoder 3
     # SimCIT's seed 0 with the 1,000-epoch fit (its old seed 0 had 300 epochs and the cap)
     q simcit simcit:scientific 1
-    q simcit-sharp "simcit:scientific,tokenizer.simcit.gumbel_tau=0.002,tokenizer.simcit.gumbel_scale=0.01" 1
+    q simcit-sharp "$SHARP" 1
     main_rows 1 2    # the rest of seed 1 (finished rows are read)
     main_rows 2 3
     # the ablations at seed 1 first: its main rows' workdirs are all here to pair with, user
