@@ -239,6 +239,12 @@ def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
     assert seeds[cand] == seeds[base] == {0, 1, 2}, what
   for _, what, cand, base, _ in claims.ablation_pairs("scientific"):   # bench.claims --ablations
     assert cand in seeds and base in seeds, what
+  tags = {quality.run_tag(spec, "paper", seed) for spec in seeds for seed in seeds[spec]}
+  for spec in seeds:     # another row's IDs: a workdir of a row the queue runs (written by hand)
+    for o in quality.split_spec(spec)[1:]:
+      if o.startswith("siit.init_codes="):
+        path = o.partition("=")[2].removesuffix("/codes_final.npz")
+        assert os.path.basename(path) in tags, spec
   other = {**env, "DATA_DIR": "/data/x", "DATA_NAME": "Toys", "CALLS": str(tmp_path / "toys")}
   subprocess.run(["bash", os.path.join(root, "bench", "claims_queue.sh"), "etegrec"], env=other,
                  check=True, capture_output=True)
