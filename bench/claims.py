@@ -130,6 +130,8 @@ ABLATIONS = (
      ETEGREC_CHOSEN),
     ("ETEGRec: the tokenizer frozen", ETEGREC_CHOSEN, ",etegrec.alternation=frozen",
      ETEGREC_CHOSEN),
+    ("ETEGRec's recommender alone (the tokenizer frozen, no SIA, no PSA)", ETEGREC_CHOSEN,
+     ",etegrec.alternation=frozen,etegrec.w_sia=0.0,etegrec.w_psa=0.0", ETEGREC_CHOSEN),
     ("ETEGRec with TIGER's batch and learning rate (8x the updates)", "etegrec",
      ",train.batch_size=256,train.accumulate=1,train.lr=0.0005", "etegrec"),
     ("ETEGRec with the official 8,000-step warm-up (never ends on this set)", "etegrec",
