@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import chex
 import numpy as np
 import pytest
 
@@ -491,3 +492,32 @@ def test_a_free_decoding_rows_constrained_metrics_are_aggregated_and_shown(tmp_p
   common.write_json(str(tmp_path / "q.json"), {"rows": [row]})   # bench.claims --tables reads it so
   got = quality.per_seed_rows([str(tmp_path / "q.json")])["etegrec:s"]
   assert claims.constrained_test(got[1])["ndcg@10"] == pytest.approx(.12)
+
+
+def test_last_checkpoint_copy_reads_the_newest_train_checkpoint(trained, tmp_path):
+  """bench/experiments/last_checkpoint.py: the copy's best holds the newest train/
+  checkpoint's recommender (its params equal that train state's, not the best's), and the
+  source is unchanged."""
+  import jax
+  from bench.experiments.last_checkpoint import last_checkpoint_copy
+  from jaxrec import pipeline
+  src = str(tmp_path / "src")                   # the tiny run with its newest train/ step gone,
+  shutil.copytree(trained["tiger"], src)        # so that the newest left is not the best
+  train_dir = os.path.join(src, "checkpoints", "train")
+  steps = sorted(int(n) for n in os.listdir(train_dir) if n.isdigit())
+  best_dir = os.path.join(src, "checkpoints", "best")
+  assert len(steps) == 2 and os.listdir(best_dir) == [str(steps[-1])]
+  shutil.rmtree(os.path.join(train_dir, str(steps[-1])))
+  _, best_params, _ = pipeline.load_run(src)
+  dst = str(tmp_path / "last")
+  assert last_checkpoint_copy(src, dst, log=lambda m: None) == steps[0]
+  assert os.listdir(best_dir) == [str(steps[-1])]
+  run, params, best_step = pipeline.load_run(dst)
+  assert best_step == steps[0]
+  loop = pipeline.resumed_loop(run, log=lambda m: None)
+  chex.assert_trees_all_close(jax.device_get(params),
+                              jax.device_get(loop.plan.rec_params(loop.state)))
+  with pytest.raises(AssertionError):
+    chex.assert_trees_all_close(jax.device_get(params), jax.device_get(best_params))
+  with pytest.raises(SystemExit, match="exists"):
+    last_checkpoint_copy(src, dst, log=lambda m: None)
