@@ -104,6 +104,8 @@ ABLATIONS = (
      ",tokenizer.source=rqkmeans,tokenizer.feature=cf",
      "tiger,tokenizer.source=rqkmeans,tokenizer.feature=cf"),
     ("TIGER from random IDs", "tiger", ",tokenizer.source=random", "tiger"),
+    ("TIGER with 15 evaluations of patience (30 epochs) instead of 5", "tiger",
+     ",train.patience=15", "tiger"),
     ("TIGER from RQ-KMeans IDs on cf (a collaborative start)", "tiger",
      ",tokenizer.source=rqkmeans,tokenizer.feature=cf", "tiger"),
     ("SimCIT: the text view alone", SIMCIT_CHOSEN, ",tokenizer.simcit.views=('text',)",

@@ -169,6 +169,12 @@ case "${1:-}" in
     # SimCIT with the released noise-to-temperature ratio led the variant on validation at
     # seed 1 (N@10 .1034 against .1019): the row chosen (bench/claims.py, SIMCIT_CHOSEN)
     q simcit-sharp "$SHARP" 3 2
+    # early stopping's reach (bench/README.md, the comparator seed): TIGER's seed 1 stopped at
+    # epoch 46 on a validation peak at 36 (N@10 .1018, .1011 at 46) and SIIT's seed 2 at 42 on
+    # one at 32, while TIGER's seed 2 went from .1007 at 32 to .1085 at 62; both early rows
+    # have the popular lists and the best tests. The same seed with 15 evaluations of patience
+    # (30 epochs; LETTER-TIGER's official code: 20 epochs) says what the 10 epochs cut
+    q tiger-patience15 "tiger:scientific,train.patience=15" 2 1
     # its text view alone: the chosen row's fusion puts .99 on cf; SimCIT's objective on the
     # view TIGER's IDs are made from
     q simcit-sharp-text "$SHARP,tokenizer.simcit.views=('text',)" 2 1
