@@ -34,14 +34,12 @@ def last_checkpoint_copy(src: str, dst: str, log=print) -> int:
     cfg = config_from_json(f.read())
   run = setup(cfg, dst, log=log)
   loop = resumed_loop(run, log=log)        # the newest intact train/ checkpoint
-  loop.ckpt.best.close()
   loop.ckpt.close()
   best = os.path.join(dst, "checkpoints", "best")
   shutil.rmtree(best)                      # (the copy's: a save never replaces a newer step)
   ckpt = RunCheckpoints(run, loop.plan)
   stage = loop.ls.stage          # (a method's codes at that step were installed by the resume)
   ckpt.save_best(loop.step, loop.state, loop.train_it.epoch, stage, loop.plan.stages[stage].name)
-  ckpt.best.close()
   ckpt.close()
   log(f"{dst}: best/ now holds step {loop.step} (epoch {loop.train_it.epoch})")
   return loop.step
