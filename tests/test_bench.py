@@ -521,3 +521,39 @@ def test_last_checkpoint_copy_reads_the_newest_train_checkpoint(trained, tmp_pat
     chex.assert_trees_all_close(jax.device_get(params), jax.device_get(best_params))
   with pytest.raises(SystemExit, match="exists"):
     last_checkpoint_copy(src, dst, log=lambda m: None)
+
+
+def test_more_patience_copy_goes_on_as_a_run_with_that_patience(tmp_path, monkeypatch):
+  """bench/experiments/more_patience.py: a run stopped by patience 1, copied with patience 2
+  and resumed, ends as a run with patience 2 from the start (the same evaluations, the same
+  final train state); the source is unchanged; a run whose epochs ran out, or one that the
+  new patience would stop at the same evaluation, is refused and no copy is left."""
+  from bench.experiments.more_patience import more_patience_copy
+  from jaxrec import pipeline
+  from jaxrec.training.evaluation import Selection
+  from test_train import _final_state_checksum, tiny_config
+  # the first evaluation stays the best, so patience alone decides where a run stops
+  monkeypatch.setattr(Selection, "better", lambda self, valid, best: best is None)
+  quiet = lambda m: None
+  cfg = lambda patience: tiny_config(epochs=3, eval_every=1, patience=patience)
+  valid_epochs = lambda d: [json.loads(l)["epoch"] for l in open(os.path.join(d, "metrics.jsonl"))
+                            if json.loads(l).get("split") == "valid"]
+  src, dst, full = (str(tmp_path / n) for n in ("p1", "p2", "full"))
+  stopped = pipeline.train_and_evaluate(cfg(1), src, log=quiet)
+  assert valid_epochs(src) == [1, 2]                             # stopped before its 3 epochs
+  where = more_patience_copy(src, dst, 2, log=quiet)
+  assert where["epoch"] == 2 and where["bad_evals"] == 1
+  assert not os.path.exists(os.path.join(dst, "results.json"))
+  with open(os.path.join(src, "results.json")) as f:
+    assert json.load(f)["steps"] == stopped["steps"]             # the source untouched
+  logs = []
+  went_on = pipeline.train_and_evaluate(cfg(2), dst, log=logs.append)
+  assert any("reopened" in m for m in logs), logs
+  uninterrupted = pipeline.train_and_evaluate(cfg(2), full, log=quiet)
+  assert valid_epochs(dst) == valid_epochs(full) == [1, 2, 3]
+  assert went_on["steps"] == uninterrupted["steps"] > stopped["steps"]
+  assert _final_state_checksum(dst) == _final_state_checksum(full)
+  for source, patience in ((full, 5), (src, 1)):                 # epochs out; the same stop
+    with pytest.raises(SystemExit, match="does not reopen"):
+      more_patience_copy(source, str(tmp_path / "refused"), patience, log=quiet)
+    assert not os.path.exists(tmp_path / "refused")

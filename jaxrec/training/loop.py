@@ -96,6 +96,13 @@ class Loop:
     self.step = self.plan.global_step(self.state)
     self.log(f"resumed from {self.ckpt.train.directory}/{step0} (epoch {self.train_it.epoch}, "
              f"step {step0}, stage {self.plan.stages[self.ls.stage].name})")
+    if self.ls.stage_over and self.ls.bad_evals < self.stage.patience:
+      # stopped early under a smaller patience than this config's (a copy whose config.json
+      # was given more: bench/experiments/more_patience.py): the stage goes on from here,
+      # as a run with this patience would have
+      self.ls.stage_over = self.ls.done = False
+      self.log(f"stage {self.stage.name} reopened: {self.ls.bad_evals} evaluations without "
+               f"a gain, patience {self.stage.patience}")
 
   def write(self, record: dict, events: bool = True) -> None:
     if self.metrics_f is not None:
