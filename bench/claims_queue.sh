@@ -136,67 +136,43 @@ case "${1:-}" in
     q tiger-on-etegrec-final-ids "siit:scientific,siit.init_codes=$ete/codes_final.npz,siit.rounds=0,siit.align_ratio=0" 1
     q etegrec etegrec:scientific 3 1 ;;
   rest)
-    # LETTER's ID shape first, at seed 1 (its TIGER and LETTER pair has finished): the lead on
-    # why LETTER's IDs lose to TIGER's (bench/README.md, what LETTER's IDs encode)
-    q letter-hard "letter:scientific,tokenizer.modes=('hard','hard','hard')" 2 1
-    q letter-4levels "letter:scientific,tokenizer.levels=4,tokenizer.modes=('hard','hard','hard','sinkhorn')" 2 1
-    # the claims with no converged pair yet: SimCIT's and SIIT's seeds 1 and 2 (TIGER's are
-    # done), then LETTER's collision row, then the decoder-only model's 3 seeds (the LLM issue)
-    q simcit simcit:scientific 2 1
-    q simcit simcit:scientific 3 2
-    # SimCIT's fit at TIGER's 300 epochs, cut short while it learns (seed 2 stops on 132
-    # items in one ID; configs/simcit.py): seed 1's row, as run before the 1,000
-    q simcit-e300 "simcit:scientific,tokenizer.epochs=300" 2 1
-    # SIIT's rows made before its movers rule (a moving item whose best candidate another took
-    # landed on any free ID, mostly below its own: bench/README.md, where SIIT's moving items
-    # land): seed 1's table read again under their name, then SIIT's seeds 1 and 2 again
-    q siit-any "siit:scientific,siit.movers=any" 2 1
-    q siit siit:scientific 2 1
-    # SimCIT with its soft assignment as sharp as the released one: the variant's noise-free
-    # softmax at gumbel_tau 0.2 is uniform over the codes at its distances (bench/README.md,
-    # SimCIT: how soft its codes train), so its fit never shapes the IDs; the released noise
-    # to temperature ratio (5) at 1 % of the scale
+    # Patience 15 from 2026-12-06 (configs/tiger.py; 5 before): the rows run under 5 went on
+    # from where it stopped them (bench/experiments/more_patience.py; their patience-5 runs
+    # kept as "<spec>,train.patience=5"). The claims' rows first: seeds 1, then 2, with
+    # SimCIT's chosen row and SIIT's own baseline (its alignment task alone, no rounds);
+    # TIGER's seeds 1-2 under patience 5 are read first (bench.claims --ablations pairs them)
+    q tiger-patience5 "tiger:scientific,train.patience=5" 3 1
+    main_rows 1 2
     q simcit-sharp "$SHARP" 2 1
-    # SIIT's seed 1 with the movers rule loses as the old rule's did (on the popular targets,
-    # with less popular lists) while its late rounds move 2-6 % of the IDs: the alignment
-    # task alone, no rounds, says whether the rounds or the task cost
     q siit-rounds0 "siit:scientific,siit.rounds=0" 2 1
-    # the equal-information control of SimCIT's claim, before the rest: TIGER's RQ-VAE on
-    # text + cf groups items as SimCIT's IDs do, not as TIGER's on text (bench/README.md,
-    # what SimCIT's IDs share)
-    q tiger-textcf "tiger:scientific,tokenizer.feature=text+cf" 2 1
-    q siit siit:scientific 3 2
-    # SimCIT with the released noise-to-temperature ratio led the variant on validation at
-    # seed 1 (N@10 .1034 against .1019): the row chosen (bench/claims.py, SIMCIT_CHOSEN)
+    main_rows 2 3
     q simcit-sharp "$SHARP" 3 2
-    # early stopping's reach (bench/README.md, the comparator seed): TIGER's seed 1 stopped at
-    # epoch 46 on a validation peak at 36 (N@10 .1018, .1011 at 46) and SIIT's seed 2 at 42 on
-    # one at 32, while TIGER's seed 2 went from .1007 at 32 to .1085 at 62; both early rows
-    # have the popular lists and the best tests. The same seed with 15 evaluations of patience
-    # (30 epochs; LETTER-TIGER's official code: 20 epochs) says what the 10 epochs cut
-    q tiger-patience15 "tiger:scientific,train.patience=15" 2 1
-    # its text view alone: the chosen row's fusion puts .99 on cf; SimCIT's objective on the
-    # view TIGER's IDs are made from
-    q simcit-sharp-text "$SHARP,tokenizer.simcit.views=('text',)" 2 1
-    # TIGER's recommender trained from scratch on SIIT seed 1's final IDs (codes_final.npz; its
-    # codes.npz holds the start IDs), seed 1 as the TIGER and SIIT rows it is compared with
-    q tiger-on-siit-ids "siit:scientific,siit.init_codes=$WORKDIR/siit-scientific-$NAME-seed1/codes_final.npz,siit.rounds=0,siit.align_ratio=0" 2 1
-    # SIIT's claim is read against its alignment task alone (siit.rounds=0: the same model on
-    # the initial IDs, bench/claims.py), whose seed 1 ties SIIT's: its seeds 2 and 0 with the
-    # claims' other seeds 0, before the ablations. SimCIT's seed 0 with the 1,000-epoch fit
-    # (its old seed 0 had 300 epochs and the cap); the seed-0 main rows (TIGER's, LETTER's,
-    # SASRec's and SIIT's seed 0 stand in the README from workdirs lost on 2026-12-05)
+    # then their seed 0 (TIGER's, LETTER's, SASRec's and SIIT's seed 0 stand in the README
+    # from workdirs lost on 2026-12-05, under patience 5)
     q siit-rounds0 "siit:scientific,siit.rounds=0" 3 2
     q simcit simcit:scientific 1
     q simcit-sharp "$SHARP" 1
     main_rows 0 1
     q siit-rounds0 "siit:scientific,siit.rounds=0" 1
+    # the controls run under patience 5, in the order they were made: LETTER's ID shape
+    # (bench/README.md, what LETTER's IDs encode), SimCIT's fit cut at 300 epochs, SIIT's old
+    # movers rule, the equal-information control of SimCIT's claim (TIGER's RQ-VAE on text +
+    # cf: bench/README.md, what SimCIT's IDs share)
+    q letter-hard "letter:scientific,tokenizer.modes=('hard','hard','hard')" 2 1
+    q letter-4levels "letter:scientific,tokenizer.levels=4,tokenizer.modes=('hard','hard','hard','sinkhorn')" 2 1
+    q simcit-e300 "simcit:scientific,tokenizer.epochs=300" 2 1
+    q siit-any "siit:scientific,siit.movers=any" 2 1
+    q tiger-textcf "tiger:scientific,tokenizer.feature=text+cf" 2 1
+    # SimCIT's objective on its text view alone: the chosen row's fusion puts .99 on cf; the
+    # view TIGER's IDs are made from
+    q simcit-sharp-text "$SHARP,tokenizer.simcit.views=('text',)" 2 1
+    # TIGER's recommender trained from scratch on SIIT seed 1's final IDs (codes_final.npz; its
+    # codes.npz holds the start IDs), seed 1 as the TIGER and SIIT rows it is compared with
+    q tiger-on-siit-ids "siit:scientific,siit.init_codes=$WORKDIR/siit-scientific-$NAME-seed1/codes_final.npz,siit.rounds=0,siit.align_ratio=0" 2 1
     # colliding items told apart by TIGER's appended level instead of Sinkhorn on the last
     # one (which moves them to other last-level codes: the empty third level)
     q letter-suffix "letter:scientific,tokenizer.collision=suffix" 2 1
     q tiger-decoder tiger:scientific_decoder 3
-    main_rows 1 2    # the rest of seed 1 (finished rows are read)
-    main_rows 2 3
     # the ablations at seed 1 first: its main rows' workdirs are all here to pair with, user
     # by user
     ablations 1 2
