@@ -382,7 +382,8 @@ def train_config(variant: str) -> ml_collections.ConfigDict:
   if variant == "scientific":
     t.eval_every = 2               # validation every 2 epochs; 15 without a gain stop the run
     t.patience = 15                # (5, until 2026-12-06, ended TIGER's seed 1 at epoch 46 on a
-                                   # peak at 36, valid N@10 .1018; with 15 it passed .1090)
+                                   # peak at 36, valid N@10 .1018; with 15: best at 100, .1104;
+                                   # test fell: bench/README.md, early stopping's patience)
     t.log_every = 20
   if variant == "tiny":
     t.batch_size = 64
