@@ -189,8 +189,6 @@ def test_a_run_saved_by_an_older_version_resumes(tmp_path, method):
     old = json.load(f)
   cfg = importlib.import_module(method).get_config("scientific")
   cfg.data.dir = old["data"]["dir"]  # the machine's data path, not the run's
-  if method != "etegrec":
-    cfg.train.patience = 5           # that run's early stopping (15 came later; ETEGRec's had 15)
   if method == "etegrec":
     cfg.etegrec.warmup_frac = 0.0    # that run's warm-up: the step counts (the share came later)
     cfg.data.whole_updates = False   # and its epochs' batches (whole updates came later)
@@ -199,6 +197,8 @@ def test_a_run_saved_by_an_older_version_resumes(tmp_path, method):
     # batches: the official Xavier MLP, first-batch k-means of 100, short last batch came later)
     cfg.tokenizer.init, cfg.tokenizer.kmeans_sample, cfg.tokenizer.kmeans_iters = "flax", "catalogue", 25
     cfg.tokenizer.last_batch = "wrap"
+  else:
+    cfg.train.patience = 5           # that run's early stopping (15 came later; ETEGRec's had 15)
   if method == "siit":
     cfg.siit.align_loss = "sum"      # that run's alignment weighting (the per-sample mix came later)
     cfg.siit.movers = "any"          # and its moving rule ('better' came later)

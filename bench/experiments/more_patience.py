@@ -6,8 +6,8 @@ goes on exactly as a run with that patience from the start would have (the run's
 state up to the stop are the same; `tests/test_bench.py` checks the copy against such a
 run). The source is read, never written.
 
-Built for the claims queue's patience (bench/README.md, early stopping's reach): the rows
-that stopped at 5 evaluations without a gain go on to 15 without rerunning their epochs:
+Built for the claims queue's patience (bench/README.md, early stopping's patience): the
+rows that stopped at 5 evaluations without a gain go on to 15 without rerunning their epochs:
 
   python -m bench.experiments.more_patience /work/runs/quality/tiger-scientific-paper-seed2 \\
       /work/runs/quality/tiger-scientific-paper-train.patience_15-seed2 --patience 15
@@ -46,16 +46,15 @@ def more_patience_copy(src: str, dst: str, patience: int, log=print) -> dict:
       os.remove(os.path.join(dst, "results.json"))      # (else read as the run's result)
     loop = resumed_loop(setup(cfg, dst, log=log), log=log)
     loop.ckpt.close()
-    ls = loop.ls
-    if ls.stage_over or ls.done or loop.stage_ends():
+    if loop.stage_ends():              # (its epochs spent, or still stopped early)
       raise SystemExit(
           f"{src}: its stage {loop.stage.name} is over at epoch {loop.train_it.epoch} with "
-          f"{ls.bad_evals} evaluations without a gain and patience {loop.stage.patience}: "
+          f"{loop.ls.bad_evals} evaluations without a gain and patience {loop.stage.patience}: "
           f"train.patience {patience} does not reopen it")
   except BaseException:
     shutil.rmtree(dst, ignore_errors=True)
     raise
-  where = {"step": loop.step, "epoch": loop.train_it.epoch, "bad_evals": ls.bad_evals}
+  where = {"step": loop.step, "epoch": loop.train_it.epoch, "bad_evals": loop.ls.bad_evals}
   log(f"{dst}: resumes at {json.dumps(where)} with patience {patience}")
   return where
 
