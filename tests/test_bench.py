@@ -312,6 +312,12 @@ def test_gap_by_group_known_answers():
                np.array([0, 1, 2, 0, 1, 1, 2, 3, 4, 2, 0, 3, 3], np.int32))
   chain = g.markov_run(ds, "test")["users"]
   assert chain[0][:2] == (1, 1) and chain[1][:2] == (4, 5) and chain[1][2][:3] == [2, 0, 1]
+  # training pairs (0,1), (1,2) | (1,2) | (2,0); test steps: u0 0 -> 1 (seen; 1 repeats),
+  # u1 3 -> 4 (neither), u2 3 -> 3 (unseen; repeats)
+  groups = dict(g.transition_groups(ds, [0, 1, 2], np.array([1, 4, 3]), np.array([0, 3, 3]),
+                                    ds.offsets_U1[1:] - 1))
+  np.testing.assert_array_equal(groups["transition seen"], [True, False, False])
+  np.testing.assert_array_equal(groups["target repeats"], [True, False, True])
   short = g.without_valid_item(ds)                   # each user's second-to-last item gone
   np.testing.assert_array_equal(short.offsets_U1, [0, 4, 7, 10])
   np.testing.assert_array_equal(short.items_I, [0, 1, 2, 1, 1, 2, 4, 2, 0, 3])

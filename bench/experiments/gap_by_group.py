@@ -8,6 +8,9 @@ difference to the first run (mean over the group's users +- its standard error):
                       quartiles of the split's targets (items never seen in training apart)
   history length      the user's history before the target, in quartiles
   last input          the training occurrences of the last history item the run reads
+  transition          whether the (last input, target) pair occurs as consecutive items in
+                      the training part (a step a model can have memorised), and whether
+                      the target repeats an earlier item of the user's sequence
 
 For a run over semantic IDs, also per group: prefix@10 at each level l, the share of users
 whose top 10 holds an item with the target's first l codes (l = 1 .. C - 1; the region of
@@ -120,13 +123,19 @@ def train_popularity(ds) -> np.ndarray:
   return np.bincount(ds.items_I[training_interactions(ds)], minlength=ds.n_items)
 
 
+def training_pairs(ds) -> tuple[np.ndarray, np.ndarray]:
+  """(a, b): every pair of consecutive items in the training part (each user's consecutive
+  pairs before its last two items)."""
+  keep = training_interactions(ds)
+  pair = keep[:-1] & keep[1:]           # a user's last item is never kept: no pair spans users
+  return ds.items_I[:-1][pair], ds.items_I[1:][pair]
+
+
 def markov_run(ds, split: str) -> dict:
   """`per_user`'s result for the first-order Markov chain over `ds`'s training part."""
   import scipy.sparse as sp
   counts = train_popularity(ds)
-  keep = training_interactions(ds)
-  pair = keep[:-1] & keep[1:]           # consecutive training items (a user's last is never kept)
-  a, b = ds.items_I[:-1][pair], ds.items_I[1:][pair]
+  a, b = training_pairs(ds)
   table = sp.csr_matrix((np.ones(len(a)), (a, b)), shape=(ds.n_items, ds.n_items))
   tie = counts / (counts.max() + 1.0)            # below one transition: breaks ties only
   back = 1 if split == "test" else 2
@@ -152,6 +161,18 @@ def chain_alone(spec: str) -> None:
     cells = [f"R@{k} {rec.mean():.4f} N@{k} {ndcg.mean():.4f}"
              for k, (rec, ndcg) in ((k, hits(ranks, k)) for k in (5, 10))]
     print(f"markov {split}: " + ", ".join(cells))
+
+
+def transition_groups(ds, users, targets, last_input, ends) -> list:
+  """[(label, mask)] over the users: whether their (last input, target) pair occurs among the
+  training part's consecutive pairs, and whether the target repeats an item of their
+  sequence before it (items_I[offset:ends])."""
+  a, b = training_pairs(ds)
+  seen = np.isin(np.asarray(last_input, np.int64) * ds.n_items + targets,
+                 a.astype(np.int64) * ds.n_items + b)
+  repeat = np.array([t in ds.items_I[ds.offsets_U1[u]:e] for u, e, t in zip(users, ends, targets)])
+  return [("transition seen", seen), ("transition unseen", ~seen),
+          ("target repeats", repeat), ("target new", ~repeat)]
 
 
 def quartile_groups(values: np.ndarray, name: str, zero_apart: bool) -> list:
@@ -224,6 +245,8 @@ def main(argv=None):
   groups = ([("all", np.ones(len(users), bool))] + quartile_groups(pop, "popularity", True)
             + quartile_groups(history, "history", False)
             + quartile_groups(counts[last_input], "last input", True))
+  groups += transition_groups(ds, users, targets, last_input,
+                              ds.offsets_U1[np.array(users) + 1] - back)
   per = [hits(np.array([r["users"][u][1] for u in users])) for r in runs]
   tops = [[[t for t in r["users"][u][2] if t >= 0] for u in users] for r in runs]
   top_pop = [np.array([counts[t].mean() if t else np.nan for t in top]) for top in tops]
