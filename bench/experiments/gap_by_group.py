@@ -8,9 +8,9 @@ difference to the first run (mean over the group's users +- its standard error):
                       quartiles of the split's targets (items never seen in training apart)
   history length      the user's history before the target, in quartiles
   last input          the training occurrences of the last history item the run reads
-  transition          whether the (last input, target) pair occurs as consecutive items in
-                      the training part (a step a model can have memorised), and whether
-                      the target repeats an earlier item of the user's sequence
+  transition          the target repeats an earlier item of the user's sequence; or it is
+                      new and the (last input, target) pair occurs as consecutive items in
+                      the training part (a step a model can have memorised); or neither
 
 For a run over semantic IDs, also per group: prefix@10 at each level l, the share of users
 whose top 10 holds an item with the target's first l codes (l = 1 .. C - 1; the region of
@@ -19,7 +19,8 @@ measured against the first listed run's codes that has them, so the two find reg
 the same map. And per group, how popular each run's recommendations are: the median, over
 the group's users, of the mean training occurrences of their top 10 (popularity bias), and
 the share of the top 10 that no training sequence holds (items a model can only rank from
-what it shares with others).
+what it shares with others), and the share the user already had (items of its sequence
+before the target: what a model that memorises its training sequences lists again).
 
 The reading it was built to test (refuted, bench/README.md): on a small catalogue an
 item-ID model (SASRec) learns every item's own embedding well enough that semantic IDs'
@@ -164,15 +165,15 @@ def chain_alone(spec: str) -> None:
 
 
 def transition_groups(ds, users, targets, last_input, ends) -> list:
-  """[(label, mask)] over the users: whether their (last input, target) pair occurs among the
-  training part's consecutive pairs, and whether the target repeats an item of their
-  sequence before it (items_I[offset:ends])."""
+  """[(label, mask)] over the users, disjoint: the target repeats an item of their sequence
+  before it (items_I[offset:ends]); a new target whose (last input, target) pair occurs
+  among the training part's consecutive pairs; a new target after an unseen step."""
   a, b = training_pairs(ds)
   seen = np.isin(np.asarray(last_input, np.int64) * ds.n_items + targets,
                  a.astype(np.int64) * ds.n_items + b)
   repeat = np.array([t in ds.items_I[ds.offsets_U1[u]:e] for u, e, t in zip(users, ends, targets)])
-  return [("transition seen", seen), ("transition unseen", ~seen),
-          ("target repeats", repeat), ("target new", ~repeat)]
+  return [("target repeats", repeat), ("new, step seen", ~repeat & seen),
+          ("new, step unseen", ~repeat & ~seen)]
 
 
 def quartile_groups(values: np.ndarray, name: str, zero_apart: bool) -> list:
@@ -245,12 +246,15 @@ def main(argv=None):
   groups = ([("all", np.ones(len(users), bool))] + quartile_groups(pop, "popularity", True)
             + quartile_groups(history, "history", False)
             + quartile_groups(counts[last_input], "last input", True))
-  groups += transition_groups(ds, users, targets, last_input,
-                              ds.offsets_U1[np.array(users) + 1] - back)
+  ends = ds.offsets_U1[np.array(users) + 1] - back     # each target's position
+  groups += transition_groups(ds, users, targets, last_input, ends)
   per = [hits(np.array([r["users"][u][1] for u in users])) for r in runs]
   tops = [[[t for t in r["users"][u][2] if t >= 0] for u in users] for r in runs]
   top_pop = [np.array([counts[t].mean() if t else np.nan for t in top]) for top in tops]
   top_unseen = [np.array([np.mean(counts[t] == 0) if t else 0.0 for t in top]) for top in tops]
+  own = [set(ds.items_I[ds.offsets_U1[u]:e].tolist()) for u, e in zip(users, ends)]
+  top_own = [np.array([np.mean([x in o for x in t]) if t else 0.0 for t, o in zip(top, own)])
+             for top in tops]
   coded = [r["codes"] for r in runs if r["codes"] is not None]
   prefixes = [prefix_hits(r, users, r["codes"] if r["codes"] is not None else coded[0])
               if coded else None for r in runs]
@@ -268,7 +272,8 @@ def main(argv=None):
     for i, (name, (rec, ndcg)) in enumerate(zip(names, per)):
       cell = {"recall": float(rec[mask].mean()), "ndcg": float(ndcg[mask].mean()),
               "top_popularity": float(np.median(top_pop[i][mask])),
-              "top_unseen": float(top_unseen[i][mask].mean())}
+              "top_unseen": float(top_unseen[i][mask].mean()),
+              "top_own": float(top_own[i][mask].mean())}
       if i:
         cell["recall_diff"], cell["recall_diff_se"] = mean_se(rec[mask] - per[0][0][mask])
         cell["ndcg_diff"], cell["ndcg_diff_se"] = mean_se(ndcg[mask] - per[0][1][mask])
@@ -290,6 +295,10 @@ def main(argv=None):
   print(f"\nshare of the top {K} never in the training part:")
   for row in table:
     print(f"  {row['group']:<22}" + " ".join(f"{row['runs'][n]['top_unseen']:>8.4f}"
+                                           for n in names))
+  print(f"\nshare of the top {K} the user already had (items of its sequence before the target):")
+  for row in table:
+    print(f"  {row['group']:<22}" + " ".join(f"{row['runs'][n]['top_own']:>8.4f}"
                                            for n in names))
   for i, name in enumerate(names):
     if prefixes[i] is not None:
