@@ -566,3 +566,16 @@ def test_more_patience_copy_goes_on_as_a_run_with_that_patience(tmp_path, monkey
     with pytest.raises(SystemExit, match="does not reopen"):
       more_patience_copy(source, str(tmp_path / "refused"), patience, log=quiet)
     assert not os.path.exists(tmp_path / "refused")
+
+
+def test_gap_by_group_other_user_reads_the_next_users_token(trained):
+  """bench/experiments/gap_by_group.py --other-user: every user keeps its own history and
+  target (the rows are mapped back), only the user token changes: the tiny TIGER (16 hashed
+  user buckets) ranks differently for some users, and identically when it reads its own."""
+  from bench.experiments import gap_by_group as g
+  own = g.per_user(trained["tiger"], "valid")["users"]
+  other = g.per_user(trained["tiger"], "valid", other_user=True)["users"]
+  assert sorted(own) == sorted(other)
+  assert all(own[u][0] == other[u][0] for u in own)
+  assert any(own[u][2] != other[u][2] for u in own)
+  assert g.per_user(trained["tiger"], "valid")["users"] == own

@@ -46,6 +46,10 @@ two steps after the history): whether test is harder for its last input or for i
 `--last N`: every trained run reads only each user's last N history items (the same users,
 groups and targets): how much of a run's score the longer history carries.
 
+`--other-user`: every trained run reads each user's history with the next user's row as its
+user, so a run with a hashed user token (TIGER's) reads another user's token: how much of
+what a run lists (its own items, the repeats it finds) the per-user token carries.
+
 The runs must share a data set (checked: same users, same targets). Nothing is written to
 the workdirs.
 """
@@ -79,17 +83,25 @@ def without_valid_item(ds):
   return dataclasses.replace(ds, items_I=ds.items_I[keep], offsets_U1=offsets)
 
 
-def per_user(workdir: str, split: str, last: int = 0, drop_valid: bool = False) -> dict:
+def per_user(workdir: str, split: str, last: int = 0, drop_valid: bool = False,
+             other_user: bool = False) -> dict:
   """{user index: (target, 1-based rank or 0 when not ranked, top K items)}, the split's
   reported metrics, the run's data set and its code table (numpy [N, C], None for SASRec).
   `last`: histories cut to their last `last` items; `drop_valid`: the test histories
-  without the validation item."""
+  without the validation item; `other_user`: each history read with the next user's row
+  (u + 1, wrapping) as its user, so a hashed user token is another user's (a bucket other
+  than u's wherever there are 2 buckets or more, but for the last user's at most)."""
   run, params, _ = load_run(workdir)
   dataset = run.dataset
   if drop_valid:
     run.dataset = without_valid_item(dataset)
   if last or drop_valid:
     run.splits = leave_one_out(run.dataset, last or run.cfg.data.max_len)
+  shift = 1 if other_user else 0
+  if shift:
+    s = run.splits[split]
+    run.splits = {**run.splits, split: dataclasses.replace(
+        s, user_S=((s.user_S + shift) % dataset.n_users).astype(np.int32))}
   out = {}
 
   def hook(batch, items):
@@ -99,7 +111,7 @@ def per_user(workdir: str, split: str, last: int = 0, drop_valid: bool = False) 
       target = int(batch["target_B"][row])
       ranked = [int(i) for i in items[row]]
       rank = ranked.index(target) + 1 if target in ranked else 0
-      out[int(batch["user_B"][row])] = (target, rank, ranked[:K])
+      out[(int(batch["user_B"][row]) - shift) % dataset.n_users] = (target, rank, ranked[:K])
 
   reported = evaluate_split(run, params, split, on_batch=hook)
   codes = None if run.codes is None else np.asarray(run.codes)
@@ -215,6 +227,8 @@ def main(argv=None):
                  "validation item (the target two steps after the history)")
   p.add_argument("--last", type=int, default=0, help="read only each user's last N history "
                  "items (0: the runs' own max_len)")
+  p.add_argument("--other-user", action="store_true", help="every run reads each history "
+                 "with the next user's row as its user (another user's hashed token)")
   args = p.parse_args(argv)
   if not args.workdirs:
     if not (args.markov and args.data):
@@ -223,7 +237,8 @@ def main(argv=None):
 
   if args.drop_valid and (args.split != "test" or args.markov):
     p.error("--drop-valid: the test split only, without --markov")
-  runs = [per_user(w, args.split, args.last, args.drop_valid) for w in args.workdirs]
+  runs = [per_user(w, args.split, args.last, args.drop_valid, args.other_user)
+          for w in args.workdirs]
   users = sorted(runs[0]["users"])
   for w, r in zip(args.workdirs, runs):
     same = sorted(r["users"]) == users and all(r["users"][u][0] == runs[0]["users"][u][0]
@@ -311,7 +326,8 @@ def main(argv=None):
   if args.out:
     with open(args.out, "w") as f:
       json.dump({"split": args.split, "k": K, "last": args.last,
-                 "drop_valid": args.drop_valid, "workdirs": args.workdirs,
+                 "drop_valid": args.drop_valid, "other_user": args.other_user,
+                 "workdirs": args.workdirs,
                  "groups": table}, f, indent=1)
 
 
