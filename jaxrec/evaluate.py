@@ -4,7 +4,9 @@ validation and test users and print and write (DIR/eval.json) their metrics.
 one line per user ({"split", "user", "target", "items", "rank"}: the target's 1-based rank
 among the items, null when absent), to audit hits item by item. `--beam 100`: rank 100
 items per user (a generative run's beam; SASRec's top-k) to add recall@50 / @100 and
-ndcg@50 / @100 (SimCIT's paper reports recall at large K)."""
+ndcg@50 / @100 (SimCIT's paper reports recall at large K). `--loss`: each split's
+teacher-forced loss beside its metrics (what `train.select='loss'` selects by on
+validation; a generative run's only)."""
 import json
 import os
 
@@ -14,7 +16,7 @@ from jaxrec import cli, distributed
 from jaxrec.checkpoint import write_atomic
 from jaxrec.methods import get_method
 from jaxrec.pipeline import item_keys, load_run
-from jaxrec.training.evaluation import evaluate_split, popularity_baseline
+from jaxrec.training.evaluation import evaluate_split, popularity_baseline, split_loss
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by jaxrec.train.", required=True)
 _SPLITS = flags.DEFINE_list("splits", ["valid", "test"], "Splits to evaluate.")
@@ -23,6 +25,8 @@ _PREDICTIONS = flags.DEFINE_string("predictions", "", "Write each user's ranked 
 _BEAM = flags.DEFINE_integer("beam", 0, "Rank this many items per user (the generative runs' "
                              "beam; SASRec's top-k) instead of the run's (train.beam; 20): "
                              "100 adds recall@50 / @100 and ndcg@50 / @100.", lower_bound=0)
+_LOSS = flags.DEFINE_bool("loss", False, "Also each split's teacher-forced loss (a generative "
+                          "run's: what train.select='loss' selects by on validation).")
 cli.define_distributed_flags()
 
 
@@ -50,6 +54,8 @@ def main(argv):
   if _PREDICTIONS.value and distributed.multi_process():
     cli.fail("--predictions: one process only (a multi-process run evaluates without it)")
   run, params, step = load_run(workdir)
+  if _LOSS.value and run.loss_fn is None:
+    cli.fail(f"--loss: {workdir}: a {run.cfg.method} run has no teacher-forced loss over codes")
   out = {"step": step}
   eval_fn = None
   if _BEAM.value:
@@ -59,6 +65,8 @@ def main(argv):
   for split in _SPLITS.value:
     hook = prediction_writer(run, split, predictions) if predictions else None
     out[split] = evaluate_split(run, params, split, on_batch=hook, eval_fn=eval_fn)
+    if _LOSS.value:
+      out[split]["loss"] = split_loss(run, params, split)
   if predictions:
     predictions.close()
   out["popularity"] = popularity_baseline(run)
@@ -66,7 +74,7 @@ def main(argv):
     return
   for split in _SPLITS.value:
     m = out[split]
-    print(f"{split}: " + ", ".join(f"{k} {m[k]:.4f}" for k in sorted(m) if "@" in k) +
+    print(f"{split}: " + ", ".join(f"{k} {m[k]:.4f}" for k in sorted(m) if "@" in k or k == "loss") +
           f" ({m['users']} users, {m['decode_s']}s)")
   write_atomic(os.path.join(workdir, "eval.json"), json.dumps(out, indent=2))
 

@@ -72,13 +72,22 @@ def test_recommend_command_in_keys_with_unknowns_fallback_and_a_bad_line(trained
 
 
 def test_evaluate_predictions_hits_are_the_reported_recall(trained, tmp_path):
-  """--predictions' ranks give the reported recalls; --beam 50 ranks 50 items (R@50)."""
+  """--predictions' ranks give the reported recalls; --beam 50 ranks 50 items (R@50); --loss
+  adds each split's teacher-forced loss, on validation the one train.select='loss' reads
+  (SASRec, without one, is refused)."""
+  from jaxrec.training.evaluation import split_loss
   out = tmp_path / "pred.jsonl"
   res = command("jaxrec.evaluate", f"--workdir={trained['tiger']}", f"--predictions={out}",
-                "--beam=50")
+                "--beam=50", "--loss")
   assert res.returncode == 0, res.stderr[-2000:]
   ev = json.load(open(os.path.join(trained["tiger"], "eval.json")))
   assert ev["beam"] == 50 and "recall@100" not in ev["test"]
+  run, params, _ = pipeline.load_run(trained["tiger"])
+  assert ev["valid"]["loss"] == pytest.approx(split_loss(run, params, "valid"), rel=1e-5)
+  assert ev["test"]["loss"] > 0 and ev["test"]["loss"] != ev["valid"]["loss"]
+  assert "loss" in res.stdout
+  refused = command("jaxrec.evaluate", f"--workdir={trained['sasrec']}", "--loss")
+  assert refused.returncode == 2 and "no teacher-forced loss" in refused.stderr
   lines = [json.loads(l) for l in out.read_text().splitlines()]
   for split in ("valid", "test"):
     mine = [l for l in lines if l["split"] == split]

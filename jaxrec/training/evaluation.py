@@ -37,12 +37,12 @@ def evaluate_split(run: Run, params, split_name: str, on_batch=None, eval_fn=Non
   return out
 
 
-def valid_loss(run: Run, params) -> float:
-  """The teacher-forced code loss on the validation split (mean over users; no dropout):
-  what train.select='loss' selects by (LETTER's official trainer)."""
+def split_loss(run: Run, params, split_name: str = "valid") -> float:
+  """The teacher-forced loss on a split (mean over users; no dropout). On validation, what
+  train.select='loss' selects by (LETTER's official trainer)."""
   total, count = 0.0, 0.0
   bs = run.cfg.train.eval_batch_size
-  for batch in eval_batches(run.dataset, run.splits["valid"], bs, run.buckets, run.rows(bs)):
+  for batch in eval_batches(run.dataset, run.splits[split_name], bs, run.buckets, run.rows(bs)):
     s, c = run.loss_fn(params, run.shard(batch), *run.code_args)
     total, count = total + float(s), count + float(c)
   return total / max(count, 1.0)
@@ -59,7 +59,7 @@ class Selection:
 
   def evaluate(self, run: Run, params) -> dict:
     if self.by_loss:
-      return {"valid_loss": valid_loss(run, params)}
+      return {"valid_loss": split_loss(run, params)}
     return evaluate_split(run, params, "valid")
 
   def better(self, valid: dict, best) -> bool:
