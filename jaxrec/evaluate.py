@@ -74,7 +74,8 @@ def main(argv):
     return
   for split in _SPLITS.value:
     m = out[split]
-    print(f"{split}: " + ", ".join(f"{k} {m[k]:.4f}" for k in sorted(m) if "@" in k or k == "loss") +
+    shown = [k for k in sorted(m) if "@" in k or k == "loss"]
+    print(f"{split}: " + ", ".join(f"{k} {m[k]:.4f}" for k in shown) +
           f" ({m['users']} users, {m['decode_s']}s)")
   write_atomic(os.path.join(workdir, "eval.json"), json.dumps(out, indent=2))
 
