@@ -145,6 +145,10 @@ case "${1:-}" in
     main_rows 1 2
     q simcit-sharp "$SHARP" 2 1
     q siit-rounds0 "siit:scientific,siit.rounds=0" 2 1
+    # TIGER under LETTER-TIGER's official checkpoint rule, the lowest teacher-forced valid
+    # loss: on Scientific validation's N@10 and its loss part from epoch 36 of TIGER's seed 1
+    # (bench/README.md, early stopping's patience)
+    q tiger-select-loss "tiger:scientific,train.select=loss" 2 1
     main_rows 2 3
     q simcit-sharp "$SHARP" 3 2
     # then their seed 0 (TIGER's, LETTER's, SASRec's and SIIT's seed 0 stand in the README
