@@ -19,8 +19,9 @@ measured against the first listed run's codes that has them, so the two find reg
 the same map. And per group, how popular each run's recommendations are: the median, over
 the group's users, of the mean training occurrences of their top 10 (popularity bias), and
 the share of the top 10 that no training sequence holds (items a model can only rank from
-what it shares with others), and the share the user already had (items of its sequence
-before the target: what a model that memorises its training sequences lists again).
+what it shares with others), the share the user already had (items of its sequence
+before the target: what a model that memorises its training sequences lists again), and
+the share of users whose top 10 holds their last input item (a copy of it).
 
 The reading it was built to test (refuted, bench/README.md): on a small catalogue an
 item-ID model (SASRec) learns every item's own embedding well enough that semantic IDs'
@@ -270,6 +271,7 @@ def main(argv=None):
   own = [set(ds.items_I[ds.offsets_U1[u]:e].tolist()) for u, e in zip(users, ends)]
   top_own = [np.array([np.mean([x in o for x in t]) if t else 0.0 for t, o in zip(top, own)])
              for top in tops]
+  top_last = [np.array([x in t for x, t in zip(last_input, top)]) for top in tops]
   coded = [r["codes"] for r in runs if r["codes"] is not None]
   prefixes = [prefix_hits(r, users, r["codes"] if r["codes"] is not None else coded[0])
               if coded else None for r in runs]
@@ -288,7 +290,8 @@ def main(argv=None):
       cell = {"recall": float(rec[mask].mean()), "ndcg": float(ndcg[mask].mean()),
               "top_popularity": float(np.median(top_pop[i][mask])),
               "top_unseen": float(top_unseen[i][mask].mean()),
-              "top_own": float(top_own[i][mask].mean())}
+              "top_own": float(top_own[i][mask].mean()),
+              "top_last": float(top_last[i][mask].mean())}
       if i:
         cell["recall_diff"], cell["recall_diff_se"] = mean_se(rec[mask] - per[0][0][mask])
         cell["ndcg_diff"], cell["ndcg_diff_se"] = mean_se(ndcg[mask] - per[0][1][mask])
@@ -314,6 +317,10 @@ def main(argv=None):
   print(f"\nshare of the top {K} the user already had (items of its sequence before the target):")
   for row in table:
     print(f"  {row['group']:<22}" + " ".join(f"{row['runs'][n]['top_own']:>8.4f}"
+                                           for n in names))
+  print(f"\nshare of the users whose top {K} holds their last input item (a copy of it):")
+  for row in table:
+    print(f"  {row['group']:<22}" + " ".join(f"{row['runs'][n]['top_last']:>8.4f}"
                                            for n in names))
   for i, name in enumerate(names):
     if prefixes[i] is not None:
