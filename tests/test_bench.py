@@ -4,6 +4,7 @@ result file it cites exists (or is cited from git history)."""
 import glob
 import json
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -579,3 +580,24 @@ def test_gap_by_group_other_user_reads_the_next_users_token(trained):
   assert all(own[u][0] == other[u][0] for u in own)
   assert any(own[u][2] != other[u][2] for u in own)
   assert g.per_user(trained["tiger"], "valid")["users"] == own
+
+
+def test_gap_by_group_table_reproduces_the_runs_figures(trained, tmp_path):
+  """gap_by_group's whole table on the tiny TIGER: the 'all' row is the run's reported valid
+  R@10 / N@10, the three transition groups partition the users and their R@10 average back
+  to it, and the list shares are shares."""
+  from bench.experiments import gap_by_group as g
+  out = tmp_path / "gap.json"
+  g.main([trained["tiger"], "--split", "valid", "--out", str(out)])
+  table = {row["group"]: row for row in json.loads(out.read_text())["groups"]}
+  name = os.path.basename(os.path.normpath(trained["tiger"]))
+  reported = json.loads((pathlib.Path(trained["tiger"]) / "results.json").read_text())["valid"]
+  whole = table["all"]["runs"][name]
+  assert whole["recall"] == pytest.approx(reported["recall@10"], abs=1e-9)
+  assert whole["ndcg"] == pytest.approx(reported["ndcg@10"], rel=1e-6)   # (float32 sums)
+  parts = [table[k] for k in ("target repeats", "new, step seen", "new, step unseen")]
+  assert sum(p["users"] for p in parts) == table["all"]["users"]
+  assert sum(p["users"] * p["runs"][name]["recall"] for p in parts) == pytest.approx(
+      table["all"]["users"] * whole["recall"])
+  assert all(0 <= row["runs"][name][k] <= 1 for row in table.values()
+             for k in ("top_own", "top_last", "top_unseen"))
