@@ -306,22 +306,17 @@ def main(argv=None):
     print(f"{label:<22}{row['users']:>6}  " + "  ".join(f"{c:>28}" for c in cells))
   print(f"(R@{K}; in brackets the paired difference to {names[0]} +- its standard error over "
         "the group's users)")
-  print(f"\nmedian over users of the mean training occurrences of the top {K}:")
-  for row in table:
-    print(f"  {row['group']:<22}" + " ".join(f"{row['runs'][n]['top_popularity']:>8.1f}"
-                                           for n in names))
-  print(f"\nshare of the top {K} never in the training part:")
-  for row in table:
-    print(f"  {row['group']:<22}" + " ".join(f"{row['runs'][n]['top_unseen']:>8.4f}"
-                                           for n in names))
-  print(f"\nshare of the top {K} the user already had (items of its sequence before the target):")
-  for row in table:
-    print(f"  {row['group']:<22}" + " ".join(f"{row['runs'][n]['top_own']:>8.4f}"
-                                           for n in names))
-  print(f"\nshare of the users whose top {K} holds their last input item (a copy of it):")
-  for row in table:
-    print(f"  {row['group']:<22}" + " ".join(f"{row['runs'][n]['top_last']:>8.4f}"
-                                           for n in names))
+  for key, fmt, title in (
+      ("top_popularity", "8.1f", "median over users of the mean training occurrences of "
+                                 f"the top {K}"),
+      ("top_unseen", "8.4f", f"share of the top {K} never in the training part"),
+      ("top_own", "8.4f", f"share of the top {K} the user already had (items of its sequence "
+                          "before the target)"),
+      ("top_last", "8.4f", f"share of the users whose top {K} holds their last input item "
+                           "(a copy of it)")):
+    print(f"\n{title}:")
+    for row in table:
+      print(f"  {row['group']:<22}" + " ".join(f"{row['runs'][n][key]:{fmt}}" for n in names))
   for i, name in enumerate(names):
     if prefixes[i] is not None:
       whose = "its own codes" if runs[i]["codes"] is not None else "the first coded run's codes"
