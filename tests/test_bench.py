@@ -315,12 +315,12 @@ def test_gap_by_group_known_answers():
   assert chain[0][:2] == (1, 1) and chain[1][:2] == (4, 5) and chain[1][2][:3] == [2, 0, 1]
   # training pairs (0,1), (1,2) | (1,2) | (2,0); test steps: u0 0 -> 1 (seen; 1 repeats),
   # u1 3 -> 4 (neither), u2 3 -> 3 (repeats); a new step seen: u1's 1 -> 2 (target at 6)
-  groups = dict(g.transition_groups(ds, [0, 1, 2], np.array([1, 4, 3]), np.array([0, 3, 3]),
-                                    ds.offsets_U1[1:] - 1))
+  before = [set(ds.items_I[s:e - 1].tolist()) for s, e in zip(ds.offsets_U1, ds.offsets_U1[1:])]
+  groups = dict(g.transition_groups(ds, np.array([1, 4, 3]), np.array([0, 3, 3]), before))
   assert list(groups) == ["target repeats", "new, step seen", "new, step unseen"]
   np.testing.assert_array_equal(groups["target repeats"], [True, False, True])
   np.testing.assert_array_equal(groups["new, step unseen"], [False, True, False])
-  groups = dict(g.transition_groups(ds, [1], np.array([2]), np.array([1]), np.array([6])))
+  groups = dict(g.transition_groups(ds, np.array([2]), np.array([1]), [{1}]))
   np.testing.assert_array_equal(groups["new, step seen"], [True])
   short = g.without_valid_item(ds)                   # each user's second-to-last item gone
   np.testing.assert_array_equal(short.offsets_U1, [0, 4, 7, 10])

@@ -177,14 +177,15 @@ def chain_alone(spec: str) -> None:
     print(f"markov {split}: " + ", ".join(cells))
 
 
-def transition_groups(ds, users, targets, last_input, ends) -> list:
+def transition_groups(ds, targets, last_input, own) -> list:
   """[(label, mask)] over the users, disjoint: the target repeats an item of their sequence
-  before it (items_I[offset:ends]); a new target whose (last input, target) pair occurs
-  among the training part's consecutive pairs; a new target after an unseen step."""
+  before it (`own`: each user's set of those items); a new target whose (last input,
+  target) pair occurs among the training part's consecutive pairs; a new target after an
+  unseen step."""
   a, b = training_pairs(ds)
   seen = np.isin(np.asarray(last_input, np.int64) * ds.n_items + targets,
                  a.astype(np.int64) * ds.n_items + b)
-  repeat = np.array([t in ds.items_I[ds.offsets_U1[u]:e] for u, e, t in zip(users, ends, targets)])
+  repeat = np.array([int(t) in o for t, o in zip(targets, own)])
   return [("target repeats", repeat), ("new, step seen", ~repeat & seen),
           ("new, step unseen", ~repeat & ~seen)]
 
@@ -258,17 +259,17 @@ def main(argv=None):
   back = 1 if args.split == "test" else 2
   dropped = 1 if args.drop_valid else 0           # the validation item, not read
   history = np.array([ds.lengths_U[u] for u in users]) - back - dropped
-  last_input = ds.items_I[ds.offsets_U1[np.array(users) + 1] - back - 1 - dropped]
+  ends = ds.offsets_U1[np.array(users) + 1] - back     # each target's position
+  last_input = ds.items_I[ends - 1 - dropped]
+  own = [set(ds.items_I[ds.offsets_U1[u]:e].tolist()) for u, e in zip(users, ends)]
   groups = ([("all", np.ones(len(users), bool))] + quartile_groups(pop, "popularity", True)
             + quartile_groups(history, "history", False)
-            + quartile_groups(counts[last_input], "last input", True))
-  ends = ds.offsets_U1[np.array(users) + 1] - back     # each target's position
-  groups += transition_groups(ds, users, targets, last_input, ends)
+            + quartile_groups(counts[last_input], "last input", True)
+            + transition_groups(ds, targets, last_input, own))
   per = [hits(np.array([r["users"][u][1] for u in users])) for r in runs]
   tops = [[[t for t in r["users"][u][2] if t >= 0] for u in users] for r in runs]
   top_pop = [np.array([counts[t].mean() if t else np.nan for t in top]) for top in tops]
   top_unseen = [np.array([np.mean(counts[t] == 0) if t else 0.0 for t in top]) for top in tops]
-  own = [set(ds.items_I[ds.offsets_U1[u]:e].tolist()) for u, e in zip(users, ends)]
   top_own = [np.array([np.mean([x in o for x in t]) if t else 0.0 for t, o in zip(top, own)])
              for top in tops]
   top_last = [np.array([x in t for x, t in zip(last_input, top)]) for top in tops]
