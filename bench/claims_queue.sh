@@ -32,9 +32,16 @@ fi
 
 q() {   # q TAG SPEC SEEDS [FIRST_SEED]
   local tag=$1 spec=$2 seeds=$3 first=${4:-0}
+  local out="$RESULTS/quality-$SET_NAME-paper-$tag-s$first$seeds"
+  # a row whose table already holds every seed asked for is not run again: after a machine
+  # (and its workdirs) is lost, the queue goes on from the first row without one
+  if python -c "import json, sys; r = json.load(open(sys.argv[1]))['rows'][0]
+sys.exit(not set(range($first, $seeds)) <= set(r['seeds']))" "$out.json" 2>/dev/null; then
+    echo "== $spec seeds $first..$((seeds - 1)): in $out.json, skipped"; return
+  fi
   echo "== $(date -u +%FT%TZ) $spec seeds $first..$((seeds - 1))"
   python -m bench.quality "$spec" --seeds "$seeds" --first_seed "$first" --workdir "$WORKDIR" \
-      --name "$NAME" "${SETS[@]}" --out "$RESULTS/quality-$SET_NAME-paper-$tag-s$first$seeds"
+      --name "$NAME" "${SETS[@]}" --out "$out"
   local rc=$?   # (read before the date's command substitution resets it)
   echo "== $(date -u +%FT%TZ) rc=$rc"
 }

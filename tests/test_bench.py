@@ -215,23 +215,32 @@ def test_run_profile_adds_up_a_workdirs_records(tmp_path, monkeypatch):
 
 def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
   """bench/claims_queue.sh (both lanes, run with a `python` that records its arguments): each
-  row is a config that validates, and every main row comes with seeds 0, 1 and 2."""
+  row is a config that validates, and every main row comes with seeds 0, 1 and 2; a row whose
+  table already holds its seeds is skipped."""
   from jaxrec.config import validate_config
   fake = tmp_path / "bin"
   fake.mkdir()
-  (fake / "python").write_text('#!/bin/bash\necho "$3|$5|$7|${*:8}" >> "$CALLS"\nexit 3\n')
+  (fake / "python").write_text(f'#!/bin/bash\n[ "$1" = -c ] && exec {sys.executable} "$@"\n'
+                               'echo "$3|$5|$7|${*:8}" >> "$CALLS"\nexit 3\n')
   (fake / "python").chmod(0o755)
-  env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls")}
+  results = tmp_path / "results"
+  results.mkdir()
+  (results / "quality-scientific-paper-tiger-s23.json").write_text('{"rows": [{"seeds": [2]}]}')
+  env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
+         "RESULTS": str(results)}
   for lane in ("etegrec", "rest"):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run(["bash", os.path.join(root, "bench", "claims_queue.sh"), lane],
                           env=env, check=True, capture_output=True, text=True)
     assert "rc=3" in done.stdout and "rc=0" not in done.stdout   # each row's exit status
+  assert "tiger:scientific seeds 2..2: in " in done.stdout    # its table holds seed 2
   seeds = {}
   for line in (tmp_path / "calls").read_text().splitlines():
     spec, n, first, rest = line.split("|")
     seeds.setdefault(spec, set()).update(range(int(first), int(n)))
-    assert "--name paper --out bench/results/quality-scientific-paper-" in rest, rest
+    assert f"--name paper --out {results}/quality-scientific-paper-" in rest, rest
+  assert seeds["tiger:scientific"] == {0, 1}
+  seeds["tiger:scientific"].add(2)
   for spec in seeds:
     head, *own = quality.split_spec(spec)
     cfg = get_config(*head.split(":"))
@@ -253,7 +262,7 @@ def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
   for line in (tmp_path / "toys").read_text().splitlines():   # only the data flags differ
     assert line.split("|")[3].partition(" --name ")[2].startswith(
         "paper-toys --set data.dir=/data/x --set data.name=Toys --out "
-        "bench/results/quality-toys-paper-"), line
+        f"{results}/quality-toys-paper-"), line
 
 
 def test_run_specs_split_outside_brackets():
