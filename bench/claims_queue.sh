@@ -177,19 +177,20 @@ case "${1:-}" in
     # SimCIT's objective on its text view alone: the chosen row's fusion puts .99 on cf; the
     # view TIGER's IDs are made from
     q simcit-sharp-text "$SHARP,tokenizer.simcit.views=('text',)" 2 1
-    # TIGER's recommender trained from scratch on SIIT seed 1's final IDs (codes_final.npz; its
-    # codes.npz holds the start IDs), seed 1 as the TIGER and SIIT rows it is compared with
-    q tiger-on-siit-ids "siit:scientific,siit.init_codes=$WORKDIR/siit-scientific-$NAME-seed1/codes_final.npz,siit.rounds=0,siit.align_ratio=0" 2 1
+    # TIGER's recommender trained from scratch on SIIT seed 2's final IDs (codes_final.npz; its
+    # codes.npz holds the start IDs), seed 2 as the TIGER and SIIT rows it is compared with
+    # (seed 1's workdirs were lost with the machine on 2026-12-06)
+    q tiger-on-siit-ids "siit:scientific,siit.init_codes=$WORKDIR/siit-scientific-$NAME-seed2/codes_final.npz,siit.rounds=0,siit.align_ratio=0" 3 2
     # colliding items told apart by TIGER's appended level instead of Sinkhorn on the last
     # one (which moves them to other last-level codes: the empty third level)
     q letter-suffix "letter:scientific,tokenizer.collision=suffix" 2 1
     q tiger-decoder tiger:scientific_decoder 3
-    # the ablations at seed 1 first: its main rows' workdirs are all here to pair with, user
-    # by user
-    ablations 1 2
+    # the ablations at seed 2 first: its main rows' workdirs are all here to pair with, user
+    # by user (seed 1's were lost with the machine on 2026-12-06)
+    ablations 2 3
     once
     ablations 0 1
-    ablations 2 3 ;;
+    ablations 1 2 ;;
   *)
     echo "usage: bash bench/claims_queue.sh etegrec|rest" >&2; exit 2 ;;
 esac
