@@ -12,7 +12,8 @@ every run. Each run trains in `<workdir>/<method>-<variant>[-<name>]` through
 `jaxrec.pipeline` (a finished run is reused, an interrupted one resumes). The table goes to
 stdout and, with the rows as JSON (and the machine: device, CPU, jax / flax versions), to
 `bench/results/quality-<name or platform>.{md,json}`, rewritten after every finished run
-(a run that has ended is read from its results.json, not decoded again).
+(a run that has ended is read from its results.json, not decoded again); each run's
+`ranks.npz` (its users' target ranks) is copied to `bench/results/ranks/<workdir name>.npz`.
 `--seeds N` runs every row with seeds 0..N-1 (workdirs `...-seed<k>`, so `--seeds 1` now and
 `--seeds 3` later reuse seed 0) and reports each metric's mean +- std (ddof 1; 0 with one
 seed). `--first_seed K` runs seeds K..N-1 only (a row's other seeds trained elsewhere;
@@ -29,6 +30,7 @@ import argparse
 import ast
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -170,6 +172,19 @@ def run_one(spec: str, shared, root: str, name: str, seed=None):
           "wall_seconds_this_invocation": round(time.time() - t0, 1),
           "device": results["device"], "published": PUBLISHED.get((key, results["dataset"])),
           "seed": cfg.seed}
+
+
+def keep_ranks(row: dict, stem: str) -> str:
+  """A finished run's ranks.npz (each user's target rank, valid and test: a few KB) copied
+  beside the table, to <table dir>/ranks/<workdir name>.npz, where it outlives the workdir
+  for paired comparisons user by user; its path, or "" for a run without one."""
+  src = os.path.join(row["workdir"], "ranks.npz")
+  if not os.path.exists(src):
+    return ""
+  dst = os.path.join(os.path.dirname(stem), "ranks", os.path.basename(row["workdir"]) + ".npz")
+  os.makedirs(os.path.dirname(dst), exist_ok=True)
+  shutil.copyfile(src, dst)
+  return dst
 
 
 def aggregate(rows) -> dict:
@@ -327,11 +342,13 @@ def main():
   for spec in args.runs:
     if not args.seeds:
       rows.append(run_one(spec, shared, args.workdir, args.name))
+      keep_ranks(rows[-1], stem)
       write(rows)
       continue
     done = []
     for seed in range(args.first_seed, args.seeds):
       done.append(run_one(spec, shared, args.workdir, args.name, seed))
+      keep_ranks(done[-1], stem)
       write(rows + [aggregate(done)])
     rows.append(aggregate(done))
   print(write(rows))

@@ -2,7 +2,8 @@
 recommender, prefix tables), the method's plan, the training loop, results.
 
 Everything a run produces lands in its workdir: config.json, metrics.jsonl, codes.npz
-(+ codes.json, <name>.index.json, code_usage.png), checkpoints/, results.json, report.png.
+(+ codes.json, <name>.index.json, code_usage.png), checkpoints/, results.json, ranks.npz
+(each user's target rank in the best checkpoint's valid and test lists), report.png.
 The collaborative feature `cf`, when a method needs it and the data set lacks it, is the
 item table of a SASRec trained by a run of this same pipeline in a cache folder.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import time
@@ -34,7 +36,7 @@ from jaxrec.report import write_report
 from jaxrec.text.embedding import text_embeddings
 from jaxrec.training.checkpointing import restore_best
 from jaxrec.training.evaluation import (evaluate_split, fmt, most_popular, popularity_baseline,
-                                        recommend, recommend_histories)
+                                        recommend, recommend_histories, target_ranks)
 from jaxrec.training.loop import Loop
 from jaxrec.training.plan import Plan
 from jaxrec.training.run import Run, make_mesh, set_codes
@@ -350,11 +352,15 @@ def _finish(run: Run, plan: Plan, best_tree, loop: Loop, t_start, log, compiled:
   tokenizer_stats = run.table.stats if run.table is not None else None
   extra = plan.finish(run, best_tree) if plan.finish else {}
   best_params = distributed.replicate(best_tree["params"], run.replicated)
+  # each user's target rank, both splits (ranks.npz): the validation split decoded once more
+  # for it (seconds; its metrics are those recorded when the checkpoint was chosen)
+  ranks, hooks = zip(*(target_ranks(run.dataset.n_users) for _ in range(2)))
+  valid = evaluate_split(run, best_params, "valid", on_batch=hooks[0])
   results = {
       "method": cfg.method, "variant": cfg.get("variant", ""), "dataset": run.dataset.name,
       "best": ls.best,
-      "valid": _best_valid(ls) or evaluate_split(run, best_params, "valid"),
-      "test": evaluate_split(run, best_params, "test"),
+      "valid": _best_valid(ls) or valid,
+      "test": evaluate_split(run, best_params, "test", on_batch=hooks[1]),
       "popularity": popularity_baseline(run),
       "tokenizer": tokenizer_stats,
       "train_seconds": round(ls.train_seconds, 1),
@@ -369,6 +375,10 @@ def _finish(run: Run, plan: Plan, best_tree, loop: Loop, t_start, log, compiled:
   results["programs_this_invocation"] = compile_summary(compiled)   # the test split's included
   if distributed.is_primary():
     write_atomic(os.path.join(run.workdir, "results.json"), json.dumps(results, indent=2))
+    if not distributed.multi_process():   # (each process holds its own users' ranks)
+      buf = io.BytesIO()
+      np.savez_compressed(buf, valid=ranks[0], test=ranks[1])
+      write_atomic(os.path.join(run.workdir, "ranks.npz"), buf.getvalue())
     log("test " + fmt(results["test"]))
     log("most-popular test " + fmt(results["popularity"]["test"]))
     write_report(run.workdir, run.table)

@@ -95,7 +95,8 @@ def test_first_seed_runs_only_the_later_seeds(tmp_path, monkeypatch):
   def fake_run(spec, shared, root, name, seed=None):
     ran.append(seed)
     m = {k: .1 * (seed + 1) for k in quality.METRICS}
-    return {"run": spec, "overrides": [], "dataset": "d", "budget": "b", "steps": 1,
+    return {"run": spec, "workdir": str(tmp_path / f"w{seed}"), "overrides": [], "dataset": "d",
+            "budget": "b", "steps": 1,
             "device": "cpu", "train_seconds": 1.0, "valid": m, "test": m, "popularity_test": m,
             "published": None, "seed": seed}
   def fake_run_checked(spec, shared, root, name, seed=None):
@@ -170,6 +171,18 @@ def test_a_finished_run_is_read_not_decoded_again(tmp_path, monkeypatch):
   (workdir / "results.json").unlink()
   quality.run_one("tiger:tiny", [], str(tmp_path), "n", seed=0)
   assert calls == [str(workdir)] * 2
+
+
+def test_keep_ranks_copies_a_runs_ranks_beside_the_table(tmp_path):
+  workdir = tmp_path / "runs" / "tiger-tiny-n-seed0"
+  workdir.mkdir(parents=True)
+  stem = str(tmp_path / "results" / "quality-n")
+  assert quality.keep_ranks({"workdir": str(workdir)}, stem) == ""   # none written: none kept
+  np.savez_compressed(workdir / "ranks.npz", valid=np.array([1, 0, -1], np.int16),
+                      test=np.array([0, 3, -1], np.int16))
+  kept = quality.keep_ranks({"workdir": str(workdir)}, stem)
+  assert kept == str(tmp_path / "results" / "ranks" / "tiger-tiny-n-seed0.npz")
+  np.testing.assert_array_equal(np.load(kept)["test"], [0, 3, -1])
 
 
 def test_run_profile_adds_up_a_workdirs_records(tmp_path, monkeypatch):

@@ -5,9 +5,11 @@ semantic IDs and for SASRec, the same items as the library; `jaxrec.evaluate --p
 writes each user's ranked items, whose hits are the reported recall."""
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
+import chex
 import numpy as np
 import pytest
 
@@ -111,3 +113,23 @@ def test_a_wider_ranking_keeps_sasrecs_top_20(trained):
   for k in default:
     if "@" in k:
       assert wide[k] == pytest.approx(default[k], abs=1e-9), k
+
+
+def test_ranks_file_is_the_runs_metrics_user_by_user(trained):
+  """ranks.npz of a finished run (generative and SASRec): each split's ranks give back the
+  results.json figures, and the users are those the split evaluates."""
+  for name in ("tiger", "sasrec"):
+    workdir = pathlib.Path(trained[name])
+    results = json.loads((workdir / "results.json").read_text())
+    ranks = np.load(workdir / "ranks.npz")
+    for split in ("valid", "test"):
+      r = ranks[split]
+      chex.assert_equal(r.dtype, np.int16)
+      seen = r[r >= 0]
+      assert len(seen) == results["test"]["users"] > 0   # (leave-one-out: the same users)
+      assert seen.max() <= 20
+      for k in (5, 10):
+        inside = (seen >= 1) & (seen <= k)
+        ndcg = np.where(inside, 1.0 / np.log2(np.maximum(seen, 1) + 1), 0.0).mean()
+        np.testing.assert_allclose(inside.mean(), results[split][f"recall@{k}"], atol=1e-9)
+        np.testing.assert_allclose(ndcg, results[split][f"ndcg@{k}"], rtol=1e-5)

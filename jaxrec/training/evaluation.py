@@ -37,6 +37,21 @@ def evaluate_split(run: Run, params, split_name: str, on_batch=None, eval_fn=Non
   return out
 
 
+def target_ranks(n_users: int):
+  """`(ranks, on_batch)`: `evaluate_split`'s on_batch that records each evaluated user's
+  target rank among the items ranked for it (1-based; 0: not among them) into `ranks`
+  [n_users] int16 (-1: a user the split does not evaluate). What a run's metrics are made
+  of, user by user: paired comparisons of two runs, or of groups of users, read it."""
+  ranks = np.full(n_users, -1, np.int16)
+
+  def record(batch, items):
+    real = batch["weight_B"] > 0
+    hit = np.asarray(items) == batch["target_B"][:, None]
+    rank = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, 0)
+    ranks[batch["user_B"][real]] = rank[real]
+  return ranks, record
+
+
 def split_loss(run: Run, params, split_name: str = "valid") -> float:
   """The teacher-forced loss on a split (mean over users; no dropout). On validation, what
   train.select='loss' selects by (LETTER's official trainer)."""
