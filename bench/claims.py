@@ -17,6 +17,14 @@ result files instead (their per-seed test metrics), e.g. the earlier 40-epoch Sc
   python -m bench.claims --variant scientific --name scientific-cap40 \\
       --tables bench/results/quality-scientific*.json
 
+`--groups` adds each pair's difference by what the test target is to the user (it repeats
+an item of the user's sequence; it is new after a step the training part holds; new after an
+unseen step: bench/experiments/gap_by_group.py), from the ranks bench/quality.py keeps for
+every finished run (bench/results/ranks/<workdir name>.npz; `--ranks DIR`):
+
+  JAXREC_DATA_DIR=../shared/data python -m bench.claims --name paper --variant scientific \\
+      --tables bench/results/quality-scientific-paper-*-s*.json --groups
+
 Results: `bench/results/claims-<name>.{md,json}` (or --out).
 """
 from __future__ import annotations
@@ -33,7 +41,8 @@ if not __package__:
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import common  # noqa: E402
-from bench.quality import METRICS, per_seed_rows, run_tag  # noqa: E402
+from bench.quality import (METRICS, apply_overrides, parse_override, per_seed_rows,  # noqa: E402
+                           run_tag, split_spec)
 
 # ETEGRec's variant runs the official recipe (batch 2,048, lr 5e-3: about 7 recommender updates
 # an epoch on Scientific); with TIGER's batch and lr its validation NDCG@10 passed the
@@ -247,6 +256,88 @@ def compare(results, pairs) -> list:
   return rows
 
 
+def rank_path(ranks_dir: str, spec: str, name: str, seed: int) -> str:
+  """Where bench/quality.py keeps a run's ranks.npz (`keep_ranks`)."""
+  return os.path.join(ranks_dir, run_tag(spec, name, seed) + ".npz")
+
+
+def spec_dataset(spec: str, cache: dict):
+  """The data set a row's runs read (its config's data, overrides applied), loaded once."""
+  from jaxrec.config import get_config
+  from jaxrec.data import load_dataset
+  head, *own = split_spec(spec)
+  method, _, variant = head.partition(":")
+  cfg = get_config(method, variant or "default")
+  apply_overrides(cfg, [parse_override(o) for o in own])
+  key = cfg.data.to_json()
+  if key not in cache:
+    cache[key] = load_dataset(cfg.data)
+  return cache[key]
+
+
+def by_group(pairs, ranks_dir: str, name: str, split: str = "test") -> list:
+  """Each pair's difference split by what the target is to the user (gap_by_group's
+  transition groups: it repeats an item of the user's sequence; it is new after a step the
+  training part holds; new after an unseen step), from the kept ranks of every seed both rows
+  have: per group the mean over seeds of the candidate's and the baseline's R@10 / N@10 and
+  of their difference, with its standard error over the seeds (one seed: over the group's
+  users, paired). The ranks are each run's own decoding (ETEGRec's: free)."""
+  from bench.experiments.gap_by_group import hits, mean_se, split_context, transition_groups
+  datasets, rows = {}, []
+  for paper, claim, cand, base, _ in pairs:
+    seeds = [s for s in range(100)
+             if all(os.path.exists(rank_path(ranks_dir, x, name, s)) for x in (cand, base))]
+    if not seeds:
+      continue
+    ds = spec_dataset(base, datasets)
+    cells = {}
+    for seed in seeds:
+      rc, rb = (np.load(rank_path(ranks_dir, x, name, seed))[split] for x in (cand, base))
+      users = np.flatnonzero(rb >= 0)
+      if len(rc) != len(rb) or not np.array_equal(users, np.flatnonzero(rc >= 0)):
+        raise SystemExit(f"{rank_path(ranks_dir, cand, name, seed)}: its {split} users differ "
+                         f"from {rank_path(ranks_dir, base, name, seed)}'s (one data set?)")
+      if len(rb) != ds.n_users:
+        raise SystemExit(f"{rank_path(ranks_dir, base, name, seed)}: {len(rb)} users, its "
+                         f"row's data set {ds.n_users}")
+      targets, _, last, own = split_context(ds, users, split)
+      groups = [("all", np.ones(len(users), bool))] + transition_groups(ds, targets, last, own)
+      (rec_c, ndcg_c), (rec_b, ndcg_b) = (hits(r[users].astype(np.int64)) for r in (rc, rb))
+      for label, mask in groups:
+        c = cells.setdefault(label, {"users": int(mask.sum()), "per_seed": []})
+        c["per_seed"].append({
+            "seed": seed, "candidate": [float(rec_c[mask].mean()), float(ndcg_c[mask].mean())],
+            "baseline": [float(rec_b[mask].mean()), float(ndcg_b[mask].mean())],
+            "user_se": [mean_se(rec_c[mask] - rec_b[mask])[1],
+                        mean_se(ndcg_c[mask] - ndcg_b[mask])[1]]})
+    for label, c in cells.items():
+      cand_m = np.mean([x["candidate"] for x in c["per_seed"]], axis=0)
+      base_m = np.mean([x["baseline"] for x in c["per_seed"]], axis=0)
+      d = np.array([np.subtract(x["candidate"], x["baseline"]) for x in c["per_seed"]])
+      se = (d.std(axis=0, ddof=1) / math.sqrt(len(d)) if len(d) > 1
+            else np.array(c["per_seed"][0]["user_se"]))
+      rows.append({"paper": paper, "claim": claim, "candidate": cand, "baseline": base,
+                   "split": split, "group": label, "users": c["users"], "seeds": seeds,
+                   "recall@10": [float(cand_m[0]), float(base_m[0])],
+                   "ndcg@10": [float(cand_m[1]), float(base_m[1])],
+                   "diff": [float(x) for x in d.mean(axis=0)], "se": [float(x) for x in se],
+                   "se_over": "seeds" if len(d) > 1 else "users", "per_seed": c["per_seed"]})
+  return rows
+
+
+def group_table(rows) -> str:
+  head = ("| paper | claim | group | users | seeds | R@10 cand / base | R@10 diff +- SE "
+          "| N@10 cand / base | N@10 diff +- SE |")
+  lines = [head, "|" + "---|" * (head.count("|") - 1)]
+  for r in rows:
+    lines.append(
+        f"| {r['paper']} | {r['claim']} | {r['group']} | {r['users']} | "
+        f"{', '.join(map(str, r['seeds']))}{' (SE over users)' if r['se_over'] == 'users' else ''} | "
+        f"{r['recall@10'][0]:.4f} / {r['recall@10'][1]:.4f} | {r['diff'][0]:+.4f} +- {r['se'][0]:.4f} | "
+        f"{r['ndcg@10'][0]:.4f} / {r['ndcg@10'][1]:.4f} | {r['diff'][1]:+.4f} +- {r['se'][1]:.4f} |")
+  return "\n".join(lines)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -261,6 +352,13 @@ def main():
   p.add_argument("--tables", nargs="+", default=None,
                  help="quality.py result files (.json) to read the rows from, not the workdir")
   p.add_argument("--out", default=None, help="output stem (default bench/results/claims-<name>)")
+  p.add_argument("--groups", action="store_true",
+                 help="also each pair's difference by target group (a repeat, a new item after "
+                      "a seen step, after an unseen one), from the runs' kept ranks")
+  p.add_argument("--ranks", default=os.path.join(common.RESULTS, "ranks"),
+                 help="with --groups: where bench/quality.py keeps the runs' ranks.npz")
+  p.add_argument("--split", default="test", choices=("valid", "test"),
+                 help="with --groups: the split grouped")
   args = p.parse_args()
   pairs = [] if args.no_defaults else claim_pairs(args.variant)
   pairs += ablation_pairs(args.variant) if args.ablations else []
@@ -272,10 +370,14 @@ def main():
     results = lambda spec: seed_results(args.workdir, spec, args.name)
   rows = compare(results, pairs)
   md = table(rows)
+  groups = by_group(pairs, args.ranks, args.name, args.split) if args.groups else None
+  if groups is not None:
+    md += f"\n\nBy target group ({args.split}, from {args.ranks}):\n\n" + group_table(groups)
   print(md)
   stem = common.result_path(f"claims-{args.name or args.variant}", args.out)
   common.write_json(stem + ".json", {"source": args.tables or args.workdir, "name": args.name,
-                                     "rows": rows})
+                                     "rows": rows,
+                                     **({"groups": groups} if groups is not None else {})})
   with open(stem + ".md", "w") as f:
     f.write(md + "\n")
   print(f"wrote {stem}.md and {stem}.json")

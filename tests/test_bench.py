@@ -465,6 +465,43 @@ def test_bench_readme_cites_only_existing_results():
     assert found.returncode == 0, f"git show {commit}:{path}"
 
 
+def test_claims_by_group_from_kept_ranks(tmp_path):
+  """--groups on the tiny data set: a candidate that finds exactly the targets of one
+  transition group (rank 1) against a baseline that finds none gains 1 there and 0 in the
+  others, the share of that group over all users; two seeds, the SE over them (0 here, the
+  same ranks); a third seed of the candidate alone is left out; rank files of another data
+  set are refused."""
+  from bench.experiments import gap_by_group as g
+  cand, base = "tiger:tiny,train.lr=0.1", "tiger:tiny"
+  ds = claims.spec_dataset(base, {})
+  ranks = np.full(ds.n_users, -1, np.int16)
+  users = np.flatnonzero(ds.lengths_U >= 3)
+  targets, _, last, own = g.split_context(ds, users, "test")
+  groups = dict(g.transition_groups(ds, targets, last, own))
+  label = max(groups, key=lambda k: groups[k].sum())      # (the largest group: not empty)
+  hit = ranks.copy()
+  hit[users] = np.where(groups[label], 1, 0)
+  miss = ranks.copy()
+  miss[users] = 0
+  for seed in (0, 1):
+    np.savez_compressed(claims.rank_path(str(tmp_path), cand, "paper", seed), test=hit, valid=hit)
+    np.savez_compressed(claims.rank_path(str(tmp_path), base, "paper", seed), test=miss, valid=miss)
+  np.savez_compressed(claims.rank_path(str(tmp_path), cand, "paper", 2), test=hit, valid=hit)
+  rows = claims.by_group([("P", "c", cand, base, None)], str(tmp_path), "paper")
+  got = {r["group"]: r for r in rows}
+  assert set(got) == {"all", *groups}
+  for r in rows:
+    assert r["seeds"] == [0, 1] and r["se_over"] == "seeds" and r["se"] == [0.0, 0.0]
+    want = {"all": groups[label].mean(), label: 1.0}.get(r["group"], 0.0)
+    np.testing.assert_allclose(r["diff"], [want, want], rtol=1e-9)     # N@10 of rank 1: 1
+  assert got["all"]["users"] == len(users) == sum(got[k]["users"] for k in groups)
+  assert "| P | c | all |" in claims.group_table(rows)
+  np.savez_compressed(claims.rank_path(str(tmp_path), base, "paper", 1), test=miss[:-1],
+                      valid=miss[:-1])
+  with pytest.raises(SystemExit, match="users differ"):
+    claims.by_group([("P", "c", cand, base, None)], str(tmp_path), "paper")
+
+
 def test_claims_pair_seeds_and_give_the_standard_error(tmp_path):
   """Paired differences over the seeds both rows finished (an unfinished seed is skipped),
   with the standard error of the mean difference and the 2-SE verdict; the same from

@@ -177,6 +177,17 @@ def chain_alone(spec: str) -> None:
     print(f"markov {split}: " + ", ".join(cells))
 
 
+def split_context(ds, users: np.ndarray, split: str, dropped: int = 0) -> tuple:
+  """Per user of `users` (indices), from the data set alone: the split's target, the history
+  length before it, the last input item and the set of the user's items before the target
+  (`dropped` 1: the test histories without the validation item, --drop-valid)."""
+  back = 1 if split == "test" else 2
+  ends = ds.offsets_U1[users + 1] - back                 # each target's position
+  history = ds.lengths_U[users] - back - dropped
+  own = [set(ds.items_I[ds.offsets_U1[u]:e].tolist()) for u, e in zip(users, ends)]
+  return ds.items_I[ends], history, ds.items_I[ends - 1 - dropped], own
+
+
 def transition_groups(ds, targets, last_input, own) -> list:
   """[(label, mask)] over the users, disjoint: the target repeats an item of their sequence
   before it (`own`: each user's set of those items); a new target whose (last input,
@@ -253,15 +264,11 @@ def main(argv=None):
   if args.markov:
     runs.append(markov_run(ds, args.split))
     names.append("markov-last-item")
-  targets = np.array([runs[0]["users"][u][0] for u in users])
+  targets, history, last_input, own = split_context(ds, np.array(users), args.split,
+                                                   1 if args.drop_valid else 0)
+  assert [runs[0]["users"][u][0] for u in users] == targets.tolist()   # (the runs' targets)
   counts = train_popularity(ds)
   pop = counts[targets]
-  back = 1 if args.split == "test" else 2
-  dropped = 1 if args.drop_valid else 0           # the validation item, not read
-  history = np.array([ds.lengths_U[u] for u in users]) - back - dropped
-  ends = ds.offsets_U1[np.array(users) + 1] - back     # each target's position
-  last_input = ds.items_I[ends - 1 - dropped]
-  own = [set(ds.items_I[ds.offsets_U1[u]:e].tolist()) for u, e in zip(users, ends)]
   groups = ([("all", np.ones(len(users), bool))] + quartile_groups(pop, "popularity", True)
             + quartile_groups(history, "history", False)
             + quartile_groups(counts[last_input], "last input", True)
