@@ -50,12 +50,13 @@ sys.exit(not set(range($first, $seeds)) <= set(r['seeds']))" "$out.json" 2>/dev/
 # scale (bench/README.md, SimCIT: how soft its codes train)
 SHARP="simcit:scientific,tokenizer.simcit.gumbel_tau=0.002,tokenizer.simcit.gumbel_scale=0.01"
 
-main_rows() {   # the rows behind the claims, seeds $1..$2-1
+main_rows() {   # the rows behind the claims, seeds $1..$2-1 (SIIT's, 2 hours beside the other
+  # lane, last: a machine's workdirs may not outlive the session, so it starts a session)
   q tiger tiger:scientific "$2" "$1"
   q letter letter:scientific "$2" "$1"
   q sasrec sasrec:scientific "$2" "$1"
-  q siit siit:scientific "$2" "$1"
   q simcit simcit:scientific "$2" "$1"
+  q siit siit:scientific "$2" "$1"
 }
 
 ablations() {   # seeds $1..$2-1; grouped by the claim they explain, the largest deficits (SimCIT, SIIT) first
