@@ -261,6 +261,14 @@ def rank_path(ranks_dir: str, spec: str, name: str, seed: int) -> str:
   return os.path.join(ranks_dir, run_tag(spec, name, seed) + ".npz")
 
 
+def split_ranks(path: str, split: str) -> np.ndarray:
+  """A kept ranks.npz's ranks of a split; a run that decoded free (ETEGRec's official
+  protocol) also keeps its constrained test ranks (`test_constrained`), read instead, as
+  `constrained_test` reads its metrics."""
+  with np.load(path) as f:
+    return f["test_constrained"] if split == "test" and "test_constrained" in f.files else f[split]
+
+
 def spec_dataset(spec: str, cache: dict):
   """The data set a row's runs read (its config's data, overrides applied), loaded once."""
   from jaxrec.config import get_config
@@ -281,7 +289,8 @@ def by_group(pairs, ranks_dir: str, name: str, split: str = "test") -> list:
   training part holds; new after an unseen step), from the kept ranks of every seed both rows
   have: per group the mean over seeds of the candidate's and the baseline's R@10 / N@10 and
   of their difference, with its standard error over the seeds (one seed: over the group's
-  users, paired). The ranks are each run's own decoding (ETEGRec's: free)."""
+  users, paired). Test ranks with constrained decoding, as every row decodes
+  (`split_ranks`)."""
   from bench.experiments.gap_by_group import hits, mean_se, split_context, transition_groups
   datasets, rows = {}, []
   for paper, claim, cand, base, _ in pairs:
@@ -292,7 +301,7 @@ def by_group(pairs, ranks_dir: str, name: str, split: str = "test") -> list:
     ds = spec_dataset(base, datasets)
     cells = {}
     for seed in seeds:
-      rc, rb = (np.load(rank_path(ranks_dir, x, name, seed))[split] for x in (cand, base))
+      rc, rb = (split_ranks(rank_path(ranks_dir, x, name, seed), split) for x in (cand, base))
       users = np.flatnonzero(rb >= 0)
       if len(rc) != len(rb) or not np.array_equal(users, np.flatnonzero(rc >= 0)):
         raise SystemExit(f"{rank_path(ranks_dir, cand, name, seed)}: its {split} users differ "

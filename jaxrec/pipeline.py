@@ -351,6 +351,7 @@ def _finish(run: Run, plan: Plan, best_tree, loop: Loop, t_start, log, compiled:
   cfg, ls = run.cfg, loop.ls
   tokenizer_stats = run.table.stats if run.table is not None else None
   extra = plan.finish(run, best_tree) if plan.finish else {}
+  more_ranks = extra.pop("ranks", {})
   best_params = distributed.replicate(best_tree["params"], run.replicated)
   # each user's target rank, both splits (ranks.npz): the validation split decoded once more
   # for it (seconds; its metrics are those recorded when the checkpoint was chosen)
@@ -377,7 +378,7 @@ def _finish(run: Run, plan: Plan, best_tree, loop: Loop, t_start, log, compiled:
     write_atomic(os.path.join(run.workdir, "results.json"), json.dumps(results, indent=2))
     if not distributed.multi_process():   # (each process holds its own users' ranks)
       buf = io.BytesIO()
-      np.savez_compressed(buf, valid=ranks[0], test=ranks[1])
+      np.savez_compressed(buf, valid=ranks[0], test=ranks[1], **more_ranks)
       write_atomic(os.path.join(run.workdir, "ranks.npz"), buf.getvalue())
     log("test " + fmt(results["test"]))
     log("most-popular test " + fmt(results["popularity"]["test"]))

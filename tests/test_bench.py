@@ -496,6 +496,10 @@ def test_claims_by_group_from_kept_ranks(tmp_path):
     np.testing.assert_allclose(r["diff"], [want, want], rtol=1e-9)     # N@10 of rank 1: 1
   assert got["all"]["users"] == len(users) == sum(got[k]["users"] for k in groups)
   assert "| P | c | all |" in claims.group_table(rows)
+  free = claims.rank_path(str(tmp_path), "etegrec:tiny", "paper", 0)   # a run decoding free
+  np.savez_compressed(free, test=miss, test_constrained=hit, valid=miss)
+  np.testing.assert_array_equal(claims.split_ranks(free, "test"), hit)     # as the claims read
+  np.testing.assert_array_equal(claims.split_ranks(free, "valid"), miss)
   np.savez_compressed(claims.rank_path(str(tmp_path), base, "paper", 1), test=miss[:-1],
                       valid=miss[:-1])
   with pytest.raises(SystemExit, match="users differ"):

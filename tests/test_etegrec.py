@@ -232,6 +232,11 @@ def test_resume_mid_cycle_equals_uninterrupted(tmp_path, monkeypatch):
   other = full["test_free"]                     # the run decodes constrained; also free
   assert other["users"] == full["test"]["users"] and full["test"]["err@10"] == 0.0
   assert set(other) == set(full["test"])        # the same metrics, err@K included
+  ranks = np.load(os.path.join(full_dir, "ranks.npz"))       # both decodings' ranks, user by user
+  assert sorted(ranks.files) == ["test", "test_free", "valid"]
+  for key, figures in (("test", full["test"]), ("test_free", other)):
+    r = ranks[key][ranks[key] >= 0]
+    np.testing.assert_allclose(((r >= 1) & (r <= 10)).mean(), figures["recall@10"], atol=1e-9)
 
   workdir = str(tmp_path / "resumed")
   real = loop.check_and_log
@@ -252,6 +257,9 @@ def test_resume_mid_cycle_equals_uninterrupted(tmp_path, monkeypatch):
     assert resumed[split] == {**full[split], "decode_s": resumed[split]["decode_s"]}
   np.testing.assert_array_equal(np.load(os.path.join(workdir, "codes_final.npz"))["codes"],
                                 np.load(os.path.join(full_dir, "codes_final.npz"))["codes"])
+  again = np.load(os.path.join(workdir, "ranks.npz"))
+  for key in ranks.files:
+    np.testing.assert_array_equal(again[key], ranks[key])
   strip = lambda d: [{k: v for k, v in json.loads(l).items() if k not in ("samples_per_s", "decode_s")}
                      for l in open(os.path.join(d, "metrics.jsonl"))
                      if "compile" not in json.loads(l)]   # compilations: per invocation

@@ -57,7 +57,7 @@ from jaxrec.tokenizer.rq import masked_mean
 from jaxrec.tokenizer.rqvae import RQVAE, reconstruction_loss
 from jaxrec.tokenizer.train import encode_catalogue
 from jaxrec.training.plan import Bound, Plan, Stage, jit_step, n_params
-from jaxrec.training.evaluation import evaluate_split
+from jaxrec.training.evaluation import evaluate_split, target_ranks
 from jaxrec.training.run import save_final_codes
 
 sg = jax.lax.stop_gradient
@@ -385,12 +385,16 @@ def training_plan(run, key, steps_per_epoch: int) -> Plan:
 def finish(run, best) -> dict:
   """The best checkpoint's IDs become the run's (`save_final_codes`), and its test metrics
   are also reported with the other decoding: the official code decodes free (IDs no item has
-  are misses), every other row of the tables constrained, so both are in results.json."""
+  are misses), every other row of the tables constrained, so both are in results.json (and
+  both ranks in ranks.npz)."""
   out = save_final_codes(run, best)
   other = run.cfg.train.decode != "constrained"          # the mode the run did not use
   params = distributed.replicate(best["params"], run.replicated)
-  out["test_" + ("constrained" if other else "free")] = evaluate_split(
-      run, params, "test", eval_fn=decoding_eval_fn(run, constrained=other))
+  name = "test_" + ("constrained" if other else "free")
+  ranks, hook = target_ranks(run.dataset.n_users)
+  out[name] = evaluate_split(run, params, "test", on_batch=hook,
+                             eval_fn=decoding_eval_fn(run, constrained=other))
+  out["ranks"] = {name: ranks}
   return out
 
 

@@ -44,7 +44,8 @@ class AfterEpochFn(Protocol):
 
 
 class FinishFn(Protocol):
-  """After the best checkpoint is restored: a dict added to results.json."""
+  """After the best checkpoint is restored: a dict added to results.json; its "ranks" entry,
+  if any ({name: [n_users] ranks}, `target_ranks`), goes to ranks.npz instead."""
   def __call__(self, run: Run, best: dict) -> dict: ...
 
 
