@@ -339,11 +339,12 @@ def group_table(rows) -> str:
           "| N@10 cand / base | N@10 diff +- SE |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for r in rows:
-    lines.append(
-        f"| {r['paper']} | {r['claim']} | {r['group']} | {r['users']} | "
-        f"{', '.join(map(str, r['seeds']))}{' (SE over users)' if r['se_over'] == 'users' else ''} | "
-        f"{r['recall@10'][0]:.4f} / {r['recall@10'][1]:.4f} | {r['diff'][0]:+.4f} +- {r['se'][0]:.4f} | "
-        f"{r['ndcg@10'][0]:.4f} / {r['ndcg@10'][1]:.4f} | {r['diff'][1]:+.4f} +- {r['se'][1]:.4f} |")
+    seeds = ", ".join(map(str, r["seeds"]))
+    seeds += " (SE over users)" if r["se_over"] == "users" else ""
+    cells = [f"{r[k][0]:.4f} / {r[k][1]:.4f} | {r['diff'][i]:+.4f} +- {r['se'][i]:.4f}"
+             for i, k in enumerate(("recall@10", "ndcg@10"))]
+    lines.append(f"| {r['paper']} | {r['claim']} | {r['group']} | {r['users']} | {seeds} | "
+                 + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
