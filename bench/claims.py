@@ -23,7 +23,11 @@ unseen step: bench/experiments/gap_by_group.py), from the ranks bench/quality.py
 every finished run (bench/results/ranks/<workdir name>.npz; `--ranks DIR`):
 
   JAXREC_DATA_DIR=../shared/data python -m bench.claims --name paper --variant scientific \\
-      --tables bench/results/quality-scientific-paper-*-s*.json --groups
+      --tables bench/results/quality-scientific-paper-*-s*.json --groups \\
+      --gap_tables bench/results/gap-by-group-scientific-seed1-patience15-rows-test.json
+
+(`--gap_tables`: gap_by_group's tables give the group means of runs whose workdirs were lost
+before their ranks were kept, here seed 1's; a seed read from them has no per-user SE.)
 
 Results: `bench/results/claims-<name>.{md,json}` (or --out).
 """
@@ -283,54 +287,97 @@ def spec_dataset(spec: str, cache: dict):
   return cache[key]
 
 
-def by_group(pairs, ranks_dir: str, name: str, split: str = "test") -> list:
+# by_group's groups: every user, then gap_by_group's transition groups (disjoint)
+GROUPS = ("all", "target repeats", "new, step seen", "new, step unseen")
+
+
+def gap_tables(paths, split: str) -> dict:
+  """{run tag: {group: (R@10, N@10, users)}} from gap_by_group's JSON tables of `split`
+  (its plain runs: no --last, --drop-valid or --other-user), for seeds whose workdirs were
+  lost before their ranks were kept (each workdir's name is its run's tag)."""
+  out = {}
+  for path in paths:
+    with open(path) as f:
+      t = json.load(f)
+    if t["split"] != split or t.get("last") or t.get("drop_valid") or t.get("other_user"):
+      continue
+    for w in t["workdirs"]:
+      tag = os.path.basename(os.path.normpath(w))
+      out[tag] = {g["group"]: (g["runs"][tag]["recall"], g["runs"][tag]["ndcg"], g["users"])
+                  for g in t["groups"] if tag in g["runs"] and g["group"] in GROUPS}
+  return out
+
+
+def rank_groups(path: str, ds, split: str) -> tuple:
+  """(users, {group: (per-user R@10, per-user N@10)}) of a kept ranks file: every user the
+  split evaluates, then gap_by_group's transition groups."""
+  from bench.experiments.gap_by_group import hits, split_context, transition_groups
+  r = split_ranks(path, split)
+  if len(r) != ds.n_users:
+    raise SystemExit(f"{path}: {len(r)} users, its row's data set {ds.n_users}")
+  users = np.flatnonzero(r >= 0)
+  targets, _, last, own = split_context(ds, users, split)
+  groups = [("all", np.ones(len(users), bool))] + transition_groups(ds, targets, last, own)
+  rec, ndcg = hits(r[users].astype(np.int64))
+  return users, {label: (rec[mask], ndcg[mask]) for label, mask in groups}
+
+
+def by_group(pairs, ranks_dir: str, name: str, split: str = "test", tables=None) -> list:
   """Each pair's difference split by what the target is to the user (gap_by_group's
   transition groups: it repeats an item of the user's sequence; it is new after a step the
-  training part holds; new after an unseen step), from the kept ranks of every seed both rows
-  have: per group the mean over seeds of the candidate's and the baseline's R@10 / N@10 and
-  of their difference, with its standard error over the seeds (one seed: over the group's
-  users, paired). Test ranks with constrained decoding, as every row decodes
-  (`split_ranks`)."""
-  from bench.experiments.gap_by_group import hits, mean_se, split_context, transition_groups
+  training part holds; new after an unseen step), over every seed both rows have: per group
+  the mean over seeds of the candidate's and the baseline's R@10 / N@10 and of their
+  difference, with its standard error over the seeds (one seed: over the group's users,
+  paired). A seed's run is read from its kept ranks (test ranks with constrained decoding,
+  as every row decodes: `split_ranks`), else from `tables` (`gap_tables`: the group means
+  alone)."""
+  from bench.experiments.gap_by_group import mean_se
+  tables = tables or {}
   datasets, rows = {}, []
   for paper, claim, cand, base, _ in pairs:
-    seeds = [s for s in range(100)
-             if all(os.path.exists(rank_path(ranks_dir, x, name, s)) for x in (cand, base))]
-    if not seeds:
-      continue
-    ds = spec_dataset(base, datasets)
-    cells = {}
-    for seed in seeds:
-      rc, rb = (split_ranks(rank_path(ranks_dir, x, name, seed), split) for x in (cand, base))
-      users = np.flatnonzero(rb >= 0)
-      if len(rc) != len(rb) or not np.array_equal(users, np.flatnonzero(rc >= 0)):
-        raise SystemExit(f"{rank_path(ranks_dir, cand, name, seed)}: its {split} users differ "
-                         f"from {rank_path(ranks_dir, base, name, seed)}'s (one data set?)")
-      if len(rb) != ds.n_users:
-        raise SystemExit(f"{rank_path(ranks_dir, base, name, seed)}: {len(rb)} users, its "
-                         f"row's data set {ds.n_users}")
-      targets, _, last, own = split_context(ds, users, split)
-      groups = [("all", np.ones(len(users), bool))] + transition_groups(ds, targets, last, own)
-      (rec_c, ndcg_c), (rec_b, ndcg_b) = (hits(r[users].astype(np.int64)) for r in (rc, rb))
-      for label, mask in groups:
-        c = cells.setdefault(label, {"users": int(mask.sum()), "per_seed": []})
+    ds, cells, seeds = None, {}, []
+    for seed in range(100):
+      got = []
+      for x in (cand, base):
+        path, tag = rank_path(ranks_dir, x, name, seed), run_tag(x, name, seed)
+        if os.path.exists(path):
+          ds = ds or spec_dataset(base, datasets)
+          got.append((path, *rank_groups(path, ds, split)))
+        elif tag in tables:
+          got.append((tag, None, tables[tag]))
+      if len(got) < 2:
+        continue
+      seeds.append(seed)
+      (where_c, users_c, g_c), (where_b, users_b, g_b) = got
+      if users_c is not None and users_b is not None and not np.array_equal(users_c, users_b):
+        raise SystemExit(f"{where_c}: its {split} users differ from {where_b}'s (one data set?)")
+      for label in g_b:
+        mean = [(float(v[0].mean()), float(v[1].mean()), len(v[0])) if users is not None else v
+                for users, v in ((users_c, g_c[label]), (users_b, g_b[label]))]
+        if mean[0][2] != mean[1][2]:
+          raise SystemExit(f"{where_c} and {where_b}: {mean[0][2]} and {mean[1][2]} users in "
+                           f"the group '{label}' (one data set?)")
+        paired = users_c is not None and users_b is not None
+        c = cells.setdefault(label, {"users": mean[1][2], "per_seed": []})
         c["per_seed"].append({
-            "seed": seed, "candidate": [float(rec_c[mask].mean()), float(ndcg_c[mask].mean())],
-            "baseline": [float(rec_b[mask].mean()), float(ndcg_b[mask].mean())],
-            "user_se": [mean_se(rec_c[mask] - rec_b[mask])[1],
-                        mean_se(ndcg_c[mask] - ndcg_b[mask])[1]]})
+            "seed": seed, "candidate": list(mean[0][:2]), "baseline": list(mean[1][:2]),
+            "user_se": [mean_se(g_c[label][i] - g_b[label][i])[1] for i in (0, 1)]
+            if paired else None})
     for label, c in cells.items():
       cand_m = np.mean([x["candidate"] for x in c["per_seed"]], axis=0)
       base_m = np.mean([x["baseline"] for x in c["per_seed"]], axis=0)
       d = np.array([np.subtract(x["candidate"], x["baseline"]) for x in c["per_seed"]])
-      se = (d.std(axis=0, ddof=1) / math.sqrt(len(d)) if len(d) > 1
-            else np.array(c["per_seed"][0]["user_se"]))
+      if len(d) > 1:
+        se, over = d.std(axis=0, ddof=1) / math.sqrt(len(d)), "seeds"
+      else:
+        se, over = c["per_seed"][0]["user_se"], "users"
       rows.append({"paper": paper, "claim": claim, "candidate": cand, "baseline": base,
                    "split": split, "group": label, "users": c["users"], "seeds": seeds,
                    "recall@10": [float(cand_m[0]), float(base_m[0])],
                    "ndcg@10": [float(cand_m[1]), float(base_m[1])],
-                   "diff": [float(x) for x in d.mean(axis=0)], "se": [float(x) for x in se],
-                   "se_over": "seeds" if len(d) > 1 else "users", "per_seed": c["per_seed"]})
+                   "diff": [float(x) for x in d.mean(axis=0)],
+                   "se": None if se is None else [float(x) for x in se],
+                   "se_over": over, "per_seed": c["per_seed"]})
   return rows
 
 
@@ -340,8 +387,10 @@ def group_table(rows) -> str:
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for r in rows:
     seeds = ", ".join(map(str, r["seeds"]))
-    seeds += " (SE over users)" if r["se_over"] == "users" else ""
-    cells = [f"{r[k][0]:.4f} / {r[k][1]:.4f} | {r['diff'][i]:+.4f} +- {r['se'][i]:.4f}"
+    if r["se_over"] == "users":
+      seeds += " (SE over users)" if r["se"] is not None else " (no SE: group means only)"
+    cells = [f"{r[k][0]:.4f} / {r[k][1]:.4f} | {r['diff'][i]:+.4f}"
+             + (f" +- {r['se'][i]:.4f}" if r["se"] is not None else "")
              for i, k in enumerate(("recall@10", "ndcg@10"))]
     lines.append(f"| {r['paper']} | {r['claim']} | {r['group']} | {r['users']} | {seeds} | "
                  + " | ".join(cells) + " |")
@@ -369,6 +418,9 @@ def main():
                  help="with --groups: where bench/quality.py keeps the runs' ranks.npz")
   p.add_argument("--split", default="test", choices=("valid", "test"),
                  help="with --groups: the split grouped")
+  p.add_argument("--gap_tables", nargs="+", default=[],
+                 help="with --groups: gap_by_group JSON tables giving the group means of runs "
+                      "whose ranks were not kept (their workdirs lost first)")
   args = p.parse_args()
   pairs = [] if args.no_defaults else claim_pairs(args.variant)
   pairs += ablation_pairs(args.variant) if args.ablations else []
@@ -380,7 +432,8 @@ def main():
     results = lambda spec: seed_results(args.workdir, spec, args.name)
   rows = compare(results, pairs)
   md = table(rows)
-  groups = by_group(pairs, args.ranks, args.name, args.split) if args.groups else None
+  groups = (by_group(pairs, args.ranks, args.name, args.split,
+                     gap_tables(args.gap_tables, args.split)) if args.groups else None)
   if groups is not None:
     md += f"\n\nBy target group ({args.split}, from {args.ranks}):\n\n" + group_table(groups)
   print(md)

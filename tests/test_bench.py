@@ -500,10 +500,22 @@ def test_claims_by_group_from_kept_ranks(tmp_path):
   np.savez_compressed(free, test=miss, test_constrained=hit, valid=miss)
   np.testing.assert_array_equal(claims.split_ranks(free, "test"), hit)     # as the claims read
   np.testing.assert_array_equal(claims.split_ranks(free, "valid"), miss)
-  np.savez_compressed(claims.rank_path(str(tmp_path), base, "paper", 1), test=miss[:-1],
-                      valid=miss[:-1])
-  with pytest.raises(SystemExit, match="users differ"):
-    claims.by_group([("P", "c", cand, base, None)], str(tmp_path), "paper")
+  lost = claims.rank_path(str(tmp_path), base, "paper", 1)    # its workdir lost, no ranks kept:
+  os.remove(lost)                                              # its group means from a gap table
+  table = {"split": "test", "workdirs": [f"/w/{quality.run_tag(base, 'paper', 1)}"], "groups": [
+      {"group": k, "users": got[k]["users"],
+       "runs": {quality.run_tag(base, "paper", 1): {"recall": 0.0, "ndcg": 0.0}}} for k in got]}
+  (tmp_path / "gap.json").write_text(json.dumps(table))
+  means = claims.gap_tables([str(tmp_path / "gap.json")], "test")
+  assert claims.gap_tables([str(tmp_path / "gap.json")], "valid") == {}
+  again = claims.by_group([("P", "c", cand, base, None)], str(tmp_path), "paper", tables=means)
+  assert [r["diff"] for r in again] == [r["diff"] for r in rows]
+  assert [r["per_seed"][1]["user_se"] for r in again] == [None] * len(rows)   # not paired
+  for bad, match in ((miss[:-1], f"{ds.n_users - 1} users, its row's data set {ds.n_users}"),
+                     (np.where(np.arange(len(miss)) == users[0], -1, miss), "users differ")):
+    np.savez_compressed(lost, test=bad, valid=bad)
+    with pytest.raises(SystemExit, match=match):
+      claims.by_group([("P", "c", cand, base, None)], str(tmp_path), "paper")
 
 
 def test_claims_pair_seeds_and_give_the_standard_error(tmp_path):
