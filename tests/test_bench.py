@@ -238,7 +238,7 @@ def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
   (fake / "python").chmod(0o755)
   results = tmp_path / "results"
   results.mkdir()
-  (results / "quality-scientific-paper-tiger-s23.json").write_text('{"rows": [{"seeds": [2]}]}')
+  (results / "quality-scientific-paper-letter-s23.json").write_text('{"rows": [{"seeds": [2]}]}')
   env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
          "RESULTS": str(results)}
   for lane in ("etegrec", "rest"):
@@ -246,14 +246,14 @@ def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
     done = subprocess.run(["bash", os.path.join(root, "bench", "claims_queue.sh"), lane],
                           env=env, check=True, capture_output=True, text=True)
     assert "rc=3" in done.stdout and "rc=0" not in done.stdout   # each row's exit status
-  assert "tiger:scientific seeds 2..2: in " in done.stdout    # its table holds seed 2
+  assert "letter:scientific seeds 2..2: in " in done.stdout    # its table holds seed 2
   seeds = {}
   for line in (tmp_path / "calls").read_text().splitlines():
     spec, n, first, rest = line.split("|")
     seeds.setdefault(spec, set()).update(range(int(first), int(n)))
     assert f"--name paper --out {results}/quality-scientific-paper-" in rest, rest
-  assert seeds["tiger:scientific"] == {0, 1}
-  seeds["tiger:scientific"].add(2)
+  assert seeds["letter:scientific"] == {0, 1}
+  seeds["letter:scientific"].add(2)
   for spec in seeds:
     head, *own = quality.split_spec(spec)
     cfg = get_config(*head.split(":"))
