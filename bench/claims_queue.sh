@@ -14,8 +14,9 @@
 # named paper-<name>).
 #
 # Order: the methods behind the claims first, seed by seed; then the ablations and controls
-# (seed 2, then 0 and 1: seed 1's workdirs were lost). ETEGRec's lane runs its first ablations before its chosen row's
-# seed 2: that row's seed 0 is far below TIGER, and the ablations say why. The paired comparisons:
+# (seed 2, then 0 and 1: seed 1's workdirs were lost). ETEGRec's lane runs its first
+# ablations before its chosen row's seed 2: that row's seed 0 is far below TIGER, and the
+# ablations say why. The paired comparisons:
 #   python -m bench.claims --name paper --ablations --tables bench/results/quality-scientific-paper-*.json
 set -u
 cd "$(dirname "$0")/.."
