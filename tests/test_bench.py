@@ -344,6 +344,17 @@ def test_gap_by_group_known_answers():
   np.testing.assert_array_equal(groups["new, step unseen"], [False, True, False])
   groups = dict(g.transition_groups(ds, np.array([2]), np.array([1]), [{1}]))
   np.testing.assert_array_equal(groups["new, step seen"], [True])
+  targets, history, last, own = g.split_context(ds, np.arange(3), "test")
+  np.testing.assert_array_equal(targets, [1, 4, 3])
+  np.testing.assert_array_equal(history, [4, 3, 3])
+  np.testing.assert_array_equal(last, [0, 3, 3])
+  assert own == [{0, 1, 2}, {1, 2, 3}, {0, 2, 3}]
+  targets, history, last, own = g.split_context(ds, np.arange(3), "test", dropped=1)
+  np.testing.assert_array_equal(targets, [1, 4, 3])         # without the validation item:
+  np.testing.assert_array_equal(history, [3, 2, 2])         # the history, its last item and
+  np.testing.assert_array_equal(last, [2, 2, 0])            # the items it holds lose it
+  assert own == [{0, 1, 2}, {1, 2}, {0, 2}]
+  assert g.split_context(ds, np.arange(1), "valid")[0].tolist() == [0]
   short = g.without_valid_item(ds)                   # each user's second-to-last item gone
   np.testing.assert_array_equal(short.offsets_U1, [0, 4, 7, 10])
   np.testing.assert_array_equal(short.items_I, [0, 1, 2, 1, 1, 2, 4, 2, 0, 3])

@@ -179,12 +179,12 @@ def chain_alone(spec: str) -> None:
 
 def split_context(ds, users: np.ndarray, split: str, dropped: int = 0) -> tuple:
   """Per user of `users` (indices), from the data set alone: the split's target, the history
-  length before it, the last input item and the set of the user's items before the target
+  length before it, the last input item and the set of the user's items the history holds
   (`dropped` 1: the test histories without the validation item, --drop-valid)."""
   back = 1 if split == "test" else 2
   ends = ds.offsets_U1[users + 1] - back                 # each target's position
   history = ds.lengths_U[users] - back - dropped
-  own = [set(ds.items_I[ds.offsets_U1[u]:e].tolist()) for u, e in zip(users, ends)]
+  own = [set(ds.items_I[ds.offsets_U1[u]:e - dropped].tolist()) for u, e in zip(users, ends)]
   return ds.items_I[ends], history, ds.items_I[ends - 1 - dropped], own
 
 
