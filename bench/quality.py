@@ -13,7 +13,8 @@ every run. Each run trains in `<workdir>/<method>-<variant>[-<name>]` through
 stdout and, with the rows as JSON (and the machine: device, CPU, jax / flax versions), to
 `bench/results/quality-<name or platform>.{md,json}`, rewritten after every finished run
 (a run that has ended is read from its results.json, not decoded again); each run's
-`ranks.npz` (its users' target ranks) is copied to `bench/results/ranks/<workdir name>.npz`.
+`ranks.npz` (its users' target ranks) is copied beside the table, to
+`ranks/<workdir name>.npz` (`bench/results/ranks/` by default).
 `--seeds N` runs every row with seeds 0..N-1 (workdirs `...-seed<k>`, so `--seeds 1` now and
 `--seeds 3` later reuse seed 0) and reports each metric's mean +- std (ddof 1; 0 with one
 seed). `--first_seed K` runs seeds K..N-1 only (a row's other seeds trained elsewhere;
