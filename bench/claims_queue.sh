@@ -7,7 +7,10 @@
 # /work/runs/quality, outside the checkout). Rerun the same command after a stop: finished
 # runs are reused, an interrupted one resumes. Run it from a worktree of its own (git
 # worktree add --detach DIR main) so that commits to the main checkout do not change a
-# running lane's code; point RESULTS at the main checkout's bench/results.
+# running lane's code; point RESULTS at the main checkout's bench/results. Where a machine
+# does not outlive the session (its workdirs with it), give both lanes the session's end,
+# UNTIL="+170 min", and run `rest` in both: each row starts only if its seeds should finish
+# by then (bench/queue_rows.py), and a lock file in $WORKDIR keeps two lanes off one row.
 #
 # Another Amazon set with item text: DATA_DIR=/path DATA_NAME=Name bash bench/claims_queue.sh ...
 # (the only change: every row gets --set data.dir / data.name, its workdirs and tables are
@@ -26,6 +29,11 @@ RESULTS="${RESULTS:-bench/results}"
 SET_NAME=$(echo "${DATA_NAME:-scientific}" | tr '[:upper:]' '[:lower:]')
 NAME=paper
 SETS=()
+# UNTIL (anything `date -d` reads, e.g. "+170 min"): when this machine goes; SLOWER: how much
+# slower it trains than the machines that timed the tables (bench/queue_rows.py)
+UNTIL_S=""
+[ -n "${UNTIL:-}" ] && UNTIL_S=$(date -d "$UNTIL" +%s)
+SLOWER="${SLOWER:-1}"
 if [ -n "${DATA_NAME:-}" ]; then
   NAME="paper-$SET_NAME"
   SETS=(--set "data.dir=${DATA_DIR:?DATA_DIR with DATA_NAME}" --set "data.name=$DATA_NAME")
@@ -34,16 +42,29 @@ fi
 q() {   # q TAG SPEC SEEDS [FIRST_SEED]
   local tag=$1 spec=$2 seeds=$3 first=${4:-0}
   local out="$RESULTS/quality-$SET_NAME-paper-$tag-s$first$seeds"
-  # a row whose table already holds every seed asked for is not run again: after a machine
-  # (and its workdirs) is lost, the queue goes on from the first row without one
-  if python -c "import json, sys; r = json.load(open(sys.argv[1]))['rows'][0]
-sys.exit(not set(range($first, $seeds)) <= set(r['seeds']))" "$out.json" 2>/dev/null; then
-    echo "== $spec seeds $first..$((seeds - 1)): in $out.json, skipped"; return
+  # a row whose table already holds every seed asked for is not run again (after a machine and
+  # its workdirs are lost, the queue goes on from the first row without one), nor one that
+  # would not finish before UNTIL, nor one another lane holds (its lock file)
+  local left=() why lock
+  [ -n "$UNTIL_S" ] && left=(--left $((UNTIL_S - $(date +%s))) --slower "$SLOWER")
+  why=$(python -m bench.queue_rows "$out.json" "$spec" "$first" "$seeds" "${left[@]}" \
+        --tables "$RESULTS/quality-$SET_NAME-paper-*.json")
+  case $? in
+    0) ;;
+    1|2) echo "== $spec seeds $first..$((seeds - 1)): $why, skipped"; return ;;
+    *) echo "== $spec: bench.queue_rows failed" >&2; return ;;
+  esac
+  mkdir -p "$WORKDIR"
+  exec {lock}> "$WORKDIR/.queue-$(basename "$out").lock"
+  if ! flock -n "$lock"; then
+    echo "== $spec seeds $first..$((seeds - 1)): another lane runs it, skipped"
+    exec {lock}>&-; return
   fi
   echo "== $(date -u +%FT%TZ) $spec seeds $first..$((seeds - 1))"
   python -m bench.quality "$spec" --seeds "$seeds" --first_seed "$first" --workdir "$WORKDIR" \
       --name "$NAME" "${SETS[@]}" --out "$out"
   local rc=$?   # (read before the date's command substitution resets it)
+  exec {lock}>&-
   echo "== $(date -u +%FT%TZ) rc=$rc"
 }
 
@@ -159,17 +180,16 @@ case "${1:-}" in
     # (bench/README.md, early stopping's patience)
     q tiger-select-loss "tiger:scientific,train.select=loss" 2 1
     main_rows 2 3
+    # then their seed 0 (TIGER's, LETTER's, SASRec's and SIIT's seed 0 stand in the README
+    # from workdirs lost on 2026-12-05, under patience 5): the claims' third seed
+    main_rows 0 1
     # TIGER's seed 2 again: its workdir was lost before runs kept their ranks, which the claims
     # by target group read (bench.claims --groups) for the baseline of most claims; a CPU run
     # repeats, so its table should give -tiger-s23's figures again (its machine permitting)
     q tiger-again tiger:scientific 3 2
     q simcit-sharp "$SHARP" 3 2
-    # then their seed 0 (TIGER's, LETTER's, SASRec's and SIIT's seed 0 stand in the README
-    # from workdirs lost on 2026-12-05, under patience 5)
     q siit-rounds0 "siit:scientific,siit.rounds=0" 3 2
-    q simcit simcit:scientific 1
     q simcit-sharp "$SHARP" 1
-    main_rows 0 1
     q siit-rounds0 "siit:scientific,siit.rounds=0" 1
     # the controls run under patience 5, in the order they were made: LETTER's ID shape
     # (bench/README.md, what LETTER's IDs encode), SimCIT's fit cut at 300 epochs, SIIT's old

@@ -1,6 +1,7 @@
 """bench/quality.py: overrides reach the config with its types; the table shows published rows.
 bench/speed.py: an epoch's throughput from per-bucket step times. bench/README.md: every
 result file it cites exists (or is cited from git history)."""
+import fcntl
 import glob
 import json
 import os
@@ -233,7 +234,7 @@ def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
   from jaxrec.config import validate_config
   fake = tmp_path / "bin"
   fake.mkdir()
-  (fake / "python").write_text(f'#!/bin/bash\n[ "$1" = -c ] && exec {sys.executable} "$@"\n'
+  (fake / "python").write_text(f'#!/bin/bash\n[ "$2" = bench.queue_rows ] && exec {sys.executable} "$@"\n'
                                'echo "$3|$5|$7|${*:8}" >> "$CALLS"\nexit 3\n')
   (fake / "python").chmod(0o755)
   results = tmp_path / "results"
@@ -276,6 +277,49 @@ def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
     assert line.split("|")[3].partition(" --name ")[2].startswith(
         "paper-toys --set data.dir=/data/x --set data.name=Toys --out "
         f"{results}/quality-toys-paper-"), line
+
+
+def test_claims_queue_starts_only_rows_that_fit_and_are_free(tmp_path):
+  """UNTIL: a row whose seeds' time (its tables', else its method's, times bench.queue_rows'
+  overhead) runs past it is skipped, a row no table has timed runs; a row whose lock another
+  lane holds is skipped."""
+  from bench import queue_rows
+  fake = tmp_path / "bin"
+  fake.mkdir()
+  (fake / "python").write_text(f'#!/bin/bash\n[ "$2" = bench.queue_rows ] && exec {sys.executable} "$@"\n'
+                               'echo "$3|$5|$7" >> "$CALLS"\nexit 3\n')
+  (fake / "python").chmod(0o755)
+  results, work = tmp_path / "results", tmp_path / "work"
+  results.mkdir()
+  def table(name, run, seconds):
+    (results / f"quality-scientific-paper-{name}.json").write_text(json.dumps(
+        {"rows": [{"run": run, "seeds": [2], "train_seconds_per_seed": [seconds]}]}))
+  table("letter-s23", "letter:scientific", 2000)     # 2,300 s a seed with the overhead
+  table("tiger-s23", "tiger:scientific", 1000)
+  table("simcit-sharp-s12", "simcit:scientific,x=1", 5000)   # the method's time for simcit
+  tables = str(results / "quality-scientific-paper-*.json")
+  assert queue_rows.seed_seconds("letter:scientific", [tables.replace("*", "letter-s23")]) == (
+      pytest.approx(2000 * queue_rows.OVERHEAD))
+  assert queue_rows.seed_seconds("simcit:scientific", glob.glob(tables)) == pytest.approx(5750)
+  assert queue_rows.seed_seconds("siit:scientific", glob.glob(tables)) is None
+  work.mkdir()
+  held = open(work / ".queue-quality-scientific-paper-sasrec-s01.lock", "w")
+  fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)   # another lane runs SASRec's seed 0
+  env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
+         "RESULTS": str(results), "WORKDIR": str(work), "UNTIL": "+1 hour", "SLOWER": "2"}
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(["bash", os.path.join(root, "bench", "claims_queue.sh"), "rest"], env=env,
+                       check=True, capture_output=True, text=True).stdout
+  held.close()
+  calls = {tuple(line.split("|")) for line in (tmp_path / "calls").read_text().splitlines()}
+  assert ("tiger:scientific", "1", "0") in calls          # 2,300 s of 3,600
+  assert ("letter:scientific", "1", "0") not in calls     # 4,600 s
+  assert "letter:scientific seeds 0..0: about 4,600 s for seeds [0] (4,600 a seed)" in out
+  assert ("simcit:scientific", "1", "0") not in calls     # 11,500 s, its method's time
+  assert ("siit:scientific", "1", "0") in calls           # no time known
+  assert ("sasrec:scientific", "1", "0") not in calls
+  assert "sasrec:scientific seeds 0..0: another lane runs it, skipped" in out
+  assert ("sasrec:scientific", "2", "1") in calls          # its lock is its own
 
 
 def test_run_specs_split_outside_brackets():
