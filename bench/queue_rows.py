@@ -6,8 +6,8 @@ exits 0 when seeds FIRST..END-1 of SPEC should run now, 1 when OUT.json already 
 all, 2 when they would not finish within --left seconds (the time this machine has left: a
 machine and its workdirs may not outlive the session, and a row cut off starts from nothing
 on the next one, so the lane goes on to a row that fits). A seed's time is the longest
-`train_seconds_per_seed` among the tables (GLOB) of the same spec, or failing that of the
-same method and variant, times OVERHEAD (the tokenizer's cache, the final decodes: LETTER's
+`train_seconds_per_seed` among the tables (GLOB) of the same spec, failing that of the same
+method and variant, failing that of the same method, times OVERHEAD (the tokenizer's cache, the final decodes: LETTER's
 seed 2 on Scientific, 4,765 s of wall for 4,178 of training) and --slower (this machine
 against the ones the tables were made on). A row no table has timed always runs.
 """
@@ -28,20 +28,20 @@ def seeds_done(path):
 
 
 def seed_seconds(spec, tables):
-  """The longest training time of one seed of `spec` in `tables` (else of a row of the same
-  method and variant) times OVERHEAD; None when no table has one."""
+  """The longest training time of one seed of `spec` in `tables`, else of a row of the same
+  method and variant, else of the same method, times OVERHEAD; None when no table has one."""
   head = spec.partition(",")[0]     # method:variant (the overrides follow, comma-separated)
-  same, similar = [], []
+  keys = (lambda run: run == spec, lambda run: run.partition(",")[0] == head,
+          lambda run: run.partition(":")[0] == head.partition(":")[0])
+  times = [[] for _ in keys]
   for path in sorted(tables):
     with open(path) as f:
       for row in json.load(f).get("rows", []):
-        times = row.get("train_seconds_per_seed") or []
-        if row.get("run") == spec:
-          same += times
-        elif row.get("run", "").partition(",")[0] == head:
-          similar += times
-  times = same or similar
-  return max(times) * OVERHEAD if times else None
+        tier = next((i for i, key in enumerate(keys) if key(row.get("run", ""))), None)
+        if tier is not None:
+          times[tier] += row.get("train_seconds_per_seed") or []
+  best = next((t for t in times if t), None)
+  return max(best) * OVERHEAD if best else None
 
 
 def main(argv=None):

@@ -241,7 +241,7 @@ def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
   results.mkdir()
   (results / "quality-scientific-paper-letter-s23.json").write_text('{"rows": [{"seeds": [2]}]}')
   env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
-         "RESULTS": str(results)}
+         "RESULTS": str(results), "WORKDIR": str(tmp_path / "work")}
   for lane in ("etegrec", "rest"):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run(["bash", os.path.join(root, "bench", "claims_queue.sh"), lane],
@@ -280,8 +280,8 @@ def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
 
 
 def test_claims_queue_starts_only_rows_that_fit_and_are_free(tmp_path):
-  """UNTIL: a row whose seeds' time (its tables', else its method's, times bench.queue_rows'
-  overhead) runs past it is skipped, a row no table has timed runs; a row whose lock another
+  """UNTIL: a row whose seeds' time (its tables', else its method and variant's, else its
+  method's, times bench.queue_rows' overhead) runs past it is skipped, a row no table has timed runs; a row whose lock another
   lane holds is skipped."""
   from bench import queue_rows
   fake = tmp_path / "bin"
@@ -302,6 +302,7 @@ def test_claims_queue_starts_only_rows_that_fit_and_are_free(tmp_path):
       pytest.approx(2000 * queue_rows.OVERHEAD))
   assert queue_rows.seed_seconds("simcit:scientific", glob.glob(tables)) == pytest.approx(5750)
   assert queue_rows.seed_seconds("siit:scientific", glob.glob(tables)) is None
+  assert queue_rows.seed_seconds("tiger:scientific_decoder", glob.glob(tables)) == pytest.approx(1150)
   work.mkdir()
   held = open(work / ".queue-quality-scientific-paper-sasrec-s01.lock", "w")
   fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)   # another lane runs SASRec's seed 0
