@@ -179,6 +179,9 @@ case "${1:-}" in
     # loss: on Scientific validation's N@10 and its loss part from epoch 36 of TIGER's seed 1
     # (bench/README.md, early stopping's patience)
     q tiger-select-loss "tiger:scientific,train.select=loss" 2 1
+    # LETTER under the same rule, its own paper's: does the rule order the two methods as
+    # NDCG@10 on validation does?
+    q letter-select-loss "letter:scientific,train.select=loss" 2 1
     main_rows 2 3
     # then their seed 0 (TIGER's, LETTER's, SASRec's and SIIT's seed 0 stand in the README
     # from workdirs lost on 2026-12-05, under patience 5): the claims' third seed
