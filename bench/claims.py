@@ -119,6 +119,10 @@ ABLATIONS = (
     ("TIGER from random IDs", "tiger", ",tokenizer.source=random", "tiger"),
     ("TIGER with 5 evaluations of patience (10 epochs; the rule before 2026-12-06) instead of 15",
      "tiger", ",train.patience=5", "tiger"),
+    ("TIGER kept at the lowest valid loss (LETTER-TIGER's official rule) instead of the best "
+     "valid NDCG@10", "tiger", ",train.select=loss", "tiger"),
+    ("LETTER against TIGER, both kept at the lowest valid loss (LETTER-TIGER's official rule)",
+     "letter", ",train.select=loss", "tiger,train.select=loss"),
     ("TIGER from RQ-KMeans IDs on cf (a collaborative start)", "tiger",
      ",tokenizer.source=rqkmeans,tokenizer.feature=cf", "tiger"),
     ("SimCIT: the text view alone", SIMCIT_CHOSEN, ",tokenizer.simcit.views=('text',)",
