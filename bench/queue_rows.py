@@ -7,9 +7,10 @@ all, 2 when they would not finish within --left seconds (the time this machine h
 machine and its workdirs may not outlive the session, and a row cut off starts from nothing
 on the next one, so the lane goes on to a row that fits). A seed's time is the longest
 `train_seconds_per_seed` among the tables (GLOB) of the same spec, failing that of the same
-method and variant, failing that of the same method, times OVERHEAD (the tokenizer's cache, the final decodes: LETTER's
-seed 2 on Scientific, 4,765 s of wall for 4,178 of training) and --slower (this machine
-against the ones the tables were made on). A row no table has timed always runs.
+method and variant, failing that of the same method, times OVERHEAD (the tokenizer's cache,
+the final decodes: LETTER's seed 2 on Scientific, 4,765 s of wall for 4,178 of training) and
+--slower (this machine against the ones the tables were made on). A row no table has timed
+always runs.
 """
 import argparse
 import glob

@@ -227,27 +227,36 @@ def test_run_profile_adds_up_a_workdirs_records(tmp_path, monkeypatch):
   assert noise["samples"][4]["within_one_se"] == [[4, .3], [6, .29]]   # .1: 0.2 behind, se .156
 
 
+def _claims_queue(tmp_path, results):
+  """bench/claims_queue.sh with a `python` that runs bench.queue_rows and, for each row it would
+  train, writes "spec|seeds|first seed|the rest" to $CALLS and exits 3: run(lane, **env) -> its
+  stdout (tables in `results`, workdirs and their lock files in tmp_path/work)."""
+  fake = tmp_path / "bin"
+  fake.mkdir()
+  (fake / "python").write_text(
+      f'#!/bin/bash\n[ "$2" = bench.queue_rows ] && exec {sys.executable} "$@"\n'
+      'echo "$3|$5|$7|${*:8}" >> "$CALLS"\nexit 3\n')
+  (fake / "python").chmod(0o755)
+  script = os.path.join(common.ROOT, "bench", "claims_queue.sh")
+  env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
+         "RESULTS": str(results), "WORKDIR": str(tmp_path / "work")}
+  return lambda lane, **more: subprocess.run(["bash", script, lane], env={**env, **more},
+                                             check=True, capture_output=True, text=True).stdout
+
+
 def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
   """bench/claims_queue.sh (both lanes, run with a `python` that records its arguments): each
   row is a config that validates, and every main row comes with seeds 0, 1 and 2; a row whose
   table already holds its seeds is skipped."""
   from jaxrec.config import validate_config
-  fake = tmp_path / "bin"
-  fake.mkdir()
-  (fake / "python").write_text(f'#!/bin/bash\n[ "$2" = bench.queue_rows ] && exec {sys.executable} "$@"\n'
-                               'echo "$3|$5|$7|${*:8}" >> "$CALLS"\nexit 3\n')
-  (fake / "python").chmod(0o755)
   results = tmp_path / "results"
   results.mkdir()
   (results / "quality-scientific-paper-letter-s23.json").write_text('{"rows": [{"seeds": [2]}]}')
-  env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
-         "RESULTS": str(results), "WORKDIR": str(tmp_path / "work")}
+  run = _claims_queue(tmp_path, results)
   for lane in ("etegrec", "rest"):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run(["bash", os.path.join(root, "bench", "claims_queue.sh"), lane],
-                          env=env, check=True, capture_output=True, text=True)
-    assert "rc=3" in done.stdout and "rc=0" not in done.stdout   # each row's exit status
-  assert "letter:scientific seeds 2..2: in " in done.stdout    # its table holds seed 2
+    done = run(lane)
+    assert "rc=3" in done and "rc=0" not in done   # each row's exit status
+  assert "letter:scientific seeds 2..2: in " in done    # its table holds seed 2
   seeds = {}
   for line in (tmp_path / "calls").read_text().splitlines():
     spec, n, first, rest = line.split("|")
@@ -270,9 +279,7 @@ def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
       if o.startswith("siit.init_codes="):
         path = o.partition("=")[2].removesuffix("/codes_final.npz")
         assert os.path.basename(path) in tags, spec
-  other = {**env, "DATA_DIR": "/data/x", "DATA_NAME": "Toys", "CALLS": str(tmp_path / "toys")}
-  subprocess.run(["bash", os.path.join(root, "bench", "claims_queue.sh"), "etegrec"], env=other,
-                 check=True, capture_output=True)
+  run("etegrec", DATA_DIR="/data/x", DATA_NAME="Toys", CALLS=str(tmp_path / "toys"))
   for line in (tmp_path / "toys").read_text().splitlines():   # only the data flags differ
     assert line.split("|")[3].partition(" --name ")[2].startswith(
         "paper-toys --set data.dir=/data/x --set data.name=Toys --out "
@@ -281,14 +288,9 @@ def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
 
 def test_claims_queue_starts_only_rows_that_fit_and_are_free(tmp_path):
   """UNTIL: a row whose seeds' time (its tables', else its method and variant's, else its
-  method's, times bench.queue_rows' overhead) runs past it is skipped, a row no table has timed runs; a row whose lock another
-  lane holds is skipped."""
+  method's, times bench.queue_rows' overhead) runs past it is skipped, a row no table has
+  timed runs; a row whose lock another lane holds is skipped."""
   from bench import queue_rows
-  fake = tmp_path / "bin"
-  fake.mkdir()
-  (fake / "python").write_text(f'#!/bin/bash\n[ "$2" = bench.queue_rows ] && exec {sys.executable} "$@"\n'
-                               'echo "$3|$5|$7" >> "$CALLS"\nexit 3\n')
-  (fake / "python").chmod(0o755)
   results, work = tmp_path / "results", tmp_path / "work"
   results.mkdir()
   def table(name, run, seconds):
@@ -302,17 +304,14 @@ def test_claims_queue_starts_only_rows_that_fit_and_are_free(tmp_path):
       pytest.approx(2000 * queue_rows.OVERHEAD))
   assert queue_rows.seed_seconds("simcit:scientific", glob.glob(tables)) == pytest.approx(5750)
   assert queue_rows.seed_seconds("siit:scientific", glob.glob(tables)) is None
-  assert queue_rows.seed_seconds("tiger:scientific_decoder", glob.glob(tables)) == pytest.approx(1150)
+  assert queue_rows.seed_seconds("tiger:scientific_decoder", glob.glob(tables)) == (
+      pytest.approx(1150))
   work.mkdir()
   held = open(work / ".queue-quality-scientific-paper-sasrec-s01.lock", "w")
   fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)   # another lane runs SASRec's seed 0
-  env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
-         "RESULTS": str(results), "WORKDIR": str(work), "UNTIL": "+1 hour", "SLOWER": "2"}
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  out = subprocess.run(["bash", os.path.join(root, "bench", "claims_queue.sh"), "rest"], env=env,
-                       check=True, capture_output=True, text=True).stdout
+  out = _claims_queue(tmp_path, results)("rest", UNTIL="+1 hour", SLOWER="2")
   held.close()
-  calls = {tuple(line.split("|")) for line in (tmp_path / "calls").read_text().splitlines()}
+  calls = {tuple(line.split("|")[:3]) for line in (tmp_path / "calls").read_text().splitlines()}
   assert ("tiger:scientific", "1", "0") in calls          # 2,300 s of 3,600
   assert ("letter:scientific", "1", "0") not in calls     # 4,600 s
   assert "letter:scientific seeds 0..0: about 4,600 s for seeds [0] (4,600 a seed)" in out
