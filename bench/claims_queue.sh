@@ -14,8 +14,8 @@
 # SLOWER is this machine's speed against the tables' (TIGER's T5 at 333-355 samples/s beside
 # the other lane; metrics.jsonl's samples_per_s): where two lanes train at half that
 # (SLOWER 2, the 2026-12 session machines) a 5,000 s row (TIGER's or SimCIT's seed) fits a
-# session in neither lane; run one lane alone then, with SLOWER measured alone (273-345
-# samples/s alone on those machines: 1.0-1.25), and such a row fits.
+# session in neither lane; run one lane alone then, with SLOWER measured alone (273-346
+# samples/s alone on those machines: 1.0-1.3), and such a row fits.
 #
 # Another Amazon set with item text: DATA_DIR=/path DATA_NAME=Name bash bench/claims_queue.sh ...
 # (the only change: every row gets --set data.dir / data.name, its workdirs and tables are
