@@ -10,7 +10,9 @@
 # running lane's code; point RESULTS at the main checkout's bench/results. Where a machine
 # does not outlive the session (its workdirs with it), give both lanes the session's end,
 # UNTIL="+170 min", and run `rest` in both: each row starts only if its seeds should finish
-# by then (bench/queue_rows.py), and a lock file in $WORKDIR keeps two lanes off one row.
+# by then (bench/queue_rows.py), and a lock file in $WORKDIR keeps two lanes off one row;
+# a row whose workdir a machine kept from an earlier session (it has a checkpoint) resumes
+# whatever time is left, ahead of the rows after it.
 # SLOWER is this machine's speed against the tables' (TIGER's T5 at 333-355 samples/s beside
 # the other lane; metrics.jsonl's samples_per_s): where two lanes train at half that
 # (SLOWER 2, the 2026-12 session machines) a 5,000 s row (TIGER's or SimCIT's seed) fits a
@@ -49,13 +51,14 @@ q() {   # q TAG SPEC SEEDS [FIRST_SEED]
   local out="$RESULTS/quality-$SET_NAME-paper-$tag-s$first$seeds"
   # a row whose table already holds every seed asked for is not run again (after a machine and
   # its workdirs are lost, the queue goes on from the first row without one), nor one that
-  # would not finish before UNTIL, nor one another lane holds (its lock file)
+  # would not finish before UNTIL (unless a checkpoint in its workdir says this machine kept
+  # it from an earlier session: then it resumes), nor one another lane holds (its lock file)
   local left=() why lock
   [ -n "$UNTIL_S" ] && left=(--left $((UNTIL_S - $(date +%s))) --slower "$SLOWER")
   why=$(python -m bench.queue_rows "$out.json" "$spec" "$first" "$seeds" "${left[@]}" \
-        --tables "$RESULTS/quality-$SET_NAME-paper-*.json")
+        --tables "$RESULTS/quality-$SET_NAME-paper-*.json" --workdir "$WORKDIR" --name "$NAME")
   case $? in
-    0) ;;
+    0) [ -n "$why" ] && echo "== $spec seeds $first..$((seeds - 1)): $why" ;;
     1|2) echo "== $spec seeds $first..$((seeds - 1)): $why, skipped"; return ;;
     *) echo "== $spec: bench.queue_rows failed" >&2; return ;;
   esac

@@ -1,11 +1,15 @@
 """The claims queue's question about a row before it starts one (bench/claims_queue.sh):
 
   python -m bench.queue_rows OUT.json SPEC FIRST END --tables GLOB [--left S] [--slower F]
+      [--workdir DIR --name NAME]
 
 exits 0 when seeds FIRST..END-1 of SPEC should run now, 1 when OUT.json already holds them
 all, 2 when they would not finish within --left seconds (the time this machine has left: a
 machine and its workdirs may not outlive the session, and a row cut off starts from nothing
-on the next one, so the lane goes on to a row that fits). A seed's time is the longest
+on the next one, so the lane goes on to a row that fits). A row one of whose missing seeds
+has a checkpoint in its workdir under DIR (bench.quality's `--workdir` and `--name`) runs
+whatever time is left: this machine kept that workdir from an earlier session, so whatever
+the row trains now is kept as well, and the row resumes where it stops. A seed's time is the longest
 `train_seconds_per_seed` among the tables (GLOB) of the same spec, failing that of the same
 method and variant, failing that of the same method, times OVERHEAD (the tokenizer's cache,
 the final decodes: LETTER's seed 2 on Scientific, 4,765 s of wall for 4,178 of training) and
@@ -15,7 +19,10 @@ always runs.
 import argparse
 import glob
 import json
+import os
 import sys
+
+from bench.quality import run_tag
 
 OVERHEAD = 1.15
 
@@ -45,6 +52,14 @@ def seed_seconds(spec, tables):
   return max(best) * OVERHEAD if best else None
 
 
+def resumable(workdir):
+  """Whether a run's workdir holds a checkpoint to resume from (any stage's)."""
+  root = os.path.join(workdir, "checkpoints")
+  return any(step.isdigit() for stage in (os.listdir(root) if os.path.isdir(root) else ())
+             for step in (os.listdir(os.path.join(root, stage))
+                          if os.path.isdir(os.path.join(root, stage)) else ()))
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("out")
@@ -54,11 +69,18 @@ def main(argv=None):
   p.add_argument("--tables", required=True, help="glob of the tables whose times estimate a seed's")
   p.add_argument("--left", type=float, help="seconds this machine has left (default: no limit)")
   p.add_argument("--slower", type=float, default=1.0)
+  p.add_argument("--workdir", help="where bench.quality keeps the row's workdirs")
+  p.add_argument("--name", default="", help="bench.quality's --name (in the workdirs' names)")
   a = p.parse_args(argv)
   missing = sorted(set(range(a.first, a.end)) - seeds_done(a.out))
   if not missing:
     print(f"in {a.out}")
     return 1
+  kept = [s for s in missing
+          if a.workdir and resumable(os.path.join(a.workdir, run_tag(a.spec, a.name, s)))]
+  if kept:
+    print(f"seeds {kept} resume from their checkpoints")
+    return 0
   each = seed_seconds(a.spec, glob.glob(a.tables))
   if a.left is None or each is None:
     return 0

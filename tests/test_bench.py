@@ -288,8 +288,9 @@ def test_every_row_of_the_claims_queue_is_a_valid_run(tmp_path):
 
 def test_claims_queue_starts_only_rows_that_fit_and_are_free(tmp_path):
   """UNTIL: a row whose seeds' time (its tables', else its method and variant's, else its
-  method's, times bench.queue_rows' overhead) runs past it is skipped, a row no table has
-  timed runs; a row whose lock another lane holds is skipped."""
+  method's, times bench.queue_rows' overhead) runs past it is skipped unless its workdir holds
+  a checkpoint, a row no table has timed runs; a row whose lock another lane holds is
+  skipped."""
   from bench import queue_rows
   results, work = tmp_path / "results", tmp_path / "work"
   results.mkdir()
@@ -309,12 +310,19 @@ def test_claims_queue_starts_only_rows_that_fit_and_are_free(tmp_path):
   work.mkdir()
   held = open(work / ".queue-quality-scientific-paper-sasrec-s01.lock", "w")
   fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)   # another lane runs SASRec's seed 0
+  # a machine kept LETTER's seed 1 from an earlier session (a checkpoint), not its seed 0
+  (work / quality.run_tag("letter:scientific", "paper", 0) / "checkpoints" / "train").mkdir(
+      parents=True)
+  (work / quality.run_tag("letter:scientific", "paper", 1) / "checkpoints" / "train"
+   / "4346").mkdir(parents=True)
   out = _claims_queue(tmp_path, results)("rest", UNTIL="+1 hour", SLOWER="2")
   held.close()
   calls = {tuple(line.split("|")[:3]) for line in (tmp_path / "calls").read_text().splitlines()}
   assert ("tiger:scientific", "1", "0") in calls          # 2,300 s of 3,600
   assert ("letter:scientific", "1", "0") not in calls     # 4,600 s
   assert "letter:scientific seeds 0..0: about 4,600 s for seeds [0] (4,600 a seed)" in out
+  assert ("letter:scientific", "2", "1") in calls          # 4,600 s, but it resumes
+  assert "letter:scientific seeds 1..1: seeds [1] resume from their checkpoints" in out
   assert ("simcit:scientific", "1", "0") not in calls     # 11,500 s, its method's time
   assert ("siit:scientific", "1", "0") in calls           # no time known
   assert ("sasrec:scientific", "1", "0") not in calls
