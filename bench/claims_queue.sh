@@ -12,7 +12,8 @@
 # UNTIL="+170 min", and run `rest` in both: each row starts only if its seeds should finish
 # by then (bench/queue_rows.py), and a lock file in $WORKDIR keeps two lanes off one row;
 # a row whose workdir a machine kept from an earlier session (it has a checkpoint) resumes
-# whatever time is left, ahead of the rows after it.
+# whatever time is left, ahead of the rows after it; with FILL=1 the rows that did not fit
+# start once none left fits (they resume next session where the machine is kept).
 # SLOWER is this machine's speed against the tables' (TIGER's T5 at 333-355 samples/s beside
 # the other lane; metrics.jsonl's samples_per_s): where two lanes train at half that
 # (SLOWER 2, the 2026-12 session machines) a 5,000 s row (TIGER's or SimCIT's seed) fits a
@@ -137,7 +138,8 @@ once() {   # seed 0 only: the official recipes
   q simcit-recipe "simcit:scientific_paper,tokenizer.simcit.holdout=0.1,tokenizer.suffix_size=4096" 1
 }
 
-case "${1:-}" in
+lane() {   # lane etegrec|rest: its rows in order
+case "$1" in
   etegrec)   # seed 0, what its gap is made of, the row chosen on validation's seeds and ablations
     q etegrec etegrec:scientific 1
     q etegrec-frozen "etegrec:scientific,etegrec.alternation=frozen" 1
@@ -231,3 +233,14 @@ case "${1:-}" in
   *)
     echo "usage: bash bench/claims_queue.sh etegrec|rest" >&2; exit 2 ;;
 esac
+}
+
+lane "${1:-}"
+# FILL=1: once no row left fits before UNTIL, the first that did not fit starts anyway (and
+# the next after it, until the machine goes): on a machine that keeps its workdirs into the
+# next session it resumes there (bench/queue_rows.py), on one that does not the time was idle
+if [ -n "${FILL:-}" ] && [ -n "$UNTIL_S" ]; then
+  echo "== $(date -u +%FT%TZ) FILL: the rows that did not fit, in order"
+  UNTIL_S=""
+  lane "${1:-}"
+fi

@@ -290,7 +290,7 @@ def test_claims_queue_starts_only_rows_that_fit_and_are_free(tmp_path):
   """UNTIL: a row whose seeds' time (its tables', else its method and variant's, else its
   method's, times bench.queue_rows' overhead) runs past it is skipped unless its workdir holds
   a checkpoint, a row no table has timed runs; a row whose lock another lane holds is
-  skipped."""
+  skipped. With FILL the rows skipped for time start once no row left fits."""
   from bench import queue_rows
   results, work = tmp_path / "results", tmp_path / "work"
   results.mkdir()
@@ -315,7 +315,8 @@ def test_claims_queue_starts_only_rows_that_fit_and_are_free(tmp_path):
       parents=True)
   (work / quality.run_tag("letter:scientific", "paper", 1) / "checkpoints" / "train"
    / "4346").mkdir(parents=True)
-  out = _claims_queue(tmp_path, results)("rest", UNTIL="+1 hour", SLOWER="2")
+  run = _claims_queue(tmp_path, results)
+  out = run("rest", UNTIL="+1 hour", SLOWER="2")
   held.close()
   calls = {tuple(line.split("|")[:3]) for line in (tmp_path / "calls").read_text().splitlines()}
   assert ("tiger:scientific", "1", "0") in calls          # 2,300 s of 3,600
@@ -328,6 +329,14 @@ def test_claims_queue_starts_only_rows_that_fit_and_are_free(tmp_path):
   assert ("sasrec:scientific", "1", "0") not in calls
   assert "sasrec:scientific seeds 0..0: another lane runs it, skipped" in out
   assert ("sasrec:scientific", "2", "1") in calls          # its lock is its own
+  # FILL: once nothing left fits, the rows that did not fit start, in order
+  (tmp_path / "calls").unlink()
+  out = run("rest", UNTIL="+1 hour", SLOWER="2", FILL="1")
+  first, _, fill = out.partition("FILL: the rows that did not fit")
+  assert "letter:scientific seeds 0..0: about 4,600 s" in first and fill
+  calls = [tuple(line.split("|")[:3]) for line in (tmp_path / "calls").read_text().splitlines()]
+  assert calls.count(("letter:scientific", "1", "0")) == 1    # in the fill pass only
+  assert calls.count(("tiger:scientific", "1", "0")) == 2     # it fitted: in both passes
 
 
 def test_run_specs_split_outside_brackets():
