@@ -8,8 +8,8 @@ all, 2 when they would not finish within --left seconds (the time this machine h
 machine and its workdirs may not outlive the session, and a row cut off starts from nothing
 on the next one, so the lane goes on to a row that fits). A row one of whose missing seeds
 has a checkpoint in its workdir under DIR (bench.quality's `--workdir` and `--name`) runs
-whatever time is left: this machine kept that workdir from an earlier session, so whatever
-the row trains now is kept as well, and the row resumes where it stops. A seed's time is the longest
+whatever time is left: this machine kept that workdir from an earlier session, so what the
+row trains now is kept as well, and it resumes where it stops. A seed's time is the longest
 `train_seconds_per_seed` among the tables (GLOB) of the same spec, failing that of the same
 method and variant, failing that of the same method, times OVERHEAD (the tokenizer's cache,
 the final decodes: LETTER's seed 2 on Scientific, 4,765 s of wall for 4,178 of training) and
@@ -54,10 +54,8 @@ def seed_seconds(spec, tables):
 
 def resumable(workdir):
   """Whether a run's workdir holds a checkpoint to resume from (any stage's)."""
-  root = os.path.join(workdir, "checkpoints")
-  return any(step.isdigit() for stage in (os.listdir(root) if os.path.isdir(root) else ())
-             for step in (os.listdir(os.path.join(root, stage))
-                          if os.path.isdir(os.path.join(root, stage)) else ()))
+  return any(os.path.basename(step).isdigit()
+             for step in glob.glob(os.path.join(glob.escape(workdir), "checkpoints", "*", "*")))
 
 
 def main(argv=None):
